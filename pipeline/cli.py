@@ -1,0 +1,295 @@
+"""The `edgebuild` command line: parse -> config -> library call -> print. Nothing else lives here.
+
+Exit codes: 0 pass, 1 accuracy gate failed, 2 usage, 3 bad config or data, 4 a stage failed.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_STAGE, EdgebuildError
+
+EXIT_CODES_HELP = "Exit codes: 0 pass, 1 gate failed, 2 usage, 3 bad config or data, 4 a stage failed."
+STAGE_CHOICES = click.Choice(["data", "train", "qat", "export", "evaluate", "targets", "manifest", "gate"])
+
+
+def default_cache_dir(config=None):
+    if config is not None and config.cache.dir:
+        return Path(config.cache.dir).expanduser()
+    if os.environ.get("EDGEBUILD_CACHE"):
+        return Path(os.environ["EDGEBUILD_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgebuild"
+
+
+def _fail(exc, debug):
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, EdgebuildError):
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+    sys.exit(EXIT_STAGE)
+
+
+class Context:
+    def __init__(self, debug, quiet):
+        self.debug, self.quiet = debug, quiet
+
+
+def _run(ctx, fn):
+    try:
+        return fn()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing half-written was published.", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        _fail(exc, ctx.obj.debug)
+
+
+def _load_config(config_path, sets, seed=None, name=None):
+    from . import config as config_mod
+
+    overrides = list(sets)
+    if seed is not None:
+        overrides.append(f"build.seed={seed}")
+    if name is not None:
+        overrides.append(f'build.name="{name}"')
+    if config_path is None and Path("edgebuild.toml").is_file():
+        config_path = "edgebuild.toml"
+    return config_mod.load(config_path, overrides)
+
+
+def _quiet_env():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="edgebuild")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage log lines.")
+@click.pass_context
+def main(ctx, debug, quiet):
+    """Build a Keras 3 image model into int8 TFLite and ONNX artifacts, validated on emulated ARM
+    devices, gated against accuracy thresholds, described by manifest.json.
+
+    Start with `edgebuild build` (uses ./edgebuild.toml if present, else built-in defaults:
+    scikit-learn's digits, a small CNN, targets rpi4-bookworm-tflite and rpi5-litert)."""
+    _quiet_env()
+    ctx.obj = Context(debug, quiet)
+
+
+config_option = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+                             help="Build config (default: ./edgebuild.toml if present).")
+set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a config value, e.g. --set train.epochs=2 (repeatable).")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@config_option
+@set_option
+@click.option("--seed", type=int, help="Shortcut for --set build.seed=N.")
+@click.option("--name", help="Shortcut for --set build.name=NAME.")
+@click.option("--only", type=STAGE_CHOICES, help="Run just this stage, from the outputs already in the build directory.")
+@click.option("--until", type=STAGE_CHOICES, help="Stop after this stage.")
+@click.option("--no-cache", is_flag=True, help="Run every stage; do not reuse cached outputs.")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this baseline manifest.json.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write the gate checks as JUnit XML.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout (logs go to stderr).")
+@click.pass_context
+def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, junit, as_json):
+    """Run the build: data -> train (JAX) -> qat -> export (int8 TFLite, float TFLite, ONNX) ->
+    evaluate (host) -> targets (emulated aarch64) -> manifest -> gate.
+
+    Writes build/<name>/manifest.json and the artifacts beside it. Exits 1 if the gate fails."""
+
+    def go():
+        from . import build as build_mod
+        from . import manifest as manifest_mod
+        from . import report
+
+        config = _load_config(config_path, sets, seed, name)
+        log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
+        options = build_mod.RunOptions(
+            cache_dir=default_cache_dir(config), use_cache=not no_cache, quiet=ctx.obj.quiet,
+            debug=ctx.obj.debug, log=log,
+        )
+        base = manifest_mod.read(baseline) if baseline else None
+        result = build_mod.build(config, options, only=only, until=until, baseline=base)
+        if result.manifest is None:
+            click.echo(f"stopped after {only or until}; outputs in {result.build_dir}", err=True)
+            return
+        _emit_gate_outputs(result.gate, junit)
+        if as_json:
+            click.echo(json.dumps(result.manifest, indent=1))
+        else:
+            click.echo(report.summary(result.manifest))
+            click.echo(f"manifest: {result.build_dir / 'manifest.json'}")
+        if result.gate and result.gate["verdict"] == "fail":
+            sys.exit(1)
+
+    _run(ctx, go)
+
+
+def _emit_gate_outputs(gate, junit):
+    if gate is None:
+        return
+    from . import gate as gate_mod
+    from .fsutil import atomic_write_text
+
+    if junit:
+        atomic_write_text(junit, gate_mod.junit(gate))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(gate_mod.markdown(gate))
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("build_dir", required=False, type=click.Path(file_okay=False))
+@config_option
+@set_option
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Baseline manifest.json (the last release).")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write one JUnit testcase per check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gate result as JSON.")
+@click.pass_context
+def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
+    """Check a build's manifest against the [gate] thresholds and an optional baseline manifest.
+
+    Prints a table of every check, records the verdict in the manifest, exits 0 pass / 1 fail."""
+
+    def go():
+        from . import gate as gate_mod
+        from . import manifest as manifest_mod
+
+        config = _load_config(config_path, sets)
+        bdir = Path(build_dir) if build_dir else config.build_dir
+        manifest = manifest_mod.read(bdir / "manifest.json")
+        base = manifest_mod.read(baseline) if baseline else None
+        result = gate_mod.evaluate(manifest, config.gate, base)
+        manifest["gate"] = result
+        manifest_mod.write(bdir / "manifest.json", manifest)
+        _emit_gate_outputs(result, junit)
+        click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
+        sys.exit(0 if result["verdict"] == "pass" else 1)
+
+    _run(ctx, go)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("build_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--target", "-t", "target_names", multiple=True, required=True, help="Target name (repeatable).")
+@config_option
+@set_option
+@click.pass_context
+def validate(ctx, build_dir, target_names, config_path, sets):
+    """Run a finished build's int8 model on emulated target(s) and add the results to its manifest."""
+
+    def go():
+        from . import build as build_mod
+        from . import manifest as manifest_mod
+        from . import report
+
+        config = _load_config(config_path, sets)
+        if build_dir:
+            bdir = Path(build_dir)
+            sets2 = list(sets) + [f'build.out_dir="{bdir.parent}"', f'build.name="{bdir.name}"']
+            config = _load_config(config_path, sets2)
+        names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
+        config = _load_config(config_path, list(sets) + (
+            [f'build.out_dir="{Path(build_dir).parent}"', f'build.name="{Path(build_dir).name}"'] if build_dir else []
+        ) + [f"validate.targets={json.dumps(names)}"])
+        log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
+        options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
+                                       debug=ctx.obj.debug, log=log)
+        result = build_mod.build(config, options, only="targets")
+        click.echo(report.summary(result.manifest))
+
+    _run(ctx, go)
+
+
+@main.group()
+def target():
+    """Emulated device targets (targets/<name>.toml)."""
+
+
+@target.command("list")
+def target_list():
+    """List the available targets."""
+    from .targets import available_targets, load_target
+
+    for name in available_targets():
+        t = load_target(name)
+        click.echo(f"{name:<24} {t.description}")
+
+
+@target.command("setup")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def target_setup(ctx, names):
+    """Build and verify the emulated root filesystem, qemu and runtime for target(s); cached by
+    the target file's hash, so a second setup is instant."""
+
+    def go():
+        import time
+
+        from .targets import env_dir, load_target, setup
+
+        for name in names:
+            t = load_target(name)
+            started = time.perf_counter()
+            root = setup(t, default_cache_dir(), log=(lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True)))
+            info = json.loads((root / "ready.json").read_text())
+            click.echo(f"{name}: ready in {time.perf_counter() - started:.1f} s at {env_dir(t, default_cache_dir())} "
+                       f"({info.get('runtime', 'host')} {info.get('runtime_version', '')} on {info.get('machine', 'host')})")
+
+    _run(ctx, go)
+
+
+@target.command("dockerfile")
+@click.option("--check", is_flag=True, help="Exit 1 if Dockerfile.edge differs from the target files.")
+@click.option("--output", "-o", default="Dockerfile.edge", show_default=True, type=click.Path(dir_okay=False))
+def target_dockerfile(check, output):
+    """Write Dockerfile.edge (arm64 images with each target's runtime and the same validator)."""
+    from .fsutil import atomic_write_text
+    from .targets import available_targets, dockerfile, load_target
+
+    text = dockerfile([load_target(n) for n in available_targets()])
+    if check:
+        same = Path(output).is_file() and Path(output).read_text() == text
+        click.echo(f"{output} is {'up to date' if same else 'out of date: run edgebuild target dockerfile'}")
+        sys.exit(0 if same else 1)
+    atomic_write_text(output, text)
+    click.echo(f"wrote {output}")
+
+
+@main.group()
+def cache():
+    """The stage cache ($EDGEBUILD_CACHE or ~/.cache/edgebuild)."""
+
+
+@cache.command("clear")
+def cache_clear():
+    """Delete every cached stage output (emulated target environments are kept)."""
+    from .cache import StageCache
+
+    n = StageCache(default_cache_dir()).clear()
+    click.echo(f"removed {n} cached stage outputs from {default_cache_dir()}")
+
+
+@main.command("config")
+def show_config():
+    """Print every config key with its default and description."""
+    from . import config as config_mod
+
+    click.echo(config_mod.describe())

@@ -1,0 +1,139 @@
+"""manifest.json: the contract that flashing scripts, gates and CI read, and nothing else.
+
+It carries a schema version checked on read, every artifact's path (relative to the manifest),
+sha256 and size, the int8 input/output quantization, metrics per runtime and target, the gate
+verdict, and the toolchain versions. Every manifest is validated against `manifest.schema.json` on
+write and on read.
+"""
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from .errors import InputError
+from .fsutil import atomic_write_text, sha256_file
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+TOOLCHAIN = {
+    "keras": "keras",
+    "tensorflow": "tensorflow-cpu",
+    "jax": "jax",
+    "jaxlib": "jaxlib",
+    "ai_edge_litert": "ai-edge-litert",
+    "onnx": "onnx",
+    "tf2onnx": "tf2onnx",
+    "onnxruntime": "onnxruntime",
+    "numpy": "numpy",
+}
+ARTIFACTS = {
+    "int8_tflite": "model_int8.tflite",
+    "float_tflite": "model_float.tflite",
+    "onnx": "model.onnx",
+    "keras": "qat.keras",
+    "float_keras": "float.keras",
+    "calibration": "calibration.json",
+}
+
+
+def toolchain_versions():
+    versions = {"python": platform.python_version()}
+    for key, dist in TOOLCHAIN.items():
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    try:
+        versions["edgebuild"] = metadata.version("edgebuild")
+    except metadata.PackageNotFoundError:
+        versions["edgebuild"] = None
+    return versions
+
+
+def _artifact(build_dir, filename):
+    path = build_dir / filename
+    return {"path": filename, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def assemble(config, records, build_dir):
+    """Build the manifest dict from the stage records of a build directory."""
+    data, export, evaluate = records["data"], records["export"], records["evaluate"]
+    artifacts = {key: _artifact(build_dir, name) for key, name in ARTIFACTS.items()}
+    int8 = export["int8"]
+    artifacts["int8_tflite"].update(
+        input={k: int8["inputs"][0][k] for k in ("dtype", "shape", "scale", "zero_point")},
+        output={k: int8["outputs"][0][k] for k in ("dtype", "shape", "scale", "zero_point")},
+        ops=int8["ops"],
+        float_ops=export["float_ops_kept"],
+    )
+    metrics = dict(evaluate["metrics"])
+    metrics["size"] = {
+        "int8_bytes": artifacts["int8_tflite"]["bytes"],
+        "float_bytes": artifacts["float_tflite"]["bytes"],
+        "int8_over_float": round(artifacts["int8_tflite"]["bytes"] / artifacts["float_tflite"]["bytes"], 4),
+    }
+    targets = {}
+    for name, rec in records.items():
+        if name.startswith("target:") and rec["target"] in config.validate.targets:
+            targets[rec["target"]] = {k: v for k, v in rec.items() if k not in ("stage", "key", "outputs")}
+            artifacts[f"target_{rec['target']}"] = _artifact(build_dir, f"target-{rec['target']}.npz")
+    metrics["targets"] = targets
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": config.build.name,
+        "config_sha256": config.sha256(),
+        "config": config.to_dict(),
+        "seed": config.build.seed,
+        "class_names": data["class_names"],
+        "input_shape": data["input_shape"],
+        "preprocessing": "pixels / 255 (uint8 0..255 -> float 0..1), then int8 = round(x / scale) + zero_point",
+        "splits": data["splits"],
+        "calibration": data["calibration"],
+        "artifacts": artifacts,
+        "metrics": metrics,
+        "test_split": evaluate["test_split"],
+        "stages": {
+            name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
+            for name, rec in records.items()
+        },
+        "train": {"params": records["train"]["params"], "seconds": records["train"]["seconds"]},
+        "qat": {"ranges": records["qat"]["ranges"]},
+        "toolchain": toolchain_versions(),
+    }
+    return manifest
+
+
+def validate(manifest, origin="manifest"):
+    """Check a manifest against the published JSON Schema; raise InputError naming the field."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.path) or "(top level)"
+        raise InputError(f"{origin} does not follow the manifest schema at {where}: {e.message}.")
+
+
+def write(path, manifest):
+    validate(manifest, f"the manifest for {path}")
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+
+
+def read(path):
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"manifest {path} does not exist. Pass the manifest.json of a finished build.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"manifest {path} is not valid JSON ({exc}). Pass an edgebuild manifest.json.") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
+        raise InputError(
+            f"manifest schema_version must be {SCHEMA_VERSION}; received {version!r} in {path}. "
+            "Rebuild it with this edgebuild version, or use the edgebuild that wrote it."
+        )
+    validate(manifest, str(path))
+    return manifest

@@ -1,0 +1,95 @@
+"""On-target validator. Runs inside the target's root filesystem (emulated or real), so it imports
+only the Python standard library, numpy and the target's TFLite runtime.
+
+    python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --batch 1 --threads 1
+
+Reads int8 inputs (N, H, W, C), runs the interpreter at the given batch size in one long-lived
+process, writes the int8 outputs to OUT.npy and a JSON line with timings and the runtime's name
+and version to stdout.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+
+def load_interpreter():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+
+
+def runtime_version(runtime):
+    try:
+        from importlib import metadata
+
+        return metadata.version(runtime)
+    except Exception:
+        if runtime == "tflite-runtime":
+            import tflite_runtime
+
+            return tflite_runtime.__version__
+        return "unknown"
+
+
+def main(argv=None):
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("inputs")
+    parser.add_argument("out")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    Interpreter, runtime = load_interpreter()
+    x = np.load(args.inputs)
+    started = time.perf_counter()
+    interp = Interpreter(model_path=args.model, num_threads=args.threads)
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    if inp["dtype"] != x.dtype:
+        print(json.dumps({"error": f"model input is {inp['dtype'].__name__}, inputs are {x.dtype}"}))
+        return 3
+    batch = max(1, min(args.batch, len(x)))
+    interp.resize_tensor_input(inp["index"], [batch] + list(inp["shape"][1:]))
+    interp.allocate_tensors()
+    setup_s = time.perf_counter() - started
+
+    results = np.zeros((len(x),) + tuple(out["shape"][1:]), dtype=out["dtype"])
+    started = time.perf_counter()
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch]
+        n = len(chunk)
+        if n < batch:  # pad the last batch; padded rows are dropped
+            chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
+        interp.set_tensor(inp["index"], chunk)
+        interp.invoke()
+        results[start : start + n] = interp.get_tensor(out["index"])[:n]
+    infer_s = time.perf_counter() - started
+    np.save(args.out, results)
+    print(json.dumps({
+        "runtime": runtime,
+        "runtime_version": runtime_version(runtime),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "images": int(len(x)),
+        "batch": batch,
+        "threads": args.threads,
+        "setup_seconds": setup_s,
+        "inference_seconds": infer_s,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Progress bars that write to the user's terminal, and stay quiet otherwise or with --quiet."""
+
+import sys
+
+
+class Progress:
+    """Hands out tqdm bars on one stream; disabled when not a terminal or when quiet."""
+
+    def __init__(self, stream=None, quiet=False):
+        self.stream = stream or sys.stderr
+        self.enabled = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def bar(self, total, desc, unit="it"):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, desc=desc, unit=unit, file=self.stream, disable=not self.enabled,
+            leave=False, dynamic_ncols=True,
+        )
+
+
+def keras_callback(progress, desc, epochs, steps_per_epoch):
+    """A Keras callback that drives one bar over all batches of all epochs."""
+    import keras
+
+    class _Bar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = progress.bar(epochs * steps_per_epoch, desc, unit="step")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            acc = (logs or {}).get("val_accuracy")
+            if acc is not None:
+                self.bar.set_postfix(epoch=epoch + 1, val_acc=f"{acc:.3f}")
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return _Bar()

@@ -1,0 +1,51 @@
+"""train stage: fit the float model with Keras 3 on the JAX backend (run in a JAX process)."""
+
+import math
+import time
+
+import numpy as np
+
+from .. import models, progress as progress_mod
+from ..fsutil import atomic_save_model
+from .data import load_dataset
+
+
+def split_arrays(dataset, name):
+    idx = dataset[name]
+    return dataset["x"][idx].astype("float32") / 255.0, dataset["y"][idx]
+
+
+def run(cfg, seed, dataset_path, out_dir, progress):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    data = load_dataset(dataset_path)
+    x_train, y_train = split_arrays(data, "train")
+    x_val, y_val = split_arrays(data, "val")
+    num_classes = len(data["class_names"])
+    model = models.RECIPES[cfg.recipe](x_train.shape[1:], num_classes, width=cfg.width, blocks=cfg.blocks)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    steps = math.ceil(len(x_train) / cfg.batch_size)
+    started = time.perf_counter()
+    history = model.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val) if len(x_val) else None,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
+        callbacks=[progress_mod.keras_callback(progress, "train", cfg.epochs, steps)],
+    )
+    seconds = time.perf_counter() - started
+    atomic_save_model(model, out_dir / "float.keras")
+    return {
+        "params": int(model.count_params()),
+        "epochs": cfg.epochs,
+        "seconds": round(seconds, 2),
+        "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+    }
+
+
+def run_stage(config, inputs, out_dir, progress):
+    return run(config.train, config.build.seed, inputs["dataset.npz"], out_dir, progress)
