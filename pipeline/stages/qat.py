@@ -26,7 +26,11 @@ def run(cfg, seed, float_path, dataset_path, out_dir, progress):
     # Ranges start from real data: one pass over the first training samples in training mode.
     model(x_train[: cfg.init_samples], training=True)
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
+        # statistics (and QAT's activation ranges) match the final weights.
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=max(1, cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))
+        )),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

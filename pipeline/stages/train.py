@@ -25,7 +25,11 @@ def run(cfg, seed, dataset_path, out_dir, progress):
     num_classes = len(data["class_names"])
     model = models.RECIPES[cfg.recipe](x_train.shape[1:], num_classes, width=cfg.width, blocks=cfg.blocks)
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
+        # statistics (and QAT's activation ranges) match the final weights.
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=max(1, cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))
+        )),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

@@ -1,0 +1,19 @@
+# `make build`: install everything (first time: a few minutes) and run the default build.
+# `make test`:  install everything and run the test suite.
+EDGEBUILD_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgebuild
+VENV ?= $(EDGEBUILD_HOME)/venv
+export EDGEBUILD_HOME
+export EDGEBUILD_VENV := $(VENV)
+
+.PHONY: install build test bench
+install:
+	@bash scripts/install.sh >/dev/null
+
+build: install
+	$(VENV)/bin/edgebuild build
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/python -m bench

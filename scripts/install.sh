@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up everything edgebuild needs on a Debian machine, idempotently:
+# - mmdebstrap (builds the emulated aarch64 root filesystems) and chromium (renders the HTML
+#   report in the tests) from the machine's own apt sources;
+# - a virtual environment outside the repository, pinned by constraints.txt, reused while
+#   pyproject.toml and constraints.txt are unchanged;
+# - this checkout installed into it in editable mode (cheap; re-pointed at every call).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EDGEBUILD_HOME="${EDGEBUILD_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/edgebuild}"
+VENV="${EDGEBUILD_VENV:-$EDGEBUILD_HOME/venv}"
+
+need_apt=()
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+command -v chromium >/dev/null || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null; }
+fi
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { echo "edgebuild needs Python 3.11; $PYTHON is $("$PYTHON" --version). Set PYTHON=/path/to/python3.11." >&2; exit 3; }
+
+stamp="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$VENV/.edgebuild-$stamp" ]; then
+  echo "creating the virtual environment $VENV (a few minutes the first time)" >&2
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  # (grep drops pip's notes about this machine's optional local package indexes)
+  "$VENV/bin/pip" install -q --disable-pip-version-check -U "setuptools>=68" 2> >(grep -v "is ignored" >&2)
+  "$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2> >(grep -v "is ignored" >&2)
+  "$VENV/bin/pip" check >/dev/null
+  touch "$VENV/.edgebuild-$stamp"
+else
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null 2>&1
+fi
+echo "$VENV"

@@ -1,0 +1,134 @@
+"""The real chain end to end on a tiny model: the manifest contract, full-integer int8, QAT ranges
+in the converted model, TF-backend reload of the QAT layers, reproducible artifacts."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY, edgebuild
+from pipeline import manifest as manifest_mod
+from pipeline import tflite_info
+
+REQUIRED = [
+    "schema_version", "name", "config_sha256", "seed", "class_names",
+    "artifacts.int8_tflite.path", "artifacts.int8_tflite.sha256", "artifacts.int8_tflite.bytes",
+    "artifacts.float_tflite.path", "artifacts.onnx.path", "artifacts.keras.path",
+    "artifacts.int8_tflite.input.dtype", "artifacts.int8_tflite.input.shape",
+    "artifacts.int8_tflite.input.scale", "artifacts.int8_tflite.input.zero_point",
+    "artifacts.int8_tflite.output.scale", "artifacts.int8_tflite.output.zero_point",
+    "metrics.float.accuracy", "metrics.float.per_class", "metrics.int8_host.accuracy",
+    "metrics.int8_host.per_class", "metrics.onnx.accuracy", "metrics.onnx.per_class",
+    "toolchain.python", "toolchain.keras", "toolchain.tensorflow", "toolchain.jax",
+    "toolchain.ai_edge_litert", "toolchain.onnx", "toolchain.tf2onnx", "toolchain.onnxruntime",
+]
+
+
+def _get(d, dotted):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def test_manifest_has_the_public_contract(tiny_build):
+    m = tiny_build["manifest"]
+    for key in REQUIRED:
+        assert _get(m, key) is not None, key
+    manifest_mod.read(tiny_build["dir"] / "manifest.json")  # schema version + JSON Schema
+    for name, art in m["artifacts"].items():
+        path = tiny_build["dir"] / art["path"]
+        assert path.stat().st_size == art["bytes"], name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"], name
+    for key in ("float", "int8_host", "onnx"):
+        assert 0.0 <= m["metrics"][key]["accuracy"] <= 1.0
+        assert set(m["metrics"][key]["per_class"]) == set(m["class_names"])
+    assert "int8" in tiny_build["stdout"] and "gate: PASS" in tiny_build["stdout"]
+
+
+def test_accuracies_agree_across_runtimes(tiny_build):
+    m = tiny_build["manifest"]["metrics"]
+    assert m["float"]["accuracy"] > 0.8  # the tiny model really learned
+    assert abs(m["onnx"]["accuracy"] - m["float"]["accuracy"]) <= 0.005
+    assert abs(m["int8_host"]["accuracy"] - m["float"]["accuracy"]) <= 0.03
+
+
+def test_int8_model_is_full_integer(tiny_build):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tiny_build["dir"] / "model_int8.tflite"
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interp.get_output_details()[0]["dtype"] == np.int8
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    for op in interp._get_ops_details():
+        used = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        assert all(dtypes[i] in (np.int8, np.int32) for i in used), op["op_name"]
+    info = tflite_info.describe(path)
+    assert info["float_ops"] == [] and info["custom_ops"] == []
+    assert {op["name"] for op in info["ops"]} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert tiny_build["manifest"]["artifacts"]["int8_tflite"]["float_ops"] == []
+
+
+@pytest.fixture(scope="module")
+def tf_reload(tiny_build, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tf")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "tf_helper.py"), str(tiny_build["dir"] / "qat.keras"),
+         str(tiny_build["dir"] / "dataset.npz"), str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), out
+
+
+def test_qat_layers_survive_save_load_under_tensorflow(tiny_build, tf_reload):
+    import keras
+
+    from pipeline import qat
+
+    report, out = tf_reload
+    assert report["backend"] == "tensorflow"
+    assert report["layers"].count("ActivationQuantizer") >= 3
+    assert "QuantConv2D" in report["layers"] and "QuantDense" in report["layers"]
+    assert report["ranges"] == pytest.approx(tiny_build["manifest"]["qat"]["ranges"])
+    # Same file, JAX backend (this process): the two backends compute the same fake-quantized model.
+    model = keras.models.load_model(tiny_build["dir"] / "qat.keras")
+    data = np.load(tiny_build["dir"] / "dataset.npz")
+    jax_logits = model.predict(data["x"][data["test"]].astype("float32") / 255.0, verbose=0)
+    tf_logits = np.load(out / "tf_logits.npy")
+    assert (jax_logits.argmax(1) == tf_logits.argmax(1)).mean() >= 0.99
+    assert np.abs(jax_logits - tf_logits).max() < 0.1
+    assert keras.backend.backend() == "jax" and qat.ActivationQuantizer
+
+
+def test_activation_scales_come_from_qat_ranges_not_calibration(tiny_build, tf_reload):
+    report, _ = tf_reload
+    # Converting with calibration data scaled by 0.25 changes no activation scale...
+    assert report["scales"]["a"] == pytest.approx(report["scales"]["b"], rel=1e-6)
+    # ...and every trained range appears as a tensor scale (max - min) / 255.
+    for name, (lo, hi) in tiny_build["manifest"]["qat"]["ranges"].items():
+        expected = (max(hi, lo + 1e-6) - min(lo, 0.0)) / 255.0
+        assert any(abs(s - expected) <= 1e-6 * max(1.0, expected) + 1e-9 for s in report["scales"]["a"]), name
+    out_q = tiny_build["manifest"]["artifacts"]["int8_tflite"]["output"]
+    lo, hi = tiny_build["manifest"]["qat"]["ranges"]["logits/logits_out_quant"]
+    assert out_q["scale"] == pytest.approx((hi - lo) / 255.0, rel=1e-5)
+
+
+def test_same_seed_gives_byte_identical_tflite(tiny_build, tmp_path):
+    proc = edgebuild(
+        "--quiet", "build", "--config", str(TINY), "--no-cache", "--until", "export",
+        "--set", f'build.out_dir="{tmp_path}"',
+        "--set", f'data.calibration_file="{tiny_build["out"]}/calib.json"',
+        env={"EDGEBUILD_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("model_int8.tflite", "model_float.tflite"):
+        first = (tiny_build["dir"] / name).read_bytes()
+        second = (tmp_path / "tiny" / name).read_bytes()
+        assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest(), name

@@ -1,0 +1,44 @@
+"""The CLI: fast help, one-line errors with exit code 3 for bad config, nothing written."""
+
+import subprocess
+import sys
+import time
+
+from conftest import REPO, edgebuild
+
+
+def test_help_is_fast_and_imports_no_framework():
+    code = ("import sys, time; t = time.perf_counter(); from pipeline import cli; "
+            "heavy = [m for m in ('tensorflow', 'jax', 'keras', 'onnxruntime', 'ai_edge_litert') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
+    proc = edgebuild("--help")
+    assert proc.returncode == 0 and "Exit codes" in proc.stdout
+    for sub in ("build", "gate", "validate", "target", "cache", "config"):
+        assert sub in proc.stdout
+
+
+def _bad(tmp_path, *args):
+    proc = edgebuild("build", "--set", f'build.out_dir="{tmp_path}"', *args)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+    assert len(proc.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "digits" / "manifest.json").exists()
+    return proc.stderr
+
+
+def test_unknown_key_names_the_closest_valid_key(tmp_path):
+    assert "Did you mean 'epochs'?" in _bad(tmp_path, "--set", "train.epoch=3")
+
+
+def test_unknown_section_and_bad_types_and_ranges(tmp_path):
+    assert "Did you mean 'train'?" in _bad(tmp_path, "--set", "trian.epochs=3")
+    assert "must be of type int; received 'three'" in _bad(tmp_path, "--set", 'train.epochs="three"')
+    assert "must be between 1 and inf; received 0" in _bad(tmp_path, "--set", "train.epochs=0")
+    assert "must be one of 1, 3" in _bad(tmp_path, "--set", "data.channels=2")
+
+
+def test_missing_data_source_is_one_line(tmp_path):
+    err = _bad(tmp_path, "--set", f'data.source="{tmp_path}/nope"', "--set", 'data.calibration_file="x.json"')
+    assert "does not exist" in err

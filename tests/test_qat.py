@@ -1,0 +1,76 @@
+"""QAT layers on JAX: BatchNorm folding is exact, layers round-trip, unsupported layers are named."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import models, qat
+
+
+def _trained_bn_model():
+    keras.utils.set_random_seed(1)
+    model = models.small_cnn((12, 12, 1), 4, width=4, blocks=2)
+    for layer in model.layers:  # non-trivial BN statistics, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            rng = np.random.RandomState(n)
+            layer.moving_mean.assign(rng.randn(n).astype("float32"))
+            layer.moving_variance.assign(rng.rand(n).astype("float32") + 0.5)
+            layer.gamma.assign(rng.rand(n).astype("float32") + 0.5)
+            layer.beta.assign(rng.randn(n).astype("float32"))
+    return model
+
+
+def test_batchnorm_folding_matches_the_float_model():
+    model = _trained_bn_model()
+    x = np.random.RandomState(0).rand(32, 12, 12, 1).astype("float32")
+    q = qat.quantize_model(model)
+    layer_types = {type(l).__name__ for l in q.layers}
+    assert "BatchNormalization" not in layer_types and "QuantConv2D" in layer_types
+    q(x, training=True)  # ranges from real data
+    ref, got = model(x, training=False), q(x, training=False)
+    ref, got = np.asarray(ref), np.asarray(got)
+    # 8-bit fake quant on every tensor: close, not equal.
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max() + 0.05
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+
+
+def test_ranges_start_from_data_and_follow_an_ema():
+    layer = qat.ActivationQuantizer(momentum=0.5)
+    layer.build((None, 4))
+    layer(np.array([[-1.0, 0.0, 2.0, 1.0]], "float32"), training=True)
+    assert float(layer.range_min.numpy()) == -1.0 and float(layer.range_max.numpy()) == 2.0
+    layer(np.array([[0.0, 0.0, 4.0, 0.0]], "float32"), training=True)
+    assert float(layer.range_max.numpy()) == pytest.approx(3.0)
+    assert float(layer.range_min.numpy()) == pytest.approx(-0.5)
+
+
+def test_qat_layers_round_trip_their_config():
+    for layer in (qat.QuantConv2D(8, 3, activation="relu", output_momentum=0.9),
+                  qat.QuantDense(5, quantize_output=False), qat.ActivationQuantizer(fixed_range=[0, 1])):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+
+def test_straight_through_gradients_reach_the_kernel():
+    import jax
+
+    layer = qat.QuantDense(3)
+    layer.build((None, 4))
+    x = np.random.RandomState(0).rand(2, 4).astype("float32")
+    layer(x, training=True)
+
+    def loss(kernel):
+        return keras.ops.sum(keras.ops.square(qat._quantize_weight(kernel, per_channel=False) @ np.ones((3, 1), "float32")))
+
+    grad = jax.grad(loss)(layer.kernel.value)
+    assert np.abs(np.asarray(grad)).sum() > 0
+
+
+def test_unsupported_layer_is_named():
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.LayerNormalization(name="my_norm")(x)
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    with pytest.raises(qat.UnsupportedLayerError, match="'my_norm' \\(LayerNormalization\\)"):
+        qat.quantize_model(keras.Model(inp, out))

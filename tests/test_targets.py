@@ -1,0 +1,78 @@
+"""On-target validation with the real emulated aarch64 interpreters (qemu user-mode), no mocks."""
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from pipeline import targets, tflite_info
+from pipeline.errors import InputError
+
+AARCH64 = ["rpi4-bookworm-tflite", "rpi5-litert"]
+
+
+@pytest.mark.parametrize("name", AARCH64)
+def test_emulated_interpreter_runs_a_tiny_int8_model(name, tiny_build, cache_dir, tmp_path):
+    """tiny_build set the targets up cold in this session's cache; run the validator again here."""
+    target = targets.load_target(name)
+    root = targets.setup(target, cache_dir)
+    shape = tflite_info.describe(targets.SELFTEST_MODEL)["inputs"][0]["shape"]
+    x = np.random.RandomState(0).randint(-128, 128, size=[7, *shape[1:]]).astype(np.int8)
+    out, info = targets.run_sharded(target, root, targets.SELFTEST_MODEL, x, tmp_path, shards=2)
+    assert info["machine"] == "aarch64"
+    assert (info["runtime"], info["runtime_version"]) == (target.runtime, target.runtime_version)
+    assert info["shards"] == 2 and out.shape[0] == 7 and out.dtype == np.int8
+
+    host, _ = targets.run_sharded(targets.load_target("host"), targets.setup(targets.load_target("host"), cache_dir),
+                                  targets.SELFTEST_MODEL, x, tmp_path / "host", shards=1)
+    diff = np.abs(out.astype(int) - host.astype(int)).max()
+    assert diff <= target.tolerances.max_abs_diff
+
+
+def test_default_style_build_records_every_target(tiny_build):
+    t = tiny_build["manifest"]["metrics"]["targets"]
+    assert set(t) == set(AARCH64)
+    for name, rec in t.items():
+        for key in ("accuracy", "per_class", "bitexact_fraction", "max_abs_diff", "top1_agreement",
+                    "images_per_s", "runtime", "runtime_version"):
+            assert key in rec, (name, key)
+        assert rec["machine"] == "aarch64" and rec["emulated"] is True
+        assert rec["samples"] == tiny_build["manifest"]["splits"]["test"] and rec["sampled"] is False
+        assert rec["top1_agreement"] >= 0.99
+    # LiteRT 2.3.0 under emulation is bit-identical to LiteRT 2.3.0 on the host.
+    assert t["rpi5-litert"]["bitexact_fraction"] == 1.0
+
+
+def test_lint_refuses_flex_and_custom_ops_by_name():
+    target = targets.load_target("rpi4-bookworm-tflite")
+    info = {"flex_ops": ["FlexMatrixDeterminant"], "custom_ops": ["FlexMatrixDeterminant", "MyOp"]}
+    with pytest.raises(InputError, match="FlexMatrixDeterminant, MyOp"):
+        targets.lint(target, info)
+
+
+def test_unknown_target_names_the_closest():
+    with pytest.raises(InputError, match="Did you mean 'rpi5-litert'"):
+        targets.load_target("rpi5-litrt")
+
+
+def test_dockerfile_matches_the_target_files():
+    text = (REPO / "Dockerfile.edge").read_text()
+    expected = targets.dockerfile([targets.load_target(n) for n in targets.available_targets()])
+    assert text == expected, "run: edgebuild target dockerfile"
+    for name in AARCH64:
+        t = targets.load_target(name)
+        stage = text.split(f"AS {name}\n", 1)[1].split("FROM ", 1)[0]
+        assert f"debian:{t.distribution}-slim" in text.split(f"AS {name}")[0].splitlines()[-1]
+        pins = re.search(r"pip install [^\n]*", stage).group(0)
+        for wheel in t.wheels:
+            assert wheel in pins.split(), (name, wheel)
+
+
+def test_mirror_comes_from_the_machines_apt_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+    )
+    assert targets.debian_mirror(str(tmp_path)) == "http://mirror.example/debian"
