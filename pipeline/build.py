@@ -42,12 +42,20 @@ class BuildResult:
     gate: dict | None = None
 
 
+# Config values that name a file whose content is already part of the key (_external_inputs): the
+# same calibration set at another path is the same input.
+CONTENT_KEYED = {"data": ("calibration_file",)}
+
+
 def _config_values(config, keys):
     values = {}
     for key in keys:
         section, _, name = key.partition(".")
         sub = config.section(section)
-        values[key] = sub[name] if name else sub
+        if name:
+            values[key] = sub[name]
+        else:
+            values[key] = {k: v for k, v in sub.items() if k not in CONTENT_KEYED.get(section, ())}
     return values
 
 
@@ -90,6 +98,22 @@ def build_lock(build_dir):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_leftovers(build_dir):
+    """Remove what a killed build left behind: staging directories and temporary files (all hidden,
+    never an artifact). Called under the build lock, so no live build owns them."""
+    removed = 0
+    for path in build_dir.rglob(".*"):
+        if path.name == ".lock" or not path.exists():
+            continue
+        if path.is_dir() and path.name.startswith(".stage-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        elif path.is_file() and (path.name.endswith(".tmp") or ".tmp." in path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def check_writable(build_dir):
@@ -181,6 +205,8 @@ def run_stage(stage, config, build_dir, cache, options):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         cached = False
+    if stage.name == "data":
+        record = _data_record(record, config, cached, cache, stage, inputs, build_dir)
     record = {
         **record,
         "stage": stage.name,
@@ -192,6 +218,20 @@ def run_stage(stage, config, build_dir, cache, options):
     atomic_write_text(build_dir / "records" / f"{stage.name.replace(':', '-')}.json", json.dumps(record, indent=1))
     options.log(f"{'cached' if cached else 'ran':>6}  {stage.name:<28} {record['wall_seconds']:>7.1f} s")
     return record
+
+
+def _data_record(record, config, cached, cache, stage, inputs, build_dir):
+    """The calibration file is an input of the data stage when it exists and an output when the
+    stage creates it. After creating it, store the entry under the key the next build computes
+    (with the file's content hash), so that build is a hit; a hit reports this build's path."""
+    calib = dict(record["calibration"], file=str(config.data.calibration_file))
+    if cached:
+        calib["created"] = False
+    elif calib.get("created") and cache and Path(config.data.calibration_file).is_file():
+        later = stage_key(stage, _config_values(config, stage.config), {n: sha256_file(p) for n, p in inputs.items()},
+                          _external_inputs(stage, config))
+        cache.put(later, build_dir, stage.outputs, {**record, "calibration": {**calib, "created": False}})
+    return {**record, "calibration": calib}
 
 
 def _restore_calibration_file(config, build_dir):
@@ -213,11 +253,18 @@ def build(config, options, only=None, until=None, baseline=None):
     """Run a build. `only` runs one stage from existing outputs; `until` stops after a stage."""
     from . import manifest as manifest_mod
 
+    from .targets import load_target
+
+    for name in config.validate.targets:  # an unknown target is bad input before anything runs
+        load_target(name)
     build_dir = config.build_dir
     check_writable(build_dir)
-    cache = StageCache(options.cache_dir) if config.cache.enabled else None
+    warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
+    cache = StageCache(options.cache_dir, warn=warn) if config.cache.enabled else None
     result = BuildResult(build_dir)
     with build_lock(build_dir):
+        if remove_leftovers(build_dir):
+            options.log(f"removed temporary files of an interrupted build from {build_dir}")
         plan = stage_registry.plan(config)
         names = [s.name for s in plan]
         for stage in plan:
@@ -240,6 +287,9 @@ def build(config, options, only=None, until=None, baseline=None):
             result.gate = gate_mod.evaluate(result.manifest, config.gate, baseline)
             result.manifest["gate"] = result.gate
         manifest_mod.write(build_dir / "manifest.json", result.manifest)
+        from . import report
+
+        report.write_html(result.manifest, build_dir)
     return result
 
 

@@ -31,8 +31,9 @@ def stage_key(stage, config_values, input_hashes, external):
 
 
 class StageCache:
-    def __init__(self, root):
+    def __init__(self, root, warn=warnings.warn):
         self.root = Path(root) / "stages"
+        self.warn = warn
 
     def get(self, key, outputs):
         """Return (entry_dir, record) for a valid entry, else None."""
@@ -46,7 +47,7 @@ class StageCache:
                 if sha256_file(entry / name) != meta["sha256"][name]:
                     raise ValueError(f"{name} does not match its recorded sha256")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"cache entry {key[:12]} is corrupt ({exc}); ignoring it and re-running the stage")
+            self.warn(f"cache entry {key[:12]} is corrupt ({exc}); ignoring it and re-running the stage")
             shutil.rmtree(entry, ignore_errors=True)
             return None
         return entry, meta["record"]

@@ -135,6 +135,7 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
         else:
             click.echo(report.summary(result.manifest))
             click.echo(f"manifest: {result.build_dir / 'manifest.json'}")
+            click.echo(f"report:   {result.build_dir / 'report.html'}")
         if result.gate and result.gate["verdict"] == "fail":
             sys.exit(1)
 
@@ -179,6 +180,9 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
         result = gate_mod.evaluate(manifest, config.gate, base)
         manifest["gate"] = result
         manifest_mod.write(bdir / "manifest.json", manifest)
+        from . import report
+
+        report.write_html(manifest, bdir)
         _emit_gate_outputs(result, junit)
         click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
         sys.exit(0 if result["verdict"] == "pass" else 1)
@@ -214,6 +218,24 @@ def validate(ctx, build_dir, target_names, config_path, sets):
                                        debug=ctx.obj.debug, log=log)
         result = build_mod.build(config, options, only="targets")
         click.echo(report.summary(result.manifest))
+
+    _run(ctx, go)
+
+
+@main.command("report", epilog=EXIT_CODES_HELP)
+@click.argument("build_dir", required=False, type=click.Path(file_okay=False))
+@config_option
+@set_option
+@click.pass_context
+def report_cmd(ctx, build_dir, config_path, sets):
+    """Write build/<name>/report.html again from the build's manifest (self-contained, opens offline)."""
+
+    def go():
+        from . import manifest as manifest_mod
+        from . import report
+
+        bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
+        click.echo(report.write_html(manifest_mod.read(bdir / "manifest.json"), bdir))
 
     _run(ctx, go)
 

@@ -43,7 +43,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str = _f("small_cnn", "model recipe", choices=("small_cnn",))
+    recipe: str = _f("small_cnn", "model recipe: small_cnn (conv/BN/ReLU) or ds_cnn (depthwise-separable, MobileNet-style)", choices=("small_cnn", "ds_cnn"))
     width: int = _f(16, "filters in the first block", min=1)
     blocks: int = _f(3, "conv blocks", min=1, max=6)
     epochs: int = _f(10, "training epochs", min=1)

@@ -24,4 +24,23 @@ def small_cnn(input_shape, num_classes, width=16, blocks=3):
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
-RECIPES = {"small_cnn": small_cnn}
+def ds_cnn(input_shape, num_classes, width=16, blocks=3):
+    """MobileNet-style: a conv stem, then depthwise-separable blocks (depthwise 3x3 + BN + ReLU6,
+    pointwise 1x1 + BN + ReLU6), stride 2 between blocks, global pooling and a dense head."""
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    for i in range(blocks):
+        x = keras.layers.DepthwiseConv2D(3, strides=2 if i else 1, padding="same", use_bias=False, name=f"dw{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"dw{i}_bn")(x)
+        x = keras.layers.ReLU(6.0, name=f"dw{i}_relu")(x)
+        x = keras.layers.Conv2D(width * 2 ** (i + 1), 1, use_bias=False, name=f"pw{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"pw{i}_bn")(x)
+        x = keras.layers.ReLU(6.0, name=f"pw{i}_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="ds_cnn")
+
+
+RECIPES = {"small_cnn": small_cnn, "ds_cnn": ds_cnn}

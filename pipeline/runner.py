@@ -42,6 +42,10 @@ def main(request_path):
             config, inputs, Path(request["out_dir"]), Progress(progress_stream, request["quiet"]),
             **request.get("params", {}),
         )
+        import resource
+
+        # peak resident memory of this stage's process, for the benchmarks
+        record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result = {"ok": True, "record": record}
     except EdgebuildError as exc:
         result = {"ok": False, "exit_code": exc.exit_code, "message": str(exc),

@@ -18,7 +18,7 @@ class Stage:
 
 CORE = (
     Stage("data", "pipeline.stages.data", None, "1", ("build.seed", "data"), (), ("dataset.npz", "calibration.json")),
-    Stage("train", "pipeline.stages.train", "jax", "1", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
+    Stage("train", "pipeline.stages.train", "jax", "2", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
     Stage("qat", "pipeline.stages.qat", "jax", "1", ("build.seed", "qat"), ("float.keras", "dataset.npz"), ("qat.keras",)),
     Stage(
         "export", "pipeline.stages.export", "tensorflow", "1", ("export",),

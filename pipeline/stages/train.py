@@ -34,12 +34,17 @@ def run(cfg, seed, dataset_path, out_dir, progress):
         metrics=["accuracy"],
     )
     steps = math.ceil(len(x_train) / cfg.batch_size)
+    epoch_seconds = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: epoch_seconds.append(-time.perf_counter()),
+        on_epoch_end=lambda e, logs: epoch_seconds.__setitem__(-1, epoch_seconds[-1] + time.perf_counter()),
+    )
     started = time.perf_counter()
     history = model.fit(
         x_train, y_train,
         validation_data=(x_val, y_val) if len(x_val) else None,
         epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-        callbacks=[progress_mod.keras_callback(progress, "train", cfg.epochs, steps)],
+        callbacks=[progress_mod.keras_callback(progress, "train", cfg.epochs, steps), timer],
     )
     seconds = time.perf_counter() - started
     atomic_save_model(model, out_dir / "float.keras")
@@ -47,6 +52,8 @@ def run(cfg, seed, dataset_path, out_dir, progress):
         "params": int(model.count_params()),
         "epochs": cfg.epochs,
         "seconds": round(seconds, 2),
+        # the first epoch includes JAX's tracing and XLA compilation of the train/eval steps
+        "epoch_seconds": [round(s, 3) for s in epoch_seconds],
         "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
     }
 

@@ -1,0 +1,294 @@
+"""`python -m bench` (or `make bench`): what edgebuild costs and what it buys, measured side by
+side in one run on this machine. Writes bench/results.json and prints Markdown tables.
+
+Sections: build time per stage cold vs warm (with peak memory and the JAX compile share),
+on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shards),
+accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
+artifact sizes and host/target agreement, and reproducibility (two clean builds, every sha256).
+Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Accuracy comparisons: (label, config overrides). The last one is a configuration where plain
+# post-training quantization loses against float; see the README for how it was found.
+ACCURACY_CASES = [
+    ("digits small_cnn (default)", []),
+    ("digits ds_cnn (depthwise)", ['train.recipe="ds_cnn"']),
+]
+PTQ_HARD_CASE = ("digits ds_cnn 16x16 width 4", ['train.recipe="ds_cnn"', "data.image_size=16", "train.width=4"])
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def edgebuild(args, cache, check=True):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["EDGEBUILD_CACHE"] = str(cache)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "--quiet", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if check and proc.returncode not in (0, 1):
+        raise SystemExit(f"bench: edgebuild {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc, wall
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def median_spread(values):
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "n": len(values)}
+
+
+def fresh_cache(work, name, targets_cache):
+    cache = work / name
+    cache.mkdir()
+    (cache / "targets").symlink_to(targets_cache)  # target environments are shared; stages are not
+    return cache
+
+
+def build_times(work, repeats, targets_cache):
+    """Cold builds (fresh stage cache) and warm rebuilds (everything cached) of the default config."""
+    cold, warm, manifests = [], [], []
+    for i in range(repeats):
+        cache = fresh_cache(work, f"cold{i}", targets_cache)
+        out = work / f"cold{i}-out"
+        peak_before = _children_peak_mb()
+        proc, wall = edgebuild(["build", "--set", f'build.out_dir="{out}"'], cache)
+        m = json.loads((out / "digits" / "manifest.json").read_text())
+        records = {p.stem: json.loads(p.read_text()) for p in (out / "digits" / "records").glob("*.json")}
+        cold.append({"wall": wall, "stages": {r["stage"]: r["wall_seconds"] for r in records.values()},
+                     "peak_rss_mb": {r["stage"]: r.get("peak_rss_mb") for r in records.values()},
+                     "epoch_seconds": records["train"].get("epoch_seconds"),
+                     "cli_peak_mb": max(peak_before, _children_peak_mb())})
+        manifests.append((out / "digits", m))
+        log(f"cold build {i + 1}/{repeats}: {wall:.1f} s")
+    for i in range(repeats):
+        out = work / f"warm{i}-out"
+        proc, wall = edgebuild(["build", "--set", f'build.out_dir="{out}"'], work / "cold0")
+        m = json.loads((out / "digits" / "manifest.json").read_text())
+        assert all(s["cached"] for s in m["stages"].values()), "a warm rebuild ran a stage"
+        warm.append({"wall": wall, "stages": {k: v["wall_seconds"] for k, v in m["stages"].items()}})
+        log(f"warm build {i + 1}/{repeats}: {wall:.1f} s")
+    stages = list(cold[0]["stages"])
+    per_stage = {s: {"cold": median_spread([c["stages"][s] for c in cold]),
+                     "warm": median_spread([w["stages"][s] for w in warm]),
+                     "peak_rss_mb": max((c["peak_rss_mb"][s] or 0) for c in cold)} for s in stages}
+    epochs = cold[0]["epoch_seconds"] or []
+    compile_s = epochs[0] - statistics.median(epochs[1:]) if len(epochs) > 2 else None
+    return {
+        "cold_total_s": median_spread([c["wall"] for c in cold]),
+        "warm_total_s": median_spread([w["wall"] for w in warm]),
+        "per_stage": per_stage,
+        "train_epoch_seconds": epochs,
+        "jax_compile_estimate_s": round(compile_s, 2) if compile_s is not None else None,
+        "jax_compile_share_of_train": round(compile_s / sum(epochs), 3) if compile_s is not None else None,
+    }, manifests
+
+
+def _children_peak_mb():
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+
+
+def reproducibility(manifests):
+    (d0, m0), rest = manifests[0], manifests[1:]
+    rows = []
+    for key, art in sorted(m0["artifacts"].items()):
+        same = [m["artifacts"][key]["sha256"] == art["sha256"] for _, m in rest]
+        rows.append({"artifact": key, "sha256": art["sha256"][:16], "identical_in_all_builds": all(same)})
+    return {"builds": len(manifests), "artifacts": rows,
+            "all_identical": all(r["identical_in_all_builds"] for r in rows)}
+
+
+def validation_cost(build_dir, repeats, targets_cache, work):
+    import numpy as np
+
+    from pipeline import targets as targets_mod
+    from pipeline import tflite_info
+    from pipeline.stages.data import load_dataset
+
+    model = build_dir / "model_int8.tflite"
+    info = tflite_info.describe(model)
+    q = info["inputs"][0]
+    data = load_dataset(build_dir / "dataset.npz")
+    x = tflite_info.quantize_input(data["x"][data["test"]], q["scale"], q["zero_point"])
+    result = {"test_images": int(len(x))}
+    for name in ("host", "rpi4-bookworm-tflite", "rpi5-litert"):
+        target = targets_mod.load_target(name)
+        root = targets_mod.setup(target, targets_cache.parent, log=lambda m: None)
+        row = {"runtime": f"{target.runtime} {target.runtime_version}", "cpu": target.cpu}
+        for shards in (1, 2):
+            ips, walls = [], []
+            for r in range(repeats):
+                _, run_info = targets_mod.run_sharded(target, root, model, x, work / f"v-{name}-{shards}-{r}", shards)
+                ips.append(run_info["images_per_s"])
+                walls.append(run_info["wall_seconds"])
+            row[f"shards{shards}_images_per_s"] = median_spread(ips)
+            row[f"shards{shards}_wall_s"] = median_spread(walls)
+        row["sharding_speedup"] = round(row["shards2_wall_s"]["median"] / row["shards1_wall_s"]["median"], 3) ** -1
+        result[name] = row
+        log(f"validation {name}: {row['shards1_images_per_s']['median']:.0f} / {row['shards2_images_per_s']['median']:.0f} img/s")
+    host = result["host"]["shards1_images_per_s"]["median"]
+    for name in ("rpi4-bookworm-tflite", "rpi5-litert"):
+        result[name]["fraction_of_host"] = round(result[name]["shards1_images_per_s"]["median"] / host, 4)
+    return result
+
+
+def accuracy(work, targets_cache, default_build):
+    rows = []
+    for label, overrides in ACCURACY_CASES[:1] + ACCURACY_CASES[1:] + [PTQ_HARD_CASE]:
+        if not overrides:
+            build_dir = default_build
+        else:
+            slug = "".join(c if c.isalnum() else "-" for c in label)[:40]
+            out = work / f"acc-{slug}"
+            cache = fresh_cache(work, f"acc-cache-{slug}", targets_cache)
+            edgebuild(["build", "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
+                       "--set", "validate.targets=[]", *sets(overrides)], cache)
+            build_dir = out / "digits"
+        m = json.loads((build_dir / "manifest.json").read_text())
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        subprocess.run([sys.executable, "-m", "bench.ptq", str(build_dir), str(work / "ptq.json")],
+                       cwd=REPO, env=env, check=True, capture_output=True)
+        ptq = json.loads((work / "ptq.json").read_text())
+        f, qat = m["metrics"]["float"]["accuracy"], m["metrics"]["int8_host"]["accuracy"]
+        rows.append({
+            "case": label, "overrides": overrides, "params": m["train"]["params"],
+            "test_samples": m["splits"]["test"], "calibration_samples": len(m["calibration"]["ids"]) if "ids" in m["calibration"] else m["calibration"].get("samples"),
+            "float": f, "ptq_int8": round(ptq["ptq_int8_accuracy"], 6), "qat_int8": qat,
+            "ptq_drop_pp": round(100 * (f - ptq["ptq_int8_accuracy"]), 2), "qat_drop_pp": round(100 * (f - qat), 2),
+            "keras_quantize_int8": ptq["keras_quantize_accuracy"], "keras_quantize_note": ptq["keras_quantize_note"],
+            "keras_quantize_litert_export": ptq["keras_quantize_litert_export"],
+        })
+        log(f"accuracy {label}: float {f:.4f} ptq {ptq['ptq_int8_accuracy']:.4f} qat {qat:.4f}")
+    return rows
+
+
+def artifacts(manifest):
+    a, t = manifest["artifacts"], manifest["metrics"]["targets"]
+    return {
+        "int8_tflite_bytes": a["int8_tflite"]["bytes"], "float_tflite_bytes": a["float_tflite"]["bytes"],
+        "onnx_bytes": a["onnx"]["bytes"], "int8_over_float": manifest["metrics"]["size"]["int8_over_float"],
+        "agreement": {n: {k: v[k] for k in ("top1_agreement", "bitexact_fraction", "max_abs_diff", "accuracy")}
+                      for n, v in t.items()},
+    }
+
+
+def machine():
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), 0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1),
+            "os": platform.platform(), "python": platform.python_version()}
+
+
+def markdown(r):
+    def ms(d):
+        return f"{d['median']:.1f} ({d['min']:.1f}–{d['max']:.1f})"
+
+    out = [f"Run {r['date']} on {r['machine']['cpu']}, {r['machine']['cores']} cores; median (min–max) of {r['repeats']} runs.", ""]
+    b = r["build_times"]
+    out += ["| stage | cold s | warm s | peak RSS MB |", "|---|---|---|---|"]
+    for s, v in b["per_stage"].items():
+        out.append(f"| {s} | {ms(v['cold'])} | {ms(v['warm'])} | {v['peak_rss_mb'] or '-'} |")
+    out.append(f"| **whole build (CLI)** | {ms(b['cold_total_s'])} | {ms(b['warm_total_s'])} | |")
+    if b["jax_compile_estimate_s"] is not None:
+        out.append(f"\nJAX compile (first epoch minus a steady epoch): {b['jax_compile_estimate_s']:.1f} s, "
+                   f"{100 * b['jax_compile_share_of_train']:.0f}% of training time.")
+    v = r["validation"]
+    out += ["", f"On-target validation of the {v['test_images']} test images (int8, batch 1):", "",
+            "| runtime | images/s, 1 shard | images/s, 2 shards | wall s, 1 shard | wall s, 2 shards | 2-shard speedup | vs host |",
+            "|---|---|---|---|---|---|---|"]
+    for name in ("host", "rpi4-bookworm-tflite", "rpi5-litert"):
+        x = v[name]
+        out.append(f"| {name} ({x['runtime']}) | {ms(x['shards1_images_per_s'])} | {ms(x['shards2_images_per_s'])} | "
+                   f"{ms(x['shards1_wall_s'])} | {ms(x['shards2_wall_s'])} | {x['sharding_speedup']:.2f}× | "
+                   f"{100 * x.get('fraction_of_host', 1):.2f}% |")
+    out += ["", "| model | params | float | PTQ int8 | QAT int8 (edgebuild) | PTQ drop pp | QAT drop pp | keras quantize('int8') | its LiteRT export |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for a in r["accuracy"]:
+        kq = "-" if a["keras_quantize_int8"] is None else f"{100 * a['keras_quantize_int8']:.2f}%"
+        out.append(f"| {a['case']} | {a['params']:,} | {100 * a['float']:.2f}% | {100 * a['ptq_int8']:.2f}% | "
+                   f"{100 * a['qat_int8']:.2f}% | {a['ptq_drop_pp']:+.2f} | {a['qat_drop_pp']:+.2f} | {kq} | "
+                   f"{a['keras_quantize_litert_export'][:60]} |")
+    s = r["artifacts"]
+    out += ["", f"Sizes: int8 TFLite {s['int8_tflite_bytes']:,} B, float32 TFLite {s['float_tflite_bytes']:,} B "
+            f"(int8 = {100 * s['int8_over_float']:.1f}%), ONNX {s['onnx_bytes']:,} B.", "",
+            "| target | top-1 agreement | bit-exact outputs | max abs diff | accuracy |", "|---|---|---|---|---|"]
+    for n, a in sorted(s["agreement"].items()):
+        out.append(f"| {n} | {100 * a['top1_agreement']:.2f}% | {100 * a['bitexact_fraction']:.2f}% | {a['max_abs_diff']} | {100 * a['accuracy']:.2f}% |")
+    rep = r["reproducibility"]
+    out += ["", f"Reproducibility: {rep['builds']} clean builds with the same seed; "
+            f"{sum(a['identical_in_all_builds'] for a in rep['artifacts'])} of {len(rep['artifacts'])} artifacts byte-identical"
+            + ("." if rep["all_identical"] else f" (differ: {', '.join(a['artifact'] for a in rep['artifacts'] if not a['identical_in_all_builds'])}).")]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per timing (median reported)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
+    args = parser.parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="edgebuild-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        targets_cache = work / "targets"
+        targets_cache.mkdir(exist_ok=True)
+        setup_times = {}
+        for name in ("rpi4-bookworm-tflite", "rpi5-litert"):
+            started = time.perf_counter()
+            edgebuild(["target", "setup", name], work / "setup-cache-link" if False else _setup_cache(work, targets_cache))
+            setup_times[name] = round(time.perf_counter() - started, 1)
+        log(f"target setup (cold): {setup_times}")
+        times, manifests = build_times(work, args.repeats, targets_cache)
+        result = {
+            "date": datetime.date.today().isoformat(),
+            "machine": machine(),
+            "repeats": args.repeats,
+            "target_setup_cold_s": setup_times,
+            "build_times": times,
+            "reproducibility": reproducibility(manifests),
+            "artifacts": artifacts(manifests[0][1]),
+            "validation": validation_cost(manifests[0][0], args.repeats, targets_cache, work),
+            "accuracy": accuracy(work, targets_cache, manifests[0][0]),
+        }
+        result["markdown"] = markdown(result)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(result["markdown"])
+        log(f"wrote {args.out}")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _setup_cache(work, targets_cache):
+    cache = work / "setup-cache"
+    if not cache.exists():
+        cache.mkdir()
+        (cache / "targets").symlink_to(targets_cache)
+    return cache
+
+
+if __name__ == "__main__":
+    main()

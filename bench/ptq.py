@@ -1,0 +1,58 @@
+"""Child process (KERAS_BACKEND=tensorflow): the alternatives a user has without edgebuild.
+
+1. Post-training full-int8 quantization: the float model through the TFLiteConverter with the
+   build's own calibration set as representative data (exactly what edgebuild's export does for
+   the QAT model, so the only difference is QAT).
+2. Keras's own `model.quantize("int8")`: accuracy in Keras, then its LiteRT export attempted.
+
+Usage: python -m bench.ptq BUILD_DIR OUT.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(build_dir, out_json):
+    import keras
+    import numpy as np
+
+    from pipeline import tflite_info
+    from pipeline.stages.data import calibration_indices, load_dataset
+    from pipeline.stages.evaluate import run_tflite
+    from pipeline.stages.export import export_int8
+
+    build_dir = Path(build_dir)
+    data = load_dataset(build_dir / "dataset.npz")
+    calib = json.loads((build_dir / "calibration.json").read_text())
+    calibration = data["x"][calibration_indices(data, calib)].astype("float32") / 255.0
+    test = data["test"]
+    x_test, y_test = data["x"][test], data["y"][test]
+
+    model = keras.models.load_model(build_dir / "float.keras")
+    ptq_path = build_dir / "bench_ptq_int8.tflite"
+    export_int8(model, calibration, ptq_path)
+    info = tflite_info.describe(ptq_path)
+    q = info["inputs"][0]
+    out = run_tflite(ptq_path, tflite_info.quantize_input(x_test, q["scale"], q["zero_point"]))
+    result = {"ptq_int8_accuracy": float((out.argmax(1) == y_test).mean()), "ptq_int8_bytes": ptq_path.stat().st_size}
+
+    kq = keras.models.load_model(build_dir / "float.keras")
+    try:
+        kq.quantize("int8")
+        logits = kq.predict(x_test.astype("float32") / 255.0, verbose=0)
+        result["keras_quantize_accuracy"] = float((logits.argmax(1) == y_test).mean())
+        result["keras_quantize_note"] = "model.quantize('int8') quantizes Dense/EinsumDense weights only; convolutions stay float"
+    except Exception as exc:  # reported as what it is
+        result["keras_quantize_accuracy"] = None
+        result["keras_quantize_note"] = f"model.quantize('int8') failed: {type(exc).__name__}: {str(exc)[:200]}"
+    try:
+        kq.export(str(build_dir / "bench_keras_quantize.tflite"), format="litert", verbose=False)
+        result["keras_quantize_litert_export"] = "ok"
+    except Exception as exc:
+        result["keras_quantize_litert_export"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    Path(out_json).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

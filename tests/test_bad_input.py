@@ -1,0 +1,216 @@
+"""Bad input, table-driven: every case exits 3 with one line (rule, what was received, the fix), no
+traceback, and writes no artifact."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SIGNS, TINY, edgebuild
+
+
+def _folder(tmp, classes=("a", "b", "c"), per_class=12, size=12):
+    root = tmp / "imgs"
+    rng = np.random.RandomState(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _npz(tmp, x=None, y=None, **extra):
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 255, (60, 8, 8), dtype=np.uint8) if x is None else x
+    y = np.arange(60) % 3 if y is None else y
+    arrays = {"x": x, "y": y, **extra}
+    np.savez(tmp / "d.npz", **{k: v for k, v in arrays.items() if v is not False})
+    return tmp / "d.npz"
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _data(source, *more):
+    return ["--set", f'data.source="{source}"', "--set", "data.image_size=8", "--set", "data.calibration_samples=10", *more]
+
+
+def empty_class(tmp):
+    root = _folder(tmp)
+    (root / "d").mkdir()
+    return _data(root)
+
+
+def corrupt_image(tmp):
+    root = _folder(tmp)
+    (root / "b" / "broken.png").write_bytes((root / "b" / "0.png").read_bytes()[:40])
+    return _data(root)
+
+
+def text_file_in_folder(tmp):
+    root = _folder(tmp)
+    (root / "a" / "README.txt").write_text("not an image")
+    return _data(root)
+
+
+def mixed_sizes_refused(tmp):
+    root = _folder(tmp, size=8)
+    Image.new("RGB", (20, 20)).save(root / "c" / "big.png")
+    return _data(root, "--set", 'data.mixed_sizes="refuse"')
+
+
+def single_class_folder(tmp):
+    return _data(_folder(tmp, classes=("only",)))
+
+
+def write_calib(tmp, samples):
+    path = tmp / "calib.json"
+    path.write_text(json.dumps({"schema_version": 1, "samples": samples}))
+    return path
+
+
+def small_calibration(tmp):
+    calib = write_calib(tmp, [])
+    return ["--set", f'data.calibration_file="{calib}"']
+
+
+def calibration_missing_classes(tmp):
+    # a real calibration set of a build, then only class-0 samples kept
+    proc = edgebuild("--quiet", "build", "--config", str(TINY), "--until", "data",
+                     "--set", f'build.out_dir="{tmp}/pre"', "--set", f'data.calibration_file="{tmp}/full.json"')
+    assert proc.returncode == 0, proc.stderr
+    full = json.loads((tmp / "full.json").read_text())
+    full["samples"] = [s for s in full["samples"] if s["label"] == 0] * 20
+    (tmp / "calib.json").write_text(json.dumps(full))
+    shutil.rmtree(tmp / "pre")
+    return ["--set", f'data.calibration_file="{tmp}/calib.json"', "--set", "data.calibration_samples=10"]
+
+
+CASES = [
+    # id, make(tmp) -> extra CLI args, expected text
+    ("unknown key", lambda t: ["--set", "train.epoch=3"], "Did you mean 'epochs'?"),
+    ("unknown section", lambda t: ["--set", "trian.epochs=3"], "Did you mean 'train'?"),
+    ("wrong type", lambda t: ["--set", 'train.epochs="ten"'], "must be of type int"),
+    ("below range", lambda t: ["--set", "train.epochs=0"], "must be between 1 and inf; received 0"),
+    ("above range", lambda t: ["--set", "data.val_fraction=0.9"], "must be between 0.0 and 0.5"),
+    ("not a choice", lambda t: ["--set", "data.channels=2"], "must be one of 1, 3"),
+    ("bad --set syntax", lambda t: ["--set", "train.epochs"], "--set takes section.key=value"),
+    ("config file missing", lambda t: ["--config", str(t / "nope.toml")], "does not exist"),
+    ("config not TOML", lambda t: ["--config", str(_write(t / "c.toml", "[train\nepochs="))], "not valid TOML"),
+    ("unknown target", lambda t: ["--set", 'validate.targets=["rpi9"]'], "there is no"),
+    ("data source missing", lambda t: _data(t / "nowhere"), "does not exist"),
+    ("empty class folder", empty_class, "is empty"),
+    ("corrupt image", corrupt_image, "broken.png"),
+    ("non-image file", text_file_in_folder, "README.txt"),
+    ("mixed sizes refused", mixed_sizes_refused, "big.png"),
+    ("one class only", single_class_folder, "at least 2"),
+    ("npz labels out of range", lambda t: _data(_npz(t, y=np.arange(60) % 3 - 1)), "must be in 0..1"),
+    ("npz NaN labels", lambda t: _data(_npz(t, y=np.where(np.arange(60) == 5, np.nan, np.arange(60) % 3))), "NaN"),
+    ("npz NaN pixels", lambda t: _data(_npz(t, x=np.where(np.arange(60 * 64).reshape(60, 8, 8) == 7, np.nan, 0.5))), "NaN or inf"),
+    ("npz missing y", lambda t: _data(_npz(t, y=False)), "needs arrays 'x' and 'y'"),
+    ("npz wrong shape", lambda t: _data(_npz(t, x=np.zeros((60, 64), np.uint8))), "needs x of shape"),
+    ("npz not an npz", lambda t: _data(_write(t / "d.npz", "hello")), "not a readable .npz"),
+    ("class absent from test split", lambda t: _data(_npz(t, y=np.where(np.arange(60) == 0, 3, np.arange(60) % 3))), "must contain every class"),
+    ("calibration too small", small_calibration, "calibration needs at least"),
+    ("calibration missing classes", calibration_missing_classes, "must cover every class"),
+    ("calibration not JSON", lambda t: ["--set", f'data.calibration_file="{_write(t / "calib.json", "{")}"'], "not valid JSON"),
+    ("more calibration than train", lambda t: _data(_npz(t), "--set", "data.calibration_samples=500"), "has only"),
+]
+
+
+def _files(out):
+    """Everything a build left in `out`, except logs and the lock file (not artifacts)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if p.is_file() and "logs" not in p.parts and p.name != ".lock")
+
+
+@pytest.mark.parametrize("case, make, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_3_with_one_line(case, make, expected, tmp_path):
+    out = tmp_path / "out"
+    args = make(tmp_path)
+    if not any(a.startswith("data.calibration_file") for a in args):
+        args += ["--set", f'data.calibration_file="{tmp_path}/calib-new.json"']
+    if "--config" not in args:
+        args = ["--config", str(TINY), *args]
+    before = _files(tmp_path)
+    if not any(a.startswith("validate.targets") for a in args):
+        args += ["--set", "validate.targets=[]"]
+    proc = edgebuild("build", *args, "--set", f'build.out_dir="{out}"')
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and err.startswith("error: ") and len(err.splitlines()) <= 2, err
+    assert expected in err, err
+    assert _files(tmp_path) == before, "a failed build must write no artifact"
+
+
+def test_output_directory_not_writable(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if (ro / "probe").exists() or _can_write(ro):
+            pytest.skip("running as a user that ignores directory permissions (root)")
+        proc = edgebuild("build", "--config", str(TINY), "--set", f'build.out_dir="{ro}"')
+        assert proc.returncode == 3 and "must be writable" in proc.stderr
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_directory_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = edgebuild("build", "--config", str(TINY), "--set", f'build.out_dir="{tmp_path}/file"')
+    assert proc.returncode == 3 and "must be writable" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _can_write(d):
+    try:
+        (d / ".w").write_text("")
+        (d / ".w").unlink()
+        return True
+    except OSError:
+        return False
+
+
+def _copy_build(tiny_build, tmp_path):
+    d = tmp_path / "b" / "tiny"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock", "logs"))
+    return d
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"not a flatbuffer at all", "must be a TFLite flatbuffer"),
+    (None, "truncated or corrupt"),
+])
+def test_validation_refuses_a_broken_tflite(tiny_build, tmp_path, cache_dir, content, expected):
+    d = _copy_build(tiny_build, tmp_path)
+    model = d / "model_int8.tflite"
+    model.write_bytes(content if content is not None else model.read_bytes()[:3000])
+    manifest_before = (d / "manifest.json").read_bytes()
+    proc = edgebuild("validate", str(d), "--config", str(TINY), "--target", "rpi5-litert",
+                     env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert (d / "manifest.json").read_bytes() == manifest_before
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda m: m.update(schema_version=99), "schema_version must be 1; received 99"),
+    (lambda m: m.update(class_names=["x", "y"]), "same classes"),
+    (lambda m: m["test_split"].update(sha256="0" * 64), "test splits must match"),
+])
+def test_bad_baseline_is_exit_3(tiny_build, tmp_path, edit, expected):
+    d = _copy_build(tiny_build, tmp_path)
+    base = json.loads((d / "manifest.json").read_text())
+    edit(base)
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    before = (d / "manifest.json").read_bytes()
+    proc = edgebuild("gate", str(d), "--config", str(TINY), "--baseline", str(tmp_path / "base.json"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert (d / "manifest.json").read_bytes() == before

@@ -1,0 +1,158 @@
+"""Stage cache: a hit never runs the stage body, keys chain, and a changed field re-runs exactly
+the stages downstream of it. Crash safety: SIGKILL mid-stage leaves no half-written artifact."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, edgebuild
+from pipeline import build as build_mod
+from pipeline import config as config_mod
+from pipeline.cache import StageCache
+from pipeline.fsutil import sha256_file
+from pipeline.stages import Stage
+
+CORE_ARTIFACTS = ("dataset.npz", "model_int8.tflite", "model_float.tflite", "model.onnx", "predictions.npz")
+
+
+def _sentinel_stage(counter):
+    return Stage("sentinel", "sentinel_stage", None, "1", ("train.epochs",), (), ("out.txt",),
+                 params={"counter": str(counter)})
+
+
+def test_a_cache_hit_does_not_run_the_stage_body(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # the child process imports sentinel_stage
+    counter = tmp_path / "counter"
+    build_dir = tmp_path / "b"
+    build_dir.mkdir()
+    cache = StageCache(tmp_path / "cache")
+    options = build_mod.RunOptions(cache_dir=tmp_path / "cache", quiet=True, log=lambda m: None)
+    stage = _sentinel_stage(counter)
+    config = config_mod.load(None, ["train.epochs=3"])
+
+    first = build_mod.run_stage(stage, config, build_dir, cache, options)
+    assert counter.read_text().count("ran") == 1 and not first["cached"]
+    (build_dir / "out.txt").unlink()  # restored from the cache, not re-made
+    second = build_mod.run_stage(stage, config, build_dir, cache, options)
+    assert counter.read_text().count("ran") == 1, "a cache hit executed the stage body"
+    assert second["cached"] and second["key"] == first["key"] and second["epochs"] == 3
+    assert (build_dir / "out.txt").read_text() == "epochs=3"
+
+    other = build_mod.run_stage(stage, config_mod.load(None, ["train.epochs=4"]), build_dir, cache, options)
+    assert counter.read_text().count("ran") == 2 and not other["cached"] and other["key"] != first["key"]
+    # a config field the stage does not read does not change its key
+    same = build_mod.run_stage(stage, config_mod.load(None, ["train.epochs=3", "qat.epochs=9"]), build_dir, cache, options)
+    assert same["cached"] and counter.read_text().count("ran") == 2
+
+    no_cache = build_mod.RunOptions(cache_dir=tmp_path / "cache", use_cache=False, quiet=True, log=lambda m: None)
+    build_mod.run_stage(stage, config, build_dir, cache, no_cache)
+    assert counter.read_text().count("ran") == 3
+
+
+def test_a_corrupt_cache_entry_is_a_miss_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
+    counter, build_dir = tmp_path / "counter", tmp_path / "b"
+    build_dir.mkdir()
+    warnings = []
+    cache = StageCache(tmp_path / "cache", warn=warnings.append)
+    options = build_mod.RunOptions(cache_dir=tmp_path / "cache", quiet=True, log=lambda m: None)
+    stage, config = _sentinel_stage(counter), config_mod.load(None, [])
+    key = build_mod.run_stage(stage, config, build_dir, cache, options)["key"]
+    (tmp_path / "cache" / "stages" / key / "out.txt").write_text("epochs=999")  # bit rot
+    again = build_mod.run_stage(stage, config, build_dir, cache, options)
+    assert not again["cached"] and counter.read_text().count("ran") == 2
+    assert warnings and "corrupt" in warnings[0] and key[:12] in warnings[0]
+    assert (build_dir / "out.txt").read_text() == "epochs=10"
+
+
+def _records(build_dir):
+    return {json.loads(p.read_text())["stage"]: json.loads(p.read_text()) for p in (build_dir / "records").glob("*.json")}
+
+
+def _tiny(out, cache_dir, *sets):
+    args = ["--quiet", "build", "--config", str(TINY), "--set", f'build.out_dir="{out}"',
+            "--set", f'data.calibration_file="{out}/calib.json"']
+    for s in sets:
+        args += ["--set", s]
+    return edgebuild(*args, env={"EDGEBUILD_CACHE": str(cache_dir)})
+
+
+def test_warm_rebuild_runs_nothing_and_a_changed_field_reruns_downstream(tiny_build, cache_dir, tmp_path):
+    out = tmp_path / "warm"
+    out.mkdir()
+    (out / "calib.json").write_bytes((tiny_build["out"] / "calib.json").read_bytes())
+    proc = _tiny(out, cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    warm = out / "tiny"
+    assert all(r["cached"] for r in _records(warm).values())
+    assert not (warm / "logs").exists(), "no stage process may start on a full cache hit"
+    for name in CORE_ARTIFACTS:
+        assert sha256_file(warm / name) == sha256_file(tiny_build["dir"] / name)
+    manifest = json.loads((warm / "manifest.json").read_text())
+    assert all(s["cached"] for s in manifest["stages"].values())
+
+    # qat.epochs is read by qat only: data and train stay cached, qat and everything after re-run
+    proc = _tiny(out, cache_dir, "qat.epochs=1")
+    assert proc.returncode in (0, 1), proc.stderr
+    ran = {name for name, r in _records(warm).items() if not r["cached"]}
+    assert ran == {"qat", "export", "evaluate", "target:rpi4-bookworm-tflite", "target:rpi5-litert"}
+    # gate thresholds are not a stage's input: nothing re-runs, the verdict is recomputed
+    proc = _tiny(out, cache_dir, "qat.epochs=1", "gate.min_int8_accuracy=0.999")
+    assert proc.returncode == 1 and all(r["cached"] for r in _records(warm).values())
+
+
+def _kill_when(proc, build_dir, pattern, after_s):
+    """SIGKILL the build (and its stage process) `after_s` seconds after `pattern` appears."""
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list(build_dir.glob(pattern)):
+            time.sleep(after_s)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _artifacts_are_whole(build_dir):
+    """Every artifact in the build directory equals the one its stage's record vouches for."""
+    records = _records(build_dir) if (build_dir / "records").exists() else {}
+    vouched = {n: h for r in records.values() for n, h in r["outputs"].items()}
+    for path in build_dir.iterdir():
+        if path.name.startswith(".") or path.is_dir() or path.name in ("manifest.json", "report.html"):
+            continue  # (manifest and report are written atomically after the stages, not by one)
+        assert path.name in vouched, f"{path.name} is in the build directory but no finished stage wrote it"
+        assert sha256_file(path) == vouched[path.name], f"{path.name} is half-written or stale"
+
+
+def test_sigkill_mid_stage_leaves_nothing_half_written(tiny_build, tmp_path):
+    out, cache = tmp_path / "crash", tmp_path / "cache"  # a fresh cache: every stage really runs
+    out.mkdir()
+    (out / "calib.json").write_bytes((tiny_build["out"] / "calib.json").read_bytes())
+    args = [sys.executable, "-m", "pipeline", "--quiet", "build", "--config", str(TINY),
+            "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
+            "--set", "validate.targets=[]"]
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["EDGEBUILD_CACHE"] = str(cache)
+    build_dir = out / "tiny"
+    kills = 0
+    # kill points: early in training, late in training, during export, while writing the ONNX file
+    for pattern, after in ((".stage-train-*", 1.0), (".stage-train-*", 6.0), (".stage-export-*", 2.0),
+                           (".stage-export-*/model_float.tflite", 0.0)):
+        proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kills += _kill_when(proc, build_dir, pattern, after)
+        _artifacts_are_whole(build_dir)
+    assert kills >= 3, "the build finished before it could be killed"
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode in (0, 1), proc.stderr
+    _artifacts_are_whole(build_dir)
+    assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
+    for name in ("dataset.npz", "model_int8.tflite", "model_float.tflite", "model.onnx"):
+        assert sha256_file(build_dir / name) == sha256_file(tiny_build["dir"] / name), name

@@ -1,0 +1,64 @@
+"""The HTML report: self-contained, renders in headless Chromium, plots made from this build."""
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import report
+
+
+def _images(html_text):
+    return {m.group(1): Image.open(io.BytesIO(base64.b64decode(m.group(2))))
+            for m in re.finditer(r'<img id="([^"]+)"[^>]*src="data:image/png;base64,([^"]+)"', html_text)}
+
+
+def test_report_is_self_contained_and_shows_this_builds_numbers(tiny_build):
+    text = (tiny_build["dir"] / "report.html").read_text()
+    m = tiny_build["manifest"]
+    assert not re.search(r'(src|href)="(https?:|//|file:)', text), "the report must not load anything"
+    assert f"{100 * m['metrics']['int8_host']['accuracy']:6.2f}%".strip() in text
+    assert f"gate: {m['gate']['verdict'].upper()}" in text
+    images = _images(text)
+    assert set(images) == {"confusion", "per-class"}
+    for img in images.values():
+        assert img.size[0] > 300 and img.size[1] > 200
+        assert len(img.convert("RGB").getcolors(1 << 20)) > 50, "a plot, not a blank image"
+
+
+def test_confusion_plot_changes_with_the_predictions(tiny_build, tmp_path):
+    """The picture is drawn from predictions.npz: plant a different int8 prediction set, and the
+    confusion image changes while the float one is untouched."""
+    d = tmp_path / "b"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    before = _images(report.html(tiny_build["manifest"], d))["confusion"]
+    pred = dict(np.load(d / "predictions.npz"))
+    pred["int8_top1"] = np.zeros_like(pred["int8_top1"])  # everything predicted as class 0
+    np.savez(d / "predictions.npz", **pred)
+    after = _images(report.html(tiny_build["manifest"], d))["confusion"]
+    a, b = np.asarray(before.convert("RGB")), np.asarray(after.convert("RGB"))
+    assert a.shape == b.shape
+    half = a.shape[1] // 2
+    assert np.array_equal(a[:, : half - 20], b[:, : half - 20]), "float matrix must not change"
+    assert not np.array_equal(a[:, half + 20 :], b[:, half + 20 :]), "int8 matrix must change"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_renders_in_headless_chromium(tiny_build, tmp_path):
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--screenshot={shot}", "--window-size=1200,2400", (tiny_build["dir"] / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), proc.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    # the confusion matrices are blue (Blues colormap): a rendered page with the plots has many
+    # strongly blue pixels; a page whose images failed to load has none
+    blue = (img[..., 2].astype(int) - img[..., 0].astype(int) > 60).sum()
+    assert blue > 2000, f"only {blue} blue pixels: the plots did not render"
