@@ -62,3 +62,23 @@ def test_report_renders_in_headless_chromium(tiny_build, tmp_path):
     # strongly blue pixels; a page whose images failed to load has none
     blue = (img[..., 2].astype(int) - img[..., 0].astype(int) > 60).sum()
     assert blue > 2000, f"only {blue} blue pixels: the plots did not render"
+
+
+def test_readme_flashing_example_runs_on_a_build(tiny_build, tmp_path):
+    """The README's ten-line flashing script works on a real manifest and refuses a tampered model."""
+    import sys
+
+    from conftest import REPO
+
+    script = REPO / "examples" / "flash_check.py"
+    assert script.read_text().strip() in (REPO / "README.md").read_text(), "README must show the script"
+    manifest = tiny_build["dir"] / "manifest.json"
+    proc = subprocess.run([sys.executable, str(script), str(manifest)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scale = tiny_build["manifest"]["artifacts"]["int8_tflite"]["input"]["scale"]
+    assert f"input scale {scale}" in proc.stdout
+    d = tmp_path / "b"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    (d / "model_int8.tflite").write_bytes(b"tampered")
+    proc = subprocess.run([sys.executable, str(script), str(d / "manifest.json")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "changed since the build" in proc.stderr
