@@ -69,6 +69,13 @@ def _external_inputs(stage, config):
             "source": source_fingerprint(config.data.source),
             "calibration_file": sha256_file(calib) if calib.is_file() else None,
         }
+    if stage.backend and config.train.recipe and ":" in config.train.recipe or stage.name == "train":
+        from .usermodel import kind, source_hash
+
+        # user model code is not inside the .keras files: its source is an input of every Keras stage
+        if kind(config.train.recipe) != "builtin":
+            return {"recipe": source_hash(config.train.recipe)}
+        return {}
     if "target" in stage.params:
         from .targets import load_target
 

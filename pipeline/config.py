@@ -43,10 +43,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str = _f("small_cnn", "model recipe: small_cnn (conv/BN/ReLU) or ds_cnn (depthwise-separable, MobileNet-style)", choices=("small_cnn", "ds_cnn"))
+    recipe: str = _f("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), 'module.path:function' "
+                     "(your (input_shape, num_classes) -> keras.Model, imported from the working directory) "
+                     "or a trained .keras file (fine-tuned for train.epochs; 0 = as is)", recipe=True)
     width: int = _f(16, "filters in the first block", min=1)
     blocks: int = _f(3, "conv blocks", min=1, max=6)
-    epochs: int = _f(10, "training epochs", min=1)
+    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe)", min=0)
     batch_size: int = _f(64, "batch size", min=1)
     learning_rate: float = _f(3e-3, "Adam learning rate", min=0.0)
 
@@ -142,6 +144,10 @@ def _check_value(where, f, value):
             f"config key '{where}' must be one of {', '.join(map(repr, meta['choices']))}; "
             f"received {value!r}."
         )
+    if meta.get("recipe"):
+        from .usermodel import check_recipe
+
+        check_recipe(value)
     if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
         raise InputError(
             f"config key '{where}' must be between {meta.get('min', '-inf')} and "

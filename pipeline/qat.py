@@ -237,6 +237,8 @@ REQUANTIZE = (
     keras.layers.Add,
     keras.layers.Concatenate,
     keras.layers.Multiply,
+    keras.layers.Rescaling,
+    keras.layers.Subtract,
 )
 
 
@@ -259,6 +261,10 @@ def _fold_batchnorm(kernel, bias, bn, depthwise=False):
         kernel = kernel * factor  # broadcast over the last (output) axis
     bias = (bias if bias is not None else 0.0) - mean
     return kernel.astype("float32"), (bias * factor + beta).astype("float32")
+
+
+def _is_custom(layer):
+    return not type(layer).__module__.startswith("keras.")
 
 
 def _weights(layer):
@@ -331,6 +337,20 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
                     f"layer '{layer.name}' (BatchNormalization) follows no Conv2D/Dense it can be "
                     "folded into, so int8 would not match training. Place BatchNormalization "
                     "directly after a Conv2D, DepthwiseConv2D or Dense layer."
+                )
+            elif not isinstance(layer, keras.layers.Layer) or (_is_custom(layer) and not layer.weights):
+                # A functional op (x + 3.0, ops.multiply, ...) or a custom layer without weights:
+                # recompute it from its config and quantize its output like any new value.
+                op = layer if not isinstance(layer, keras.layers.Layer) else layer.__class__.from_config(layer.get_config())
+                y = op(*args, **kwargs)
+                y = ActivationQuantizer(momentum=momentum, name=f"{layer.name}_out_quant")(y)
+            elif _is_custom(layer):
+                raise UnsupportedLayerError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) is a custom layer with weights; QAT "
+                    "cannot fake-quantize kernels it does not know, so they would stay float and the "
+                    "full-integer int8 export the target needs would fail. Build the layer's weighted "
+                    "parts from Conv2D/DepthwiseConv2D/Dense layers in the functional model (edgebuild "
+                    "quantizes those), and keep custom layers weightless."
                 )
             else:
                 raise UnsupportedLayerError(

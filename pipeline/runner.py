@@ -36,6 +36,10 @@ def main(request_path):
 
     try:
         config = config_mod.from_dict(request["config"])
+        if ":" in config.train.recipe and os.environ.get("KERAS_BACKEND"):
+            from .usermodel import import_user_module
+
+            import_user_module(config.train.recipe)  # registers the user's custom layers
         module = importlib.import_module(request["module"])
         inputs = {k: Path(v) for k, v in request["inputs"].items()}
         record = module.run_stage(

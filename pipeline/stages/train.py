@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 
-from .. import models, progress as progress_mod
+from .. import preflight, progress as progress_mod, usermodel
+from ..errors import InputError
 from ..fsutil import atomic_save_model
 from .data import load_dataset
 
@@ -23,7 +24,12 @@ def run(cfg, seed, dataset_path, out_dir, progress):
     x_train, y_train = split_arrays(data, "train")
     x_val, y_val = split_arrays(data, "val")
     num_classes = len(data["class_names"])
-    model = models.RECIPES[cfg.recipe](x_train.shape[1:], num_classes, width=cfg.width, blocks=cfg.blocks)
+    model = usermodel.build_model(cfg, x_train.shape[1:], num_classes)
+    if usermodel.kind(cfg.recipe) != "builtin":
+        preflight.require_portable(model, cfg.recipe)
+    elif cfg.epochs == 0:
+        raise InputError(f"train.epochs = 0 keeps the model untrained; that needs a trained model in "
+                         f"train.recipe (a .keras file), not the recipe {cfg.recipe!r}. Set train.epochs >= 1.")
     model.compile(
         # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
         # statistics (and QAT's activation ranges) match the final weights.
@@ -40,16 +46,20 @@ def run(cfg, seed, dataset_path, out_dir, progress):
         on_epoch_end=lambda e, logs: epoch_seconds.__setitem__(-1, epoch_seconds[-1] + time.perf_counter()),
     )
     started = time.perf_counter()
-    history = model.fit(
-        x_train, y_train,
-        validation_data=(x_val, y_val) if len(x_val) else None,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-        callbacks=[progress_mod.keras_callback(progress, "train", cfg.epochs, steps), timer],
-    )
+    history = keras.callbacks.History()
+    if cfg.epochs:
+        history = model.fit(
+            x_train, y_train,
+            validation_data=(x_val, y_val) if len(x_val) else None,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
+            callbacks=[progress_mod.keras_callback(progress, "train", cfg.epochs, steps), timer],
+        )
     seconds = time.perf_counter() - started
     atomic_save_model(model, out_dir / "float.keras")
     return {
+        "recipe": cfg.recipe,
         "params": int(model.count_params()),
+        "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
         "epochs": cfg.epochs,
         "seconds": round(seconds, 2),
         # the first epoch includes JAX's tracing and XLA compilation of the train/eval steps
