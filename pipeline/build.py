@@ -73,9 +73,12 @@ def _external_inputs(stage, config):
         from .usermodel import kind, source_hash
 
         # user model code is not inside the .keras files: its source is an input of every Keras stage
+        external = {}
         if kind(config.train.recipe) != "builtin":
-            return {"recipe": source_hash(config.train.recipe)}
-        return {}
+            external["recipe"] = source_hash(config.train.recipe)
+        if stage.name == "train" and config.train.weights and Path(config.train.weights).is_file():
+            external["weights"] = sha256_file(config.train.weights)
+        return external
     if "target" in stage.params:
         from .targets import load_target
 

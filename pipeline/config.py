@@ -48,7 +48,15 @@ class TrainConfig:
                      "or a trained .keras file (fine-tuned for train.epochs; 0 = as is)", recipe=True)
     width: int = _f(16, "filters in the first block", min=1)
     blocks: int = _f(3, "conv blocks", min=1, max=6)
-    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe)", min=0)
+    weights: str = _f("", "pretrained weights, a local .weights.h5 or .keras file, loaded by layer name into every "
+                          "layer but the 'logits' head ('' = random init; nothing is downloaded)")
+    finetune: str = _f("full", "what trains: 'full', 'freeze' (head only, plus unfreeze_top layers) or 'lora' "
+                               "(low-rank adapters on the backbone's Conv2D/Dense, merged before QAT)",
+                       choices=("full", "freeze", "lora"))
+    unfreeze_top: int = _f(0, "with finetune = 'freeze': also train the last N weighted backbone layers", min=0)
+    lora_rank: int = _f(4, "rank of the LoRA adapters", min=1)
+    data_parallel: bool = _f(False, "keras.distribution.DataParallel over all local JAX devices (and hosts, see README)")
+    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe or train.weights)", min=0)
     batch_size: int = _f(64, "batch size", min=1)
     learning_rate: float = _f(3e-3, "Adam learning rate", min=0.0)
 

@@ -97,7 +97,9 @@ def assemble(config, records, build_dir):
             name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
             for name, rec in records.items()
         },
-        "train": {"params": records["train"]["params"], "seconds": records["train"]["seconds"]},
+        "train": {k: records["train"].get(k) for k in (
+            "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction",
+            "finetune", "pretrained", "lora_merge", "devices")},
         "qat": {"ranges": records["qat"]["ranges"]},
         "toolchain": toolchain_versions(),
     }

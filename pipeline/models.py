@@ -43,4 +43,29 @@ def ds_cnn(input_shape, num_classes, width=16, blocks=3):
     return keras.Model(inputs, outputs, name="ds_cnn")
 
 
-RECIPES = {"small_cnn": small_cnn, "ds_cnn": ds_cnn}
+def _application(app, input_shape, num_classes, **kwargs):
+    """A keras.applications backbone (random init: pretrained weights come from train.weights, a
+    local file) flattened into one functional graph with the input rescaling inside the model,
+    then global pooling and a dense head."""
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)  # 0..1 pixels -> -1..1
+    backbone = app(input_tensor=x, include_top=False, weights=None, **kwargs)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone.output)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=app.__name__.lower())
+
+
+def mobilenet_v3_small(input_shape, num_classes, width=16, blocks=3):
+    """MobileNetV3Small (depthwise convolutions, hard-swish, squeeze-excite); width/blocks unused."""
+    return _application(keras.applications.MobileNetV3Small, input_shape, num_classes,
+                        include_preprocessing=False)
+
+
+def efficientnet_v2_b0(input_shape, num_classes, width=16, blocks=3):
+    """EfficientNetV2B0 (fused-MBConv, swish, squeeze-excite); width/blocks unused."""
+    return _application(keras.applications.EfficientNetV2B0, input_shape, num_classes,
+                        include_preprocessing=False)
+
+
+RECIPES = {"small_cnn": small_cnn, "ds_cnn": ds_cnn, "mobilenet_v3_small": mobilenet_v3_small,
+           "efficientnet_v2_b0": efficientnet_v2_b0}

@@ -327,6 +327,8 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
                 y = ActivationQuantizer(
                     activation=_activation_name(layer), momentum=momentum, name=layer.name
                 )(args[0])
+            elif isinstance(layer, keras.layers.Rescaling) and len(args[0].shape) == 4:
+                y = _rescaling_as_depthwise(layer, args[0], momentum)
             elif isinstance(layer, PASSTHROUGH):
                 y = layer.__class__.from_config(layer.get_config())(*args, **kwargs)
             elif isinstance(layer, REQUANTIZE):
@@ -361,6 +363,20 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
             tensors[id(out_tensor)] = y
     outputs = [tensors[id(t)] for t in model.outputs]
     return keras.Model(inp, outputs[0] if len(outputs) == 1 else outputs, name=f"{model.name}_qat")
+
+
+def _rescaling_as_depthwise(layer, x, momentum):
+    """Rescaling (x * scale + offset) as a 1x1 depthwise convolution: in int8 a MUL/ADD by constants
+    makes the converter requantize the model input through float (DEQUANTIZE/QUANTIZE), while a
+    depthwise convolution rescales int8 natively, and its per-channel kernel holds scale exactly."""
+    channels = x.shape[-1]
+    scale = np.broadcast_to(np.asarray(layer.scale, "float32"), (channels,))
+    offset = np.broadcast_to(np.asarray(layer.offset, "float32"), (channels,))
+    qlayer = QuantDepthwiseConv2D(1, use_bias=True, name=layer.name, output_momentum=momentum)
+    y = qlayer(x)
+    qlayer.kernel.assign(scale.reshape(1, 1, channels, 1))
+    qlayer.bias.assign(offset)
+    return y
 
 
 def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentum):

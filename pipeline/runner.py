@@ -40,6 +40,16 @@ def main(request_path):
             from .usermodel import import_user_module
 
             import_user_module(config.train.recipe)  # registers the user's custom layers
+        if request["module"] == "pipeline.stages.train" and os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            # Multi-host training: every host runs the same build with its own JAX_PROCESS_ID; JAX's
+            # coordinator joins them, and keras.distribution.DataParallel spans all their devices.
+            import jax
+
+            jax.distributed.initialize(
+                coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                process_id=int(os.environ["JAX_PROCESS_ID"]),
+            )
         module = importlib.import_module(request["module"])
         inputs = {k: Path(v) for k, v in request["inputs"].items()}
         record = module.run_stage(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-BUILTIN = ("small_cnn", "ds_cnn")
+BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0")
 
 
 def kind(recipe):

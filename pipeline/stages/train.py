@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from .. import preflight, progress as progress_mod, usermodel
+from .. import preflight, progress as progress_mod, transfer, usermodel
 from ..errors import InputError
 from ..fsutil import atomic_save_model
 from .data import load_dataset
@@ -16,6 +16,23 @@ def split_arrays(dataset, name):
     return dataset["x"][idx].astype("float32") / 255.0, dataset["y"][idx]
 
 
+def _distribution(cfg):
+    """Data-parallel training over every local JAX device (keras.distribution), when asked."""
+    import jax
+    import keras
+
+    devices = jax.devices()
+    if cfg.data_parallel:
+        if cfg.batch_size % len(devices):
+            raise InputError(f"train.data_parallel splits each batch over {len(devices)} devices, so train.batch_size "
+                             f"must be a multiple of {len(devices)}; received {cfg.batch_size}.")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        print(f"data-parallel training over {len(devices)} devices: {[str(d) for d in devices]}")
+        return {"count": len(devices), "platform": devices[0].platform, "data_parallel": True,
+                "processes": jax.process_count()}
+    return {"count": 1, "platform": devices[0].platform, "data_parallel": False, "processes": jax.process_count()}
+
+
 def run(cfg, seed, dataset_path, out_dir, progress):
     import keras
 
@@ -24,12 +41,27 @@ def run(cfg, seed, dataset_path, out_dir, progress):
     x_train, y_train = split_arrays(data, "train")
     x_val, y_val = split_arrays(data, "val")
     num_classes = len(data["class_names"])
+    devices = _distribution(cfg)  # before any variable exists, so every variable is laid out by it
+    if devices["count"] > 1:
+        # every batch, the last one too, is split evenly over the devices: drop at most count-1 samples
+        keep_train = len(x_train) - len(x_train) % devices["count"]
+        keep_val = len(x_val) - len(x_val) % devices["count"]
+        devices["dropped_samples"] = int(len(x_train) - keep_train + len(x_val) - keep_val)
+        x_train, y_train, x_val, y_val = x_train[:keep_train], y_train[:keep_train], x_val[:keep_val], y_val[:keep_val]
     model = usermodel.build_model(cfg, x_train.shape[1:], num_classes)
     if usermodel.kind(cfg.recipe) != "builtin":
         preflight.require_portable(model, cfg.recipe)
-    elif cfg.epochs == 0:
+    elif cfg.epochs == 0 and not cfg.weights:
         raise InputError(f"train.epochs = 0 keeps the model untrained; that needs a trained model in "
                          f"train.recipe (a .keras file), not the recipe {cfg.recipe!r}. Set train.epochs >= 1.")
+    pretrained = transfer.load_pretrained(model, cfg.weights) if cfg.weights else None
+    if cfg.finetune != "full" and not (pretrained or usermodel.kind(cfg.recipe) == "keras_file"):
+        raise InputError(f"train.finetune = {cfg.finetune!r} adapts a pretrained model; set train.weights to a "
+                         "local weights file (or train.recipe to a trained .keras file), or use finetune = 'full'.")
+    transfer.apply_mode(model, cfg.finetune, cfg.unfreeze_top, cfg.lora_rank)
+    counts = transfer.param_counts(model)
+    print(f"trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
+          f"({100 * counts['trainable_fraction']:.2f}%, finetune = {cfg.finetune})")
     model.compile(
         # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
         # statistics (and QAT's activation ranges) match the final weights.
@@ -55,11 +87,22 @@ def run(cfg, seed, dataset_path, out_dir, progress):
             callbacks=[progress_mod.keras_callback(progress, "train", cfg.epochs, steps), timer],
         )
     seconds = time.perf_counter() - started
+    lora_merge = None
+    if cfg.finetune == "lora":
+        # export needs a plain graph: fold every adapter into its kernel, and prove nothing changed
+        model, diff = transfer.merge_lora(model, x_val[:64] if len(x_val) else x_train[:64])
+        lora_merge = {"max_abs_output_diff": diff}
+        if diff > 1e-5:
+            raise RuntimeError(f"merging LoRA adapters changed the outputs by {diff:.3g} (> 1e-5)")
     atomic_save_model(model, out_dir / "float.keras")
     return {
         "recipe": cfg.recipe,
         "params": int(model.count_params()),
-        "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
+        **counts,
+        "finetune": cfg.finetune,
+        "pretrained": pretrained,
+        "lora_merge": lora_merge,
+        "devices": devices,
         "epochs": cfg.epochs,
         "seconds": round(seconds, 2),
         # the first epoch includes JAX's tracing and XLA compilation of the train/eval steps

@@ -1,0 +1,88 @@
+"""Transfer learning (local pretrained weights, freeze and LoRA), keras.applications backbones
+through QAT to full-integer int8, and data-parallel training over two CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SIGNS, TINY, edgebuild
+
+
+def _build(out, cache_dir, *sets, env=None, until=None):
+    args = ["--quiet", "build", "--config", str(TINY), "--set", f'build.out_dir="{out}"',
+            "--set", f'data.calibration_file="{out}/calib.json"']
+    if until:
+        args += ["--until", until]
+    for s in sets:
+        args += ["--set", s]
+    proc = edgebuild(*args, env={"EDGEBUILD_CACHE": str(cache_dir), **(env or {})})
+    return proc, out / "tiny"
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tiny_build, tmp_path_factory):
+    """The tiny digits model of the session build, saved as a .weights.h5 file: the pretrained
+    backbone of another task."""
+    path = tmp_path_factory.mktemp("pretrained") / "digits_backbone.weights.h5"
+    code = ("import keras, sys; m = keras.models.load_model(sys.argv[1]); m.save_weights(sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(tiny_build["dir"] / "float.keras"), str(path)], check=True,
+                   env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True)
+    return path
+
+
+@pytest.mark.skipif(not SIGNS.is_dir(), reason="shared/datasets/sign-language-digits is not beside the repo")
+@pytest.mark.parametrize("mode", ["freeze", "lora"])
+def test_transfer_digits_backbone_to_sign_language(mode, backbone_weights, tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp(f"transfer-{mode}")
+    extra = ["train.unfreeze_top=2"] if mode == "freeze" else ["train.lora_rank=2"]
+    proc, d = _build(out, cache_dir, f'data.source="{SIGNS}"', "data.calibration_samples=100",
+                     f'train.weights="{backbone_weights}"', f'train.finetune="{mode}"', "train.learning_rate=0.01",
+                     'validate.targets=["rpi5-litert"]', "gate.min_int8_accuracy=0.3", *extra)
+    assert proc.returncode in (0, 1), proc.stderr
+    m = json.loads((d / "manifest.json").read_text())
+    train, met = m["train"], m["metrics"]
+    assert train["finetune"] == mode and train["pretrained"]["sha256"] and train["pretrained"]["layers_loaded"] >= 3
+    assert 0 < train["trainable_fraction"] < 1
+    assert met["float"]["accuracy"] > 0.3, "transfer learned nothing"
+    assert met["float"]["accuracy"] - met["int8_host"]["accuracy"] <= 0.015
+    assert met["targets"]["rpi5-litert"]["top1_agreement"] >= 0.99
+    assert "trainable parameters:" in (d / "logs" / "train.log").read_text()
+    if mode == "lora":
+        assert train["lora_merge"]["max_abs_output_diff"] <= 1e-5
+        assert train["trainable_fraction"] < 0.5
+        assert "lora" not in json.dumps(json.loads((d / "records" / "export.json").read_text())["int8"]["ops"]).lower()
+
+
+def test_a_mismatched_weights_file_names_the_expected_layers(backbone_weights, tmp_path):
+    proc, d = _build(tmp_path, tmp_path / "cache", f'train.weights="{backbone_weights}"', "train.width=4",
+                     "validate.targets=[]")
+    assert proc.returncode == 3, proc.stderr
+    assert "must hold every backbone layer" in proc.stderr and "conv0" in proc.stderr
+    assert not (d / "float.keras").exists()
+
+
+def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path):
+    proc, d = _build(tmp_path, tmp_path / "cache", 'train.recipe="mobilenet_v3_small"', "data.image_size=96",
+                     "data.channels=3", "data.max_samples=300", "data.calibration_samples=20", "train.epochs=1",
+                     "qat.epochs=1", "qat.init_samples=32", "validate.targets=[]", until="evaluate")
+    assert proc.returncode == 0, proc.stderr
+    export = json.loads((d / "records" / "export.json").read_text())["int8"]
+    ops = {op["name"] if isinstance(op, dict) else op for op in export["ops"]}
+    assert {"HARD_SWISH", "DEPTHWISE_CONV_2D", "MUL"} <= ops, ops  # hard-swish and squeeze-excite survived as int8
+    assert not export["float_ops"] and not export.get("custom_ops") and not export.get("flex_ops")
+    assert export["inputs"][0]["dtype"] == export["outputs"][0]["dtype"] == "int8"
+
+
+def test_data_parallel_over_two_cpu_devices_matches_one_device(tiny_build, tmp_path):
+    proc, d = _build(tmp_path, tmp_path / "cache", "train.data_parallel=true", "validate.targets=[]",
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, until="evaluate")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((d / "manifest.json").read_text())
+    devices = m["train"]["devices"]
+    assert (devices["count"], devices["platform"], devices["data_parallel"]) == (2, "cpu", True)
+    assert devices["dropped_samples"] <= 2
+    one = tiny_build["manifest"]["metrics"]["float"]["accuracy"]
+    assert abs(m["metrics"]["float"]["accuracy"] - one) <= 0.02, (m["metrics"]["float"]["accuracy"], one)
