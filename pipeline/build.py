@@ -291,7 +291,7 @@ def build(config, options, only=None, until=None, baseline=None):
             return result
         records = load_records(build_dir)
         result.manifest = manifest_mod.assemble(config, records, build_dir)
-        if only in (None, "manifest", "gate") and until not in ("evaluate", "targets", "manifest"):
+        if only in (None, "targets", "manifest", "gate") and until not in ("evaluate", "targets", "manifest"):
             from . import gate as gate_mod
 
             result.gate = gate_mod.evaluate(result.manifest, config.gate, baseline)

@@ -211,27 +211,27 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
 @set_option
 @click.pass_context
 def validate(ctx, build_dir, target_names, config_path, sets):
-    """Run a finished build's int8 model on emulated target(s) and add the results to its manifest."""
+    """Run a finished build's int8 model on emulated target(s) (those of validate.targets plus
+    --target), add the results to its manifest and gate it again. Exits 1 if the gate fails."""
 
     def go():
         from . import build as build_mod
-        from . import manifest as manifest_mod
         from . import report
 
         config = _load_config(config_path, sets)
-        if build_dir:
-            bdir = Path(build_dir)
-            sets2 = list(sets) + [f'build.out_dir="{bdir.parent}"', f'build.name="{bdir.name}"']
-            config = _load_config(config_path, sets2)
+        overrides = list(sets)
+        if build_dir:  # an existing build directory: out_dir/name
+            overrides += [f"build.out_dir={json.dumps(str(Path(build_dir).parent))}",
+                          f"build.name={json.dumps(Path(build_dir).name)}"]
         names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
-        config = _load_config(config_path, list(sets) + (
-            [f'build.out_dir="{Path(build_dir).parent}"', f'build.name="{Path(build_dir).name}"'] if build_dir else []
-        ) + [f"validate.targets={json.dumps(names)}"])
+        config = _load_config(config_path, overrides + [f"validate.targets={json.dumps(names)}"])
         log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
         options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
                                        debug=ctx.obj.debug, log=log)
         result = build_mod.build(config, options, only="targets")
         click.echo(report.summary(result.manifest))
+        if result.gate and result.gate["verdict"] == "fail":
+            sys.exit(1)
 
     _run(ctx, go)
 

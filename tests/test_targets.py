@@ -76,3 +76,22 @@ def test_mirror_comes_from_the_machines_apt_sources(tmp_path):
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
     )
     assert targets.debian_mirror(str(tmp_path)) == "http://mirror.example/debian"
+
+
+def test_validate_command_adds_a_target_and_regates(tiny_build, cache_dir, tmp_path):
+    import json
+    import shutil
+
+    from conftest import TINY, edgebuild
+
+    d = tmp_path / "b" / "tiny"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    proc = edgebuild("--quiet", "validate", str(d), "--config", str(TINY), "--target", "host",
+                     env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((d / "manifest.json").read_text())
+    assert set(m["metrics"]["targets"]) == set(AARCH64) | {"host"}
+    host = m["metrics"]["targets"]["host"]
+    assert host["bitexact_fraction"] == 1.0 and host["top1_agreement"] == 1.0  # same runtime as the host
+    assert m["gate"]["verdict"] == "pass" and any("(host)" in c["name"] for c in m["gate"]["checks"])
+    assert m["metrics"]["targets"]["rpi5-litert"] == tiny_build["manifest"]["metrics"]["targets"]["rpi5-litert"]

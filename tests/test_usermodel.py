@@ -50,14 +50,13 @@ def _build(tmp_path, cache_dir, *sets, targets="[]"):
     return proc, out / "tiny"
 
 
-def test_user_function_with_a_custom_layer_builds_qats_exports_and_validates(tmp_path, cache_dir):
-    proc, d = _build(tmp_path, cache_dir, 'train.recipe="examples.custom_model:build"', targets='["rpi5-litert"]')
+def test_user_function_with_a_custom_layer_builds_qats_and_exports(tmp_path, cache_dir):
+    proc, d = _build(tmp_path, cache_dir, 'train.recipe="examples.custom_model:build"')
     assert proc.returncode in (0, 1), proc.stderr
     m = json.loads((d / "manifest.json").read_text())
     met = m["metrics"]
     assert met["float"]["accuracy"] > 0.85
     assert met["float"]["accuracy"] - met["int8_host"]["accuracy"] <= 0.015
-    assert met["targets"]["rpi5-litert"]["top1_agreement"] >= 0.99
     assert not m["artifacts"]["int8_tflite"]["float_ops"]
     assert any("scaled_re_lu" in k for k in m["qat"]["ranges"]), "the custom layer's output is quantized"
 
