@@ -58,7 +58,29 @@ def atomic_save_model(model, path):
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
         model.save(tmp)
+        _make_reproducible(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _make_reproducible(keras_path):
+    """Rewrite a `.keras` zip so the same model gives the same bytes: fixed entry timestamps, entries
+    in name order, and no save date in metadata.json (Keras stamps the wall-clock time in both)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(keras_path) as src:
+        entries = {info.filename: src.read(info.filename) for info in src.infolist()}
+    if "metadata.json" in entries:
+        meta = json.loads(entries["metadata.json"])
+        meta.pop("date_saved", None)
+        entries["metadata.json"] = json.dumps(meta).encode()
+    tmp = Path(f"{keras_path}.zip.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as dst:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            dst.writestr(info, entries[name])
+    os.replace(tmp, keras_path)

@@ -259,7 +259,10 @@ def _selftest(target, root, logfile):
 
 
 def _env(target, root):
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    # numpy's OpenBLAS starts (and spins) one thread per CPU at import; under emulation those
+    # spinning threads took the cores from the other shards, so 2 shards ran slower than 1.
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     if target.emulated:
         env.update(QEMU_CPU=target.cpu, PYTHONPATH=str(Path(root) / "site"))
     else:

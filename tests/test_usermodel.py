@@ -103,3 +103,11 @@ def test_bad_recipe_strings_are_one_line_errors(tmp_path):
                      "--set", f'build.out_dir="{tmp_path}"', "--set", "validate.targets=[]",
                      "--set", f'data.calibration_file="{tmp_path}/c.json"')
     assert proc.returncode == 3 and "cannot be imported" in proc.stderr, proc.stderr
+
+
+def test_a_model_whose_int8_conversion_needs_flex_ops_is_refused(tmp_path, cache_dir):
+    proc, d = _build(tmp_path, cache_dir, f'train.recipe="{BAD}:needs_flex"', "train.epochs=1", "qat.epochs=1")
+    assert proc.returncode == 3, proc.stderr
+    assert "int8 conversion needs every op to be a TFLite builtin int8 op" in proc.stderr, proc.stderr
+    assert "Erfinv" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (d / "model_int8.tflite").exists() and not (d / "manifest.json").exists()

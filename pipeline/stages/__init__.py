@@ -18,8 +18,8 @@ class Stage:
 
 CORE = (
     Stage("data", "pipeline.stages.data", None, "1", ("build.seed", "data"), (), ("dataset.npz", "calibration.json")),
-    Stage("train", "pipeline.stages.train", "jax", "2", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
-    Stage("qat", "pipeline.stages.qat", "jax", "1", ("build.seed", "qat"), ("float.keras", "dataset.npz"), ("qat.keras",)),
+    Stage("train", "pipeline.stages.train", "jax", "3", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
+    Stage("qat", "pipeline.stages.qat", "jax", "2", ("build.seed", "qat"), ("float.keras", "dataset.npz"), ("qat.keras",)),
     Stage(
         "export", "pipeline.stages.export", "tensorflow", "1", ("export",),
         ("float.keras", "qat.keras", "dataset.npz", "calibration.json"),
@@ -35,7 +35,7 @@ CORE = (
 
 def target_stage(name):
     return Stage(
-        f"target:{name}", "pipeline.stages.target", None, "1", ("validate.sample",),
+        f"target:{name}", "pipeline.stages.target", None, "2", ("validate.sample",),
         ("model_int8.tflite", "dataset.npz", "predictions.npz"), (f"target-{name}.npz",),
         params={"target": name},
     )

@@ -69,3 +69,18 @@ def custom_weights(input_shape, num_classes):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     x = LearnedScale(name="learned_scale")(x)
     return keras.Model(inputs, _head(x, num_classes))
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class ErfInv(keras.layers.Layer):
+    """Weightless and portable, but erfinv has no TFLite builtin: int8 conversion needs Flex ops."""
+
+    def call(self, x):
+        return keras.ops.erfinv(keras.ops.clip(x * 0.1, -0.9, 0.9))
+
+
+def needs_flex(input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = ErfInv(name="erfinv")(x)
+    return keras.Model(inputs, _head(x, num_classes))
