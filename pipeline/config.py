@@ -184,7 +184,20 @@ def from_dict(raw, origin="edgebuild.toml"):
                 )
             checked[key] = _check_value(f"{name}.{key}", fields[key], value)
         sections[name] = SECTIONS[name](**checked)
-    return BuildConfig(**sections)
+    config = BuildConfig(**sections)
+    _check_together(config, origin)
+    return config
+
+
+def _check_together(config, origin):
+    """Rules that tie several keys together."""
+    t = config.train
+    if t.epochs == 0 and t.recipe in ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0") and not t.weights:
+        raise InputError(
+            f"train.epochs = 0 keeps the model untrained, which needs a trained model (a .keras file in "
+            f"train.recipe, or train.weights); received recipe {t.recipe!r} with no weights in {origin}. "
+            "Set train.epochs >= 1."
+        )
 
 
 def parse_override(text):

@@ -50,10 +50,7 @@ def run(cfg, seed, dataset_path, out_dir, progress):
         x_train, y_train, x_val, y_val = x_train[:keep_train], y_train[:keep_train], x_val[:keep_val], y_val[:keep_val]
     model = usermodel.build_model(cfg, x_train.shape[1:], num_classes)
     if usermodel.kind(cfg.recipe) != "builtin":
-        preflight.require_portable(model, cfg.recipe)
-    elif cfg.epochs == 0 and not cfg.weights:
-        raise InputError(f"train.epochs = 0 keeps the model untrained; that needs a trained model in "
-                         f"train.recipe (a .keras file), not the recipe {cfg.recipe!r}. Set train.epochs >= 1.")
+        preflight.require_portable(model, cfg.recipe)  # (train.epochs = 0 is refused by the config for recipes)
     pretrained = transfer.load_pretrained(model, cfg.weights) if cfg.weights else None
     if cfg.finetune != "full" and not (pretrained or usermodel.kind(cfg.recipe) == "keras_file"):
         raise InputError(f"train.finetune = {cfg.finetune!r} adapts a pretrained model; set train.weights to a "
