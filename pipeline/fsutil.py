@@ -69,6 +69,7 @@ def _make_reproducible(keras_path):
     """Rewrite a `.keras` zip so the same model gives the same bytes: fixed entry timestamps, entries
     in name order, and no save date in metadata.json (Keras stamps the wall-clock time in both)."""
     import json
+    import re
     import zipfile
 
     with zipfile.ZipFile(keras_path) as src:
@@ -77,6 +78,14 @@ def _make_reproducible(keras_path):
         meta = json.loads(entries["metadata.json"])
         meta.pop("date_saved", None)
         entries["metadata.json"] = json.dumps(meta).encode()
+    if "config.json" in entries:
+        # shared_object_id is the id() (a memory address) of an object used twice; renumber in order
+        ids = {}
+        entries["config.json"] = re.sub(
+            rb'"shared_object_id": (\d+)',
+            lambda m: b'"shared_object_id": %d' % ids.setdefault(m.group(1), len(ids) + 1),
+            entries["config.json"],
+        )
     tmp = Path(f"{keras_path}.zip.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as dst:
         for name in sorted(entries):

@@ -111,3 +111,12 @@ def test_a_model_whose_int8_conversion_needs_flex_ops_is_refused(tmp_path, cache
     assert "int8 conversion needs every op to be a TFLite builtin int8 op" in proc.stderr, proc.stderr
     assert "Erfinv" in proc.stderr and "Traceback" not in proc.stderr
     assert not (d / "model_int8.tflite").exists() and not (d / "manifest.json").exists()
+
+
+def test_a_model_that_fails_to_trace_under_jax_gets_a_readable_error(tmp_path, cache_dir):
+    proc, d = _build(tmp_path, cache_dir, f'train.recipe="{BAD}:python_control_flow"', "train.epochs=1")
+    assert proc.returncode == 4, proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    assert "likely cause: Python control flow" in err and "branchy" in err, err
+    assert not (d / "float.keras").exists()

@@ -18,8 +18,8 @@ class Stage:
 
 CORE = (
     Stage("data", "pipeline.stages.data", None, "1", ("build.seed", "data"), (), ("dataset.npz", "calibration.json")),
-    Stage("train", "pipeline.stages.train", "jax", "3", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
-    Stage("qat", "pipeline.stages.qat", "jax", "2", ("build.seed", "qat"), ("float.keras", "dataset.npz"), ("qat.keras",)),
+    Stage("train", "pipeline.stages.train", "jax", "4", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
+    Stage("qat", "pipeline.stages.qat", "jax", "3", ("build.seed", "qat"), ("float.keras", "dataset.npz"), ("qat.keras",)),
     Stage(
         "export", "pipeline.stages.export", "tensorflow", "1", ("export",),
         ("float.keras", "qat.keras", "dataset.npz", "calibration.json"),

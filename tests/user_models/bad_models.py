@@ -84,3 +84,20 @@ def needs_flex(input_shape, num_classes):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     x = ErfInv(name="erfinv")(x)
     return keras.Model(inputs, _head(x, num_classes))
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class BranchOnValue(keras.layers.Layer):
+    """Python `if` on a tensor value: fine eagerly, fails when JAX traces the train step."""
+
+    def call(self, x):
+        if keras.ops.mean(x) > 0:
+            return keras.ops.relu(x)
+        return x
+
+
+def python_control_flow(input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = BranchOnValue(name="branchy")(x)
+    return keras.Model(inputs, _head(x, num_classes))
