@@ -69,12 +69,14 @@ def _external_inputs(stage, config):
             "source": source_fingerprint(config.data.source),
             "calibration_file": sha256_file(calib) if calib.is_file() else None,
         }
-    if stage.backend and config.train.recipe and ":" in config.train.recipe or stage.name == "train":
+    if stage.backend:  # a Keras stage
         from .usermodel import kind, source_hash
 
-        # user model code is not inside the .keras files: its source is an input of every Keras stage
         external = {}
-        if kind(config.train.recipe) != "builtin":
+        recipe_kind = kind(config.train.recipe)
+        # a user function's code is not inside the .keras files: it is an input of every Keras
+        # stage; a .keras recipe and pretrained weights are inputs of train
+        if recipe_kind == "function" or (recipe_kind == "keras_file" and stage.name == "train"):
             external["recipe"] = source_hash(config.train.recipe)
         if stage.name == "train" and config.train.weights and Path(config.train.weights).is_file():
             external["weights"] = sha256_file(config.train.weights)
@@ -262,7 +264,7 @@ def load_records(build_dir):
 def build(config, options, only=None, until=None, baseline=None):
     """Run a build. `only` runs one stage from existing outputs; `until` stops after a stage."""
     from . import manifest as manifest_mod
-
+    from . import report
     from .targets import load_target
 
     for name in config.validate.targets:  # an unknown target is bad input before anything runs
@@ -297,8 +299,6 @@ def build(config, options, only=None, until=None, baseline=None):
             result.gate = gate_mod.evaluate(result.manifest, config.gate, baseline)
             result.manifest["gate"] = result.gate
         manifest_mod.write(build_dir / "manifest.json", result.manifest)
-        from . import report
-
         report.write_html(result.manifest, build_dir)
     return result
 

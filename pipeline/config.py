@@ -43,9 +43,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str = _f("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), 'module.path:function' "
-                     "(your (input_shape, num_classes) -> keras.Model, imported from the working directory) "
-                     "or a trained .keras file (fine-tuned for train.epochs; 0 = as is)", recipe=True)
+    recipe: str = _f("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
+                     "efficientnet_v2_b0, 'module.path:function' (your (input_shape, num_classes) -> keras.Model, "
+                     "imported from the working directory) or a trained .keras file (fine-tuned for "
+                     "train.epochs; 0 = as is)", recipe=True)
     width: int = _f(16, "filters in the first block", min=1)
     blocks: int = _f(3, "conv blocks", min=1, max=6)
     weights: str = _f("", "pretrained weights, a local .weights.h5 or .keras file, loaded by layer name into every "
@@ -191,8 +192,10 @@ def from_dict(raw, origin="edgebuild.toml"):
 
 def _check_together(config, origin):
     """Rules that tie several keys together."""
+    from .usermodel import BUILTIN
+
     t = config.train
-    if t.epochs == 0 and t.recipe in ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0") and not t.weights:
+    if t.epochs == 0 and t.recipe in BUILTIN and not t.weights:
         raise InputError(
             f"train.epochs = 0 keeps the model untrained, which needs a trained model (a .keras file in "
             f"train.recipe, or train.weights); received recipe {t.recipe!r} with no weights in {origin}. "
