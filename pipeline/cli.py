@@ -18,10 +18,11 @@ STAGE_CHOICES = click.Choice(["data", "train", "qat", "export", "evaluate", "tar
 
 
 def default_cache_dir(config=None):
-    if config is not None and config.cache.dir:
-        return Path(config.cache.dir).expanduser()
+    """$EDGEBUILD_CACHE overrides cache.dir, which overrides ~/.cache/edgebuild."""
     if os.environ.get("EDGEBUILD_CACHE"):
         return Path(os.environ["EDGEBUILD_CACHE"]).expanduser()
+    if config is not None and config.cache.dir:
+        return Path(config.cache.dir).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "edgebuild"
 

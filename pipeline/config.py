@@ -98,7 +98,7 @@ class GateConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = _f(True, "reuse stage outputs whose inputs and config are unchanged")
-    dir: str = _f("", "cache directory ('' = $EDGEBUILD_CACHE or ~/.cache/edgebuild)")
+    dir: str = _f("", "cache directory ('' = ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
 
 
 @dataclass(frozen=True)
