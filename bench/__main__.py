@@ -114,7 +114,7 @@ def _children_peak_mb():
 
 
 def reproducibility(manifests):
-    (d0, m0), rest = manifests[0], manifests[1:]
+    (_, m0), rest = manifests[0], manifests[1:]
     rows = []
     for key, art in sorted(m0["artifacts"].items()):
         same = [m["artifacts"][key]["sha256"] == art["sha256"] for _, m in rest]
@@ -124,8 +124,6 @@ def reproducibility(manifests):
 
 
 def validation_cost(build_dir, repeats, targets_cache, work):
-    import numpy as np
-
     from pipeline import targets as targets_mod
     from pipeline import tflite_info
     from pipeline.stages.data import load_dataset
@@ -289,7 +287,7 @@ def main(argv=None):
         setup_times = {}
         for name in ("rpi4-bookworm-tflite", "rpi5-litert"):
             started = time.perf_counter()
-            edgebuild(["target", "setup", name], work / "setup-cache-link" if False else _setup_cache(work, targets_cache))
+            edgebuild(["target", "setup", name], _setup_cache(work, targets_cache))
             setup_times[name] = round(time.perf_counter() - started, 1)
         log(f"target setup (cold): {setup_times}")
         times, manifests = build_times(work, args.repeats, targets_cache)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 def main(build_dir, out_json):
     import keras
-    import numpy as np
 
     from pipeline import tflite_info
     from pipeline.stages.data import calibration_indices, load_dataset

@@ -132,7 +132,7 @@ def markdown(gate, title="edgebuild gate"):
 
 def junit(gate, suite="edgebuild.gate"):
     failures = sum(not c["passed"] for c in gate["checks"])
-    out = [f'<?xml version="1.0" encoding="UTF-8"?>',
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<testsuite name="{suite}" tests="{len(gate["checks"])}" failures="{failures}">']
     for c in gate["checks"]:
         name = escape(c["name"], {'"': "&quot;"})

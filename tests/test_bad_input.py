@@ -3,13 +3,12 @@ traceback, and writes no artifact."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SIGNS, TINY, edgebuild
+from conftest import TINY, edgebuild
 
 
 def _folder(tmp, classes=("a", "b", "c"), per_class=12, size=12):

@@ -7,9 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from conftest import REPO, TINY, edgebuild
 from pipeline import build as build_mod

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, edgebuild
+from conftest import TINY, edgebuild
 
 BAD = "tests.user_models.bad_models"
 

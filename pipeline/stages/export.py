@@ -9,11 +9,9 @@ output, builtin ops only, no float op unless `export.allowed_float_ops` names it
 import json
 import os
 
-import numpy as np
-
 from .. import qat  # noqa: F401  (registers the QAT layers so load_model finds them)
 from .. import tflite_info
-from ..errors import InputError, StageError
+from ..errors import InputError
 from .data import calibration_indices, load_dataset
 
 

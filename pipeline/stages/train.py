@@ -3,8 +3,6 @@
 import math
 import time
 
-import numpy as np
-
 from .. import preflight, progress as progress_mod, transfer, usermodel
 from ..errors import InputError
 from ..fsutil import atomic_save_model
