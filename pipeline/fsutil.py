@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -15,14 +16,22 @@ def sha256_file(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def atomic_write_bytes(path, data):
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def _replacing(path):
+    """Yield a temporary path in `path`'s directory; when the block finishes, fsync it and
+    os.replace it onto `path`; if the block fails, remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual file mode
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -31,25 +40,19 @@ def atomic_write_bytes(path, data):
         raise
 
 
+def atomic_write_bytes(path, data):
+    with _replacing(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
 def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode())
 
 
 def atomic_copy(src, dst):
     """Copy src to dst through a temporary file in dst's directory, then os.replace."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with _replacing(dst) as tmp:
         shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_save_model(model, path):

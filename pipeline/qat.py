@@ -101,7 +101,17 @@ class ActivationQuantizer(keras.layers.Layer):
 
 
 class _QuantizedKernelMixin:
-    """Shared get_config/build for layers that fake-quantize a kernel and maybe their output."""
+    """Shared constructor, build and get_config for layers that fake-quantize a kernel and maybe
+    their output; listed before the Keras layer class so its methods wrap the layer's."""
+
+    def __init__(self, *args, quantize_output=True, output_momentum=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quantize_output = bool(quantize_output)
+        self.output_momentum = float(output_momentum)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_output_quantizer(self.compute_output_shape(input_shape))
 
     def _build_output_quantizer(self, shape):
         if self.quantize_output:
@@ -111,6 +121,13 @@ class _QuantizedKernelMixin:
             self.output_quantizer.build(shape)
         else:
             self.output_quantizer = None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "quantize_output": self.quantize_output,
+            "output_momentum": self.output_momentum,
+        }
 
     def _finish(self, y, training):
         y = self.activation(y)
@@ -123,28 +140,12 @@ class _QuantizedKernelMixin:
 class QuantConv2D(_QuantizedKernelMixin, keras.layers.Conv2D):
     """Conv2D with per-output-channel int8 weight fake-quant (BatchNorm already folded in)."""
 
-    def __init__(self, *args, quantize_output=True, output_momentum=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.quantize_output = bool(quantize_output)
-        self.output_momentum = float(output_momentum)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_output_quantizer(self.compute_output_shape(input_shape))
-
     def call(self, inputs, training=False):
         kernel = _quantize_weight(self.kernel, per_channel=True)
         y = self.convolution_op(inputs, kernel)
         if self.use_bias:
             y = ops.add(y, self.bias)
         return self._finish(y, training)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "quantize_output": self.quantize_output,
-            "output_momentum": self.output_momentum,
-        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -154,15 +155,6 @@ class QuantDepthwiseConv2D(_QuantizedKernelMixin, keras.layers.DepthwiseConv2D):
     The depthwise kernel is (kh, kw, in, multiplier); TFLite quantizes it per output channel
     (in * multiplier), i.e. the last axis after reshaping to (kh, kw, 1, in * multiplier).
     """
-
-    def __init__(self, *args, quantize_output=True, output_momentum=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.quantize_output = bool(quantize_output)
-        self.output_momentum = float(output_momentum)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_output_quantizer(self.compute_output_shape(input_shape))
 
     def call(self, inputs, training=False):
         kh, kw, cin, mult = self.kernel.shape
@@ -180,26 +172,10 @@ class QuantDepthwiseConv2D(_QuantizedKernelMixin, keras.layers.DepthwiseConv2D):
             y = ops.add(y, self.bias)
         return self._finish(y, training)
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "quantize_output": self.quantize_output,
-            "output_momentum": self.output_momentum,
-        }
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class QuantDense(_QuantizedKernelMixin, keras.layers.Dense):
     """Dense with per-tensor int8 weight fake-quant."""
-
-    def __init__(self, *args, quantize_output=True, output_momentum=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.quantize_output = bool(quantize_output)
-        self.output_momentum = float(output_momentum)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_output_quantizer(self.compute_output_shape(input_shape))
 
     def call(self, inputs, training=False):
         kernel = _quantize_weight(self.kernel, per_channel=False)
@@ -207,13 +183,6 @@ class QuantDense(_QuantizedKernelMixin, keras.layers.Dense):
         if self.use_bias:
             y = ops.add(y, self.bias)
         return self._finish(y, training)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "quantize_output": self.quantize_output,
-            "output_momentum": self.output_momentum,
-        }
 
 
 QUANT_LAYERS = {
