@@ -125,19 +125,35 @@ def debian_mirror(sources_dir="/etc/apt"):
     )
 
 
+UNREACHABLE = re.compile(
+    r"Could not resolve|Temporary failure|Failed to fetch|Connection ?(refused|reset|error)|"
+    r"NewConnectionError|Network is unreachable|unreachable|timed out"
+)
+
+
 def _run(cmd, what, log, cwd=None, env=None):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     with open(log, "a") as f:
         f.write(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}\n")
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        hint = ""
-        text = " ".join(tail)
-        if re.search(r"Could not resolve|Temporary failure|Failed to fetch|Connection|unreachable|timed out", text):
-            hint = " The package registry is unreachable: check the network or the proxy."
-        elif "No matching distribution" in text or "Could not find a version" in text:
-            hint = " No wheel exists for this platform and Python: change the target's wheels."
-        raise StageError(f"{what} failed: {' | '.join(tail)[:400]}.{hint} Full log: {log}")
+        output = proc.stderr or proc.stdout
+        tail = " | ".join(output.strip().splitlines()[-2:])[:400]
+        # pip retries a dead index and then says "No matching distribution": the connection
+        # errors earlier in the output decide which of the two it really was.
+        if UNREACHABLE.search(output):
+            line = next(ln for ln in output.splitlines() if UNREACHABLE.search(ln))
+            reason = re.search(r"(Failed to establish[^'\"]*|Could not resolve[^'\"]*)", line)
+            raise StageError(
+                f"{what} failed: the package registry is unreachable "
+                f"({(reason.group(1) if reason else line).strip()[:200]}). Check the network, "
+                f"the proxy or pip's/apt's index settings. Full log: {log}"
+            )
+        if "No matching distribution" in output or "Could not find a version" in output:
+            raise InputError(
+                f"{what} failed: no such wheel for this platform and Python ({tail}). Change the "
+                f"target's wheels or wheel_platforms. Full log: {log}"
+            )
+        raise StageError(f"{what} failed: {tail}. Full log: {log}")
     return proc.stdout
 
 
@@ -168,6 +184,9 @@ def setup(target, cache_dir, log=print):
     logfile = root.parent / f"{root.name}.setup.log"
     started = time.perf_counter()
     try:
+        # wheels first: a wrong pin or a dead index fails in seconds, before the root filesystem
+        log(f"target {target.name}: wheels {', '.join(target.wheels)}")
+        _install_wheels(target, tmp, logfile)
         mirror = debian_mirror()
         log(f"target {target.name}: root filesystem ({target.distribution}, arm64) from {mirror}")
         _run(
@@ -178,8 +197,6 @@ def setup(target, cache_dir, log=print):
         )
         log(f"target {target.name}: qemu user-mode emulator from {target.qemu_suite}")
         _fetch_qemu(target, mirror, tmp, logfile)
-        log(f"target {target.name}: wheels {', '.join(target.wheels)}")
-        _install_wheels(target, tmp, logfile)
         info = _selftest(target, tmp, logfile)
         info["setup_seconds"] = round(time.perf_counter() - started, 1)
         (tmp / "ready.json").write_text(json.dumps(info, indent=1))

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from pipeline import targets, tflite_info
-from pipeline.errors import InputError
+from pipeline.errors import InputError, StageError
 
 AARCH64 = ["rpi4-bookworm-tflite", "rpi5-litert"]
 
@@ -98,3 +98,33 @@ def test_validate_command_adds_a_target_and_regates(tiny_build, cache_dir, tmp_p
     after = m["metrics"]["targets"]["rpi5-litert"]
     for key in ("accuracy", "per_class", "bitexact_fraction", "max_abs_diff", "top1_agreement", "flipped_ids"):
         assert after[key] == before[key], key
+
+
+def _target_file(tmp_path, **changes):
+    """A copy of rpi5-litert.toml under another name, with some fields changed."""
+    text = (targets.TARGETS_DIR / "rpi5-litert.toml").read_text()
+    for key, value in changes.items():
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+    (tmp_path / "targets").mkdir(exist_ok=True)
+    (tmp_path / "targets" / "broken.toml").write_text(text.replace('name = "rpi5-litert"', 'name = "broken"'))
+    return targets.load_target("broken", tmp_path / "targets")
+
+
+def test_setup_names_a_wheel_that_does_not_exist_and_leaves_nothing(tmp_path):
+    """The real pip against the real index: a pin that was never released is a one-line config error."""
+    target = _target_file(tmp_path, wheels='["ai-edge-litert==0.0.1", "numpy==2.2.6"]')
+    with pytest.raises(InputError, match=r"no such wheel for this platform and Python .*ai-edge-litert==0\.0\.1"):
+        targets.setup(target, tmp_path / "cache", log=lambda _: None)
+    left = [p.name for p in (tmp_path / "cache" / "targets").iterdir()]
+    assert left == [f"{targets.env_dir(target, tmp_path / 'cache').name}.setup.log"], left
+
+
+def test_setup_says_when_the_registry_is_unreachable(tmp_path, monkeypatch):
+    # port 9 (discard) on loopback: nothing listens, so the connection is refused at once
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "1")  # pip reports a dead index only in its retry warnings
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    target = _target_file(tmp_path)
+    with pytest.raises(StageError, match="the package registry is unreachable"):
+        targets.setup(target, tmp_path / "cache", log=lambda _: None)
+    assert not targets.env_dir(target, tmp_path / "cache").exists()
