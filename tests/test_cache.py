@@ -153,3 +153,13 @@ def test_sigkill_mid_stage_leaves_nothing_half_written(tiny_build, tmp_path):
     assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
     for name in ("dataset.npz", "model_int8.tflite", "model_float.tflite", "model.onnx"):
         assert sha256_file(build_dir / name) == sha256_file(tiny_build["dir"] / name), name
+
+
+def test_a_second_build_of_the_same_directory_is_refused_while_one_holds_the_lock(tmp_path):
+    build_dir = tmp_path / "tiny"
+    with build_mod.build_lock(build_dir):  # this test process plays the running build
+        proc = edgebuild("build", "--config", str(TINY), "--set", f'build.out_dir="{tmp_path}"',
+                         "--set", "validate.targets=[]")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"locked by pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert [p.name for p in build_dir.iterdir()] == [".lock"], "the refused build must write nothing"
