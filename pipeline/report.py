@@ -91,7 +91,8 @@ def _delta_figure(metrics, class_names):
     for name, t in sorted(metrics.get("targets", {}).items()):
         series[name] = t["per_class"]
     ref = metrics["float"]["per_class"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names) * len(series)), 3.4))
+    # wide enough for every bar, narrow enough that the page does not shrink the labels away
+    fig, ax = plt.subplots(figsize=(min(11, max(6, 0.3 * len(class_names) * len(series))), 3.4))
     width = 0.8 / len(series)
     for k, (label, per_class) in enumerate(series.items()):
         deltas = [100 * ((per_class.get(c) or 0) - (ref.get(c) or 0)) for c in class_names]
