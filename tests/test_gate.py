@@ -91,6 +91,11 @@ def test_cli_exit_codes_junit_and_verdict_in_manifest(tiny_build, tmp_path):
     proc = edgebuild("gate", str(good), "--config", str(TINY), "--junit", str(tmp_path / "ok.xml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "✓" in proc.stdout and "gate: PASS" in proc.stdout
+    proc = edgebuild("gate", str(good), "--config", str(TINY), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # stdout is JSON and nothing else
+    assert result["verdict"] == "pass" and result["checks"]
+    assert all(set(c) >= {"name", "got", "limit", "baseline", "passed"} for c in result["checks"])
 
     bad = json.loads((good / "manifest.json").read_text())
     bad["metrics"]["int8_host"]["accuracy"] = 0.1
