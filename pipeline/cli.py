@@ -188,16 +188,19 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
         from . import gate as gate_mod
         from . import manifest as manifest_mod
 
+        from . import report
+        from .build import build_lock
+
         config = _load_config(config_path, sets)
         bdir = Path(build_dir) if build_dir else config.build_dir
-        manifest = manifest_mod.read(bdir / "manifest.json")
+        manifest_mod.read(bdir / "manifest.json")  # a wrong directory is an error before the lock creates it
         base = manifest_mod.read(baseline) if baseline else None
-        result = gate_mod.evaluate(manifest, config.gate, base)
-        manifest["gate"] = result
-        manifest_mod.write(bdir / "manifest.json", manifest)
-        from . import report
-
-        report.write_html(manifest, bdir)
+        with build_lock(bdir):  # a build writing this directory now would overwrite our verdict
+            manifest = manifest_mod.read(bdir / "manifest.json")
+            result = gate_mod.evaluate(manifest, config.gate, base)
+            manifest["gate"] = result
+            manifest_mod.write(bdir / "manifest.json", manifest)
+            report.write_html(manifest, bdir)
         _emit_gate_outputs(result, junit)
         click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
         sys.exit(0 if result["verdict"] == "pass" else 1)

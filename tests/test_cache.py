@@ -3,6 +3,7 @@ the stages downstream of it. Crash safety: SIGKILL mid-stage leaves no half-writ
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,11 +156,19 @@ def test_sigkill_mid_stage_leaves_nothing_half_written(tiny_build, tmp_path):
         assert sha256_file(build_dir / name) == sha256_file(tiny_build["dir"] / name), name
 
 
-def test_a_second_build_of_the_same_directory_is_refused_while_one_holds_the_lock(tmp_path):
-    build_dir = tmp_path / "tiny"
+def test_a_locked_build_directory_is_refused_to_build_and_gate(tiny_build, tmp_path):
+    build_dir = tmp_path / "new" / "tiny"
     with build_mod.build_lock(build_dir):  # this test process plays the running build
-        proc = edgebuild("build", "--config", str(TINY), "--set", f'build.out_dir="{tmp_path}"',
+        proc = edgebuild("build", "--config", str(TINY), "--set", f'build.out_dir="{build_dir.parent}"',
                          "--set", "validate.targets=[]")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert f"locked by pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert [p.name for p in build_dir.iterdir()] == [".lock"], "the refused build must write nothing"
+
+    done = tmp_path / "done" / "tiny"
+    shutil.copytree(tiny_build["dir"], done, ignore=shutil.ignore_patterns(".lock"))
+    before = (done / "manifest.json").read_bytes()
+    with build_mod.build_lock(done):
+        proc = edgebuild("gate", str(done), "--config", str(TINY))
+    assert proc.returncode == 4 and "locked by pid" in proc.stderr, proc.stdout + proc.stderr
+    assert (done / "manifest.json").read_bytes() == before
