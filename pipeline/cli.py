@@ -187,7 +187,6 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
     def go():
         from . import gate as gate_mod
         from . import manifest as manifest_mod
-
         from . import report
         from .build import build_lock
 

@@ -125,9 +125,10 @@ def debian_mirror(sources_dir="/etc/apt"):
     )
 
 
+# How pip and apt say they could not reach a registry (apt's "Failed to fetch" alone is also a 404).
 UNREACHABLE = re.compile(
-    r"Could not resolve|Temporary failure|Failed to fetch|Connection ?(refused|reset|error)|"
-    r"NewConnectionError|Network is unreachable|unreachable|timed out"
+    r"Could not resolve|Could not connect|Temporary failure|Failed to establish|NewConnectionError|"
+    r"Connection (refused|reset)|unreachable|timed out"
 )
 
 
