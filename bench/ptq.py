@@ -16,7 +16,8 @@ from pathlib import Path
 def main(build_dir, out_json):
     import keras
 
-    from pipeline import tflite_info
+    from pipeline import preprocess, tflite_info
+    from pipeline.config import PreprocessConfig
     from pipeline.stages.data import calibration_indices, load_dataset
     from pipeline.stages.evaluate import run_tflite
     from pipeline.stages.export import export_int8
@@ -24,7 +25,8 @@ def main(build_dir, out_json):
     build_dir = Path(build_dir)
     data = load_dataset(build_dir / "dataset.npz")
     calib = json.loads((build_dir / "calibration.json").read_text())
-    calibration = data["x"][calibration_indices(data, calib)].astype("float32") / 255.0
+    pp = PreprocessConfig(**json.loads((build_dir / "manifest.json").read_text())["config"]["preprocess"])
+    calibration = preprocess.to_float(data["x"][calibration_indices(data, calib)], pp)
     test = data["test"]
     x_test, y_test = data["x"][test], data["y"][test]
 
@@ -33,13 +35,13 @@ def main(build_dir, out_json):
     export_int8(model, calibration, ptq_path)
     info = tflite_info.describe(ptq_path)
     q = info["inputs"][0]
-    out = run_tflite(ptq_path, tflite_info.quantize_input(x_test, q["scale"], q["zero_point"]))
+    out = run_tflite(ptq_path, preprocess.to_int8(x_test, pp, q["scale"], q["zero_point"]))
     result = {"ptq_int8_accuracy": float((out.argmax(1) == y_test).mean()), "ptq_int8_bytes": ptq_path.stat().st_size}
 
     kq = keras.models.load_model(build_dir / "float.keras")
     try:
         kq.quantize("int8")
-        logits = kq.predict(x_test.astype("float32") / 255.0, verbose=0)
+        logits = kq.predict(preprocess.to_float(x_test, pp), verbose=0)
         result["keras_quantize_accuracy"] = float((logits.argmax(1) == y_test).mean())
         result["keras_quantize_note"] = "model.quantize('int8') quantizes Dense/EinsumDense weights only; convolutions stay float"
     except Exception as exc:  # reported as what it is

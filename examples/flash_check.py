@@ -1,5 +1,6 @@
 import hashlib, json, sys
 from pathlib import Path
+import numpy as np
 
 manifest_path = Path(sys.argv[1] if len(sys.argv) > 1 else "build/digits/manifest.json")
 m = json.loads(manifest_path.read_text())
@@ -8,4 +9,12 @@ assert m["gate"]["verdict"] == "pass", "gate failed: do not flash"
 art = m["artifacts"]["int8_tflite"]
 model = manifest_path.parent / art["path"]
 assert hashlib.sha256(model.read_bytes()).hexdigest() == art["sha256"], f"{model} changed since the build"
-print(f"flash {model}: input scale {art['input']['scale']} zero_point {art['input']['zero_point']}")
+inp, fp = art["input"], art["input"]["from_pixel"]
+
+def to_int8(pixels):  # uint8 camera pixels (H, W, C) -> the model's int8 input tensor
+    x = (pixels * fp["pixel_scale"] + fp["pixel_offset"] - np.array(fp["mean"])) / np.array(fp["std"])
+    return np.clip(np.round(x / inp["scale"]) + inp["zero_point"], -128, 127).astype(np.int8)
+
+print(f"flash {model}: input scale {inp['scale']} zero_point {inp['zero_point']}; {inp['formula']}")
+print(f"pixel 0 -> {to_int8(np.zeros((1, 1, len(fp['mean'])), np.uint8)).ravel().tolist()}, "
+      f"pixel 255 -> {to_int8(np.full((1, 1, len(fp['mean'])), 255, np.uint8)).ravel().tolist()}")

@@ -67,6 +67,7 @@ def _external_inputs(stage, config):
         calib = Path(config.data.calibration_file)
         return {
             "source": source_fingerprint(config.data.source),
+            "test_source": source_fingerprint(config.data.test_source, "data.test_source") if config.data.test_source else None,
             "calibration_file": sha256_file(calib) if calib.is_file() else None,
         }
     if stage.backend:  # a Keras stage
@@ -253,6 +254,20 @@ def _restore_calibration_file(config, build_dir):
         atomic_copy(build_dir / "calibration.json", calib)
 
 
+def check_input_files(config):
+    """Files the config names must exist before any stage runs (a typo is exit 3 at once, not after
+    the data stage)."""
+    from .usermodel import kind
+
+    named = [("train.weights", config.train.weights)]
+    if kind(config.train.recipe) == "keras_file":
+        named.append(("train.recipe", config.train.recipe))
+    for key, value in named:
+        if value and not Path(value).is_file():
+            raise InputError(f"{key} names the file {value}, which does not exist here ({Path.cwd()}). Check the path "
+                             "(nothing is downloaded).")
+
+
 def load_records(build_dir):
     records = {}
     for path in sorted((build_dir / "records").glob("*.json")):
@@ -269,6 +284,7 @@ def build(config, options, only=None, until=None, baseline=None):
 
     for name in config.validate.targets:  # an unknown target is bad input before anything runs
         load_target(name)
+    check_input_files(config)
     build_dir = config.build_dir
     check_writable(build_dir)
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731

@@ -263,26 +263,36 @@ def report_cmd(ctx, build_dir, config_path, sets):
 @click.option("--recipe", help="Shortcut for --set train.recipe=... ('module.path:function' or a .keras file).")
 @click.pass_context
 def check_model(ctx, config_path, sets, recipe):
-    """Serialization preflight of the configured model: round-trips every custom layer's
-    get_config/from_config and compares arguments and outputs; refuses Lambda layers and
-    unregistered custom classes. Exits 0 if the model is portable, 3 with every problem if not."""
+    """Check the configured model before a build: serialization preflight (round-trips every custom
+    layer's get_config/from_config, refuses Lambda layers and unregistered classes), the final softmax
+    that the build removes, and, for a trained model file (.keras or Keras 2 .h5), which input
+    convention it scores with (exit 3 naming the preprocess setting that fits).
+    Exits 0 if the model is fine, 3 with every problem if not."""
 
     def go():
         os.environ["KERAS_BACKEND"] = "jax"
         _import_tensorflow_quietly()  # Keras pulls it in when layers run eagerly; absl prints before TF_CPP_MIN_LOG_LEVEL applies
         from . import preflight, usermodel
         from .errors import InputError
-        from .stages.data import load_source
+        from .stages.data import load_source, stratified_split
 
         config = _load_config(config_path, list(sets) + ([f"train.recipe={json.dumps(recipe)}"] if recipe else []))
-        images, _, _, class_names = load_source(config.data)
-        model = usermodel.build_model(config.train, images.shape[1:], len(class_names))
+        images, labels, _, class_names, _ = load_source(config.data.source, config.data)
+        model, softmax_removed = usermodel.build_model(config.train, images.shape[1:], len(class_names))
+        if softmax_removed:
+            click.echo(f"✓ final softmax removed ({softmax_removed}): artifacts will output logits")
         problems = preflight.check_model(model)
         for p in problems:
             click.echo(f"✗ {p}")
         if problems:
             raise InputError(f"{len(problems)} serialization problem(s) in {config.train.recipe}; fix them before export.")
         click.echo(f"✓ {config.train.recipe}: {len(model.layers)} layers round-trip through get_config/from_config")
+        if usermodel.kind(config.train.recipe) == "keras_file":
+            *_, sample = stratified_split(labels, config.build.seed, 0.0, min(0.5, 1000 / len(labels)))
+            scores = usermodel.check_input_convention(model, images[sample], labels[sample], config.preprocess,
+                                                      images.shape[-1], config.train.recipe)
+            shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items() if k != "chance")
+            click.echo(f"✓ input convention: {shown} (chance {100 * scores['chance']:.1f}%, {len(sample)} samples)")
 
     _run(ctx, go)
 

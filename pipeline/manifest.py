@@ -11,6 +11,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from . import preprocess
 from .errors import InputError
 from .fsutil import atomic_write_text, sha256_file
 
@@ -61,8 +62,12 @@ def assemble(config, records, build_dir):
     data, export, evaluate = records["data"], records["export"], records["evaluate"]
     artifacts = {key: _artifact(build_dir, name) for key, name in ARTIFACTS.items()}
     int8 = export["int8"]
+    qin = int8["inputs"][0]
+    contract = preprocess.describe(config.preprocess, data["input_shape"][-1], qin["scale"], qin["zero_point"])
     artifacts["int8_tflite"].update(
-        input={k: int8["inputs"][0][k] for k in ("dtype", "shape", "scale", "zero_point")},
+        input={**{k: qin[k] for k in ("dtype", "shape", "scale", "zero_point")},
+               "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
+               "formula": contract["int8_formula"]},
         output={k: int8["outputs"][0][k] for k in ("dtype", "shape", "scale", "zero_point")},
         ops=int8["ops"],
         float_ops=export["float_ops_kept"],
@@ -87,8 +92,10 @@ def assemble(config, records, build_dir):
         "seed": config.build.seed,
         "class_names": data["class_names"],
         "input_shape": data["input_shape"],
-        "preprocessing": "pixels / 255 (uint8 0..255 -> float 0..1), then int8 = round(x / scale) + zero_point",
+        "preprocessing": contract["int8_formula"],
+        "preprocess": contract,
         "splits": data["splits"],
+        "test_set": data.get("test_set"),
         "calibration": data["calibration"],
         "artifacts": artifacts,
         "metrics": metrics,
@@ -99,8 +106,11 @@ def assemble(config, records, build_dir):
         },
         "train": {k: records["train"].get(k) for k in (
             "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction",
-            "finetune", "pretrained", "lora_merge", "devices")},
-        "qat": {"ranges": records["qat"]["ranges"]},
+            "finetune", "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history",
+            "initial", "kept_epoch", "kept_by", "kept_val_accuracy")},
+        "qat": {k: records["qat"].get(k) for k in (
+            "ranges", "input_range", "float_val_accuracy", "history", "initial", "kept_epoch", "kept_by",
+            "kept_val_accuracy")},
         "toolchain": toolchain_versions(),
     }
     return manifest

@@ -8,7 +8,13 @@ class Progress:
 
     def __init__(self, stream=None, quiet=False):
         self.stream = stream or sys.stderr
+        self.quiet = quiet
         self.enabled = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def line(self, text):
+        """One plain line where no bar is shown (a CI log), so a long stage visibly moves; not with --quiet."""
+        if not self.quiet and not self.enabled:
+            print(text, file=self.stream, flush=True)
 
     def bar(self, total, desc, unit="it"):
         from tqdm import tqdm

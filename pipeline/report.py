@@ -14,7 +14,14 @@ def summary(manifest):
     rows.append(("float", "onnxruntime", _pct(m["onnx"]["accuracy"]), _pct(m["onnx"]["top1_agreement_with_float"]), f"{art['onnx']['bytes']:,} B"))
     rows.append(("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]), _pct(m["int8_host"]["top1_agreement_with_float"]), f"{art['int8_tflite']['bytes']:,} B"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = [f"build {manifest['name']}: {manifest['splits']['test']} test samples, classes {len(manifest['class_names'])}"]
+    test_set = manifest.get("test_set") or {}
+    lines = [f"build {manifest['name']}: {manifest['splits']['test']} test samples"
+             + (f" from {test_set['source']}" if test_set.get("fixed") else "")
+             + f", classes {len(manifest['class_names'])}"]
+    kept = (manifest.get("qat") or {}).get("kept_epoch")
+    if kept is not None and (manifest["qat"].get("kept_val_accuracy") is not None):
+        lines.append(f"qat kept epoch {kept}: val accuracy {_pct(manifest['qat']['kept_val_accuracy']).strip()}"
+                     f" (float model {_pct(manifest['qat'].get('float_val_accuracy')).strip()})")
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     targets = m.get("targets", {})
     if targets:
@@ -105,6 +112,37 @@ def _delta_figure(metrics, class_names):
     return fig
 
 
+def _history_figure(manifest):
+    """Per-epoch accuracy and val accuracy of train and QAT, the kept epochs marked; None without history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [(name, manifest.get(name) or {}) for name in ("train", "qat")]
+    stages = [(n, r) for n, r in stages if (r.get("history") or {}).get("accuracy")]
+    if not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.2), squeeze=False)
+    for ax, (name, rec) in zip(axes[0], stages):
+        hist = rec["history"]
+        epochs = list(range(1, len(hist["accuracy"]) + 1))
+        ax.plot(epochs, hist["accuracy"], marker="o", label="train accuracy")
+        if hist.get("val_accuracy"):
+            ax.plot(epochs, hist["val_accuracy"], marker="o", label="val accuracy")
+        if rec.get("initial"):
+            ax.axhline(rec["initial"]["val_accuracy"], color="gray", linestyle=":", label="val before fine-tuning")
+        if rec.get("float_val_accuracy") is not None:
+            ax.axhline(rec["float_val_accuracy"], color="black", linestyle="--", linewidth=0.8, label="float model val")
+        if rec.get("kept_epoch"):
+            ax.axvline(rec["kept_epoch"], color="green", alpha=0.4, label=f"kept: epoch {rec['kept_epoch']}")
+        ax.set_title(f"{name}: per-epoch accuracy")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def html(manifest, build_dir):
     """A self-contained HTML report (plots inlined as base64 PNG, no external resources)."""
     from html import escape
@@ -119,6 +157,11 @@ def html(manifest, build_dir):
            "int8 (host)": _confusion(pred["labels"], pred["int8_top1"], n)}
     confusion_png = _png(_confusion_figure(cms, names))
     delta_png = _png(_delta_figure(m, names))
+    history_fig = _history_figure(manifest)
+    history_html = (f'<img id="history" alt="per-epoch accuracy of train and QAT" '
+                    f'src="data:image/png;base64,{_png(history_fig)}">') if history_fig else "<p>no training epochs</p>"
+    test_set = manifest.get("test_set") or {}
+    pre = manifest.get("preprocess") or {}
 
     def table_html(rows, head):
         out = ["<table><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in head) + "</tr>"]
@@ -160,9 +203,14 @@ img {{ max-width: 100%; }}
 <p>seed {manifest['seed']}, config sha256 {manifest['config_sha256'][:16]}, {manifest['splits']['test']} test samples,
 {n} classes, toolchain keras {escape(manifest['toolchain']['keras'])} / tensorflow {escape(manifest['toolchain']['tensorflow'])}
 / jax {escape(manifest['toolchain']['jax'])}</p>
+<p>test set: {escape(str(test_set.get('source', '-')))} ({'fixed' if test_set.get('fixed') else 'a seeded split'},
+{test_set.get('size', '-')} images, fingerprint {escape(str(test_set.get('fingerprint', '-'))[:16])}, overlap with train/val
+{(test_set.get('overlap') or {}).get('count', '-')}); input: pixel range {pre.get('pixel_range', '-')}, mean {pre.get('mean', '-')},
+std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
 <h2>Gate</h2>{gate_html}
 <h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
 <h2>Targets (emulated aarch64) vs host int8</h2>{table_html(target_rows, ("target", "top-1 agreement", "bit-exact", "max |diff|", "images/s", "samples"))}
+<h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
 <h2>Per-class accuracy change</h2><img id="per-class" alt="per-class accuracy deltas" src="data:image/png;base64,{delta_png}">
 <h2>Artifacts</h2>{table_html(size_rows, ("artifact", "path", "bytes", "sha256"))}

@@ -86,11 +86,3 @@ def describe(path):
         "inputs": [io(i) for i in graph.inputs],
         "outputs": [io(i) for i in graph.outputs],
     }
-
-
-def quantize_input(images_uint8, scale, zero_point):
-    """uint8 pixels [0, 255] -> the int8 tensor the model expects (model input is pixels / 255)."""
-    import numpy as np
-
-    real = images_uint8.astype(np.float64) / 255.0
-    return np.clip(np.round(real / scale) + zero_point, -128, 127).astype(np.int8)

@@ -4,6 +4,7 @@
 import hashlib
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0")
 def kind(recipe):
     if recipe in BUILTIN:
         return "builtin"
-    if recipe.endswith(".keras"):
+    if recipe.endswith(".weights.h5"):
+        return None
+    if recipe.endswith((".keras", ".h5")):
         return "keras_file"
     if ":" in recipe:
         return "function"
@@ -29,9 +32,11 @@ def check_recipe(recipe):
 
         match = difflib.get_close_matches(recipe, BUILTIN, n=1)
         hint = f" Did you mean '{match[0]}'?" if match else ""
+        if recipe.endswith(".weights.h5"):
+            hint = " A .weights.h5 file holds weights only: set it as train.weights with a recipe that builds the model."
         raise InputError(
             f"train.recipe must be a built-in recipe ({', '.join(BUILTIN)}), 'module.path:function' or a "
-            f".keras file; received {recipe!r}.{hint}"
+            f"trained model file (.keras, or a Keras 2 full-model .h5); received {recipe!r}.{hint}"
         )
 
 
@@ -75,15 +80,22 @@ def source_hash(recipe):
     return None
 
 
+def _keras_version():
+    import keras
+
+    return keras.__version__
+
+
 def load_keras_file(path):
-    """Load a user's `.keras` file with safe_mode on: a Lambda layer (arbitrary code) is refused."""
+    """Load a user's `.keras` (or Keras 2 full-model `.h5`) file with safe_mode on: a Lambda layer
+    (arbitrary code) is refused."""
     import keras
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"train.recipe names the model file {path}, which does not exist. Check the path.")
     try:
-        return keras.models.load_model(path, safe_mode=True)
+        return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - every load failure is the user's file; say which and why
         text = " ".join(str(exc).split())
         if "Lambda" in text and "safe_mode" in text:
@@ -92,23 +104,37 @@ def load_keras_file(path):
                 "safe_mode refuses it (and Lambda layers are not portable). Replace the Lambda with a "
                 "registered custom layer."
             ) from None
+        unknown_arg = re.search(r"Unrecognized keyword arguments passed to (\w+): \{'(\w+)'", text)
+        if unknown_arg is None:
+            unknown_arg = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", text)
+        if unknown_arg:
+            cls, arg = unknown_arg.groups()
+            layer = re.search(r"'name': '([^']+)'", text)
+            where = f" (layer '{layer.group(1)}')" if layer else ""
+            raise InputError(
+                f"Keras {_keras_version()} cannot load {path}: its {cls}{where} has the argument `{arg}`, which "
+                f"{cls} no longer takes (the file was probably saved by Keras 2). Load it where it was trained and "
+                f"re-save it without that argument (tf.keras: model.save('model.keras')), or delete `{arg}` from "
+                f"that layer's entry in the file's model_config."
+            ) from None
         if "Could not locate class" in text or "Unknown layer" in text:
             raise InputError(
                 f"{path} uses a custom class Keras cannot find ({text[:200]}). Register it with "
                 "@keras.saving.register_keras_serializable() in a module, and name that module in "
                 "train.recipe as 'module:function' or import it before loading."
             ) from None
-        raise InputError(f"{path} is not a loadable .keras model ({type(exc).__name__}: {text[:200]}). "
+        raise InputError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {text[:300]}). "
                          "Re-save it with model.save('model.keras').") from None
 
 
 def build_model(cfg, input_shape, num_classes):
-    """The float model of the train stage, and where it came from."""
+    """The float model of the train stage, and what was removed from it: (model, softmax_removed).
+    A user model's final softmax is removed, so every artifact outputs logits."""
     from . import models
 
     k = kind(cfg.recipe)
     if k == "builtin":
-        return models.RECIPES[cfg.recipe](input_shape, num_classes, width=cfg.width, blocks=cfg.blocks)
+        return models.RECIPES[cfg.recipe](input_shape, num_classes, width=cfg.width, blocks=cfg.blocks), None
     if k == "keras_file":
         model = load_keras_file(cfg.recipe)
     else:
@@ -129,4 +155,71 @@ def build_model(cfg, input_shape, num_classes):
             f"logits (the data); it takes {in_shape} and gives {out_dim}. Match data.image_size/channels "
             "or the model."
         )
-    return model
+    return strip_softmax(model)
+
+
+def strip_softmax(model):
+    """A final softmax (a Softmax layer, an Activation('softmax') or activation='softmax' on the last
+    layer) is removed, so the model and its int8 artifact give logits: an int8 softmax has a fixed
+    1/256 scale, and the converter requantizes around it through float. Returns (model, what was
+    removed or None)."""
+    import keras
+
+    if len(model.outputs) != 1:
+        return model, None
+    last = model.outputs[0]._keras_history.operation if hasattr(model.outputs[0], "_keras_history") else None
+    if last is None:
+        return model, None
+    act = getattr(last, "activation", None)
+    is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
+        isinstance(last, keras.layers.Activation) and act is keras.activations.softmax)
+    if is_softmax_layer:
+        node = last._inbound_nodes[-1]
+        stripped = keras.Model(model.inputs, node.input_tensors[0], name=model.name)
+        return stripped, f"layer '{last.name}' ({type(last).__name__})"
+    if act is keras.activations.softmax:
+        last.activation = keras.activations.linear  # get_config now saves "linear"
+        return model, f"activation='softmax' of layer '{last.name}' ({type(last).__name__})"
+    return model, None
+
+
+def input_convention_scores(model, images, labels, preprocess_cfg, channels):
+    """Top-1 accuracy of `model` on uint8 `images` under the configured preprocessing and under the
+    common conventions (0..1, 0..255, -1..1, ImageNet mean/std)."""
+    import numpy as np
+
+    from . import preprocess
+    from .config import PreprocessConfig
+
+    candidates = {"configured": preprocess_cfg}
+    for name, values in preprocess.COMMON.items():
+        if values["mean"] and channels != len(values["mean"]):
+            continue
+        candidates[name] = PreprocessConfig(**values)
+    scores = {}
+    for name, cfg in candidates.items():
+        logits = model.predict(preprocess.to_float(images, cfg), batch_size=128, verbose=0)
+        scores[name] = float((np.asarray(logits).argmax(-1) == labels).mean())
+    return scores
+
+
+def check_input_convention(model, images, labels, preprocess_cfg, channels, origin):
+    """A trained model fed the wrong input convention scores near chance: stop with the setting that
+    fits (exit 3). Returns the scores, which go into the stage record."""
+    import numpy as np
+
+    from . import preprocess
+
+    scores = input_convention_scores(model, images, labels, preprocess_cfg, channels)
+    chance = float(np.bincount(labels).max() / len(labels))
+    configured = scores["configured"]
+    best = max((n for n in scores if n != "configured"), key=lambda n: scores[n])
+    if configured <= chance + 0.15 and scores[best] >= chance + 0.3 and scores[best] - configured >= 0.25:
+        lo, hi = preprocess_cfg.pixel_range
+        raise InputError(
+            f"{origin} scores {100 * configured:.0f}% (chance {100 * chance:.0f}%) with the configured input "
+            f"preprocess.pixel_range = [{lo:g}, {hi:g}]{', mean/std' if preprocess_cfg.mean else ''}, and "
+            f"{100 * scores[best]:.0f}% with {best} input ({len(labels)} samples): the model was trained on another "
+            f"input convention. Set {preprocess.setting(best, preprocess_cfg)}."
+        )
+    return {"chance": round(chance, 6), **{k: round(v, 6) for k, v in scores.items()}}

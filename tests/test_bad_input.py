@@ -90,6 +90,20 @@ def calibration_missing_classes(tmp):
     return ["--set", f'data.calibration_file="{tmp}/calib.json"', "--set", "data.calibration_samples=10"]
 
 
+def shared_test_images(tmp):
+    source = _npz(tmp)
+    leak = np.load(source)
+    np.savez(tmp / "test.npz", x=leak["x"][:12], y=leak["y"][:12])
+    return _data(source, "--set", f'data.test_source="{tmp}/test.npz"')
+
+
+def other_test_classes(tmp):
+    root = _folder(tmp, classes=("a", "b", "c"))
+    other = tmp / "other"
+    _folder(other, classes=("a", "b", "x"), per_class=3)
+    return _data(root, "--set", f'data.test_source="{other}/imgs"')
+
+
 CASES = [
     # id, make(tmp) -> extra CLI args, expected text
     ("unknown key", lambda t: ["--set", "train.epoch=3"], "Did you mean 'epochs'?"),
@@ -120,6 +134,21 @@ CASES = [
     ("calibration missing classes", calibration_missing_classes, "must cover every class"),
     ("calibration not JSON", lambda t: ["--set", f'data.calibration_file="{_write(t / "calib.json", "{")}"'], "not valid JSON"),
     ("more calibration than train", lambda t: _data(_npz(t), "--set", "data.calibration_samples=500"), "has only"),
+    ("a model file as data", lambda t: _data(_write(t / "model.tflite", "TFL3")), "A model file goes to train.recipe"),
+    ("unsupported data file", lambda t: _data(_write(t / "d.csv", "1,2")), "'.csv' file, which is none of them"),
+    ("empty data source", lambda t: ["--set", 'data.source=""'], "received an empty string"),
+    ("weights not a weights file", lambda t: ["--set", f'train.weights="{_write(t / "w.bin", "x")}"'],
+     "train.weights must be a local .weights.h5 or .keras file"),
+    ("weights missing", lambda t: ["--set", 'train.weights="nope.weights.h5"'], "does not exist here"),
+    ("recipe is a weights file", lambda t: ["--set", 'train.recipe="b.weights.h5"'], "holds weights only"),
+    ("test set shares images", shared_test_images, "12 of 12 test images"),
+    ("test set other classes", other_test_classes, "must have the classes of data.source"),
+    ("npz bad split array", lambda t: _data(_npz(t, split=np.array(["train", "dev"] * 30))), "'dev'"),
+    ("pixel range reversed", lambda t: ["--set", "preprocess.pixel_range=[1, 0]"], "lo < hi"),
+    ("mean per channel", lambda t: ["--set", "preprocess.mean=[0.1, 0.2]"], "one value or one per channel"),
+    ("std not positive", lambda t: ["--set", "preprocess.std=[0]"], "must be positive"),
+    ("application recipe with other input", lambda t: ["--set", 'train.recipe="mobilenet_v3_small"', "--set",
+                                                       "preprocess.pixel_range=[0, 255]"], "needs the default preprocessing"),
 ]
 
 

@@ -40,8 +40,9 @@ def test_calibration_set_that_no_longer_matches_is_refused(tmp_path):
     calib = json.loads((tmp_path / "calib.json").read_text())
     calib["samples"][0]["sha256"] = "0" * 64
     (tmp_path / "calib.json").write_text(json.dumps(calib))
-    with pytest.raises(InputError, match="different content"):
+    with pytest.raises(InputError, match="different content") as err:
         data.run(cfg, 0, tmp_path / "calib.json", tmp_path)
+    assert "point data.calibration_file at a new path" in str(err.value)  # the fix for changed data comes first
     with pytest.raises(InputError, match="not in this build's train split"):
         data.run(cfg, 1, tmp_path / "calib.json", tmp_path)  # another seed, another split
 

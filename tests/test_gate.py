@@ -116,3 +116,52 @@ def test_cli_exit_codes_junit_and_verdict_in_manifest(tiny_build, tmp_path):
     proc = edgebuild("gate", str(good), "--config", str(TINY), "--baseline", str(tmp_path / "old.json"))
     assert proc.returncode == 3 and "schema_version must be 1; received 99" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def harder_build(tmp_path_factory, cache_dir):
+    """A healthy first build of a harder task: real sign-language photos, small and low-resolution,
+    with the default [gate] (nothing set)."""
+    from conftest import SIGNS
+
+    if not SIGNS.is_dir():
+        pytest.skip("shared/datasets/sign-language-digits is not beside the repo")
+    out = tmp_path_factory.mktemp("harder")
+    config = out / "harder.toml"
+    config.write_text(
+        f'[build]\nname = "signs"\nout_dir = "{out}"\n'
+        f'[data]\nsource = "{SIGNS}"\nimage_size = 16\nchannels = 3\ncalibration_samples = 100\n'
+        f'calibration_file = "{out}/calib.json"\n'
+        '[train]\nwidth = 8\nepochs = 8\n[qat]\nepochs = 2\n[validate]\ntargets = []\n')
+    proc = edgebuild("--quiet", "build", "--config", str(config), env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads((out / "signs" / "manifest.json").read_text())
+
+
+def test_default_gate_passes_a_healthy_build_of_a_harder_task(harder_build):
+    m = harder_build
+    assert 0.4 < m["metrics"]["float"]["accuracy"] < 0.9, "not the harder task this test is about"
+    assert m["gate"]["verdict"] == "pass", [c for c in m["gate"]["checks"] if not c["passed"]]
+    old_defaults = config_mod.GateConfig(min_int8_accuracy=0.9, max_int8_drop=0.01, max_flip_rate=0.02,
+                                         flip_error_ratio=0.0, class_drop_samples=0)
+    assert gate.evaluate(m, old_defaults)["verdict"] == "fail"  # what a first build met before
+
+
+def test_default_gate_still_fails_planted_regressions_on_the_harder_task(harder_build):
+    defaults = config_mod.GateConfig()
+    m = copy.deepcopy(harder_build)
+    m["metrics"]["int8_host"]["accuracy"] = m["metrics"]["float"]["accuracy"] - 0.05
+    assert "int8 drop vs float" in failed(gate.evaluate(m, defaults))
+    m = copy.deepcopy(harder_build)
+    big = max(m["test_set"]["per_class"], key=m["test_set"]["per_class"].get)
+    m["metrics"]["int8_host"]["per_class"][big] = m["metrics"]["float"]["per_class"][big] - 0.3
+    assert "worst class drop vs float" in failed(gate.evaluate(m, defaults))
+    m = copy.deepcopy(harder_build)
+    budget = gate.flip_limit(defaults, m["metrics"]["float"]["accuracy"])
+    n = m["metrics"]["int8_host"]["samples"]
+    m["metrics"]["int8_host"]["flips_vs_float"] = [f"id{i}" for i in range(int(n * budget * 1.5) + 1)]
+    assert "flip rate float->int8" in failed(gate.evaluate(m, defaults))
+    base = copy.deepcopy(harder_build)
+    m = copy.deepcopy(harder_build)
+    m["metrics"]["int8_host"]["accuracy"] = base["metrics"]["int8_host"]["accuracy"] - 0.03
+    assert "int8 drop vs baseline" in failed(gate.evaluate(m, defaults, baseline=base))

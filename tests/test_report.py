@@ -25,10 +25,21 @@ def test_report_is_self_contained_and_shows_this_builds_numbers(tiny_build):
     assert f"{100 * m['metrics']['int8_host']['accuracy']:6.2f}%".strip() in text
     assert f"gate: {m['gate']['verdict'].upper()}" in text
     images = _images(text)
-    assert set(images) == {"confusion", "per-class"}
+    assert set(images) == {"confusion", "per-class", "history"}
     for img in images.values():
         assert img.size[0] > 300 and img.size[1] > 200
         assert len(img.convert("RGB").getcolors(1 << 20)) > 50, "a plot, not a blank image"
+
+
+def test_history_plot_is_drawn_from_the_recorded_epochs(tiny_build, tmp_path):
+    d = tmp_path / "b"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    m = tiny_build["manifest"]
+    assert len(m["train"]["history"]["val_accuracy"]) == 15 and len(m["qat"]["history"]["val_accuracy"]) == 2
+    before = _images(report.html(m, d))["history"]
+    changed = {**m, "qat": {**m["qat"], "history": {**m["qat"]["history"], "val_accuracy": [0.1, 0.2]}}}
+    after = _images(report.html(changed, d))["history"]
+    assert np.asarray(before).shape != np.asarray(after).shape or (np.asarray(before) != np.asarray(after)).any()
 
 
 def test_confusion_plot_changes_with_the_predictions(tiny_build, tmp_path):
@@ -77,6 +88,8 @@ def test_readme_flashing_example_runs_on_a_build(tiny_build, tmp_path):
     assert proc.returncode == 0, proc.stderr
     scale = tiny_build["manifest"]["artifacts"]["int8_tflite"]["input"]["scale"]
     assert f"input scale {scale}" in proc.stdout
+    # its pixel -> int8 step is the one the build validated with (default input 0..1: q = pixel - 128)
+    assert "pixel 0 -> [-128], pixel 255 -> [127]" in proc.stdout, proc.stdout
     d = tmp_path / "b"
     shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
     (d / "model_int8.tflite").write_bytes(b"tampered")

@@ -17,16 +17,18 @@ class Stage:
 
 
 CORE = (
-    Stage("data", "pipeline.stages.data", None, "1", ("build.seed", "data"), (), ("dataset.npz", "calibration.json")),
-    Stage("train", "pipeline.stages.train", "jax", "4", ("build.seed", "train"), ("dataset.npz",), ("float.keras",)),
-    Stage("qat", "pipeline.stages.qat", "jax", "3", ("build.seed", "qat"), ("float.keras", "dataset.npz"), ("qat.keras",)),
+    Stage("data", "pipeline.stages.data", None, "2", ("build.seed", "data"), (), ("dataset.npz", "calibration.json")),
+    Stage("train", "pipeline.stages.train", "jax", "5", ("build.seed", "train", "preprocess"), ("dataset.npz",),
+          ("float.keras",)),
+    Stage("qat", "pipeline.stages.qat", "jax", "4", ("build.seed", "qat", "preprocess"), ("float.keras", "dataset.npz"),
+          ("qat.keras",)),
     Stage(
-        "export", "pipeline.stages.export", "tensorflow", "1", ("export",),
+        "export", "pipeline.stages.export", "tensorflow", "2", ("export", "preprocess"),
         ("float.keras", "qat.keras", "dataset.npz", "calibration.json"),
         ("model_int8.tflite", "model_float.tflite", "model.onnx"),
     ),
     Stage(
-        "evaluate", "pipeline.stages.evaluate", "jax", "1", (),
+        "evaluate", "pipeline.stages.evaluate", "jax", "2", ("preprocess",),
         ("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx"),
         ("predictions.npz",),
     ),
@@ -35,7 +37,7 @@ CORE = (
 
 def target_stage(name):
     return Stage(
-        f"target:{name}", "pipeline.stages.target", None, "2", ("validate.sample",),
+        f"target:{name}", "pipeline.stages.target", None, "3", ("validate.sample", "preprocess"),
         ("model_int8.tflite", "dataset.npz", "predictions.npz"), (f"target-{name}.npz",),
         params={"target": name},
     )

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from .. import tflite_info
+from .. import preprocess, tflite_info
 from .data import load_dataset
 
 
@@ -45,21 +45,21 @@ def run_onnx(path, x):
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def run(dataset_path, float_keras, int8_tflite, float_tflite, onnx_path, out_dir, progress):
+def run(pp, dataset_path, float_keras, int8_tflite, float_tflite, onnx_path, out_dir, progress):
     import keras
 
     data = load_dataset(dataset_path)
     idx = data["test"]
     images, labels = data["x"][idx], data["y"][idx]
     class_names = [str(c) for c in data["class_names"]]
-    x = images.astype("float32") / 255.0
+    x = preprocess.to_float(images, pp)
     bar = progress.bar(4, "evaluate", unit="model")
 
     float_logits = keras.models.load_model(float_keras).predict(x, batch_size=256, verbose=0)
     bar.update(1)
     info = tflite_info.describe(int8_tflite)
     qin = info["inputs"][0]
-    int8_out = run_tflite(int8_tflite, tflite_info.quantize_input(images, qin["scale"], qin["zero_point"]))
+    int8_out = run_tflite(int8_tflite, preprocess.to_int8(images, pp, qin["scale"], qin["zero_point"]))
     bar.update(1)
     float_tfl_out = run_tflite(float_tflite, x)
     bar.update(1)
@@ -95,6 +95,6 @@ def run(dataset_path, float_keras, int8_tflite, float_tflite, onnx_path, out_dir
 
 def run_stage(config, inputs, out_dir, progress):
     return run(
-        inputs["dataset.npz"], inputs["float.keras"], inputs["model_int8.tflite"],
+        config.preprocess, inputs["dataset.npz"], inputs["float.keras"], inputs["model_int8.tflite"],
         inputs["model_float.tflite"], inputs["model.onnx"], out_dir, progress,
     )

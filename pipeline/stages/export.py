@@ -10,7 +10,7 @@ import json
 import os
 
 from .. import qat  # noqa: F401  (registers the QAT layers so load_model finds them)
-from .. import tflite_info
+from .. import preprocess, tflite_info
 from ..errors import InputError
 from .data import calibration_indices, load_dataset
 
@@ -84,13 +84,13 @@ def check_full_integer(info, allowed_float_ops):
     return problems
 
 
-def run(cfg, float_path, qat_path, dataset_path, calibration_path, out_dir, progress):
+def run(cfg, pp, float_path, qat_path, dataset_path, calibration_path, out_dir, progress):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     data = load_dataset(dataset_path)
     calib = json.loads(open(calibration_path).read())
-    calibration = data["x"][calibration_indices(data, calib)].astype("float32") / 255.0
+    calibration = preprocess.to_float(data["x"][calibration_indices(data, calib)], pp)
     bar = progress.bar(3, "export", unit="artifact")
     qat_model = keras.models.load_model(qat_path)
     export_int8(qat_model, calibration, out_dir / "model_int8.tflite")
@@ -122,6 +122,6 @@ def run(cfg, float_path, qat_path, dataset_path, calibration_path, out_dir, prog
 
 def run_stage(config, inputs, out_dir, progress):
     return run(
-        config.export, inputs["float.keras"], inputs["qat.keras"], inputs["dataset.npz"],
+        config.export, config.preprocess, inputs["float.keras"], inputs["qat.keras"], inputs["dataset.npz"],
         inputs["calibration.json"], out_dir, progress,
     )

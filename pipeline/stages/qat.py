@@ -1,52 +1,58 @@
-"""qat stage: fold BatchNorm, insert fake-quant, fine-tune on JAX, save the QAT `.keras`."""
+"""qat stage: fold BatchNorm, insert fake-quant, fine-tune on JAX, keep the best epoch, save the QAT
+`.keras`; a QAT that loses more than `qat.max_val_drop` of the float model's val accuracy is refused."""
 
-import math
 import time
 
-from .. import progress as progress_mod
-from .. import qat
+from .. import fitting, preprocess, qat
 from ..errors import InputError
 from ..fsutil import atomic_save_model
 from .data import load_dataset
 from .train import split_arrays
 
 
-def run(cfg, seed, float_path, dataset_path, out_dir, progress):
+def run(cfg, pp, seed, float_path, dataset_path, out_dir, progress):
     import keras
 
     keras.utils.set_random_seed(seed + 2)
     data = load_dataset(dataset_path)
-    x_train, y_train = split_arrays(data, "train")
-    x_val, y_val = split_arrays(data, "val")
+    x_train, y_train = split_arrays(data, "train", pp)
+    x_val, y_val = split_arrays(data, "val", pp)
     float_model = keras.models.load_model(float_path)
+    float_val = None
+    if len(x_val):
+        logits = float_model.predict(x_val, batch_size=256, verbose=0)
+        float_val = round(float((logits.argmax(-1) == y_val).mean()), 5)
+    input_range = preprocess.float_range(pp, x_train.shape[-1])
     try:
-        model = qat.quantize_model(float_model, momentum=cfg.ema_momentum)
+        model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum)
     except qat.UnsupportedLayerError as exc:
         raise InputError(f"QAT cannot quantize this model: {exc}") from None
     # Ranges start from real data: one pass over the first training samples in training mode.
     model(x_train[: cfg.init_samples], training=True)
-    model.compile(
-        # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
-        # statistics (and QAT's activation ranges) match the final weights.
-        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, decay_steps=max(1, cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))
-        )),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
     started = time.perf_counter()
-    if cfg.epochs:
-        steps = math.ceil(len(x_train) / cfg.batch_size)
-        model.fit(
-            x_train, y_train,
-            validation_data=(x_val, y_val) if len(x_val) else None,
-            epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-            callbacks=[progress_mod.keras_callback(progress, "qat", cfg.epochs, steps)],
-        )
+    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, cfg.learning_rate,
+                         progress, "qat", keep_best=True)
     seconds = time.perf_counter() - started
+    best = fitted["kept_val_accuracy"]
+    if float_val is not None and best is not None and float_val - best > cfg.max_val_drop:
+        before = (fitted["initial"] or {}).get("val_accuracy")
+        raise InputError(
+            f"QAT lost the model's accuracy: its best val accuracy is {100 * best:.1f}% (epoch "
+            f"{fitted['kept_epoch']} of {cfg.epochs}), {100 * (float_val - best):.1f} pp below the float model's "
+            f"{100 * float_val:.1f}% (qat.max_val_drop = {cfg.max_val_drop}); before fine-tuning, the fake-quantized "
+            f"model scored {100 * before:.1f}%. Lower qat.learning_rate (now {cfg.learning_rate:g}), for example to "
+            f"{cfg.learning_rate / 10:g}; nothing was published."
+        )
     atomic_save_model(model, out_dir / "qat.keras")
-    return {"seconds": round(seconds, 2), "ranges": qat.activation_ranges(model)}
+    return {
+        "seconds": round(seconds, 2),
+        "ranges": qat.activation_ranges(model),
+        "input_range": list(input_range),
+        "float_val_accuracy": float_val,
+        **fitted,
+    }
 
 
 def run_stage(config, inputs, out_dir, progress):
-    return run(config.qat, config.build.seed, inputs["float.keras"], inputs["dataset.npz"], out_dir, progress)
+    return run(config.qat, config.preprocess, config.build.seed, inputs["float.keras"], inputs["dataset.npz"],
+               out_dir, progress)

@@ -9,6 +9,7 @@ import tempfile
 
 import numpy as np
 
+from .. import preprocess
 from .. import targets as targets_mod
 from .. import tflite_info
 from .data import load_dataset
@@ -43,7 +44,7 @@ def compare(target_out, host_out, labels, ids, class_names):
     return rec
 
 
-def run(target_name, sample, shards, seed, model_path, dataset_path, predictions_path, out_dir, cache_dir, progress):
+def run(target_name, pp, sample, shards, seed, model_path, dataset_path, predictions_path, out_dir, cache_dir, progress):
     target = targets_mod.load_target(target_name)
     info = tflite_info.describe(model_path)
     targets_mod.lint(target, info)
@@ -57,7 +58,7 @@ def run(target_name, sample, shards, seed, model_path, dataset_path, predictions
     subset = stratified_subset(data["y"][test], sample, seed)
     idx = test[subset]
     qin = info["inputs"][0]
-    x = tflite_info.quantize_input(data["x"][idx], qin["scale"], qin["zero_point"])
+    x = preprocess.to_int8(data["x"][idx], pp, qin["scale"], qin["zero_point"])
     work = tempfile.mkdtemp(dir=out_dir, prefix="work-")
     try:
         outputs, run_info = targets_mod.run_sharded(target, root, model_path, x, work, shards=shards)
@@ -84,6 +85,6 @@ def run(target_name, sample, shards, seed, model_path, dataset_path, predictions
 
 def run_stage(config, inputs, out_dir, progress, target, cache_dir):
     return run(
-        target, config.validate.sample, config.validate.shards, config.build.seed, inputs["model_int8.tflite"], inputs["dataset.npz"],
+        target, config.preprocess, config.validate.sample, config.validate.shards, config.build.seed, inputs["model_int8.tflite"], inputs["dataset.npz"],
         inputs["predictions.npz"], out_dir, cache_dir, progress,
     )
