@@ -39,8 +39,9 @@ ACCURACY_CASES = [
 # softmax head, .h5) with its own held-out test folder; edgebuild builds it with default settings
 # (only what describes the model and the data is set), then with variations.
 BYO_CASES = [
-    ("defaults: fine-tune train.epochs = 10 (best val epoch kept), QAT lr 1e-4", []),
-    ("model as is (train.epochs = 0), QAT lr 1e-4 (default)", ["train.epochs=0"]),
+    ("defaults: fine-tune train.epochs = 10 (best val epoch kept), QAT lr 1e-5", []),
+    ("model as is (train.epochs = 0), QAT lr 1e-5 (default)", ["train.epochs=0"]),
+    ("model as is, QAT lr 1e-4", ["train.epochs=0", "qat.learning_rate=0.0001"]),
     ("model as is, QAT at the old default lr 5e-4", ["train.epochs=0", "qat.learning_rate=0.0005"]),
 ]
 

@@ -58,7 +58,7 @@ def residual_cnn(num_classes):
     return keras.Model(inputs, outputs, name="team_resnet")
 
 
-def main(signs, out, epochs=40):
+def main(signs, out, epochs=25):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
     import numpy as np

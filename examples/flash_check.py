@@ -9,12 +9,13 @@ assert m["gate"]["verdict"] == "pass", "gate failed: do not flash"
 art = m["artifacts"]["int8_tflite"]
 model = manifest_path.parent / art["path"]
 assert hashlib.sha256(model.read_bytes()).hexdigest() == art["sha256"], f"{model} changed since the build"
-inp, fp = art["input"], art["input"]["from_pixel"]
+inp = art["input"]  # manifests older than from_pixel always meant pixel / 255
+fp = inp.get("from_pixel") or {"pixel_scale": 1 / 255, "pixel_offset": 0.0, "mean": [0.0], "std": [1.0]}
 
 def to_int8(pixels):  # uint8 camera pixels (H, W, C) -> the model's int8 input tensor
     x = (pixels * fp["pixel_scale"] + fp["pixel_offset"] - np.array(fp["mean"])) / np.array(fp["std"])
     return np.clip(np.round(x / inp["scale"]) + inp["zero_point"], -128, 127).astype(np.int8)
 
-print(f"flash {model}: input scale {inp['scale']} zero_point {inp['zero_point']}; {inp['formula']}")
+print(f"flash {model}: input scale {inp['scale']} zero_point {inp['zero_point']}")
 print(f"pixel 0 -> {to_int8(np.zeros((1, 1, len(fp['mean'])), np.uint8)).ravel().tolist()}, "
       f"pixel 255 -> {to_int8(np.full((1, 1, len(fp['mean'])), 255, np.uint8)).ravel().tolist()}")

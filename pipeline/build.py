@@ -268,6 +268,26 @@ def check_input_files(config):
                              "(nothing is downloaded).")
 
 
+def check_same_preprocess(config, build_dir):
+    """Stages after export (targets, manifest, gate) must feed the artifact the input it was exported
+    for: a [preprocess] changed since then is refused, never silently applied to the old model."""
+    path = build_dir / "records" / "export.json"
+    made = json.loads(path.read_text()).get("preprocess") if path.is_file() else None
+    if made is None:
+        return
+    now = {k: [float(v) for v in getattr(config.preprocess, k)] for k in ("pixel_range", "mean", "std")}
+    channels = len(made["mean"])
+    wanted = {"pixel_range": now["pixel_range"],
+              "mean": (now["mean"] * channels if len(now["mean"]) == 1 else now["mean"]) or [0.0] * channels,
+              "std": (now["std"] * channels if len(now["std"]) == 1 else now["std"]) or [1.0] * channels}
+    if any(wanted[k] != made[k] for k in wanted):
+        raise InputError(
+            f"the int8 model in {build_dir} was exported for preprocess pixel_range {made['pixel_range']}, mean "
+            f"{made['mean']}, std {made['std']}; the config now says {now}. Use the config it was built with, or "
+            "rebuild (edgebuild build)."
+        )
+
+
 def load_records(build_dir):
     records = {}
     for path in sorted((build_dir / "records").glob("*.json")):
@@ -284,7 +304,8 @@ def build(config, options, only=None, until=None, baseline=None):
 
     for name in config.validate.targets:  # an unknown target is bad input before anything runs
         load_target(name)
-    check_input_files(config)
+    if only in (None, "train"):  # validate / --only of later stages reuse what train made
+        check_input_files(config)
     build_dir = config.build_dir
     check_writable(build_dir)
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
@@ -293,6 +314,8 @@ def build(config, options, only=None, until=None, baseline=None):
     with build_lock(build_dir):
         if remove_leftovers(build_dir):
             options.log(f"removed temporary files of an interrupted build from {build_dir}")
+        if only not in (None, "data", "train", "qat", "export"):
+            check_same_preprocess(config, build_dir)
         plan = stage_registry.plan(config)
         names = [s.name for s in plan]
         for stage in plan:

@@ -274,7 +274,8 @@ def check_model(ctx, config_path, sets, recipe):
         _import_tensorflow_quietly()  # Keras pulls it in when layers run eagerly; absl prints before TF_CPP_MIN_LOG_LEVEL applies
         from . import preflight, usermodel
         from .errors import InputError
-        from .stages.data import load_source, stratified_split
+        from .stages.data import load_source
+        from .stages.target import stratified_subset
 
         config = _load_config(config_path, list(sets) + ([f"train.recipe={json.dumps(recipe)}"] if recipe else []))
         images, labels, _, class_names, _ = load_source(config.data.source, config.data)
@@ -288,7 +289,7 @@ def check_model(ctx, config_path, sets, recipe):
             raise InputError(f"{len(problems)} serialization problem(s) in {config.train.recipe}; fix them before export.")
         click.echo(f"✓ {config.train.recipe}: {len(model.layers)} layers round-trip through get_config/from_config")
         if usermodel.kind(config.train.recipe) == "keras_file":
-            *_, sample = stratified_split(labels, config.build.seed, 0.0, min(0.5, 1000 / len(labels)))
+            sample = stratified_subset(labels, 1000, config.build.seed)
             scores = usermodel.check_input_convention(model, images[sample], labels[sample], config.preprocess,
                                                       images.shape[-1], config.train.recipe)
             shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items() if k != "chance")

@@ -32,8 +32,8 @@ class BuildSection:
 class DataConfig:
     source: str = _f("digits", "'digits' (scikit-learn, embedded), an image folder, or an .npz with x/y (and optional "
                      "split, class_names)")
-    test_source: str = _f("", "your fixed held-out test set: an image folder or .npz, used as is (never split, trained "
-                          "or calibrated on); '' = a test split of data.source")
+    test_source: str = _f("", "your fixed held-out test set: an image folder or .npz (with a split array: its 'test' "
+                          "rows), never split, trained or calibrated on; '' = a test split of data.source")
     allow_overlap: bool = _f(False, "accept images that occur both in the test set and in train/val/calibration "
                              "(recorded in the manifest)")
     image_size: int = _f(32, "images are resized to image_size x image_size", min=8, max=512)
@@ -79,7 +79,8 @@ class TrainConfig:
 class QatConfig:
     epochs: int = _f(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0)
     batch_size: int = _f(64, "batch size", min=1)
-    learning_rate: float = _f(1e-4, "Adam learning rate (peak of a cosine decay)", min=0.0)
+    learning_rate: float = _f(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
+                             "model is adjusted to int8, not retrained", min=0.0)
     max_val_drop: float = _f(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
     ema_momentum: float = _f(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)

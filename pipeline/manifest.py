@@ -63,7 +63,8 @@ def assemble(config, records, build_dir):
     artifacts = {key: _artifact(build_dir, name) for key, name in ARTIFACTS.items()}
     int8 = export["int8"]
     qin = int8["inputs"][0]
-    contract = preprocess.describe(config.preprocess, data["input_shape"][-1], qin["scale"], qin["zero_point"])
+    contract = export.get("preprocess") or preprocess.describe(
+        config.preprocess, data["input_shape"][-1], qin["scale"], qin["zero_point"])
     artifacts["int8_tflite"].update(
         input={**{k: qin[k] for k in ("dtype", "shape", "scale", "zero_point")},
                "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},

@@ -147,6 +147,12 @@ def build_model(cfg, input_shape, num_classes):
 
     if not isinstance(model, keras.Model):
         raise InputError(f"train.recipe {cfg.recipe!r} must give a keras.Model; received {type(model).__name__}.")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise InputError(
+            f"train.recipe {cfg.recipe!r} must be an image classifier with one input and one output; it has "
+            f"{len(model.inputs)} input(s) and {len(model.outputs)} output(s). Export the single classification "
+            "path as its own keras.Model."
+        )
     in_shape = tuple(model.inputs[0].shape[1:])
     out_dim = model.outputs[0].shape[-1]
     if in_shape != tuple(input_shape) or out_dim != num_classes:
@@ -165,16 +171,15 @@ def strip_softmax(model):
     removed or None)."""
     import keras
 
-    if len(model.outputs) != 1:
+    history = getattr(model.outputs[0], "_keras_history", None)
+    if history is None:
         return model, None
-    last = model.outputs[0]._keras_history.operation if hasattr(model.outputs[0], "_keras_history") else None
-    if last is None:
-        return model, None
+    last = history.operation
     act = getattr(last, "activation", None)
     is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
         isinstance(last, keras.layers.Activation) and act is keras.activations.softmax)
     if is_softmax_layer:
-        node = last._inbound_nodes[-1]
+        node = last._inbound_nodes[history.node_index]  # the call that made the output (a layer may be reused)
         stripped = keras.Model(model.inputs, node.input_tensors[0], name=model.name)
         return stripped, f"layer '{last.name}' ({type(last).__name__})"
     if act is keras.activations.softmax:

@@ -144,6 +144,7 @@ CASES = [
     ("test set shares images", shared_test_images, "12 of 12 test images"),
     ("test set other classes", other_test_classes, "must have the classes of data.source"),
     ("npz bad split array", lambda t: _data(_npz(t, split=np.array(["train", "dev"] * 30))), "'dev'"),
+    ("npz split without test rows", lambda t: _data(_npz(t, split=np.array(["train", "val"] * 30))), "marks no sample 'test'"),
     ("pixel range reversed", lambda t: ["--set", "preprocess.pixel_range=[1, 0]"], "lo < hi"),
     ("mean per channel", lambda t: ["--set", "preprocess.mean=[0.1, 0.2]"], "one value or one per channel"),
     ("std not positive", lambda t: ["--set", "preprocess.std=[0]"], "must be positive"),

@@ -160,3 +160,47 @@ def test_preprocessing_contract_formulas():
     assert lo == pytest.approx(-0.485 / 0.229) and hi == pytest.approx((1 - 0.406) / 0.225)
     q = preprocess.to_int8(px, unit, 1 / 255, -128)
     assert (q.astype(int) == px.astype(int) - 128).all()
+
+
+def test_every_form_of_final_softmax_is_removed_and_outputs_become_logits():
+    import keras
+
+    from pipeline.usermodel import strip_softmax
+
+    x = np.random.RandomState(0).rand(4, 8, 8, 1).astype("float32")
+
+    def functional(head):
+        i = keras.Input((8, 8, 1))
+        h = keras.layers.Flatten()(i)
+        return keras.Model(i, head(keras.layers.Dense(3, name="logits")(h)))
+
+    shared = keras.layers.Softmax(name="shared_softmax")
+    cases = {
+        "Softmax layer": functional(keras.layers.Softmax(name="sm")),
+        "Activation": functional(keras.layers.Activation("softmax", name="act")),
+        "Sequential": keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                        keras.layers.Dense(3, name="logits"), keras.layers.Softmax(name="sm")]),
+        "reused layer": functional(shared),
+    }
+    functional(shared)  # a second call of the same Softmax layer: the output's own call must be found
+    for name, model in cases.items():
+        probs = keras.ops.convert_to_numpy(model(x))
+        stripped, removed = strip_softmax(model)
+        assert removed and ("Softmax" in removed or "Activation" in removed), name
+        logits = keras.ops.convert_to_numpy(stripped(x))
+        assert np.allclose(keras.ops.convert_to_numpy(keras.ops.softmax(logits)), probs, atol=1e-6), name
+    plain = functional(lambda t: t)
+    assert strip_softmax(plain)[1] is None
+
+
+def test_validate_refuses_a_config_whose_preprocessing_differs_from_the_export(tiny_build, tmp_path, cache_dir):
+    import shutil
+
+    d = tmp_path / "b" / "tiny"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    before = (d / "manifest.json").read_bytes()
+    proc = edgebuild("validate", str(d), "--config", str(TINY), "--target", "rpi5-litert",
+                     "--set", "preprocess.pixel_range=[-1, 1]", env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "was exported for preprocess pixel_range [0.0, 1.0]" in proc.stderr and "Traceback" not in proc.stderr
+    assert (d / "manifest.json").read_bytes() == before

@@ -35,6 +35,12 @@ def test_preflight_refuses_unportable_layers(recipe, expected, tmp_path):
     assert not (out / "tiny" / "float.keras").exists() and not list(out.rglob("*.tflite"))
 
 
+def test_a_model_with_two_outputs_is_refused_before_training():
+    proc = edgebuild("check-model", "--config", str(TINY), "--recipe", f"{BAD}:two_outputs")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "one input and one output; it has 1 input(s) and 2 output(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_correct_custom_layer_passes_preflight():
     proc = edgebuild("check-model", "--config", str(TINY), "--recipe", "examples.custom_model:build")
     assert proc.returncode == 0 and "round-trip" in proc.stdout, proc.stdout + proc.stderr

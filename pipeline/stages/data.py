@@ -341,6 +341,11 @@ def load_splits(cfg, seed):
         origin = cfg.test_source
         fixed = True
     elif split is not None:
+        if not fixed:
+            raise InputError(
+                f"the 'split' array of {cfg.source} marks no sample 'test', so there is no test set; mark your "
+                "held-out samples 'test', or set data.test_source to your test set."
+            )
         train_idx, val_idx, test_idx = _split_from_array(split)
         origin = f"{cfg.source} (its split array)"
         fixed = True

@@ -112,8 +112,11 @@ def run(cfg, pp, float_path, qat_path, dataset_path, calibration_path, out_dir, 
             + "; ".join(problems)
             + ". Replace the layers that produce them, or list ops in export.allowed_float_ops."
         )
+    qin = info["inputs"][0]
     record = {
         "int8": info,
+        # the pixel -> input step this artifact was calibrated and will be validated with
+        "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"]),
         "allowed_float_ops": list(cfg.allowed_float_ops),
         "float_ops_kept": [op for op in info["float_ops"] if op in cfg.allowed_float_ops],
     }

@@ -6,6 +6,7 @@ from .. import fitting, preflight, preprocess, transfer, usermodel
 from ..errors import InputError
 from ..fsutil import atomic_save_model
 from .data import load_dataset
+from .target import stratified_subset
 
 
 def split_arrays(dataset, name, preprocess_cfg):
@@ -55,7 +56,7 @@ def run(cfg, pp, seed, dataset_path, out_dir, progress):
     convention = None
     if trained:  # a trained model fed the wrong input convention scores near chance: say which one fits
         split = "val" if len(y_val) else "train"
-        idx = data[split][:2000]
+        idx = data[split][stratified_subset(data["y"][data[split]], 2000, seed)]
         convention = usermodel.check_input_convention(
             model, data["x"][idx], data["y"][idx], pp, x_train.shape[-1], cfg.recipe)
         convention["split"] = split

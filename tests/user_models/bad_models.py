@@ -101,3 +101,9 @@ def python_control_flow(input_shape, num_classes):
     x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
     x = BranchOnValue(name="branchy")(x)
     return keras.Model(inputs, _head(x, num_classes))
+
+
+def two_outputs(input_shape, num_classes):
+    i = keras.Input(input_shape)
+    h = keras.layers.GlobalAveragePooling2D()(i)
+    return keras.Model(i, [keras.layers.Dense(num_classes)(h), keras.layers.Dense(1)(h)])
