@@ -275,15 +275,14 @@ def check_same_preprocess(config, build_dir):
     made = json.loads(path.read_text()).get("preprocess") if path.is_file() else None
     if made is None:
         return
-    now = {k: [float(v) for v in getattr(config.preprocess, k)] for k in ("pixel_range", "mean", "std")}
-    channels = len(made["mean"])
-    wanted = {"pixel_range": now["pixel_range"],
-              "mean": (now["mean"] * channels if len(now["mean"]) == 1 else now["mean"]) or [0.0] * channels,
-              "std": (now["std"] * channels if len(now["std"]) == 1 else now["std"]) or [1.0] * channels}
-    if any(wanted[k] != made[k] for k in wanted):
+    from . import preprocess
+
+    now = preprocess.describe(config.preprocess, len(made["mean"]))  # per channel, as export recorded it
+    if any(now[k] != made[k] for k in ("pixel_range", "mean", "std")):
         raise InputError(
             f"the int8 model in {build_dir} was exported for preprocess pixel_range {made['pixel_range']}, mean "
-            f"{made['mean']}, std {made['std']}; the config now says {now}. Use the config it was built with, or "
+            f"{made['mean']}, std {made['std']}; the config now says pixel_range {now['pixel_range']}, mean "
+            f"{now['mean']}, std {now['std']}. Use the config it was built with, or "
             "rebuild (edgebuild build)."
         )
 
