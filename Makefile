@@ -1,11 +1,12 @@
 # `make build`: install everything (first time: a few minutes) and run the default build.
 # `make test`:  install everything and run the test suite.
+# `make test-fast`: the in-process unit tests only (tests/unit, under a minute).
 EDGEBUILD_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgebuild
 VENV ?= $(EDGEBUILD_HOME)/venv
 export EDGEBUILD_HOME
 export EDGEBUILD_VENV := $(VENV)
 
-.PHONY: install build test bench
+.PHONY: install build test test-fast bench
 install:
 	@bash scripts/install.sh >/dev/null
 
@@ -14,6 +15,9 @@ build: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: install
 	$(VENV)/bin/python -m bench

@@ -134,10 +134,11 @@ def reproducibility(manifests):
 
 
 def validation_cost(build_dir, repeats, targets_cache, work):
-    from pipeline import preprocess, tflite_info
-    from pipeline import targets as targets_mod
-    from pipeline.config import PreprocessConfig
-    from pipeline.stages.data import load_dataset
+    from pipeline.data import preprocess
+    from pipeline.device import tflite_info
+    from pipeline.device import targets as targets_mod
+    from pipeline.engine.config import PreprocessConfig
+    from pipeline.data.splits import load_dataset
 
     model = build_dir / "model_int8.tflite"
     info = tflite_info.describe(model)

@@ -16,11 +16,13 @@ from pathlib import Path
 def main(build_dir, out_json):
     import keras
 
-    from pipeline import preprocess, tflite_info
-    from pipeline.config import PreprocessConfig
-    from pipeline.stages.data import calibration_indices, load_dataset
-    from pipeline.stages.evaluate import run_tflite
-    from pipeline.stages.export import export_int8
+    from pipeline.data import preprocess
+    from pipeline.device import tflite_info
+    from pipeline.engine.config import PreprocessConfig
+    from pipeline.data.calibration import calibration_indices
+    from pipeline.data.splits import load_dataset
+    from pipeline.device.runtimes import run_tflite
+    from pipeline.model.convert import export_int8
 
     build_dir = Path(build_dir)
     data = load_dataset(build_dir / "dataset.npz")

@@ -1,6 +1,7 @@
-"""The `edgebuild` command line: parse -> config -> library call -> print. Nothing else lives here.
+"""The `edgebuild` command line: parse -> config -> library call -> print.
 
-Exit codes: 0 pass, 1 accuracy gate failed, 2 usage, 3 bad config or data, 4 a stage failed.
+Every command runs through one error wrapper (`Commands.invoke`) with the documented exit codes:
+0 pass, 1 accuracy gate failed, 2 usage (click's own), 3 bad config or data, 4 a stage failed.
 """
 
 import json
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import EXIT_STAGE, EdgebuildError
+from pipeline import __version__
+from pipeline.engine.errors import EXIT_STAGE, EdgebuildError
+from pipeline.stages import GROUPS
 
 EXIT_CODES_HELP = "Exit codes: 0 pass, 1 gate failed, 2 usage, 3 bad config or data, 4 a stage failed."
-STAGE_CHOICES = click.Choice(["data", "train", "qat", "export", "evaluate", "targets", "manifest", "gate"])
+STAGE_CHOICES = click.Choice([*GROUPS, "manifest", "gate"])
 
 
 def default_cache_dir(config=None):
@@ -27,16 +29,28 @@ def default_cache_dir(config=None):
     return Path(base) / "edgebuild"
 
 
-def _fail(exc, debug):
-    if debug:
-        import traceback
+class Commands(click.Group):
+    """A click group whose commands all end in one place: an EdgebuildError prints its one-line
+    message and exits with its code; anything else is exit 4 with the traceback behind --debug."""
 
-        traceback.print_exception(exc, file=sys.stderr)
-    if isinstance(exc, EdgebuildError):
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-    sys.exit(EXIT_STAGE)
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing half-written was published.", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if "--debug" in sys.argv[1:]:
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            if isinstance(exc, EdgebuildError):
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(exc.exit_code)
+            click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            sys.exit(EXIT_STAGE)
 
 
 class Context:
@@ -44,20 +58,8 @@ class Context:
         self.debug, self.quiet = debug, quiet
 
 
-def _run(ctx, fn):
-    try:
-        return fn()
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        click.echo("interrupted; nothing half-written was published.", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        _fail(exc, ctx.obj.debug)
-
-
 def _load_config(config_path, sets, seed=None, name=None):
-    from . import config as config_mod
+    from pipeline.engine import config as config_mod
 
     overrides = list(sets)
     if seed is not None:
@@ -69,26 +71,12 @@ def _load_config(config_path, sets, seed=None, name=None):
     return config_mod.load(config_path, overrides)
 
 
-def _import_tensorflow_quietly():
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _quiet_env():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="edgebuild")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
@@ -110,6 +98,24 @@ set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=V
                           help="Override a config value, e.g. --set train.epochs=2 (repeatable).")
 
 
+
+def gate_options(json_help):
+    """--baseline, --junit and --json, shared by build and gate."""
+    options = [
+        click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this baseline manifest.json "
+                     "(the last release)."),
+        click.option("--junit", type=click.Path(dir_okay=False), help="Write the gate checks as JUnit XML."),
+        click.option("--json", "as_json", is_flag=True, help=json_help),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command(epilog=EXIT_CODES_HELP)
 @config_option
 @set_option
@@ -118,9 +124,7 @@ set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=V
 @click.option("--only", type=STAGE_CHOICES, help="Run just this stage, from the outputs already in the build directory.")
 @click.option("--until", type=STAGE_CHOICES, help="Stop after this stage.")
 @click.option("--no-cache", is_flag=True, help="Run every stage; do not reuse cached outputs.")
-@click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this baseline manifest.json.")
-@click.option("--junit", type=click.Path(dir_okay=False), help="Write the gate checks as JUnit XML.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout (logs go to stderr).")
+@gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @click.pass_context
 def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, junit, as_json):
     """Run the build: data -> train (JAX) -> qat -> export (int8 TFLite, float TFLite, ONNX) ->
@@ -128,40 +132,37 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
 
     Writes build/<name>/manifest.json and the artifacts beside it. Exits 1 if the gate fails."""
 
-    def go():
-        from . import build as build_mod
-        from . import manifest as manifest_mod
-        from . import report
+    from pipeline.engine import build as build_mod
+    from pipeline.release import manifest as manifest_mod
+    from pipeline.release import report
 
-        config = _load_config(config_path, sets, seed, name)
-        log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
-        options = build_mod.RunOptions(
-            cache_dir=default_cache_dir(config), use_cache=not no_cache, quiet=ctx.obj.quiet,
-            debug=ctx.obj.debug, log=log,
-        )
-        base = manifest_mod.read(baseline) if baseline else None
-        result = build_mod.build(config, options, only=only, until=until, baseline=base)
-        if result.manifest is None:
-            click.echo(f"stopped after {only or until}; outputs in {result.build_dir}", err=True)
-            return
-        _emit_gate_outputs(result.gate, junit)
-        if as_json:
-            click.echo(json.dumps(result.manifest, indent=1))
-        else:
-            click.echo(report.summary(result.manifest))
-            click.echo(f"manifest: {result.build_dir / 'manifest.json'}")
-            click.echo(f"report:   {result.build_dir / 'report.html'}")
-        if result.gate and result.gate["verdict"] == "fail":
-            sys.exit(1)
-
-    _run(ctx, go)
+    config = _load_config(config_path, sets, seed, name)
+    log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
+    options = build_mod.RunOptions(
+        cache_dir=default_cache_dir(config), use_cache=not no_cache, quiet=ctx.obj.quiet,
+        debug=ctx.obj.debug, log=log,
+    )
+    base = manifest_mod.read(baseline) if baseline else None
+    result = build_mod.build(config, options, only=only, until=until, baseline=base)
+    if result.manifest is None:
+        click.echo(f"stopped after {only or until}; outputs in {result.build_dir}", err=True)
+        return
+    _emit_gate_outputs(result.gate, junit)
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=1))
+    else:
+        click.echo(report.summary(result.manifest))
+        click.echo(f"manifest: {result.build_dir / 'manifest.json'}")
+        click.echo(f"report:   {result.build_dir / 'report.html'}")
+    if result.gate and result.gate["verdict"] == "fail":
+        sys.exit(1)
 
 
 def _emit_gate_outputs(gate, junit):
     if gate is None:
         return
-    from . import gate as gate_mod
-    from .fsutil import atomic_write_text
+    from pipeline.release import gate as gate_mod
+    from pipeline.engine.fsutil import atomic_write_text
 
     if junit:
         atomic_write_text(junit, gate_mod.junit(gate))
@@ -175,36 +176,23 @@ def _emit_gate_outputs(gate, junit):
 @click.argument("build_dir", required=False, type=click.Path(file_okay=False))
 @config_option
 @set_option
-@click.option("--baseline", type=click.Path(dir_okay=False), help="Baseline manifest.json (the last release).")
-@click.option("--junit", type=click.Path(dir_okay=False), help="Write one JUnit testcase per check.")
-@click.option("--json", "as_json", is_flag=True, help="Print the gate result as JSON.")
+@gate_options("Print the gate result as JSON.")
 @click.pass_context
 def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
     """Check a build's manifest against the [gate] thresholds and an optional baseline manifest.
 
     Prints a table of every check, records the verdict in the manifest, exits 0 pass / 1 fail."""
 
-    def go():
-        from . import gate as gate_mod
-        from . import manifest as manifest_mod
-        from . import report
-        from .build import build_lock
+    from pipeline.engine.build import regate
+    from pipeline.release import gate as gate_mod
+    from pipeline.release import manifest as manifest_mod
 
-        config = _load_config(config_path, sets)
-        bdir = Path(build_dir) if build_dir else config.build_dir
-        manifest_mod.read(bdir / "manifest.json")  # a wrong directory is an error before the lock creates it
-        base = manifest_mod.read(baseline) if baseline else None
-        with build_lock(bdir):  # a build writing this directory now would overwrite our verdict
-            manifest = manifest_mod.read(bdir / "manifest.json")
-            result = gate_mod.evaluate(manifest, config.gate, base)
-            manifest["gate"] = result
-            manifest_mod.write(bdir / "manifest.json", manifest)
-            report.write_html(manifest, bdir)
-        _emit_gate_outputs(result, junit)
-        click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
-        sys.exit(0 if result["verdict"] == "pass" else 1)
-
-    _run(ctx, go)
+    config = _load_config(config_path, sets)
+    result = regate(config, Path(build_dir) if build_dir else config.build_dir,
+                    manifest_mod.read(baseline) if baseline else None)
+    _emit_gate_outputs(result, junit)
+    click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
+    sys.exit(0 if result["verdict"] == "pass" else 1)
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -217,26 +205,23 @@ def validate(ctx, build_dir, target_names, config_path, sets):
     """Run a finished build's int8 model on emulated target(s) (those of validate.targets plus
     --target), add the results to its manifest and gate it again. Exits 1 if the gate fails."""
 
-    def go():
-        from . import build as build_mod
-        from . import report
+    from pipeline.engine import build as build_mod
+    from pipeline.release import report
 
-        config = _load_config(config_path, sets)
-        overrides = list(sets)
-        if build_dir:  # an existing build directory: out_dir/name
-            overrides += [f"build.out_dir={json.dumps(str(Path(build_dir).parent))}",
-                          f"build.name={json.dumps(Path(build_dir).name)}"]
-        names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
-        config = _load_config(config_path, overrides + [f"validate.targets={json.dumps(names)}"])
-        log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
-        options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
-                                       debug=ctx.obj.debug, log=log)
-        result = build_mod.build(config, options, only="targets")
-        click.echo(report.summary(result.manifest))
-        if result.gate and result.gate["verdict"] == "fail":
-            sys.exit(1)
-
-    _run(ctx, go)
+    config = _load_config(config_path, sets)
+    overrides = list(sets)
+    if build_dir:  # an existing build directory: out_dir/name
+        overrides += [f"build.out_dir={json.dumps(str(Path(build_dir).parent))}",
+                      f"build.name={json.dumps(Path(build_dir).name)}"]
+    names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
+    config = _load_config(config_path, overrides + [f"validate.targets={json.dumps(names)}"])
+    log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
+    options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
+                                   debug=ctx.obj.debug, log=log)
+    result = build_mod.build(config, options, only="targets")
+    click.echo(report.summary(result.manifest))
+    if result.gate and result.gate["verdict"] == "fail":
+        sys.exit(1)
 
 
 @main.command("report", epilog=EXIT_CODES_HELP)
@@ -247,14 +232,11 @@ def validate(ctx, build_dir, target_names, config_path, sets):
 def report_cmd(ctx, build_dir, config_path, sets):
     """Write build/<name>/report.html again from the build's manifest (self-contained, opens offline)."""
 
-    def go():
-        from . import manifest as manifest_mod
-        from . import report
+    from pipeline.release import manifest as manifest_mod
+    from pipeline.release import report
 
-        bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
-        click.echo(report.write_html(manifest_mod.read(bdir / "manifest.json"), bdir))
-
-    _run(ctx, go)
+    bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
+    click.echo(report.write_html(manifest_mod.read(bdir / "manifest.json"), bdir))
 
 
 @main.command("check-model", epilog=EXIT_CODES_HELP)
@@ -268,37 +250,18 @@ def check_model(ctx, config_path, sets, recipe):
     that the build removes, and, for a trained model file (.keras or Keras 2 .h5), which input
     convention it scores with (exit 3 naming the preprocess setting that fits).
     Exits 0 if the model is fine, 3 with every problem if not."""
+    from pipeline.engine.build import run_alone
+    from pipeline.engine.errors import InputError
+    from pipeline.stages.check_model import STAGE
 
-    def go():
-        os.environ["KERAS_BACKEND"] = "jax"
-        _import_tensorflow_quietly()  # Keras pulls it in when layers run eagerly; absl prints before TF_CPP_MIN_LOG_LEVEL applies
-        from . import preflight, usermodel
-        from .errors import InputError
-        from .stages.data import load_source
-        from .stages.target import stratified_subset
-
-        config = _load_config(config_path, list(sets) + ([f"train.recipe={json.dumps(recipe)}"] if recipe else []))
-        images, labels, _, class_names, _ = load_source(config.data.source, config.data)
-        model, softmax_removed = usermodel.build_model(config.train, images.shape[1:], len(class_names))
-        if softmax_removed:
-            click.echo(f"✓ final softmax removed ({softmax_removed}): artifacts will output logits")
-        problems = preflight.check_model(model)
-        for p in problems:
-            click.echo(f"✗ {p}")
-        if problems:
-            raise InputError(f"{len(problems)} serialization problem(s) in {config.train.recipe}; fix them before export.")
-        click.echo(f"✓ {config.train.recipe}: {len(model.layers)} layers round-trip through get_config/from_config")
-        if usermodel.kind(config.train.recipe) == "keras_file":
-            sample = stratified_subset(labels, 1000, config.build.seed)
-            scores = usermodel.check_input_convention(model, images[sample], labels[sample], config.preprocess,
-                                                      images.shape[-1], config.train.recipe)
-            shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items() if k != "chance")
-            click.echo(f"✓ input convention: {shown} (chance {100 * scores['chance']:.1f}%, {len(sample)} samples)")
-
-    _run(ctx, go)
+    config = _load_config(config_path, list(sets) + ([f"train.recipe={json.dumps(recipe)}"] if recipe else []))
+    record = run_alone(STAGE, config, default_cache_dir(config), debug=ctx.obj.debug)
+    click.echo("\n".join(record["lines"]))
+    if record["error"]:
+        raise InputError(record["error"])
 
 
-@main.group()
+@main.group(cls=Commands)
 def target():
     """Emulated device targets (targets/<name>.toml)."""
 
@@ -306,7 +269,7 @@ def target():
 @target.command("list")
 def target_list():
     """List the available targets."""
-    from .targets import available_targets, load_target
+    from pipeline.device.targets import available_targets, load_target
 
     for name in available_targets():
         t = load_target(name)
@@ -320,20 +283,17 @@ def target_setup(ctx, names):
     """Build and verify the emulated root filesystem, qemu and runtime for target(s); cached by
     the target file's hash, so a second setup is instant."""
 
-    def go():
-        import time
+    import time
 
-        from .targets import env_dir, load_target, setup
+    from pipeline.device.targets import env_dir, load_target, setup
 
-        for name in names:
-            t = load_target(name)
-            started = time.perf_counter()
-            root = setup(t, default_cache_dir(), log=(lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True)))
-            info = json.loads((root / "ready.json").read_text())
-            click.echo(f"{name}: ready in {time.perf_counter() - started:.1f} s at {env_dir(t, default_cache_dir())} "
-                       f"({info.get('runtime', 'host')} {info.get('runtime_version', '')} on {info.get('machine', 'host')})")
-
-    _run(ctx, go)
+    for name in names:
+        t = load_target(name)
+        started = time.perf_counter()
+        root = setup(t, default_cache_dir(), log=(lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True)))
+        info = json.loads((root / "ready.json").read_text())
+        click.echo(f"{name}: ready in {time.perf_counter() - started:.1f} s at {env_dir(t, default_cache_dir())} "
+                   f"({info.get('runtime', 'host')} {info.get('runtime_version', '')} on {info.get('machine', 'host')})")
 
 
 @target.command("dockerfile")
@@ -341,8 +301,8 @@ def target_setup(ctx, names):
 @click.option("--output", "-o", default="Dockerfile.edge", show_default=True, type=click.Path(dir_okay=False))
 def target_dockerfile(check, output):
     """Write Dockerfile.edge (arm64 images with each target's runtime and the same validator)."""
-    from .fsutil import atomic_write_text
-    from .targets import available_targets, dockerfile, load_target
+    from pipeline.engine.fsutil import atomic_write_text
+    from pipeline.device.targets import available_targets, dockerfile, load_target
 
     text = dockerfile([load_target(n) for n in available_targets()])
     if check:
@@ -353,7 +313,7 @@ def target_dockerfile(check, output):
     click.echo(f"wrote {output}")
 
 
-@main.group()
+@main.group(cls=Commands)
 def cache():
     """The stage cache ($EDGEBUILD_CACHE or ~/.cache/edgebuild)."""
 
@@ -361,7 +321,7 @@ def cache():
 @cache.command("clear")
 def cache_clear():
     """Delete every cached stage output (emulated target environments are kept)."""
-    from .cache import StageCache
+    from pipeline.engine.cache import StageCache
 
     n = StageCache(default_cache_dir()).clear()
     click.echo(f"removed {n} cached stage outputs from {default_cache_dir()}")
@@ -370,6 +330,6 @@ def cache_clear():
 @main.command("config")
 def show_config():
     """Print every config key with its default and description."""
-    from . import config as config_mod
+    from pipeline.engine import config as config_mod
 
     click.echo(config_mod.describe())

@@ -27,7 +27,9 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "edgebuild needs Python 3.11; $PYTHON is $("$PYTHON" --version). Set PYTHON=/path/to/python3.11." >&2; exit 3; }
 
-stamp="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+# the venv is rebuilt when what it installs changes: the dependencies and their pins (not the rest
+# of pyproject.toml, such as pytest settings or the package list, which the editable install reads)
+stamp="$( { "$PYTHON" -c 'import json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(json.dumps([p["requires-python"], p["dependencies"], p["optional-dependencies"]]))'; cat constraints.txt; } | sha256sum | cut -c1-16)"
 if [ ! -f "$VENV/.edgebuild-$stamp" ]; then
   echo "creating the virtual environment $VENV (a few minutes the first time)" >&2
   rm -rf "$VENV"

@@ -1,5 +1,8 @@
 """Shared fixtures. The tests run the real chain (JAX, the TFLite converter, tf2onnx, qemu) on a
-tiny model; `tiny_build` runs it once per session through the real CLI and is shared."""
+tiny model; `tiny_build` runs it once per session through the real CLI and is shared.
+
+Two tiers: tests/unit/ runs in-process in well under a minute (`make test-fast`, or
+`pytest -m "not slow"`); every other test is marked `slow` here. `make test` runs both."""
 
 import json
 import os
@@ -14,7 +17,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "tiny.toml"
-SIGNS = REPO.parent / "shared" / "datasets" / "sign-language-digits" / "Dataset"
+SIGNS = REPO / "tests" / "data" / "signs"  # 30 real photos per class (see its SOURCE.md and LICENSE)
+UNIT = REPO / "tests" / "unit"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if UNIT not in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 def edgebuild(*args, cwd=REPO, env=None, timeout=900):
@@ -29,8 +39,14 @@ def edgebuild(*args, cwd=REPO, env=None, timeout=900):
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """A fresh cache per session, so the emulated targets are set up cold in every CI run."""
-    return tmp_path_factory.mktemp("cache")
+    """A fresh stage cache per session, so every stage really runs; the emulated target environments
+    are shared with the machine's own cache (set up cold once, in the first run on a machine:
+    each is keyed by its target file's hash and verified by a self-test when made)."""
+    cache = tmp_path_factory.mktemp("cache")
+    home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
+    (home / "targets").mkdir(parents=True, exist_ok=True)
+    (cache / "targets").symlink_to(home / "targets", target_is_directory=True)
+    return cache
 
 
 @pytest.fixture(scope="session")

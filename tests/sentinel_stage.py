@@ -3,8 +3,8 @@
 from pathlib import Path
 
 
-def run_stage(config, inputs, out_dir, progress, counter):
-    with open(counter, "a") as f:
+def run(cfg, inputs, out_dir, ctx):
+    with open(ctx.params["counter"], "a") as f:
         f.write("ran\n")
-    (Path(out_dir) / "out.txt").write_text(f"epochs={config.train.epochs}")
-    return {"epochs": config.train.epochs}
+    (Path(out_dir) / "out.txt").write_text(f"epochs={cfg.train.epochs}")
+    return {"epochs": cfg.train.epochs}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY, edgebuild
-from pipeline import preprocess
-from pipeline.config import PreprocessConfig
+from pipeline.data import preprocess
+from pipeline.engine.config import PreprocessConfig
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,9 @@ def test_a_model_keras3_cannot_load_names_the_layer_class_and_argument(elsewhere
 
 
 def test_a_baseline_measured_on_another_test_set_is_refused(elsewhere, tmp_path, cache_dir):
-    from pipeline import gate
-    from pipeline.config import GateConfig
-    from pipeline.errors import InputError
+    from pipeline.release import gate
+    from pipeline.engine.config import GateConfig
+    from pipeline.engine.errors import InputError
 
     d, _ = elsewhere
     proc, b = _build(tmp_path, cache_dir, d)
@@ -165,7 +165,7 @@ def test_preprocessing_contract_formulas():
 def test_every_form_of_final_softmax_is_removed_and_outputs_become_logits():
     import keras
 
-    from pipeline.usermodel import strip_softmax
+    from pipeline.model.usermodel import strip_softmax
 
     x = np.random.RandomState(0).rand(4, 8, 8, 1).astype("float32")
 
@@ -202,5 +202,7 @@ def test_validate_refuses_a_config_whose_preprocessing_differs_from_the_export(t
     proc = edgebuild("validate", str(d), "--config", str(TINY), "--target", "rpi5-litert",
                      "--set", "preprocess.pixel_range=[-1, 1]", env={"EDGEBUILD_CACHE": str(cache_dir)})
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "was exported for preprocess pixel_range [0.0, 1.0]" in proc.stderr and "Traceback" not in proc.stderr
+    err = proc.stderr
+    assert "made them with preprocess.pixel_range = [0.0, 1.0], the config now says [-1, 1]" in err, err
+    assert "Traceback" not in err
     assert (d / "manifest.json").read_bytes() == before

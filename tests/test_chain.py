@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY, edgebuild
-from pipeline import manifest as manifest_mod
-from pipeline import tflite_info
+from pipeline.release import manifest as manifest_mod
+from pipeline.device import tflite_info
 
 REQUIRED = [
     "schema_version", "name", "config_sha256", "seed", "class_names",
@@ -90,7 +90,7 @@ def tf_reload(tiny_build, tmp_path_factory):
 def test_qat_layers_survive_save_load_under_tensorflow(tiny_build, tf_reload):
     import keras
 
-    from pipeline import qat
+    from pipeline.model import qat
 
     report, out = tf_reload
     assert report["backend"] == "tensorflow"

@@ -1,4 +1,5 @@
-"""The gate catches planted regressions, each one alone, and raises no false alarm."""
+"""The gate on real builds: the CLI's exit codes, JUnit and verdict, and the default gate on a harder task.
+(Planted regressions on a real manifest: tests/unit/test_release_gate.py.)"""
 
 import copy
 import json
@@ -8,76 +9,13 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import TINY, edgebuild
-from pipeline import config as config_mod
-from pipeline import gate
-from pipeline.errors import InputError
+from pipeline.engine import config as config_mod
+from pipeline.release import gate
 
-CFG = config_mod.load(TINY).gate
 
 
 def failed(result):
     return {c["name"] for c in result["checks"] if not c["passed"]}
-
-
-def test_a_good_build_passes_and_passes_against_itself(tiny_build):
-    m = tiny_build["manifest"]
-    assert gate.evaluate(m, CFG)["verdict"] == "pass"
-    assert gate.evaluate(m, CFG, baseline=copy.deepcopy(m))["verdict"] == "pass"
-
-
-def test_overall_int8_drop_over_the_limit_fails(tiny_build):
-    m = copy.deepcopy(tiny_build["manifest"])
-    m["metrics"]["int8_host"]["accuracy"] = m["metrics"]["float"]["accuracy"] - 0.05
-    result = gate.evaluate(m, CFG)
-    assert result["verdict"] == "fail" and "int8 drop vs float" in failed(result)
-
-
-def test_one_class_collapsing_fails_while_the_total_passes(tiny_build):
-    m = copy.deepcopy(tiny_build["manifest"])
-    cls = m["class_names"][3]
-    m["metrics"]["int8_host"]["per_class"][cls] = 0.5  # total accuracy untouched
-    result = gate.evaluate(m, CFG)
-    assert "int8 drop vs float" not in failed(result)
-    assert "worst class drop vs float" in failed(result) and result["verdict"] == "fail"
-    base = copy.deepcopy(tiny_build["manifest"])
-    assert "worst class drop vs baseline" in failed(gate.evaluate(m, CFG, baseline=base))
-
-
-def test_flip_rate_over_budget_fails(tiny_build):
-    m = copy.deepcopy(tiny_build["manifest"])
-    n = m["metrics"]["int8_host"]["samples"]
-    m["metrics"]["int8_host"]["flips_vs_float"] = [f"id{i}" for i in range(int(n * 0.1))]
-    assert "flip rate float->int8" in failed(gate.evaluate(m, CFG))
-    base = copy.deepcopy(tiny_build["manifest"])
-    m2 = copy.deepcopy(tiny_build["manifest"])
-    top1 = m2["metrics"]["int8_host"]["top1"]
-    for i in range(0, len(top1), 5):  # 20% of predictions change vs the baseline
-        top1[i] = (top1[i] + 1) % len(m2["class_names"])
-    assert "flip rate baseline->build" in failed(gate.evaluate(m2, CFG, baseline=base))
-
-
-def test_not_full_integer_fails(tiny_build):
-    m = copy.deepcopy(tiny_build["manifest"])
-    m["artifacts"]["int8_tflite"]["input"]["dtype"] = "float32"
-    m["artifacts"]["int8_tflite"]["float_ops"] = ["LOGISTIC"]
-    assert {"int8 input/output dtype", "full-integer ops"} <= failed(gate.evaluate(m, CFG))
-
-
-def test_target_disagreement_fails(tiny_build):
-    m = copy.deepcopy(tiny_build["manifest"])
-    m["metrics"]["targets"]["rpi5-litert"]["top1_agreement"] = 0.9
-    assert "host/target top-1 agreement (rpi5-litert)" in failed(gate.evaluate(m, CFG))
-
-
-def test_baseline_with_other_classes_is_bad_input(tiny_build):
-    base = copy.deepcopy(tiny_build["manifest"])
-    base["class_names"] = base["class_names"][:-1] + ["cat"]
-    with pytest.raises(InputError, match="same classes"):
-        gate.evaluate(tiny_build["manifest"], CFG, baseline=base)
-    base = copy.deepcopy(tiny_build["manifest"])
-    base["test_split"]["sha256"] = "0" * 64
-    with pytest.raises(InputError, match="test splits must match"):
-        gate.evaluate(tiny_build["manifest"], CFG, baseline=base)
 
 
 def _copy_build(tiny_build, tmp_path):
@@ -124,17 +62,15 @@ def harder_build(tmp_path_factory, cache_dir):
     with the default [gate] (nothing set)."""
     from conftest import SIGNS
 
-    if not SIGNS.is_dir():
-        pytest.skip("shared/datasets/sign-language-digits is not beside the repo")
     out = tmp_path_factory.mktemp("harder")
     config = out / "harder.toml"
     config.write_text(
         f'[build]\nname = "signs"\nout_dir = "{out}"\n'
         f'[data]\nsource = "{SIGNS}"\nimage_size = 16\nchannels = 3\ncalibration_samples = 100\n'
         f'calibration_file = "{out}/calib.json"\n'
-        '[train]\nwidth = 8\nepochs = 8\n[qat]\nepochs = 2\n[validate]\ntargets = []\n')
+        '[train]\nwidth = 8\nepochs = 40\nlearning_rate = 0.01\nbatch_size = 32\n[qat]\nepochs = 2\n[validate]\ntargets = []\n')
     proc = edgebuild("--quiet", "build", "--config", str(config), env={"EDGEBUILD_CACHE": str(cache_dir)})
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode == 0, proc.stderr
     return json.loads((out / "signs" / "manifest.json").read_text())
 
 
@@ -153,8 +89,8 @@ def test_default_gate_still_fails_planted_regressions_on_the_harder_task(harder_
     m["metrics"]["int8_host"]["accuracy"] = m["metrics"]["float"]["accuracy"] - 0.05
     assert "int8 drop vs float" in failed(gate.evaluate(m, defaults))
     m = copy.deepcopy(harder_build)
-    big = max(m["test_set"]["per_class"], key=m["test_set"]["per_class"].get)
-    m["metrics"]["int8_host"]["per_class"][big] = m["metrics"]["float"]["per_class"][big] - 0.3
+    best = max(m["metrics"]["float"]["per_class"], key=m["metrics"]["float"]["per_class"].get)
+    m["metrics"]["int8_host"]["per_class"][best] = 0.0  # a class collapses (with 6 test samples a class, 30 pp is noise)
     assert "worst class drop vs float" in failed(gate.evaluate(m, defaults))
     m = copy.deepcopy(harder_build)
     budget = gate.flip_limit(defaults, m["metrics"]["float"]["accuracy"])

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import models, qat
+from pipeline.model import recipes as models, qat
 
 
 def _trained_bn_model():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import report
+from pipeline.release import report
 
 
 def _images(html_text):

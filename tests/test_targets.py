@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from pipeline import targets, tflite_info
-from pipeline.errors import InputError, StageError
+from pipeline.device import targets, tflite_info
+from pipeline.engine.errors import InputError, StageError
 
 AARCH64 = ["rpi4-bookworm-tflite", "rpi5-litert"]
 

@@ -33,21 +33,23 @@ def backbone_weights(tiny_build, tmp_path_factory):
     return path
 
 
-@pytest.mark.skipif(not SIGNS.is_dir(), reason="shared/datasets/sign-language-digits is not beside the repo")
 @pytest.mark.parametrize("mode", ["freeze", "lora"])
 def test_transfer_digits_backbone_to_sign_language(mode, backbone_weights, tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp(f"transfer-{mode}")
     extra = ["train.unfreeze_top=2"] if mode == "freeze" else ["train.lora_rank=2"]
+    # 300 photos, 60 in the test set (one sample is 1.7 pp): the gate here checks the wiring, not fine accuracy
     proc, d = _build(out, cache_dir, f'data.source="{SIGNS}"', "data.calibration_samples=100",
                      f'train.weights="{backbone_weights}"', f'train.finetune="{mode}"', "train.learning_rate=0.01",
-                     'validate.targets=["rpi5-litert"]', "gate.min_int8_accuracy=0.3", *extra)
-    assert proc.returncode in (0, 1), proc.stderr
+                     "train.epochs=40", "train.batch_size=16", 'validate.targets=["rpi5-litert"]',
+                     "gate.min_int8_accuracy=0.3", "gate.max_int8_drop=0.1", "gate.max_class_drop=0.5",
+                     "gate.max_flip_rate=0.25", *extra)
+    assert proc.returncode == 0, proc.stderr
     m = json.loads((d / "manifest.json").read_text())
     train, met = m["train"], m["metrics"]
     assert train["finetune"] == mode and train["pretrained"]["sha256"] and train["pretrained"]["layers_loaded"] >= 3
     assert 0 < train["trainable_fraction"] < 1
     assert met["float"]["accuracy"] > 0.3, "transfer learned nothing"
-    assert met["float"]["accuracy"] - met["int8_host"]["accuracy"] <= 0.015
+    assert met["float"]["accuracy"] - met["int8_host"]["accuracy"] <= 0.1
     assert met["targets"]["rpi5-litert"]["top1_agreement"] >= 0.99
     assert "trainable parameters:" in (d / "logs" / "train.log").read_text()
     if mode == "lora":
@@ -65,9 +67,9 @@ def test_a_mismatched_weights_file_names_the_expected_layers(backbone_weights, t
 
 
 def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path):
-    proc, d = _build(tmp_path, tmp_path / "cache", 'train.recipe="mobilenet_v3_small"', "data.image_size=96",
-                     "data.channels=3", "data.max_samples=300", "data.calibration_samples=20", "train.epochs=1",
-                     "qat.epochs=1", "qat.init_samples=32", "validate.targets=[]", until="evaluate")
+    proc, d = _build(tmp_path, tmp_path / "cache", 'train.recipe="mobilenet_v3_small"', "data.image_size=48",
+                     "data.channels=3", "data.max_samples=120", "data.calibration_samples=20", "train.epochs=1",
+                     "qat.epochs=0", "qat.init_samples=32", "validate.targets=[]", until="export")
     assert proc.returncode == 0, proc.stderr
     export = json.loads((d / "records" / "export.json").read_text())["int8"]
     ops = {op["name"] if isinstance(op, dict) else op for op in export["ops"]}
@@ -78,11 +80,11 @@ def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path):
 
 def test_data_parallel_over_two_cpu_devices_matches_one_device(tiny_build, tmp_path):
     proc, d = _build(tmp_path, tmp_path / "cache", "train.data_parallel=true", "validate.targets=[]",
-                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, until="evaluate")
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, until="train")
     assert proc.returncode == 0, proc.stderr
-    m = json.loads((d / "manifest.json").read_text())
-    devices = m["train"]["devices"]
+    train = json.loads((d / "records" / "train.json").read_text())
+    devices = train["devices"]
     assert (devices["count"], devices["platform"], devices["data_parallel"]) == (2, "cpu", True)
     assert devices["dropped_samples"] <= 2
-    one = tiny_build["manifest"]["metrics"]["float"]["accuracy"]
-    assert abs(m["metrics"]["float"]["accuracy"] - one) <= 0.02, (m["metrics"]["float"]["accuracy"], one)
+    one = json.loads((tiny_build["dir"] / "records" / "train.json").read_text())["kept_val_accuracy"]
+    assert abs(train["kept_val_accuracy"] - one) <= 0.02, (train["kept_val_accuracy"], one)

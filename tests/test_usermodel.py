@@ -58,7 +58,7 @@ def _build(tmp_path, cache_dir, *sets, targets="[]"):
 
 def test_user_function_with_a_custom_layer_builds_qats_and_exports(tmp_path, cache_dir):
     proc, d = _build(tmp_path, cache_dir, 'train.recipe="examples.custom_model:build"')
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode == 0, proc.stderr
     m = json.loads((d / "manifest.json").read_text())
     met = m["metrics"]
     assert met["float"]["accuracy"] > 0.85

@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline import qat, tflite_info  # noqa: E402
-from pipeline.stages.export import export_int8  # noqa: E402
+from pipeline.model import qat  # noqa: E402
+from pipeline.device import tflite_info  # noqa: E402
+from pipeline.model.convert import export_int8  # noqa: E402
 
 qat_path, dataset_path, out = sys.argv[1:4]
 out = Path(out)

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline import qat  # noqa: E402
-from pipeline.stages.export import export_int8  # noqa: E402
+from pipeline.model import qat  # noqa: E402
+from pipeline.model.convert import export_int8  # noqa: E402
 
 keras.utils.set_random_seed(0)
 inp = keras.Input((8, 8, 1))

@@ -4,49 +4,32 @@ split, per class, and top-1 agreement between them. Writes every model's test pr
 
 import hashlib
 
-import numpy as np
+from pipeline.data import preprocess
+from pipeline.data.splits import load_dataset
+from pipeline.device import tflite_info
+from pipeline.device.runtimes import run_onnx, run_tflite
+from pipeline.engine.fsutil import atomic_save_npz
+from pipeline.engine.stage import Stage
+from pipeline.model import usermodel
+from pipeline.release.metrics import accuracy_record
 
-from .. import preprocess, tflite_info
-from .data import load_dataset
-
-
-def accuracy_record(top1, labels, class_names):
-    per_class = {}
-    for c, name in enumerate(class_names):
-        mask = labels == c
-        per_class[name] = round(float((top1[mask] == c).mean()), 6) if mask.any() else None
-    return {"accuracy": round(float((top1 == labels).mean()), 6), "per_class": per_class, "samples": int(len(labels))}
-
-
-def run_tflite(path, x_int8_or_float, batch=64, threads=1):
-    """Run a .tflite on the host with ai-edge-litert, in fixed-size batches; returns raw outputs."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    results = []
-    for start in range(0, len(x_int8_or_float), batch):
-        chunk = x_int8_or_float[start : start + batch]
-        interp.resize_tensor_input(inp["index"], [len(chunk), *inp["shape"][1:]])
-        interp.allocate_tensors()
-        interp.set_tensor(inp["index"], chunk.astype(inp["dtype"]))
-        interp.invoke()
-        results.append(interp.get_tensor(out["index"]).copy())
-    return np.concatenate(results)
+STAGE = Stage(
+    "evaluate", __name__, config=("preprocess", "train.recipe"),
+    inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx"),
+    outputs=("predictions.npz",), backend="jax",
+    toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime"),
+    external=lambda config: usermodel.model_files(config.train, False),
+)
 
 
-def run_onnx(path, x):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def run(pp, dataset_path, float_keras, int8_tflite, float_tflite, onnx_path, out_dir, progress):
+def run(stage_cfg, inputs, out_dir, ctx):
     import keras
+
+    usermodel.register_user_layers(stage_cfg.train.recipe)
+
+    pp, progress = stage_cfg.preprocess, ctx.progress
+    dataset_path, float_keras, onnx_path = inputs["dataset.npz"], inputs["float.keras"], inputs["model.onnx"]
+    int8_tflite, float_tflite = inputs["model_int8.tflite"], inputs["model_float.tflite"]
 
     data = load_dataset(dataset_path)
     idx = data["test"]
@@ -81,7 +64,7 @@ def run(pp, dataset_path, float_keras, int8_tflite, float_tflite, onnx_path, out
     metrics["int8_host"]["flips_vs_float"] = [str(s) for s in flips]
     for k in ("float", "int8_host"):
         metrics[k]["top1"] = [int(v) for v in top1[k]]
-    np.savez(
+    atomic_save_npz(
         out_dir / "predictions.npz",
         ids=ids, labels=labels, float_top1=top1["float"], onnx_top1=top1["onnx"],
         int8_output=int8_out, int8_top1=top1["int8_host"],
@@ -91,10 +74,3 @@ def run(pp, dataset_path, float_keras, int8_tflite, float_tflite, onnx_path, out
         "metrics": metrics,
         "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest()},
     }
-
-
-def run_stage(config, inputs, out_dir, progress):
-    return run(
-        config.preprocess, inputs["dataset.npz"], inputs["float.keras"], inputs["model_int8.tflite"],
-        inputs["model_float.tflite"], inputs["model.onnx"], out_dir, progress,
-    )

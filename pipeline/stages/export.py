@@ -7,86 +7,35 @@ output, builtin ops only, no float op unless `export.allowed_float_ops` names it
 """
 
 import json
-import os
 
-from .. import qat  # noqa: F401  (registers the QAT layers so load_model finds them)
-from .. import preprocess, tflite_info
-from ..errors import InputError
-from .data import calibration_indices, load_dataset
+from pipeline.data import preprocess
+from pipeline.data.calibration import calibration_indices
+from pipeline.data.splits import load_dataset
+from pipeline.device import tflite_info
+from pipeline.engine.errors import InputError
+from pipeline.engine.stage import Stage
+from pipeline.model import usermodel
 
-
-def _tmp(path):
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-def _convert_error(exc):
-    text = str(exc)
-    ops = sorted({w.strip("'\",.:") for w in text.replace("\n", " ").split() if w.startswith(("tf.", "'tf."))})
-    detail = f" ops: {', '.join(ops)}" if ops else ""
-    first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.splitlines()[0] if text else "")
-    return (
-        f"int8 conversion needs every op to be a TFLite builtin int8 op; the converter refused "
-        f"this model{detail} ({first[:300]}). Replace those layers or ops."
-    )
+STAGE = Stage(
+    "export", __name__, config=("export", "preprocess", "train.recipe"),
+    inputs=("float.keras", "qat.keras", "dataset.npz", "calibration.json"),
+    outputs=("model_int8.tflite", "model_float.tflite", "model.onnx"), backend="tensorflow",
+    toolchain=("keras", "tensorflow-cpu", "tf2onnx", "onnx", "protobuf", "numpy"),
+    external=lambda config: usermodel.model_files(config.train, False),
+)
 
 
-def export_int8(model, calibration, path):
-    import tensorflow as tf
-
-    def representative():
-        for i in range(len(calibration)):
-            yield [calibration[i : i + 1]]
-
-    tmp = _tmp(path)
-    try:
-        model.export(
-            str(tmp), format="litert", verbose=False,
-            optimizations=[tf.lite.Optimize.DEFAULT],
-            representative_dataset=representative,
-            inference_input_type=tf.int8, inference_output_type=tf.int8,
-            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
-        )
-    except Exception as exc:
-        if tmp.exists():
-            tmp.unlink()
-        if "ConverterError" in type(exc).__name__ or "convert" in str(exc).lower():
-            raise InputError(_convert_error(exc)) from None
-        raise
-    os.replace(tmp, path)
-
-
-def export_float(model, path):
-    import tensorflow as tf
-
-    tmp = _tmp(path)
-    model.export(str(tmp), format="litert", verbose=False,
-                 target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
-    os.replace(tmp, path)
-
-
-def export_onnx(model, path, opset):
-    tmp = _tmp(path)
-    model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
-    os.replace(tmp, path)
-
-
-def check_full_integer(info, allowed_float_ops):
-    problems = []
-    for side in ("inputs", "outputs"):
-        for t in info[side]:
-            if t["dtype"] != "int8":
-                problems.append(f"{side[:-1]} '{t['name']}' is {t['dtype']}, not int8")
-    if info["flex_ops"] or info["custom_ops"]:
-        problems.append(f"non-builtin ops {', '.join(info['custom_ops'])}")
-    floats = [op for op in info["float_ops"] if op not in allowed_float_ops]
-    if floats:
-        problems.append(f"float ops {', '.join(floats)}")
-    return problems
-
-
-def run(cfg, pp, float_path, qat_path, dataset_path, calibration_path, out_dir, progress):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def run(stage_cfg, inputs, out_dir, ctx):
     import keras
+
+    import pipeline.model.qat  # noqa: F401 (registers the QAT layers so load_model finds them)
+    from pipeline.model.convert import check_full_integer, export_float, export_int8, export_onnx
+
+    usermodel.register_user_layers(stage_cfg.train.recipe)
+
+    cfg, pp, progress = stage_cfg.export, stage_cfg.preprocess, ctx.progress
+    float_path, qat_path = inputs["float.keras"], inputs["qat.keras"]
+    dataset_path, calibration_path = inputs["dataset.npz"], inputs["calibration.json"]
 
     data = load_dataset(dataset_path)
     calib = json.loads(open(calibration_path).read())
@@ -121,10 +70,3 @@ def run(cfg, pp, float_path, qat_path, dataset_path, calibration_path, out_dir, 
         "float_ops_kept": [op for op in info["float_ops"] if op in cfg.allowed_float_ops],
     }
     return record
-
-
-def run_stage(config, inputs, out_dir, progress):
-    return run(
-        config.export, config.preprocess, inputs["float.keras"], inputs["qat.keras"], inputs["dataset.npz"],
-        inputs["calibration.json"], out_dir, progress,
-    )

@@ -3,15 +3,29 @@
 
 import time
 
-from .. import fitting, preprocess, qat
-from ..errors import InputError
-from ..fsutil import atomic_save_model
-from .data import load_dataset
-from .train import split_arrays
+from pipeline.data import preprocess
+from pipeline.data.splits import load_dataset, split_arrays
+from pipeline.engine.errors import InputError
+from pipeline.engine.fsutil import atomic_save_model
+from pipeline.engine.stage import Stage
+from pipeline.model import usermodel
+
+STAGE = Stage(
+    "qat", __name__, config=("build.seed", "qat", "preprocess", "train.recipe"), inputs=("float.keras", "dataset.npz"),
+    outputs=("qat.keras",), backend="jax", toolchain=usermodel.JAX_TOOLCHAIN,
+    external=lambda config: usermodel.model_files(config.train, False),
+)
 
 
-def run(cfg, pp, seed, float_path, dataset_path, out_dir, progress):
+def run(stage_cfg, inputs, out_dir, ctx):
     import keras
+
+    from pipeline.model import fitting, qat
+
+    usermodel.register_user_layers(stage_cfg.train.recipe)
+
+    cfg, pp, seed, progress = stage_cfg.qat, stage_cfg.preprocess, stage_cfg.build.seed, ctx.progress
+    float_path, dataset_path = inputs["float.keras"], inputs["dataset.npz"]
 
     keras.utils.set_random_seed(seed + 2)
     data = load_dataset(dataset_path)
@@ -51,8 +65,3 @@ def run(cfg, pp, seed, float_path, dataset_path, out_dir, progress):
         "float_val_accuracy": float_val,
         **fitted,
     }
-
-
-def run_stage(config, inputs, out_dir, progress):
-    return run(config.qat, config.preprocess, config.build.seed, inputs["float.keras"], inputs["dataset.npz"],
-               out_dir, progress)

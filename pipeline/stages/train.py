@@ -2,17 +2,33 @@
 
 import time
 
-from .. import fitting, preflight, preprocess, transfer, usermodel
-from ..errors import InputError
-from ..fsutil import atomic_save_model
-from .data import load_dataset
-from .target import stratified_subset
+from pipeline.data.sampling import stratified_subset
+from pipeline.data.splits import load_dataset, split_arrays
+from pipeline.engine.errors import InputError
+from pipeline.engine.fsutil import atomic_save_model
+from pipeline.engine.stage import Stage
+from pipeline.model import usermodel
+
+STAGE = Stage(
+    "train", __name__, config=("build.seed", "train", "preprocess"), inputs=("dataset.npz",), outputs=("float.keras",),
+    backend="jax", toolchain=usermodel.JAX_TOOLCHAIN, external=lambda config: usermodel.model_files(config.train, True),
+)
 
 
-def split_arrays(dataset, name, preprocess_cfg):
-    """(model input float32, labels) of one split, through the preprocessing contract."""
-    idx = dataset[name]
-    return preprocess.to_float(dataset["x"][idx], preprocess_cfg), dataset["y"][idx]
+def _join_hosts():
+    """Multi-host training: every host runs the same build with its own JAX_PROCESS_ID; JAX's
+    coordinator joins them, and keras.distribution.DataParallel spans all their devices. Must run
+    before JAX touches a device."""
+    import os
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        import jax
+
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
 
 
 def _distribution(cfg):
@@ -32,8 +48,14 @@ def _distribution(cfg):
     return {"count": 1, "platform": devices[0].platform, "data_parallel": False, "processes": jax.process_count()}
 
 
-def run(cfg, pp, seed, dataset_path, out_dir, progress):
+def run(stage_cfg, inputs, out_dir, ctx):
+    _join_hosts()
     import keras
+
+    from pipeline.model import fitting, preflight, transfer
+
+    cfg, pp, seed, progress = stage_cfg.train, stage_cfg.preprocess, stage_cfg.build.seed, ctx.progress
+    dataset_path = inputs["dataset.npz"]
 
     keras.utils.set_random_seed(seed)
     data = load_dataset(dataset_path)
@@ -97,7 +119,3 @@ def run(cfg, pp, seed, dataset_path, out_dir, progress):
         # the first epoch includes JAX's tracing and XLA compilation of the train/eval steps
         **fitted,
     }
-
-
-def run_stage(config, inputs, out_dir, progress):
-    return run(config.train, config.preprocess, config.build.seed, inputs["dataset.npz"], out_dir, progress)

@@ -1,0 +1,106 @@
+"""The preprocessing contract: how a uint8 pixel becomes the model's float input, and its int8 tensor.
+
+    x[c] = (lo + pixel * (hi - lo) / 255 - mean[c]) / std[c]        (preprocess.pixel_range = [lo, hi])
+    q    = clip(round(x / input_scale) + input_zero_point, -128, 127)
+
+One implementation, used by training, QAT (its input range), calibration, export, host and target
+evaluation and the manifest, so a model trained on 0..255 or ImageNet-normalised input is fed the
+same numbers everywhere. numpy only: no Keras here.
+"""
+
+import numpy as np
+
+from pipeline.engine.errors import InputError
+
+# The conventions models are commonly trained with, for the "which input does this model expect" check.
+COMMON = {
+    "0..1": {"pixel_range": [0.0, 1.0], "mean": [], "std": []},
+    "0..255": {"pixel_range": [0.0, 255.0], "mean": [], "std": []},
+    "-1..1": {"pixel_range": [-1.0, 1.0], "mean": [], "std": []},
+    "ImageNet mean/std": {"pixel_range": [0.0, 1.0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
+
+
+def _numbers(name, value):
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise InputError(f"config key 'preprocess.{name}' must be a list of numbers; received {value!r}.")
+    return [float(v) for v in value]
+
+
+def check(cfg, channels):
+    """Refuse a preprocessing config that cannot describe an input of `channels` channels."""
+    rng = _numbers("pixel_range", cfg.pixel_range)
+    if len(rng) != 2 or not rng[0] < rng[1]:
+        raise InputError(f"config key 'preprocess.pixel_range' must be [lo, hi] with lo < hi (what pixels 0 and 255 "
+                         f"become); received {cfg.pixel_range!r}. Example: [0, 255] or [-1, 1].")
+    for name in ("mean", "std"):
+        values = _numbers(name, getattr(cfg, name))
+        if len(values) not in (0, 1, channels):
+            raise InputError(f"config key 'preprocess.{name}' needs one value or one per channel ({channels}, "
+                             f"data.channels); received {len(values)}: {values}.")
+    if any(v <= 0 for v in _numbers("std", cfg.std)):
+        raise InputError(f"config key 'preprocess.std' must be positive; received {cfg.std!r}.")
+
+
+def _per_channel(values, default, channels):
+    values = [float(v) for v in values] or [default]
+    return np.asarray(values * channels if len(values) == 1 else values, np.float64)
+
+
+def params(cfg, channels):
+    """(scale, offset, mean[c], std[c]) as float64: x[c] = (pixel * scale + offset - mean[c]) / std[c]."""
+    lo, hi = (float(v) for v in cfg.pixel_range)
+    return (hi - lo) / 255.0, lo, _per_channel(cfg.mean, 0.0, channels), _per_channel(cfg.std, 1.0, channels)
+
+
+def to_float64(images, cfg):
+    """uint8 images (N, H, W, C) -> the model's input, in float64 (the int8 path quantizes from this)."""
+    scale, offset, mean, std = params(cfg, images.shape[-1])
+    return (images.astype(np.float64) * scale + offset - mean) / std
+
+
+def to_float(images, cfg):
+    """uint8 images (N, H, W, C) -> the model's float32 input."""
+    return to_float64(images, cfg).astype(np.float32)
+
+
+def to_int8(images, cfg, scale, zero_point):
+    """uint8 images -> the int8 input tensor of a model quantized with (scale, zero_point)."""
+    return np.clip(np.round(to_float64(images, cfg) / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def float_range(cfg, channels):
+    """(min, max) of the model input over every pixel value and channel: the int8 input range."""
+    scale, offset, mean, std = params(cfg, channels)
+    ends = np.stack([(offset - mean) / std, (255.0 * scale + offset - mean) / std])
+    return float(ends.min()), float(ends.max())
+
+
+def describe(cfg, channels, scale=None, zero_point=None):
+    """The contract as JSON-able data, with the formula spelled out (and the int8 step when known)."""
+    s, o, mean, std = params(cfg, channels)
+    record = {
+        "pixel_range": [float(v) for v in cfg.pixel_range],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "pixel_scale": s,
+        "pixel_offset": o,
+        "float_formula": "x[c] = (pixel * pixel_scale + pixel_offset - mean[c]) / std[c]  (pixel: uint8 0..255)",
+    }
+    if scale is not None:
+        record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, -128, 127)  with "
+                                  f"x[c] = (pixel * {s!r} + {o!r} - mean[c]) / std[c], mean {record['mean']}, "
+                                  f"std {record['std']}")
+    return record
+
+
+def setting(convention, current=None):
+    """The config line that selects one of COMMON's conventions (clearing mean/std only if `current` has them)."""
+    c = COMMON[convention]
+    lo, hi = c["pixel_range"]
+    text = f"preprocess.pixel_range = [{lo:g}, {hi:g}]"
+    if c["mean"]:
+        text += f", preprocess.mean = {c['mean']}, preprocess.std = {c['std']}"
+    elif current is not None and (current.mean or current.std):
+        text += ", preprocess.mean = [], preprocess.std = []"
+    return text

@@ -1,0 +1,215 @@
+"""Where images come from: scikit-learn's digits, an image folder (one sub-folder per class) or an
+`.npz` (x, y, optional split and class_names), read into uint8 arrays of one size; and a content
+fingerprint of a source for cache keys."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.engine.errors import InputError
+
+SPLITS = ("train", "val", "test")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+MODEL_SUFFIXES = {".tflite", ".onnx", ".keras", ".h5", ".pb", ".pt", ".pth"}
+
+
+def source_kind(source, key="data.source"):
+    """'digits', 'npz' or 'folder'; anything else is refused with the fix (exit 3)."""
+    if source == "digits":
+        return "digits"
+    if not source:
+        raise InputError(f"{key} must be 'digits', an image folder or an .npz file; received an empty string. "
+                         "Set it to your data.")
+    path = Path(source)
+    if path.suffix == ".npz":
+        return "npz"
+    if path.is_file():
+        hint = " A model file goes to train.recipe, not the data." if path.suffix in MODEL_SUFFIXES else ""
+        raise InputError(
+            f"{key} must be 'digits', an image folder (one sub-folder per class) or an .npz file; {source} is a "
+            f"'{path.suffix or 'extension-less'}' file, which is none of them.{hint} Point {key} at your images."
+        )
+    return "folder"
+
+
+def source_fingerprint(source, key="data.source"):
+    """A content hash of the data source, so the stage cache notices changed data."""
+    kind = source_kind(source, key)
+    h = hashlib.sha256(kind.encode())
+    if kind == "digits":
+        import sklearn
+
+        h.update(f"sklearn-digits-{sklearn.__version__}".encode())
+        return h.hexdigest()
+    path = Path(source)
+    if not path.exists():
+        raise InputError(
+            f"{key} must be 'digits', an image folder or an .npz file; {source} does not exist."
+        )
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        h.update(str(p.relative_to(path) if p != path else p.name).encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _resize(img, size, channels):
+    from PIL import Image
+
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if channels == 1 else arr
+
+
+def _load_digits(source, cfg):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = []
+    for img in digits.images:  # 8x8, values 0..16
+        pil = Image.fromarray(np.round(img * 255.0 / 16.0).astype(np.uint8), mode="L")
+        images.append(_resize(pil, cfg.image_size, cfg.channels))
+    ids = [f"digits/{i}" for i in range(len(images))]
+    names = [str(i) for i in range(10)]
+    return np.stack(images), digits.target.astype(np.int64), ids, names, None
+
+
+def _load_folder(source, cfg):
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(source)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise InputError(
+            f"an image folder needs one sub-folder per class, at least 2; received {len(classes)} "
+            f"in {root}. Put each class's images in {root}/<class name>/."
+        )
+    images, labels, ids, bad, other_size = [], [], [], [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+        if not files:
+            raise InputError(
+                f"every class needs at least one image; class folder {root / name} is empty. "
+                "Add images or remove the folder."
+            )
+        for p in files:
+            rel = p.relative_to(root).as_posix()
+            try:
+                with Image.open(p) as img:
+                    img.load()
+                    mode_ok = img.mode in ("L", "RGB", "RGBA", "P", "LA", "I;16", "CMYK", "YCbCr")
+                    if img.size != (cfg.image_size, cfg.image_size) or not mode_ok:
+                        other_size.append(f"{rel} ({img.size[0]}x{img.size[1]} {img.mode})")
+                    arr = _resize(img, cfg.image_size, cfg.channels)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                bad.append(rel)
+                continue
+            images.append(arr)
+            labels.append(label)
+            ids.append(rel)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise InputError(
+            f"every file in an image folder must be a readable image; {len(bad)} are not: {shown}. "
+            "Remove or replace them."
+        )
+    if other_size and cfg.mixed_sizes == "refuse":
+        shown = ", ".join(other_size[:3]) + (f" and {len(other_size) - 3} more" if len(other_size) > 3 else "")
+        raise InputError(
+            f"data.mixed_sizes = 'refuse' needs every image to be {cfg.image_size}x{cfg.image_size}; "
+            f"received {shown}. Set data.mixed_sizes = 'resize' or fix the images."
+        )
+    return np.stack(images), np.asarray(labels, np.int64), ids, classes, None
+
+
+def _load_npz(source, cfg):
+    path = Path(source)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files or "y" not in f.files:
+                raise InputError(
+                    f"an .npz data source needs arrays 'x' and 'y'; {path} has {sorted(f.files)}. "
+                    "Save it with np.savez(path, x=images, y=labels)."
+                )
+            x, y = f["x"], f["y"]
+            names = [str(n) for n in f["class_names"]] if "class_names" in f.files else None
+            split = f["split"] if "split" in f.files else None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable .npz file ({exc}). Re-save it with np.savez.") from None
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y) or y.ndim != 1:
+        raise InputError(
+            f"an .npz needs x of shape (N, H, W[, 1|3]) and y of shape (N,); received x {x.shape}, "
+            f"y {y.shape}. Reshape the arrays."
+        )
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise InputError(f"x in {path} contains NaN or inf at {int((~np.isfinite(x)).sum())} values. Clean the data.")
+        if x.min() < 0 or x.max() > 255:
+            raise InputError(
+                f"x in {path} must be pixels in [0, 1] or [0, 255]; received range "
+                f"[{x.min():.3g}, {x.max():.3g}]. Rescale the data."
+            )
+        x = x * 255.0 if x.max() <= 1.0 else x
+        x = np.round(x).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        raise InputError(f"x in {path} must be uint8 or float; received {x.dtype}. Convert it.")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all():
+            raise InputError(f"y in {path} contains NaN or inf. Labels must be integers 0..K-1.")
+        if not np.all(y == np.round(y)):
+            raise InputError(f"y in {path} must hold integer class ids; received fractional values. Fix the labels.")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"y in {path} must hold integer class ids; received dtype {y.dtype}.")
+    y = y.astype(np.int64)
+    num_classes = len(names) if names else int(y.max()) + 1
+    if y.min() < 0 or y.max() >= num_classes:
+        raise InputError(
+            f"labels in {path} must be in 0..{num_classes - 1}; received range [{y.min()}, {y.max()}]. "
+            "Fix the labels or the class_names array."
+        )
+    names = names or [str(i) for i in range(num_classes)]
+    from PIL import Image
+
+    out = []
+    for img in x:
+        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        out.append(_resize(pil, cfg.image_size, cfg.channels))
+    ids = [f"{path.name}/{i}" for i in range(len(out))]
+    if split is not None:
+        values = split.tolist() if split.ndim == 1 else None
+        values = values and [v.decode() if isinstance(v, bytes) else v for v in values]
+        if values is None or len(values) != len(y) or not all(isinstance(v, str) and v in SPLITS for v in values):
+            shown = sorted({repr(v) for v in (values or [])} - {repr(v) for v in SPLITS})[:5]
+            raise InputError(
+                f"the 'split' array of {path} must hold one of 'train', 'val', 'test' per sample ({len(y)} values); "
+                f"received shape {split.shape}{', values ' + ', '.join(shown) if shown else ''}. Fix it, or drop "
+                "it to let edgebuild split the data."
+            )
+        split = np.asarray(values)
+    return np.stack(out), y, ids, names, split
+
+
+def load_source(source, cfg, key="data.source"):
+    """(images uint8 (N, H, W, C), labels, ids, class names, split array or None) of one source."""
+    kind = source_kind(source, key)
+    if kind != "digits" and not Path(source).exists():
+        raise InputError(
+            f"{key} must be 'digits', an image folder or an .npz file; {source} does not exist."
+        )
+    return {"digits": _load_digits, "folder": _load_folder, "npz": _load_npz}[kind](source, cfg)
+
+
+def content_hash(image):
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()

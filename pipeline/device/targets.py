@@ -1,0 +1,375 @@
+"""Targets are data: `targets/<name>.toml` says the architecture, CPU, distribution, runtime and its
+pinned wheels, threads, batch size and tolerances. This module builds an emulated aarch64 root
+filesystem for a target from Debian packages (mmdebstrap, extract variant) and PyPI aarch64 wheels,
+fetches Debian's statically linked qemu user-mode emulator, and runs the on-target validator in it.
+
+Environments are cached under `<cache>/targets/<name>-<sha of the target file>/`, written under a
+temporary name and renamed into place, so a second setup is instant and a killed one leaves nothing.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.engine.errors import InputError, StageError
+from pipeline.engine.fsutil import publishing_dir
+
+TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
+CODE_FILES = ("ondevice.py", "selftest_int8.tflite")  # run on the device, not imported: part of the code digest
+ONDEVICE = Path(__file__).with_name("ondevice.py")
+SELFTEST_MODEL = Path(__file__).with_name("selftest_int8.tflite")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    min_top1_agreement: float = 0.99
+    min_bitexact_fraction: float = 0.9
+    max_abs_diff: int = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: str
+    emulated: bool
+    cpu: str
+    distribution: str
+    debian_packages: tuple
+    python: str
+    runtime: str
+    runtime_version: str
+    wheels: tuple
+    wheel_platforms: tuple
+    qemu_suite: str
+    qemu_version: str
+    threads: int
+    batch_size: int
+    tolerances: Tolerances
+    sha256: str
+    path: str
+
+
+def available_targets(targets_dir=TARGETS_DIR):
+    return sorted(p.stem for p in Path(targets_dir).glob("*.toml"))
+
+
+def load_target(name, targets_dir=TARGETS_DIR):
+    path = Path(targets_dir) / f"{name}.toml"
+    if not path.is_file():
+        from pipeline.engine.text import did_you_mean
+
+        names = available_targets(targets_dir)
+        hint = did_you_mean(name, names)
+        raise InputError(
+            f"a target is a file targets/<name>.toml; there is no {path}.{hint} "
+            f"Available: {', '.join(names)}."
+        )
+    raw_bytes = path.read_bytes()
+    try:
+        raw = tomllib.loads(raw_bytes.decode())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path} is not valid TOML: {exc}.") from None
+    fields = {f.name for f in dataclasses.fields(Target)} - {"sha256", "path", "tolerances"}
+    unknown = set(raw) - fields - {"tolerances"}
+    missing = fields - set(raw)
+    if unknown or missing:
+        raise InputError(
+            f"{path} must define exactly the target fields; unknown: {sorted(unknown) or 'none'}, "
+            f"missing: {sorted(missing) or 'none'}. See targets/rpi5-litert.toml."
+        )
+    tol = Tolerances(**raw.pop("tolerances", {}))
+    for key in ("debian_packages", "wheels", "wheel_platforms"):
+        raw[key] = tuple(raw[key])
+    return Target(**raw, tolerances=tol, sha256=hashlib.sha256(raw_bytes).hexdigest(), path=str(path))
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def debian_mirror(sources_dir="/etc/apt"):
+    """The Debian mirror URI from this machine's own apt sources (deb822 or one-line format)."""
+    files = sorted(glob.glob(f"{sources_dir}/sources.list.d/*.sources")) + sorted(
+        glob.glob(f"{sources_dir}/sources.list.d/*.list")
+    ) + [f"{sources_dir}/sources.list"]
+    for path in files:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+                suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
+                if uris and suites and "security" not in uris.group(1) and "/debian" in uris.group(1):
+                    return uris.group(1).rstrip("/")
+        else:
+            for line in text.splitlines():
+                m = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
+                if m and "security" not in m.group(1) and "/debian" in m.group(1):
+                    return m.group(1).rstrip("/")
+    raise StageError(
+        "target setup needs a Debian mirror; none was found in /etc/apt/sources.list(.d). "
+        "Add a Debian source to apt, as on any Debian machine."
+    )
+
+
+# How pip and apt say they could not reach a registry (apt's "Failed to fetch" alone is also a 404).
+UNREACHABLE = re.compile(
+    r"Could not resolve|Could not connect|Temporary failure|Failed to establish|NewConnectionError|"
+    r"Connection (refused|reset)|unreachable|timed out"
+)
+
+
+def _run(cmd, what, log, cwd=None, env=None):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}\n")
+    if proc.returncode != 0:
+        output = proc.stderr or proc.stdout
+        tail = " | ".join(output.strip().splitlines()[-2:])[:400]
+        # pip retries a dead index and then says "No matching distribution": the connection
+        # errors earlier in the output decide which of the two it really was.
+        if UNREACHABLE.search(output):
+            line = next(ln for ln in output.splitlines() if UNREACHABLE.search(ln))
+            reason = re.search(r"(Failed to establish[^'\"]*|Could not resolve[^'\"]*)", line)
+            raise StageError(
+                f"{what} failed: the package registry is unreachable "
+                f"({(reason.group(1) if reason else line).strip()[:200]}). Check the network, "
+                f"the proxy or pip's/apt's index settings. Full log: {log}"
+            )
+        if "No matching distribution" in output or "Could not find a version" in output:
+            raise InputError(
+                f"{what} failed: no such wheel for this platform and Python ({tail}). Change the "
+                f"target's wheels or wheel_platforms. Full log: {log}"
+            )
+        raise StageError(f"{what} failed: {tail}. Full log: {log}")
+    return proc.stdout
+
+
+def env_dir(target, cache_dir):
+    return Path(cache_dir) / "targets" / f"{target.name}-{target.sha256[:12]}"
+
+
+def _qemu_path(root):
+    return root / "qemu" / "usr" / "bin" / "qemu-aarch64"
+
+
+def setup(target, cache_dir, log=print):
+    """Build (or reuse) the target's emulated environment; returns its directory."""
+    root = env_dir(target, cache_dir)
+    if (root / "ready.json").is_file():
+        return root
+    if not target.emulated:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "ready.json").write_text(json.dumps({"emulated": False}))
+        return root
+    if shutil.which("mmdebstrap") is None:
+        raise StageError(
+            "target setup needs mmdebstrap to build the aarch64 root filesystem; it is not installed. "
+            "Install it with: apt-get install -y mmdebstrap (the README's install command does)."
+        )
+    logfile = root.parent / f"{root.name}.setup.log"
+    started = time.perf_counter()
+    with publishing_dir(root) as tmp:
+        # wheels first: a wrong pin or a dead index fails in seconds, before the root filesystem
+        log(f"target {target.name}: wheels {', '.join(target.wheels)}")
+        _install_wheels(target, tmp, logfile)
+        mirror = debian_mirror()
+        log(f"target {target.name}: root filesystem ({target.distribution}, arm64) from {mirror}")
+        _run(
+            ["mmdebstrap", "--quiet", "--variant=extract", "--arch=arm64",
+             f"--include={','.join(target.debian_packages)}", target.distribution,
+             str(tmp / "rootfs"), mirror],
+            "building the root filesystem with mmdebstrap", logfile,
+        )
+        log(f"target {target.name}: qemu user-mode emulator from {target.qemu_suite}")
+        _fetch_qemu(target, mirror, tmp, logfile)
+        info = _selftest(target, tmp, logfile)
+        info["setup_seconds"] = round(time.perf_counter() - started, 1)
+        (tmp / "ready.json").write_text(json.dumps(info, indent=1))
+    return root
+
+
+def _fetch_qemu(target, mirror, tmp, logfile):
+    apt = tmp / "apt"
+    (apt / "lists" / "partial").mkdir(parents=True)
+    (apt / "cache" / "archives" / "partial").mkdir(parents=True)
+    (apt / "sources.list").write_text(
+        f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {target.qemu_suite} main\n"
+    )
+    opts = [
+        f"-oDir::Etc::SourceList={apt / 'sources.list'}", "-oDir::Etc::SourceParts=/dev/null",
+        f"-oDir::State::Lists={apt / 'lists'}", f"-oDir::Cache={apt / 'cache'}",
+        "-oDebug::NoLocking=1", "-oAPT::Sandbox::User=root",
+    ]
+    _run(["apt-get", *opts, "update"], f"apt-get update for {target.qemu_suite}", logfile)
+    _run(["apt-get", *opts, "download", "qemu-user"], "downloading qemu-user", logfile, cwd=apt)
+    debs = sorted(apt.glob("qemu-user_*.deb"))
+    _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "qemu")], "unpacking qemu-user", logfile)
+    version = _run([str(_qemu_path(tmp)), "--version"], "running qemu-aarch64", logfile).split("\n")[0]
+    if target.qemu_version not in version:
+        raise StageError(
+            f"target {target.name} needs qemu {target.qemu_version}; {target.qemu_suite} served "
+            f"'{version}'. Update qemu_version/qemu_suite in {target.path}."
+        )
+    shutil.rmtree(apt)
+
+
+def _install_wheels(target, tmp, logfile):
+    wheels = tmp / "wheels"
+    platforms = [a for p in target.wheel_platforms for a in ("--platform", p)]
+    py = target.python.replace(".", "")
+    _run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
+         "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{py}",
+         *platforms, "-d", str(wheels), *target.wheels],
+        f"downloading aarch64 wheels {' '.join(target.wheels)}", logfile,
+    )
+    site = tmp / "site"
+    for whl in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(whl) as z:
+            z.extractall(site)
+    shutil.rmtree(wheels)
+
+
+def _selftest(target, root, logfile):
+    """Run the validator on a tiny int8 model inside the fresh environment."""
+    import numpy as np
+
+    work = Path(tempfile.mkdtemp(dir=root, prefix="selftest-"))
+    try:
+        from pipeline.device.tflite_info import describe
+
+        shape = describe(SELFTEST_MODEL)["inputs"][0]["shape"]
+        np.save(work / "x.npy", np.zeros([2, *shape[1:]], np.int8))
+        cmd = command(target, root, [SELFTEST_MODEL, work / "x.npy", work / "y.npy", "--batch", "1"])
+        out = _run(cmd, f"self-test of the {target.runtime} interpreter under emulation", logfile, env=_env(target, root))
+        info = json.loads(out.strip().splitlines()[-1])
+        if info["runtime"] != target.runtime or info["runtime_version"] != target.runtime_version:
+            raise StageError(
+                f"target {target.name} should run {target.runtime} {target.runtime_version}; the "
+                f"environment has {info['runtime']} {info['runtime_version']}. Fix the target's wheels."
+            )
+        return info
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _env(target, root):
+    # numpy's OpenBLAS starts (and spins) one thread per CPU at import; under emulation those
+    # spinning threads took the cores from the other shards, so 2 shards ran slower than 1.
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    if target.emulated:
+        env.update(QEMU_CPU=target.cpu, PYTHONPATH=str(Path(root) / "site"))
+    else:
+        env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"))
+    return env
+
+
+def command(target, root, args):
+    """The command line that runs the validator with `args` on the target."""
+    args = [str(a) for a in args]
+    if not target.emulated:
+        return [sys.executable, str(ONDEVICE), *args]
+    root = Path(root)
+    rootfs = root / "rootfs"
+    return [str(_qemu_path(root)), "-L", str(rootfs), str(rootfs / "usr" / "bin" / "python3"), str(ONDEVICE), *args]
+
+
+def run_sharded(target, root, model, x, work, shards, threads=None, batch=None):
+    """Run the validator over `x` in `shards` parallel long-lived processes; returns (outputs, info)."""
+    import numpy as np
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    parts = [p for p in np.array_split(np.arange(len(x)), max(1, min(shards, len(x)))) if len(p)]
+    procs = []
+    started = time.perf_counter()
+    for i, idx in enumerate(parts):
+        np.save(work / f"x{i}.npy", x[idx])
+        cmd = command(target, root, [
+            model, work / f"x{i}.npy", work / f"y{i}.npy",
+            "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads),
+        ])
+        procs.append(subprocess.Popen(cmd, env=_env(target, root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    infos = []
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            msg = (err or out).strip().splitlines()[-1:] or ["no output"]
+            m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", err or "")
+            if m:
+                raise InputError(
+                    f"target {target.name} runs {target.runtime} {target.runtime_version}, which lacks "
+                    f"op {m.group(1)} version {m.group(2)} that the model needs. Use a newer runtime "
+                    "in the target file or avoid that op."
+                )
+            raise StageError(
+                f"the on-target validator failed on {target.name} (exit {proc.returncode}): {msg[0][:300]}"
+            )
+        infos.append(json.loads(out.strip().splitlines()[-1]))
+    wall = time.perf_counter() - started
+    outputs = np.concatenate([np.load(work / f"y{i}.npy") for i in range(len(parts))])
+    slowest = max(i["inference_seconds"] for i in infos)
+    return outputs, {
+        "runtime": infos[0]["runtime"],
+        "runtime_version": infos[0]["runtime_version"],
+        "machine": infos[0]["machine"],
+        "python": infos[0]["python"],
+        "shards": len(parts),
+        "batch": infos[0]["batch"],
+        "threads": infos[0]["threads"],
+        "wall_seconds": round(wall, 3),
+        "inference_seconds": round(slowest, 4),
+        "images_per_s": round(len(x) / slowest, 1) if slowest > 0 else None,
+    }
+
+
+def lint(target, model_info):
+    """Refuse, by op name, a model whose ops the target's runtime cannot run."""
+    bad = model_info["flex_ops"] + [op for op in model_info["custom_ops"] if op not in model_info["flex_ops"]]
+    if bad:
+        raise InputError(
+            f"target {target.name} runs builtin ops only ({target.runtime} {target.runtime_version}); "
+            f"the model needs {', '.join(sorted(set(bad)))}. Re-export without Flex/select-TF or custom ops."
+        )
+
+
+def dockerfile(targets):
+    """Dockerfile.edge: one arm64 build stage per emulated target, with its exact Python, runtime
+    wheels and the same validator, so `docker run --platform linux/arm64` gives the same numbers."""
+    lines = [
+        "# Generated by `edgebuild target dockerfile` from targets/*.toml; do not edit by hand.",
+        "# Build one target:  docker build --platform linux/arm64 -f Dockerfile.edge --target rpi5-litert -t edge .",
+        "# Validate:          docker run --rm --platform linux/arm64 -v $PWD/build:/work edge \\",
+        "#                      /work/<name>/model_int8.tflite /work/x.npy /work/y.npy --batch 1",
+        "",
+    ]
+    for t in targets:
+        if not t.emulated:
+            continue
+        lines += [
+            f"FROM --platform=linux/arm64 debian:{t.distribution}-slim AS {t.name}",
+            f"# {t.description}; CPU {t.cpu}, threads {t.threads}, batch {t.batch_size}",
+            "RUN apt-get update && apt-get install -y --no-install-recommends "
+            + " ".join(t.debian_packages) + " python3-pip && rm -rf /var/lib/apt/lists/*",
+            "RUN python3 -m pip install --no-cache-dir --break-system-packages " + " ".join(t.wheels),
+            "COPY pipeline/ondevice.py /opt/edgebuild/ondevice.py",
+            'ENTRYPOINT ["python3", "/opt/edgebuild/ondevice.py"]',
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""Run the stages of a build in order, each in its own process, through the stage cache.
+
+The engine reads only what each stage declares (`pipeline.engine.stage`), never a stage's name.
+Outputs are written into a private staging directory and published into the build directory only
+when the stage finished, each file with os.replace; a lock file stops two builds from writing the
+same build directory at once.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import stages as stage_registry
+from pipeline.engine.cache import StageCache, stage_key
+from pipeline.engine.errors import InputError, StageError
+from pipeline.engine.fsutil import atomic_copy, atomic_write_text, sha256_file
+from pipeline.engine.stage import select_config
+
+STEPS_AFTER_STAGES = ("manifest", "gate")
+
+
+@dataclass
+class RunOptions:
+    """How to run (not what to build): nothing here changes an artifact."""
+
+    cache_dir: Path
+    use_cache: bool = True
+    quiet: bool = False
+    debug: bool = False
+    log: callable = print
+
+
+@dataclass
+class BuildResult:
+    build_dir: Path
+    records: dict = field(default_factory=dict)
+    manifest: dict | None = None
+    gate: dict | None = None
+
+
+@contextmanager
+def build_lock(build_dir):
+    build_dir.mkdir(parents=True, exist_ok=True)
+    path = build_dir / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StageError(
+                f"only one build may write {build_dir} at a time; it is locked by {holder}. "
+                "Wait for that build to finish or set build.name to another name."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_leftovers(build_dir):
+    """Remove what a killed build left behind: staging directories and temporary files (all hidden,
+    never an artifact). Called under the build lock, so no live build owns them."""
+    removed = 0
+    for path in build_dir.rglob(".*"):
+        if path.name == ".lock" or not path.exists():
+            continue
+        if path.is_dir() and path.name.startswith(".stage-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        elif path.is_file() and (path.name.endswith(".tmp") or ".tmp." in path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def check_writable(build_dir):
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=build_dir, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise InputError(
+            f"the output directory must be writable; {build_dir} is not ({exc.strerror}). "
+            "Set build.out_dir to a writable directory."
+        ) from None
+
+
+def package_root():
+    """The directory that holds the `pipeline` package this process runs."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def run_in_process(stage, selected, inputs, out_dir, options, log_path):
+    """Run one stage's `run` in a fresh Python process with its Keras backend; returns its record.
+
+    The child runs with -P (no working directory on sys.path) and this process's package root first
+    on PYTHONPATH, so it imports the same code as this process whatever the working directory holds."""
+    request = {
+        "module": stage.module,
+        "config": selected,
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "out_dir": str(out_dir),
+        "params": stage.params,
+        "cache_dir": str(options.cache_dir),
+        "quiet": options.quiet,
+        "log": str(log_path),
+        "result": str(out_dir / ".result.json"),
+    }
+    request_path = out_dir / ".request.json"
+    request_path.write_text(json.dumps(request))
+    env = dict(os.environ)
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", GRPC_VERBOSITY="ERROR", PYTHONUNBUFFERED="1")
+    env.pop("KERAS_BACKEND", None)
+    if stage.backend:
+        env["KERAS_BACKEND"] = stage.backend
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root(), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-P", "-m", "pipeline.engine.runner", str(request_path)], env=env)
+    result_path = out_dir / ".result.json"
+    if not result_path.exists():
+        raise StageError(
+            f"stage {stage.name} died without a result (exit status {proc.returncode}); "
+            f"its log is {log_path}."
+        )
+    result = json.loads(result_path.read_text())
+    if not result["ok"]:
+        if options.debug:
+            print(result["traceback"], file=sys.stderr)
+        if result["exit_code"] is not None:
+            raise (InputError if result["exit_code"] == InputError.exit_code else StageError)(result["message"])
+        raise StageError(f"stage {stage.name} failed: {result['message']}. Log: {log_path}")
+    return result["record"]
+
+
+def check_consistent(stage, selected, producers):
+    """A stage run on outputs already in the build directory must see the config those outputs were
+    made with, for every entry it shares with the stages that made them (a [preprocess] changed
+    since export is refused, never silently applied to the old model)."""
+    for producer in producers:
+        made = producer.get("config") or {}
+        for section, values in selected.items():
+            for key, value in values.items():
+                if section in made and key in made[section] and made[section][key] != value:
+                    raise InputError(
+                        f"{stage.name} must run with the config its inputs were made with; stage "
+                        f"{producer['stage']} made them with {section}.{key} = {json.dumps(made[section][key])}, "
+                        f"the config now says {json.dumps(value)}. Use the config they were built with, or "
+                        "rebuild (edgebuild build)."
+                    )
+
+
+def run_stage(stage, config, build_dir, cache, options, external, records):
+    """Run one stage (or restore it from the cache); returns its record."""
+    inputs = {}
+    for name in stage.inputs:
+        path = build_dir / name
+        if not path.exists():
+            raise InputError(
+                f"stage {stage.name} needs {name} from an earlier stage; {path} does not exist. "
+                "Run the earlier stages first (edgebuild build)."
+            )
+        inputs[name] = path
+    selected = select_config(config, stage.config)
+    check_consistent(stage, selected, [r for r in records.values() if set(r.get("outputs", ())) & set(stage.inputs)])
+    key, parts = stage_key(stage, selected, {n: sha256_file(p) for n, p in inputs.items()}, external)
+    started = time.perf_counter()
+    hit = cache.get(key, stage.outputs) if (cache and options.use_cache) else None
+    if hit:
+        entry, record = hit
+        for name in stage.outputs:
+            atomic_copy(entry / name, build_dir / name)
+    else:
+        tag = stage.name.replace(":", "-")
+        staging = Path(tempfile.mkdtemp(dir=build_dir, prefix=f".stage-{tag}-"))
+        (build_dir / "logs").mkdir(exist_ok=True)
+        try:
+            record = run_in_process(stage, selected, inputs, staging, options, build_dir / "logs" / f"{tag}.log")
+            missing = [n for n in stage.outputs if not (staging / n).exists()]
+            if missing:
+                raise StageError(f"stage {stage.name} finished without writing {', '.join(missing)}.")
+            if cache:
+                cache.put(key, staging, stage.outputs, record)
+            for name in stage.outputs:
+                os.replace(staging / name, build_dir / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    record = {
+        **record,
+        "stage": stage.name,
+        "key": key,
+        "key_parts": {k: parts[k] for k in ("code", "modules", "toolchain", "inputs", "external")},
+        "config": parts["config"],
+        "cached": bool(hit),
+        "pins": pin_outputs(stage, config, build_dir),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "outputs": {n: sha256_file(build_dir / n) for n in stage.outputs},
+    }
+    atomic_write_text(build_dir / "records" / f"{stage.name.replace(':', '-')}.json", json.dumps(record, indent=1))
+    options.log(f"{'cached' if hit else 'ran':>6}  {stage.name:<28} {record['wall_seconds']:>7.1f} s")
+    return record
+
+
+def pin_outputs(stage, config, build_dir):
+    """The declared pins: copy an output to the versioned path a config key names, when no file is
+    there yet (a file that is there was verified by the stage, as its external input)."""
+    pinned = {}
+    for output, key in stage.pins.items():
+        section, _, name = key.partition(".")
+        path = Path(config.section(section)[name])
+        written = not path.exists()
+        if written:
+            atomic_copy(build_dir / output, path)
+        pinned[output] = {"path": str(path), "written": written}
+    return pinned
+
+
+def load_records(build_dir):
+    records = {}
+    for path in sorted((build_dir / "records").glob("*.json")):
+        rec = json.loads(path.read_text())
+        records[rec["stage"]] = rec
+    return records
+
+
+def _steps(plan, only, until):
+    """The groups of stages (and the manifest and gate steps) this run executes."""
+    groups = list(dict.fromkeys(s.group_name for s in plan)) + list(STEPS_AFTER_STAGES)
+    for name in (only, until):
+        if name and name not in groups:
+            raise InputError(f"no stage or step {name!r} in this build; its steps are {', '.join(groups)}.")
+    if only:
+        return {only}
+    return set(groups[: groups.index(until) + 1]) if until else set(groups)
+
+
+def build(config, options, only=None, until=None, baseline=None):
+    """Run a build. `only` runs one stage (group) from existing outputs, then refreshes the manifest
+    and gate; `until` stops after a stage or step. The manifest is written whenever every stage's
+    outputs are in the build directory."""
+    plan = stage_registry.plan(config)
+    steps = _steps(plan, only, until)
+    todo = [s for s in plan if s.group_name in steps]
+    external = {s.name: s.external(config) if s.external else {} for s in todo}  # bad input fails before any stage
+    build_dir = config.build_dir
+    check_writable(build_dir)
+    warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
+    cache = StageCache(options.cache_dir, warn=warn) if config.cache.enabled else None
+    result = BuildResult(build_dir)
+    with build_lock(build_dir):
+        if remove_leftovers(build_dir):
+            options.log(f"removed temporary files of an interrupted build from {build_dir}")
+        records = load_records(build_dir)
+        for stage in todo:
+            records[stage.name] = result.records[stage.name] = run_stage(
+                stage, config, build_dir, cache, options, external[stage.name], records)
+        complete = all(s.name in records and all((build_dir / o).exists() for o in s.outputs) for s in plan)
+        if complete and (only or plan[-1].group_name in steps):
+            result.manifest, result.gate = publish(
+                config, {s.name: records[s.name] for s in plan}, build_dir,
+                baseline, run_gate=bool(only) or "gate" in steps)
+    return result
+
+
+def publish(config, records, build_dir, baseline=None, run_gate=True, manifest=None):
+    """Assemble the manifest from the stage records (or take `manifest`), gate it, and write it and
+    the HTML report. `edgebuild build` and `edgebuild gate` both end here."""
+    from pipeline.release import gate as gate_mod
+    from pipeline.release import manifest as manifest_mod
+    from pipeline.release import report
+
+    if manifest is None:
+        manifest = manifest_mod.assemble(config, records, build_dir)
+    verdict = None
+    if run_gate:
+        verdict = gate_mod.evaluate(manifest, config.gate, baseline)
+        manifest["gate"] = verdict
+    manifest_mod.write(build_dir / "manifest.json", manifest)
+    report.write_html(manifest, build_dir)
+    return manifest, verdict
+
+
+def run_alone(stage, config, cache_dir, debug=False):
+    """Run a stage that needs no inputs in its own process, outside any build (no cache, nothing
+    published: `edgebuild check-model`); returns its record."""
+    with tempfile.TemporaryDirectory(prefix="edgebuild-") as tmp:
+        options = RunOptions(cache_dir=Path(cache_dir), quiet=True, debug=debug)
+        return run_in_process(stage, select_config(config, stage.config), {}, Path(tmp), options, Path(tmp) / "log")
+
+
+def regate(config, build_dir, baseline=None):
+    """Gate a finished build again (new thresholds or baseline) under its lock; returns the verdict."""
+    from pipeline.release import manifest as manifest_mod
+
+    manifest_mod.read(build_dir / "manifest.json")  # a wrong directory is an error before the lock creates it
+    with build_lock(build_dir):  # a build writing this directory now would overwrite our verdict
+        _, verdict = publish(config, None, build_dir, baseline, manifest=manifest_mod.read(build_dir / "manifest.json"))
+    return verdict

@@ -1,0 +1,82 @@
+"""Content-addressed stage cache.
+
+A stage's key is the sha256 of its name, the digest of its code (its module and every project module
+it imports), the versions of the tools its process runs, its declared config, its inputs' hashes
+and its external inputs, so keys chain from stage to stage and an edit, an upgrade or a changed
+file is a miss. An entry is a directory written under a temporary name and os.replace'd into place;
+every output's sha256 is checked on read, and a corrupt or partial entry is a miss with a warning,
+never a wrong hit.
+"""
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+from pipeline.engine.codehash import code_digest, versions
+from pipeline.engine.config import canonical_json
+from pipeline.engine.fsutil import atomic_copy, publishing_dir, sha256_file
+
+RUNNER = "pipeline.engine.runner"  # runs every stage: its code is part of every key
+
+
+def keyed_config(stage, selected):
+    """The declared config without the entries the stage declares as not keyed."""
+    keyed = {section: dict(values) for section, values in selected.items()}
+    for entry in stage.key_ignores:
+        section, _, key = entry.partition(".")
+        keyed.get(section, {}).pop(key, None)
+    return keyed
+
+
+def stage_key(stage, selected, input_hashes, external):
+    """(key, parts): the cache key of one run of `stage` and what it is made of."""
+    digest, modules = code_digest(stage.module, RUNNER)
+    parts = {
+        "stage": stage.name,
+        "code": digest,
+        "modules": modules,
+        "toolchain": versions(stage.toolchain),
+        "config": keyed_config(stage, selected),
+        "params": stage.params,
+        "inputs": input_hashes,
+        "external": external,
+    }
+    return hashlib.sha256(canonical_json(parts)).hexdigest(), parts
+
+
+class StageCache:
+    def __init__(self, root, warn=warnings.warn):
+        self.root = Path(root) / "stages"
+        self.warn = warn
+
+    def get(self, key, outputs):
+        """Return (entry_dir, record) for a valid entry, else None."""
+        entry = self.root / key
+        meta_path = entry / "meta.json"
+        if not entry.is_dir():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            for name in outputs:
+                if sha256_file(entry / name) != meta["sha256"][name]:
+                    raise ValueError(f"{name} does not match its recorded sha256")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.warn(f"cache entry {key[:12]} is corrupt ({exc}); ignoring it and re-running the stage")
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+        return entry, meta["record"]
+
+    def put(self, key, src_dir, outputs, record):
+        with publishing_dir(self.root / key) as tmp:
+            hashes = {}
+            for name in outputs:
+                atomic_copy(Path(src_dir) / name, tmp / name)
+                hashes[name] = sha256_file(tmp / name)
+            (tmp / "meta.json").write_text(json.dumps({"sha256": hashes, "record": record}))
+
+    def clear(self):
+        n = len([p for p in self.root.iterdir() if p.is_dir()]) if self.root.is_dir() else 0
+        shutil.rmtree(self.root, ignore_errors=True)
+        return n

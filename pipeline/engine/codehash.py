@@ -1,0 +1,113 @@
+"""What a stage's bytes depend on besides its config and inputs: the digest of its code (its module
+and every project module it imports, found by reading the import statements, never listed by hand)
+and the versions of the tools its process runs."""
+
+import ast
+import hashlib
+import importlib.util
+import platform
+import re
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+PACKAGE = "pipeline"
+
+
+def _module_file(name, packages):
+    """The source file of module `name` if it belongs to one of `packages` (top-level names), else None."""
+    if name.partition(".")[0] not in packages:
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _imports(name, path, tree, packages):
+    """Project modules that module `name` (at `path`) imports, anywhere in its body."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    modules = set()
+    for module in found:
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+            modules.add(".".join(parts[:i]))
+    return {m for m in modules if _module_file(m, packages)}
+
+
+def _code_files(path, tree):
+    """Files a module declares as part of its code without importing them (`CODE_FILES = (...)`,
+    names beside the module): a script it runs on a device, a model it ships."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CODE_FILES" for t in node.targets):
+            return [path.parent / name for name in ast.literal_eval(node.value)]
+    return []
+
+
+@lru_cache(maxsize=None)
+def _parse(source):
+    """(sha256 of the syntax tree, the tree): comments and formatting do not count."""
+    tree = ast.parse(source)
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest(), tree
+
+
+def code_digest(*modules):
+    """(digest, module names): the sha256 over `modules` and every module of this package (or of a
+    root module's own package) that they reach by import."""
+    packages = {PACKAGE} | {m.partition(".")[0] for m in modules}
+    seen, todo, files = {}, list(modules), []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name, packages)
+        if path is None:
+            raise ValueError(f"the stage module {name} has no Python source here")
+        digest, tree = _parse(path.read_bytes())
+        seen[name] = digest
+        todo.extend(_imports(name, path, tree, packages))
+        files.extend(_code_files(path, tree))
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(f"{name}:{seen[name]}\n".encode())
+    for f in sorted(files):
+        h.update(f"{f.name}:{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest(), sorted(seen)
+
+
+def versions(distributions):
+    """{distribution: installed version or None}, plus the Python version."""
+    found = {"python": platform.python_version()}
+    for dist in distributions:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def loaded_toolchain():
+    """Versions of every installed distribution whose modules this process imported: the toolchain
+    that actually made a stage's outputs (recorded with them, and in the manifest)."""
+    import sys
+
+    top = {name.partition(".")[0] for name in list(sys.modules)}
+    owners = metadata.packages_distributions()
+    dists = sorted({re.sub(r"[-_.]+", "-", d).lower() for name in top for d in owners.get(name, ())})  # PEP 503 names
+    return versions(dists)

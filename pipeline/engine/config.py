@@ -1,0 +1,285 @@
+"""The one typed build config: `edgebuild.toml` -> `BuildConfig`, one section per concern.
+
+Every field has a type, a default and a one-line description (the `doc` metadata). Unknown keys
+and wrong types are `InputError`s that name the key, what was received and the closest valid key.
+The dataclasses are frozen (no field can be reassigned), but list values are plain lists: treat
+them as read-only. A stage receives only the entries it declares (`pipeline.engine.stage`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.engine.errors import InputError
+from pipeline.engine.text import did_you_mean
+
+
+def _f(default, doc, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass(frozen=True)
+class BuildSection:
+    name: str = _f("digits", "build name; outputs go to <out_dir>/<name>/")
+    seed: int = _f(0, "seed for the split, initialisation and shuffling")
+    out_dir: str = _f("build", "directory that receives one folder per build")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _f("digits", "'digits' (scikit-learn, embedded), an image folder, or an .npz with x/y (and optional "
+                     "split, class_names)")
+    test_source: str = _f("", "your fixed held-out test set: an image folder or .npz (with a split array: its 'test' "
+                          "rows), never split, trained or calibrated on; '' = a test split of data.source")
+    allow_overlap: bool = _f(False, "accept images that occur both in the test set and in train/val/calibration "
+                             "(recorded in the manifest)")
+    image_size: int = _f(32, "images are resized to image_size x image_size", min=8, max=512)
+    channels: int = _f(1, "1 (grayscale) or 3 (RGB)", choices=(1, 3))
+    mixed_sizes: str = _f("resize", "'resize' images of other sizes, or 'refuse' them", choices=("resize", "refuse"))
+    val_fraction: float = _f(0.15, "fraction of samples for validation", min=0.0, max=0.5)
+    test_fraction: float = _f(0.2, "fraction of samples for the test split", min=0.05, max=0.5)
+    max_samples: int = _f(0, "use at most this many samples, stratified (0 = all)", min=0)
+    calibration_file: str = _f("calibration/digits-v1.json", "versioned calibration set (created if missing)")
+    calibration_samples: int = _f(200, "calibration samples, stratified by class, from the train split", min=10)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    pixel_range: list = _f([0.0, 1.0], "[lo, hi]: a uint8 pixel p becomes lo + p * (hi - lo) / 255, the model's input "
+                           "convention ([0, 1], [0, 255], [-1, 1], ...)")
+    mean: list = _f([], "then subtract mean[c] per channel ([] = none; one value or one per channel)")
+    std: list = _f([], "then divide by std[c] per channel ([] = none; one value or one per channel)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = _f("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
+                     "efficientnet_v2_b0, 'module.path:function' (your (input_shape, num_classes) -> keras.Model, "
+                     "imported from the working directory) or a trained .keras file (fine-tuned for "
+                     "train.epochs; 0 = as is)", recipe=True)
+    width: int = _f(16, "filters in the first block", min=1)
+    blocks: int = _f(3, "conv blocks", min=1, max=6)
+    weights: str = _f("", "pretrained weights, a local .weights.h5 or .keras file, loaded by layer name into every "
+                          "layer but the 'logits' head ('' = random init; nothing is downloaded)")
+    finetune: str = _f("full", "what trains: 'full', 'freeze' (head only, plus unfreeze_top layers) or 'lora' "
+                               "(low-rank adapters on the backbone's Conv2D/Dense, merged before QAT)",
+                       choices=("full", "freeze", "lora"))
+    unfreeze_top: int = _f(0, "with finetune = 'freeze': also train the last N weighted backbone layers", min=0)
+    lora_rank: int = _f(4, "rank of the LoRA adapters", min=1)
+    data_parallel: bool = _f(False, "keras.distribution.DataParallel over all local JAX devices (and hosts, see README)")
+    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe or train.weights)", min=0)
+    batch_size: int = _f(64, "batch size", min=1)
+    learning_rate: float = _f(3e-3, "Adam learning rate", min=0.0)
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    epochs: int = _f(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0)
+    batch_size: int = _f(64, "batch size", min=1)
+    learning_rate: float = _f(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
+                             "model is adjusted to int8, not retrained", min=0.0)
+    max_val_drop: float = _f(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
+                             "float model's", min=0.0, max=1.0)
+    ema_momentum: float = _f(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
+    init_samples: int = _f(256, "training samples that initialise the activation ranges", min=1)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    onnx_opset: int = _f(17, "ONNX opset for tf2onnx", min=9)
+    allowed_float_ops: list = _f([], "op names allowed to stay float in the int8 model (recorded in the manifest)")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert"], "emulated targets (targets/<name>.toml) to validate on")
+    sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0)
+    shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_int8_accuracy: float = _f(0.0, "minimum int8 accuracy, host and every target (0 = no absolute minimum: "
+                                  "set your task's own)", min=0.0, max=1.0)
+    max_int8_drop: float = _f(0.02, "maximum int8 accuracy drop vs float (fraction)", min=0.0, max=1.0)
+    max_baseline_drop: float = _f(0.01, "maximum int8 accuracy drop vs the baseline", min=0.0, max=1.0)
+    max_class_drop: float = _f(0.05, "maximum accuracy drop of any single class, vs float and vs baseline", min=0.0, max=1.0)
+    class_drop_samples: int = _f(2, "a class drop of at most this many test samples plus sqrt(the class's errors "
+                                 "before) is noise and never fails", min=0)
+    max_flip_rate: float = _f(0.02, "maximum fraction of test samples whose top-1 changes float->int8 and "
+                              "baseline->build (at least, see flip_error_ratio)", min=0.0, max=1.0)
+    flip_error_ratio: float = _f(0.3, "the flip budget is at least this times the reference model's error rate "
+                                 "(a 57%-accurate model flips more than a 99% one)", min=0.0)
+    min_target_agreement: float = _f(0.99, "minimum host/target top-1 agreement", min=0.0, max=1.0)
+    max_int8_bytes: int = _f(1_000_000, "maximum int8 .tflite size in bytes", min=1)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = _f(True, "reuse stage outputs whose inputs and config are unchanged")
+    dir: str = _f("", "cache directory ('' = ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    build: BuildSection = field(default_factory=BuildSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def section(self, name):
+        return dataclasses.asdict(getattr(self, name))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def sha256(self):
+        return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
+
+    @property
+    def build_dir(self):
+        return Path(self.build.out_dir) / self.build.name
+
+
+def canonical_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(BuildConfig)}
+
+
+def _check_value(where, f, value):
+    expected = type(f.default) if f.default is not dataclasses.MISSING else f.default_factory().__class__
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise InputError(
+            f"config key '{where}' must be of type {expected.__name__}; received {value!r} "
+            f"({type(value).__name__}). Fix it in edgebuild.toml or the --set flag."
+        )
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise InputError(
+            f"config key '{where}' must be one of {', '.join(map(repr, meta['choices']))}; "
+            f"received {value!r}."
+        )
+    if meta.get("recipe"):
+        from pipeline.model.usermodel import check_recipe
+
+        check_recipe(value)
+    if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
+        raise InputError(
+            f"config key '{where}' must be between {meta.get('min', '-inf')} and "
+            f"{meta.get('max', 'inf')}; received {value!r}."
+        )
+    return value
+
+
+def from_dict(raw, origin="edgebuild.toml"):
+    """Build a `BuildConfig` from nested dicts, rejecting unknown keys and bad values."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{origin} must be a table of sections; received {type(raw).__name__}.")
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise InputError(f"unknown config section [{name}] in {origin}.{did_you_mean(name, SECTIONS, 0.5, listing=True)}")
+        if not isinstance(values, dict):
+            raise InputError(f"config section [{name}] in {origin} must be a table; received {values!r}.")
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[name])}
+        checked = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise InputError(
+                    f"unknown config key '{name}.{key}' in {origin}."
+                    f"{did_you_mean(key, fields, 0.5, listing=True)}"
+                )
+            checked[key] = _check_value(f"{name}.{key}", fields[key], value)
+        sections[name] = SECTIONS[name](**checked)
+    config = BuildConfig(**sections)
+    _check_together(config, origin)
+    return config
+
+
+def _check_together(config, origin):
+    """Rules that tie several keys together."""
+    from pipeline.data import preprocess
+    from pipeline.model.usermodel import BUILTIN
+
+    preprocess.check(config.preprocess, config.data.channels)
+    t = config.train
+    pp = config.preprocess
+    if t.recipe in ("mobilenet_v3_small", "efficientnet_v2_b0") and (
+            [float(v) for v in pp.pixel_range] != [0.0, 1.0] or pp.mean or pp.std):
+        raise InputError(
+            f"train.recipe {t.recipe!r} rescales 0..1 input to -1..1 inside the model (as its pretrained weights "
+            f"expect), so it needs the default preprocessing; received preprocess.pixel_range = {pp.pixel_range}, "
+            f"mean {pp.mean}, std {pp.std} in {origin}. Remove the [preprocess] settings."
+        )
+    if t.weights and not (t.weights.endswith((".weights.h5", ".keras"))):
+        raise InputError(
+            f"train.weights must be a local .weights.h5 or .keras file; received {t.weights!r} in {origin}. "
+            "Save the weights with model.save_weights('backbone.weights.h5'), or set a whole trained model "
+            "(.keras or Keras 2 .h5) as train.recipe instead."
+        )
+    if t.epochs == 0 and t.recipe in BUILTIN and not t.weights:
+        raise InputError(
+            f"train.epochs = 0 keeps the model untrained, which needs a trained model (a .keras file in "
+            f"train.recipe, or train.weights); received recipe {t.recipe!r} with no weights in {origin}. "
+            "Set train.epochs >= 1."
+        )
+
+
+def parse_override(text):
+    """'section.key=value' -> (section, key, value), the value parsed as TOML (bare words as strings)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise InputError(f"--set takes section.key=value; received {text!r}. Example: --set train.epochs=2")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load(path=None, overrides=()):
+    """Read the TOML file (if any), apply `section.key=value` overrides, validate."""
+    raw = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist. Pass --config PATH or create edgebuild.toml.")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path} is not valid TOML: {exc}. Fix the syntax.") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise InputError(f"config section [{section}] must be a table; received {raw[section]!r}.")
+        raw[section][key] = value
+    return from_dict(raw, origin)
+
+
+def describe():
+    """Every section.key with its default and description, for `edgebuild config`."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {json.dumps(default)}  # {f.metadata['doc']}")
+    return "\n".join(lines)

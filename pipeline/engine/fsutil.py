@@ -1,0 +1,134 @@
+"""Atomic file writes and hashing: a reader sees the old file or the whole new one, never half."""
+
+import hashlib
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def _replacing(path):
+    """Yield a temporary path in `path`'s directory; when the block finishes, fsync it and
+    os.replace it onto `path`; if the block fails, remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual file mode
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    with _replacing(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_copy(src, dst):
+    """Copy src to dst through a temporary file in dst's directory, then os.replace."""
+    with _replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def atomic_save_model(model, path):
+    """`model.save` to a temporary `.keras` next to `path`, then os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        _make_reproducible(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _make_reproducible(keras_path):
+    """Rewrite a `.keras` zip so the same model gives the same bytes: fixed entry timestamps, entries
+    in name order, and no save date in metadata.json (Keras stamps the wall-clock time in both)."""
+    import json
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(keras_path) as src:
+        entries = {info.filename: src.read(info.filename) for info in src.infolist()}
+    if "metadata.json" in entries:
+        meta = json.loads(entries["metadata.json"])
+        meta.pop("date_saved", None)
+        entries["metadata.json"] = json.dumps(meta).encode()
+    if "config.json" in entries:
+        # shared_object_id is the id() (a memory address) of an object used twice; renumber in order
+        ids = {}
+        entries["config.json"] = re.sub(
+            rb'"shared_object_id": (\d+)',
+            lambda m: b'"shared_object_id": %d' % ids.setdefault(m.group(1), len(ids) + 1),
+            entries["config.json"],
+        )
+    tmp = Path(f"{keras_path}.zip.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as dst:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            dst.writestr(info, entries[name])
+    os.replace(tmp, keras_path)
+
+
+def atomic_save_npz(path, **arrays):
+    """An uncompressed .npz whose bytes depend only on the arrays (np.savez stamps the time into
+    every zip member, so the same data would hash differently and defeat the stage cache)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@contextmanager
+def publishing_dir(final):
+    """Yield a new hidden directory beside `final`; when the block finishes, rename it to `final`
+    (if another process published `final` first, theirs is kept: it is as good); if the block
+    fails, remove it. A reader never sees a half-filled `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name[:40]}-"))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,67 @@
+"""Child-process entry point: `python -P -m pipeline.engine.runner REQUEST.json`.
+
+Each stage runs in its own process so that it can choose its Keras backend (Keras fixes it at
+import): the parent sets KERAS_BACKEND, this process runs one stage and writes a JSON result.
+TensorFlow/XLA log spam goes to the stage's log file; progress bars go to the user's terminal.
+"""
+
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def _redirect_output(log_path):
+    """Point fds 1 and 2 at the log file; return a stream on the original stderr for progress."""
+    progress_fd = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    return os.fdopen(progress_fd, "w", buffering=1)
+
+
+def main(request_path):
+    request = json.loads(Path(request_path).read_text())
+    result_path = Path(request["result"])
+    progress_stream = _redirect_output(request["log"])
+
+    from pipeline.engine.codehash import loaded_toolchain
+    from pipeline.engine.errors import EdgebuildError
+    from pipeline.engine.progress import Progress
+    from pipeline.engine.stage import StageContext, config_view
+
+    try:
+        cfg = config_view(request["config"])
+        module = importlib.import_module(request["module"])
+        inputs = {k: Path(v) for k, v in request["inputs"].items()}
+        ctx = StageContext(Progress(progress_stream, request["quiet"]), request["cache_dir"], request["params"])
+        record = module.run(cfg, inputs, Path(request["out_dir"]), ctx)
+        record["toolchain"] = loaded_toolchain()
+        import resource
+
+        # peak resident memory of this stage's process, for the benchmarks
+        record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result = {"ok": True, "record": record}
+    except EdgebuildError as exc:
+        result = {"ok": False, "exit_code": exc.exit_code, "message": str(exc),
+                  "traceback": traceback.format_exc()}
+    except Exception as exc:  # reported by the parent as a stage failure, traceback behind --debug
+        from pipeline.engine.diagnose import explain
+
+        result = {"ok": False, "exit_code": None, "message": explain(exc),
+                  "traceback": traceback.format_exc()}
+    traceback_text = result.get("traceback")
+    if traceback_text:
+        print(traceback_text, file=sys.stderr)
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

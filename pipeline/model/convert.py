@@ -1,0 +1,75 @@
+"""Keras -> full-integer int8 `.tflite`, float `.tflite` and ONNX through Keras's export API, and the
+check that an int8 artifact is int8 throughout."""
+
+import os
+
+from pipeline.engine.errors import InputError
+
+
+def _tmp(path):
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def _convert_error(exc):
+    text = str(exc)
+    ops = sorted({w.strip("'\",.:") for w in text.replace("\n", " ").split() if w.startswith(("tf.", "'tf."))})
+    detail = f" ops: {', '.join(ops)}" if ops else ""
+    first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.splitlines()[0] if text else "")
+    return (
+        f"int8 conversion needs every op to be a TFLite builtin int8 op; the converter refused "
+        f"this model{detail} ({first[:300]}). Replace those layers or ops."
+    )
+
+
+def export_int8(model, calibration, path):
+    import tensorflow as tf
+
+    def representative():
+        for i in range(len(calibration)):
+            yield [calibration[i : i + 1]]
+
+    tmp = _tmp(path)
+    try:
+        model.export(
+            str(tmp), format="litert", verbose=False,
+            optimizations=[tf.lite.Optimize.DEFAULT],
+            representative_dataset=representative,
+            inference_input_type=tf.int8, inference_output_type=tf.int8,
+            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        )
+    except Exception as exc:
+        if tmp.exists():
+            tmp.unlink()
+        if "ConverterError" in type(exc).__name__ or "convert" in str(exc).lower():
+            raise InputError(_convert_error(exc)) from None
+        raise
+    os.replace(tmp, path)
+
+
+def export_float(model, path):
+    import tensorflow as tf
+
+    tmp = _tmp(path)
+    model.export(str(tmp), format="litert", verbose=False,
+                 target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+    os.replace(tmp, path)
+
+
+def export_onnx(model, path, opset):
+    tmp = _tmp(path)
+    model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
+    os.replace(tmp, path)
+
+
+def check_full_integer(info, allowed_float_ops):
+    problems = []
+    for side in ("inputs", "outputs"):
+        for t in info[side]:
+            if t["dtype"] != "int8":
+                problems.append(f"{side[:-1]} '{t['name']}' is {t['dtype']}, not int8")
+    if info["flex_ops"] or info["custom_ops"]:
+        problems.append(f"non-builtin ops {', '.join(info['custom_ops'])}")
+    floats = [op for op in info["float_ops"] if op not in allowed_float_ops]
+    if floats:
+        problems.append(f"float ops {', '.join(floats)}")
+    return problems

@@ -1,0 +1,83 @@
+"""Fitting a model in the train and QAT stages (JAX processes): one compile/fit, per-epoch history,
+and keeping the epoch with the best validation accuracy when asked."""
+
+import math
+import time
+
+from pipeline.engine import progress as progress_mod
+
+
+def _round(v):
+    return None if v is None else round(float(v), 5)
+
+
+def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, keep_best, initial_candidate=False):
+    """Adam with a cosine decay to zero, sparse cross-entropy on logits. Returns a record with the
+    per-epoch history, the epoch kept and its val accuracy, and the model before fitting ("initial").
+
+    keep_best: restore the epoch with the best val accuracy; initial_candidate: the model as given
+    (epoch 0, a trained model) competes too, so fine-tuning never leaves it worse on val."""
+    import keras
+    import numpy as np
+
+    x_train, y_train = train
+    x_val, y_val = val
+    has_val = len(x_val) > 0
+    monitor = "val_accuracy" if has_val else "accuracy"
+    steps = math.ceil(len(x_train) / batch_size)
+    model.compile(
+        # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
+        # statistics (and QAT's activation ranges) match the final weights.
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, epochs * steps))),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    initial = None
+    if has_val:
+        loss, acc = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
+        initial = {"val_loss": _round(loss), "val_accuracy": _round(acc)}
+
+    state = {"best": -1.0, "epoch": epochs, "weights": None, "seconds": []}
+    if keep_best and initial_candidate and initial is not None:
+        state.update(best=initial["val_accuracy"], epoch=0, weights=[np.array(w) for w in model.get_weights()])
+
+    class _Track(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            state["started"] = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            state["seconds"].append(round(time.perf_counter() - state["started"], 3))
+            shown = "  ".join(f"{k} {float(logs[k]):.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                              if k in logs)
+            progress.line(f"{desc} epoch {epoch + 1}/{epochs}: {shown}  ({state['seconds'][-1]:.1f} s)")
+            score = float(logs.get(monitor, -1.0))
+            if keep_best and score >= state["best"] and (score > state["best"] or state["epoch"] > 0):
+                # a tie keeps the later, longer-trained epoch, but never displaces the model as given
+                state["best"], state["epoch"] = score, epoch + 1
+                state["weights"] = [np.array(w) for w in model.get_weights()]
+
+    history = keras.callbacks.History()
+    if epochs:
+        history = model.fit(
+            x_train, y_train, validation_data=(x_val, y_val) if has_val else None,
+            epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+            callbacks=[progress_mod.keras_callback(progress, desc, epochs, steps), _Track()],
+        )
+        if keep_best and state["weights"] is not None:
+            model.set_weights(state["weights"])
+    hist = {k: [_round(v) for v in vals] for k, vals in history.history.items()}
+    kept = state["epoch"] if epochs and keep_best else epochs
+    if not has_val:
+        kept_val = None
+    else:
+        kept_val = hist["val_accuracy"][kept - 1] if kept else initial["val_accuracy"]
+    return {
+        "history": hist,
+        "initial": initial,
+        "kept_epoch": kept,
+        "kept_by": f"best {monitor}" if keep_best else "last epoch",
+        "kept_val_accuracy": kept_val,
+        "epoch_seconds": state["seconds"],
+    }

@@ -1,0 +1,386 @@
+"""Quantization-aware training for Keras 3, written with `keras.ops` only.
+
+Keras 3 has no QAT API, so this module provides it. The same layers load under the JAX backend
+(training) and the TensorFlow backend (export): there `keras.quantizers.fake_quant_with_min_max_vars`
+becomes TF's FakeQuant op, which the TFLite converter folds into int8 tensors whose scale and zero
+point are exactly the ranges trained here.
+
+Conventions, matching what TFLite's int8 kernels expect:
+- weights: symmetric, narrow range [-127, 127]; per output channel for convolutions, per tensor for
+  Dense (per-channel Dense makes the converter fail with "tfl.transpose op has mismatched
+  quantized axes").
+- activations: asymmetric per tensor, range tracked by an exponential moving average of each
+  batch's min/max, initialised from the first real batch (never from zero).
+- BatchNormalization is folded into the preceding convolution/dense before QAT, so the int8 graph
+  is the graph that was fine-tuned.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+PACKAGE = "edgebuild"
+
+
+def _fake_quant(x, lo, hi, narrow_range=False, axis=None):
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        x, lo, hi, num_bits=8, narrow_range=narrow_range, axis=axis
+    )
+
+
+def _quantize_weight(w, per_channel):
+    """Symmetric fake-quant of a kernel; per channel on the last axis when asked."""
+    if per_channel:
+        reduce_axes = tuple(range(len(w.shape) - 1))
+        bound = ops.max(ops.abs(w), axis=reduce_axes)
+        bound = ops.maximum(bound, 1e-8)
+        return _fake_quant(w, -bound, bound, narrow_range=True, axis=len(w.shape) - 1)
+    bound = ops.maximum(ops.max(ops.abs(w)), 1e-8)
+    return _fake_quant(w, -bound, bound, narrow_range=True)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor to int8, tracking its range with an EMA (or a fixed range).
+
+    Optionally applies an activation first, so ReLU and its quantizer become one fused op in the
+    converted graph.
+    """
+
+    def __init__(self, activation=None, momentum=0.99, fixed_range=None, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = keras.activations.get(activation)
+        self.momentum = float(momentum)
+        self.fixed_range = None if fixed_range is None else [float(v) for v in fixed_range]
+
+    def build(self, input_shape):
+        lo, hi = self.fixed_range if self.fixed_range else (0.0, 0.0)
+        self.range_min = self.add_weight(
+            name="range_min", shape=(), initializer=keras.initializers.Constant(lo), trainable=False
+        )
+        self.range_max = self.add_weight(
+            name="range_max", shape=(), initializer=keras.initializers.Constant(hi), trainable=False
+        )
+        # 1.0 once a real batch has set the range; the first batch replaces the zeros outright.
+        self.seen = self.add_weight(
+            name="seen",
+            shape=(),
+            initializer=keras.initializers.Constant(1.0 if self.fixed_range else 0.0),
+            trainable=False,
+        )
+
+    def call(self, inputs, training=False):
+        x = self.activation(inputs)
+        if training and not self.fixed_range:
+            batch_min = ops.minimum(ops.min(x), 0.0)
+            batch_max = ops.maximum(ops.max(x), 0.0)
+            m = self.momentum
+            seen = self.seen
+            self.range_min.assign(
+                seen * (m * self.range_min + (1 - m) * batch_min) + (1 - seen) * batch_min
+            )
+            self.range_max.assign(
+                seen * (m * self.range_max + (1 - m) * batch_max) + (1 - seen) * batch_max
+            )
+            self.seen.assign(1.0)
+        lo = ops.minimum(self.range_min, 0.0)
+        hi = ops.maximum(self.range_max, lo + 1e-6)
+        return _fake_quant(x, lo, hi)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            activation=keras.activations.serialize(self.activation),
+            momentum=self.momentum,
+            fixed_range=self.fixed_range,
+        )
+        return config
+
+
+class _QuantizedKernelMixin:
+    """Shared constructor, build and get_config for layers that fake-quantize a kernel and maybe
+    their output; listed before the Keras layer class so its methods wrap the layer's."""
+
+    def __init__(self, *args, quantize_output=True, output_momentum=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quantize_output = bool(quantize_output)
+        self.output_momentum = float(output_momentum)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_output_quantizer(self.compute_output_shape(input_shape))
+
+    def _build_output_quantizer(self, shape):
+        if self.quantize_output:
+            self.output_quantizer = ActivationQuantizer(
+                momentum=self.output_momentum, name=f"{self.name}_out_quant", dtype=self.dtype_policy
+            )
+            self.output_quantizer.build(shape)
+        else:
+            self.output_quantizer = None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "quantize_output": self.quantize_output,
+            "output_momentum": self.output_momentum,
+        }
+
+    def _finish(self, y, training):
+        """Bias, activation and the output's fake-quant, after the layer's own (quantized-kernel) op."""
+        if self.use_bias:
+            y = ops.add(y, self.bias)
+        y = self.activation(y)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, training=training)
+        return y
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantConv2D(_QuantizedKernelMixin, keras.layers.Conv2D):
+    """Conv2D with per-output-channel int8 weight fake-quant (BatchNorm already folded in)."""
+
+    def call(self, inputs, training=False):
+        return self._finish(self.convolution_op(inputs, _quantize_weight(self.kernel, per_channel=True)), training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantDepthwiseConv2D(_QuantizedKernelMixin, keras.layers.DepthwiseConv2D):
+    """DepthwiseConv2D with per-channel int8 weight fake-quant.
+
+    The depthwise kernel is (kh, kw, in, multiplier); TFLite quantizes it per output channel
+    (in * multiplier), i.e. the last axis after reshaping to (kh, kw, 1, in * multiplier).
+    """
+
+    def call(self, inputs, training=False):
+        kh, kw, cin, mult = self.kernel.shape
+        flat = ops.reshape(self.kernel, (kh, kw, 1, cin * mult))
+        kernel = ops.reshape(_quantize_weight(flat, per_channel=True), (kh, kw, cin, mult))
+        y = ops.depthwise_conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._finish(y, training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantDense(_QuantizedKernelMixin, keras.layers.Dense):
+    """Dense with per-tensor int8 weight fake-quant."""
+
+    def call(self, inputs, training=False):
+        return self._finish(ops.matmul(inputs, _quantize_weight(self.kernel, per_channel=False)), training)
+
+
+QUANT_LAYERS = {
+    keras.layers.Conv2D: QuantConv2D,
+    keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
+    keras.layers.Dense: QuantDense,
+}
+# Layers that only move or select int8 values: they keep their input's scale, no quantizer needed.
+PASSTHROUGH = (
+    keras.layers.MaxPooling2D,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Dropout,
+    keras.layers.Identity,
+    keras.layers.ZeroPadding2D,
+)
+# Layers that compute new values without weights: quantize their output.
+REQUANTIZE = (
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.Add,
+    keras.layers.Concatenate,
+    keras.layers.Multiply,
+    keras.layers.Rescaling,
+    keras.layers.Subtract,
+)
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer QAT cannot quantize; the message names it and says why."""
+
+
+def _fold_batchnorm(kernel, bias, bn, depthwise=False):
+    """Fold inference-mode BatchNorm statistics into a kernel and bias (numpy)."""
+    as_np = keras.ops.convert_to_numpy
+    shape = bn.moving_mean.shape
+    gamma = as_np(bn.gamma) if bn.scale else np.ones(shape, "float32")
+    beta = as_np(bn.beta) if bn.center else np.zeros(shape, "float32")
+    mean, var = as_np(bn.moving_mean), as_np(bn.moving_variance)
+    factor = gamma / np.sqrt(var + bn.epsilon)
+    if depthwise:
+        kh, kw, cin, mult = kernel.shape
+        kernel = kernel * factor.reshape(1, 1, cin, mult)
+    else:
+        kernel = kernel * factor  # broadcast over the last (output) axis
+    bias = (bias if bias is not None else 0.0) - mean
+    return kernel.astype("float32"), (bias * factor + beta).astype("float32")
+
+
+def _is_custom(layer):
+    return not type(layer).__module__.startswith("keras.")
+
+
+def _weights(layer):
+    return [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
+
+
+def _activation_name(layer):
+    if isinstance(layer, keras.layers.ReLU) and layer.max_value is None and not layer.negative_slope:
+        return "relu"
+    if isinstance(layer, keras.layers.ReLU) and layer.max_value == 6.0 and not layer.negative_slope:
+        return "relu6"
+    if isinstance(layer, keras.layers.Activation):
+        return keras.activations.serialize(layer.activation)
+    return None
+
+
+def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
+    """Return a QAT copy of a functional/sequential float model, BatchNorm folded.
+
+    Walks the model graph in topological order and rebuilds it: Conv2D/DepthwiseConv2D/Dense
+    become fake-quantized layers (absorbing a following BatchNorm), activations become
+    `ActivationQuantizer`s, averaging/merging layers get an output quantizer, data-movement
+    layers pass through. Anything else raises `UnsupportedLayerError` naming the layer.
+    """
+    if isinstance(model, keras.Sequential):
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    if len(model.inputs) != 1:
+        raise UnsupportedLayerError(
+            f"QAT supports single-input models; received {len(model.inputs)} inputs."
+        )
+
+    consumers = {}
+    for depth_nodes in model._nodes_by_depth.values():
+        for node in depth_nodes:
+            for t in node.input_tensors:
+                consumers.setdefault(id(t), []).append(node)
+
+    def sole_consumer(tensor):
+        nodes = consumers.get(id(tensor), [])
+        return nodes[0].operation if len(nodes) == 1 else None
+
+    inp = keras.Input(shape=model.inputs[0].shape[1:], name=model.inputs[0].name)
+    x = ActivationQuantizer(fixed_range=list(input_range), name="input_quant")(inp)
+    tensors = {id(model.inputs[0]): x}
+    folded_bn = set()  # BN layers absorbed into the previous layer
+    fused_act = set()  # activation layers absorbed into the previous layer
+
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            layer = node.operation
+            if node.is_input or isinstance(layer, keras.layers.InputLayer):
+                continue
+            args, kwargs = node.arguments.fill_in(tensors)
+            out_tensor = node.outputs[0]
+            if id(layer) in folded_bn or id(layer) in fused_act:
+                y = args[0]
+            elif type(layer) in QUANT_LAYERS:
+                y = _quantize_layer(layer, node, args[0], sole_consumer, folded_bn, fused_act, momentum)
+            elif _activation_name(layer):
+                y = ActivationQuantizer(
+                    activation=_activation_name(layer), momentum=momentum, name=layer.name
+                )(args[0])
+            elif isinstance(layer, keras.layers.Rescaling) and len(args[0].shape) == 4:
+                y = _rescaling_as_depthwise(layer, args[0], momentum)
+            elif isinstance(layer, PASSTHROUGH):
+                y = layer.__class__.from_config(layer.get_config())(*args, **kwargs)
+            elif isinstance(layer, REQUANTIZE):
+                y = layer.__class__.from_config(layer.get_config())(*args, **kwargs)
+                y = ActivationQuantizer(momentum=momentum, name=f"{layer.name}_out_quant")(y)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                raise UnsupportedLayerError(
+                    f"layer '{layer.name}' (BatchNormalization) follows no Conv2D/Dense it can be "
+                    "folded into, so int8 would not match training. Place BatchNormalization "
+                    "directly after a Conv2D, DepthwiseConv2D or Dense layer."
+                )
+            elif not isinstance(layer, keras.layers.Layer) or (_is_custom(layer) and not layer.weights):
+                # A functional op (x + 3.0, ops.multiply, ...) or a custom layer without weights:
+                # recompute it from its config and quantize its output like any new value.
+                op = layer if not isinstance(layer, keras.layers.Layer) else layer.__class__.from_config(layer.get_config())
+                y = op(*args, **kwargs)
+                y = ActivationQuantizer(momentum=momentum, name=f"{layer.name}_out_quant")(y)
+            elif _is_custom(layer):
+                raise UnsupportedLayerError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) is a custom layer with weights; QAT "
+                    "cannot fake-quantize kernels it does not know, so they would stay float and the "
+                    "full-integer int8 export the target needs would fail. Build the layer's weighted "
+                    "parts from Conv2D/DepthwiseConv2D/Dense layers in the functional model (edgebuild "
+                    "quantizes those), and keep custom layers weightless."
+                )
+            else:
+                raise UnsupportedLayerError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) has no int8 QAT rule. "
+                    "Use Conv2D/DepthwiseConv2D/Dense/BatchNormalization/ReLU/pooling layers, "
+                    "or replace the layer."
+                )
+            tensors[id(out_tensor)] = y
+    outputs = [tensors[id(t)] for t in model.outputs]
+    return keras.Model(inp, outputs[0] if len(outputs) == 1 else outputs, name=f"{model.name}_qat")
+
+
+def _rescaling_as_depthwise(layer, x, momentum):
+    """Rescaling (x * scale + offset) as a 1x1 depthwise convolution: in int8 a MUL/ADD by constants
+    makes the converter requantize the model input through float (DEQUANTIZE/QUANTIZE), while a
+    depthwise convolution rescales int8 natively, and its per-channel kernel holds scale exactly."""
+    channels = x.shape[-1]
+    scale = np.broadcast_to(np.asarray(layer.scale, "float32"), (channels,))
+    offset = np.broadcast_to(np.asarray(layer.offset, "float32"), (channels,))
+    qlayer = QuantDepthwiseConv2D(1, use_bias=True, name=layer.name, output_momentum=momentum)
+    y = qlayer(x)
+    qlayer.kernel.assign(scale.reshape(1, 1, channels, 1))
+    qlayer.bias.assign(offset)
+    return y
+
+
+def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentum):
+    """Build the fake-quantized replacement of a Conv2D/DepthwiseConv2D/Dense layer."""
+    config = layer.get_config()
+    weights = _weights(layer)
+    depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+    kernel, bias = weights[0], (weights[1] if layer.use_bias else None)
+    tail = node.outputs[0]
+
+    bn = sole_consumer(tail)
+    own_activation = config.get("activation", "linear")
+    if isinstance(bn, keras.layers.BatchNormalization) and own_activation == "linear":
+        kernel, bias = _fold_batchnorm(kernel, bias, bn, depthwise=depthwise)
+        folded_bn.add(id(bn))
+        tail = bn._inbound_nodes[0].outputs[0]
+    act_layer = sole_consumer(tail)
+    if own_activation == "linear" and act_layer is not None and _activation_name(act_layer) in (
+        "relu",
+        "relu6",
+    ):
+        config["activation"] = _activation_name(act_layer)
+        fused_act.add(id(act_layer))
+
+    config["use_bias"] = bias is not None
+    config.pop("bias_initializer", None)
+    qlayer = QUANT_LAYERS[type(layer)].from_config(
+        {**config, "quantize_output": True, "output_momentum": momentum}
+    )
+    y = qlayer(x)
+    qlayer.kernel.assign(kernel)
+    if bias is not None:
+        qlayer.bias.assign(bias)
+    return y
+
+
+def activation_ranges(model):
+    """{quantizer path: [min, max]} of every activation quantizer, as trained."""
+    ranges = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, ActivationQuantizer):
+            lo = float(keras.ops.convert_to_numpy(layer.range_min))
+            hi = float(keras.ops.convert_to_numpy(layer.range_max))
+            ranges[layer.path if hasattr(layer, "path") else layer.name] = [lo, hi]
+    return ranges

@@ -1,0 +1,72 @@
+"""Built-in model recipes. Each takes (input_shape, num_classes, **options) and returns a float model.
+
+Models output logits (no softmax): argmax is what a device needs, and int8 logits keep more
+resolution than an int8 softmax with its fixed 1/256 scale.
+"""
+
+import keras
+
+
+def _bn_relu(x, bn_name, relu_name, max_value=None):
+    x = keras.layers.BatchNormalization(momentum=0.9, name=bn_name)(x)
+    return keras.layers.ReLU(max_value, name=relu_name)(x)
+
+
+def small_cnn(input_shape, num_classes, width=16, blocks=3):
+    """Conv + BatchNorm + ReLU blocks, each doubling the width and halving the resolution,
+    then global average pooling and a dense head."""
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    for i in range(blocks):
+        filters = width * 2**i
+        x = _bn_relu(keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x),
+                     f"bn{i}", f"relu{i}")
+        if i < blocks - 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def ds_cnn(input_shape, num_classes, width=16, blocks=3):
+    """MobileNet-style: a conv stem, then depthwise-separable blocks (depthwise 3x3 + BN + ReLU6,
+    pointwise 1x1 + BN + ReLU6), stride 2 between blocks, global pooling and a dense head."""
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = _bn_relu(x, "stem_bn", "stem_relu", 6.0)
+    for i in range(blocks):
+        x = keras.layers.DepthwiseConv2D(3, strides=2 if i else 1, padding="same", use_bias=False, name=f"dw{i}")(x)
+        x = _bn_relu(x, f"dw{i}_bn", f"dw{i}_relu", 6.0)
+        x = keras.layers.Conv2D(width * 2 ** (i + 1), 1, use_bias=False, name=f"pw{i}")(x)
+        x = _bn_relu(x, f"pw{i}_bn", f"pw{i}_relu", 6.0)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="ds_cnn")
+
+
+def _application(app, input_shape, num_classes, **kwargs):
+    """A keras.applications backbone (random init: pretrained weights come from train.weights, a
+    local file) flattened into one functional graph with the input rescaling inside the model,
+    then global pooling and a dense head."""
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)  # 0..1 pixels -> -1..1
+    backbone = app(input_tensor=x, include_top=False, weights=None, **kwargs)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone.output)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=app.__name__.lower())
+
+
+def mobilenet_v3_small(input_shape, num_classes, width=16, blocks=3):
+    """MobileNetV3Small (depthwise convolutions, hard-swish, squeeze-excite); width/blocks unused."""
+    return _application(keras.applications.MobileNetV3Small, input_shape, num_classes,
+                        include_preprocessing=False)
+
+
+def efficientnet_v2_b0(input_shape, num_classes, width=16, blocks=3):
+    """EfficientNetV2B0 (fused-MBConv, swish, squeeze-excite); width/blocks unused."""
+    return _application(keras.applications.EfficientNetV2B0, input_shape, num_classes,
+                        include_preprocessing=False)
+
+
+RECIPES = {"small_cnn": small_cnn, "ds_cnn": ds_cnn, "mobilenet_v3_small": mobilenet_v3_small,
+           "efficientnet_v2_b0": efficientnet_v2_b0}

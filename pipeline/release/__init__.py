@@ -1,0 +1,1 @@
+"""What a build promises: accuracy metrics, the gate, the manifest (and its schema) and the HTML report."""

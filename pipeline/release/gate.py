@@ -1,0 +1,181 @@
+"""The accuracy-regression gate: every check is evaluated, then the verdict is given once.
+
+Checks compare the manifest with the thresholds of `[gate]` and, optionally, with a baseline
+manifest (the last release). The result is a list of {name, got, limit, baseline, passed} and a
+verdict "pass"/"fail"; renderers turn it into a terminal table, JUnit XML and Markdown.
+"""
+
+from xml.sax.saxutils import escape
+
+from pipeline.engine import text
+from pipeline.engine.errors import InputError
+
+
+def _check(name, got, limit, passed, baseline=None, detail=""):
+    return {"name": name, "got": got, "limit": limit, "baseline": baseline, "passed": bool(passed), "detail": detail}
+
+
+def _class_drop(before, after, counts, cfg):
+    """The worst per-class accuracy drop from `before` to `after` as (drop, class, samples lost,
+    samples allowed, passed). A class fails when it drops by more than max_class_drop *and* loses
+    more test samples than class_drop_samples + sqrt(its errors before): int8 churn in a class grows
+    with the samples it already gets wrong (near a boundary), and one sample of a 20-sample class is
+    already 5 pp."""
+    import math
+
+    worst = (0.0, None, None, None, True)
+    for name, b in before.items():
+        a = after.get(name)
+        if a is None or b is None:
+            continue
+        drop = round(b - a, 6)
+        n = (counts or {}).get(name)
+        lost = allowed = None
+        if n:
+            lost = round(drop * n)
+            allowed = round(cfg.class_drop_samples + math.sqrt(n * (1.0 - b)), 1)
+        passed = drop <= cfg.max_class_drop or (lost is not None and lost <= allowed)
+        if (not passed, drop) > (not worst[4], worst[0]):
+            worst = (drop, name, lost, allowed, passed)
+    return worst
+
+
+def _class_check(name, before, after, counts, cfg, baseline=False):
+    drop, cls, lost, allowed, passed = _class_drop(before, after, counts, cfg)
+    detail = ""
+    if cls:
+        detail = f"class {cls}" + (f": {lost} of {counts[cls]} samples lost, noise up to {allowed}"
+                                   if lost is not None else "")
+    return _check(name, drop, f"<= {cfg.max_class_drop} or within noise", passed,
+                  baseline=before.get(cls) if baseline and cls else None, detail=detail)
+
+
+def flip_limit(cfg, reference_accuracy):
+    """The flip budget: max_flip_rate, or flip_error_ratio times the reference model's error rate if
+    that is larger (a less accurate model has more samples near a decision boundary)."""
+    return round(max(cfg.max_flip_rate, cfg.flip_error_ratio * (1.0 - reference_accuracy)), 6)
+
+
+def check_baseline_compatible(manifest, baseline):
+    if baseline["class_names"] != manifest["class_names"]:
+        raise InputError(
+            f"a baseline must have the same classes as the build; baseline has {baseline['class_names']}, "
+            f"build has {manifest['class_names']}. Pass the baseline of this model."
+        )
+    ours_set, theirs_set = manifest.get("test_set") or {}, baseline.get("test_set") or {}
+    if ours_set.get("fingerprint") and theirs_set.get("fingerprint") and \
+            ours_set["fingerprint"] != theirs_set["fingerprint"]:
+        raise InputError(
+            f"a baseline must be measured on the same test set; the baseline's test set ({theirs_set.get('source')}, "
+            f"{theirs_set.get('size')} images, fingerprint {theirs_set['fingerprint'][:12]}) differs from this "
+            f"build's ({ours_set.get('source')}, {ours_set.get('size')} images, fingerprint "
+            f"{ours_set['fingerprint'][:12]}). Gate against a baseline built with the same data.test_source."
+        )
+    ours, theirs = manifest.get("test_split", {}), baseline.get("test_split", {})
+    if ours.get("sha256") != theirs.get("sha256"):
+        raise InputError(
+            f"flip checks against a baseline compare predictions by sample id, so the test splits must "
+            f"match; the baseline's test split ({len(theirs.get('ids', []))} ids, sha256 "
+            f"{str(theirs.get('sha256'))[:12]}) differs from this build's ({len(ours.get('ids', []))} ids, "
+            f"sha256 {str(ours.get('sha256'))[:12]}). Use the same data, seed and split fractions."
+        )
+
+
+def evaluate(manifest, cfg, baseline=None):
+    """Run every check; return {"verdict", "checks", "baseline"}."""
+    m = manifest["metrics"]
+    checks = []
+    float_acc, int8 = m["float"]["accuracy"], m["int8_host"]
+    checks.append(_check("int8 accuracy (host)", int8["accuracy"], f">= {cfg.min_int8_accuracy}",
+                         int8["accuracy"] >= cfg.min_int8_accuracy))
+    drop = round(float_acc - int8["accuracy"], 6)
+    checks.append(_check("int8 drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop))
+    counts = (manifest.get("test_set") or {}).get("per_class")
+    checks.append(_class_check("worst class drop vs float", m["float"]["per_class"], int8["per_class"], counts, cfg))
+    flips = len(int8.get("flips_vs_float", []))
+    rate = round(flips / max(1, int8.get("samples", 1)), 6)
+    limit = flip_limit(cfg, float_acc)
+    checks.append(_check("flip rate float->int8", rate, f"<= {limit}", rate <= limit, detail=f"{flips} samples"))
+    for name, t in sorted(m.get("targets", {}).items()):
+        checks.append(_check(f"int8 accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
+                             t["accuracy"] >= cfg.min_int8_accuracy,
+                             detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
+        need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
+        checks.append(_check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
+                             t["top1_agreement"] >= need))
+        tol = t["tolerances"]
+        checks.append(_check(f"bit-exact outputs ({name})", t["bitexact_fraction"],
+                             f">= {tol['min_bitexact_fraction']}",
+                             t["bitexact_fraction"] >= tol["min_bitexact_fraction"],
+                             detail=f"max |diff| {t['max_abs_diff']} (<= {tol['max_abs_diff']})"))
+        checks.append(_check(f"max int8 |diff| ({name})", t["max_abs_diff"], f"<= {tol['max_abs_diff']}",
+                             t["max_abs_diff"] <= tol["max_abs_diff"]))
+    art = manifest["artifacts"]["int8_tflite"]
+    checks.append(_check("int8 model size (bytes)", art["bytes"], f"<= {cfg.max_int8_bytes}",
+                         art["bytes"] <= cfg.max_int8_bytes))
+    io = f"{art['input']['dtype']}/{art['output']['dtype']}"
+    checks.append(_check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
+    float_ops = art.get("float_ops", [])
+    checks.append(_check("full-integer ops", ", ".join(float_ops) or "none", "none", not float_ops))
+
+    if baseline is not None:
+        check_baseline_compatible(manifest, baseline)
+        b = baseline["metrics"]["int8_host"]
+        bdrop = round(b["accuracy"] - int8["accuracy"], 6)
+        checks.append(_check("int8 drop vs baseline", bdrop, f"<= {cfg.max_baseline_drop}",
+                             bdrop <= cfg.max_baseline_drop, baseline=b["accuracy"]))
+        checks.append(_class_check("worst class drop vs baseline", b["per_class"], int8["per_class"], counts, cfg,
+                                   baseline=True))
+        ours, theirs = int8["top1"], b["top1"]
+        bflips = sum(1 for x, y in zip(ours, theirs) if x != y)
+        brate = round(bflips / max(1, len(ours)), 6)
+        blimit = flip_limit(cfg, b["accuracy"])
+        checks.append(_check("flip rate baseline->build", brate, f"<= {blimit}", brate <= blimit,
+                             detail=f"{bflips} samples"))
+        for name, t in sorted(m.get("targets", {}).items()):
+            bt = baseline["metrics"].get("targets", {}).get(name)
+            if bt:
+                d = round(bt["accuracy"] - t["accuracy"], 6)
+                checks.append(_check(f"int8 drop vs baseline ({name})", d, f"<= {cfg.max_baseline_drop}",
+                                     d <= cfg.max_baseline_drop, baseline=bt["accuracy"]))
+    verdict = "pass" if all(c["passed"] for c in checks) else "fail"
+    return {"verdict": verdict, "checks": checks, "baseline": baseline.get("name") if baseline else None}
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def table(gate):
+    rows = [("", "check", "baseline", "got", "limit", "")]
+    for c in gate["checks"]:
+        rows.append(("✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"]))
+    lines = text.table(rows)
+    failed = [c for c in gate["checks"] if not c["passed"]]
+    lines.append(f"gate: {gate['verdict'].upper()}" + (f" ({len(failed)} of {len(gate['checks'])} checks failed)" if failed else f" ({len(gate['checks'])} checks)"))
+    return "\n".join(lines)
+
+
+def markdown(gate, title="edgebuild gate"):
+    lines = [f"### {title}: {'✅ pass' if gate['verdict'] == 'pass' else '❌ fail'}", "",
+             "| | check | baseline | got | limit | detail |", "|---|---|---|---|---|---|"]
+    for c in gate["checks"]:
+        lines.append(f"| {'✓' if c['passed'] else '✗'} | {c['name']} | {_fmt(c['baseline'])} | {_fmt(c['got'])} | {c['limit']} | {c['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def junit(gate, suite="edgebuild.gate"):
+    failures = sum(not c["passed"] for c in gate["checks"])
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name="{suite}" tests="{len(gate["checks"])}" failures="{failures}">']
+    for c in gate["checks"]:
+        name = escape(c["name"], {'"': "&quot;"})
+        out.append(f'  <testcase classname="{suite}" name="{name}">')
+        if not c["passed"]:
+            msg = escape(f"got {_fmt(c['got'])}, limit {c['limit']}, baseline {_fmt(c['baseline'])} {c['detail']}".strip(), {'"': "&quot;"})
+            out.append(f'    <failure message="{msg}">{msg}</failure>')
+        out.append("  </testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"

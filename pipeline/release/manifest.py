@@ -1,0 +1,156 @@
+"""manifest.json: the contract that flashing scripts, gates and CI read, and nothing else.
+
+It carries a schema version checked on read, every artifact's path (relative to the manifest),
+sha256 and size, the int8 input/output quantization, metrics per runtime and target, the gate
+verdict, and the toolchain versions. Every manifest is validated against `manifest.schema.json` on
+write and on read.
+"""
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.data import preprocess
+from pipeline.engine.errors import InputError
+from pipeline.engine.fsutil import atomic_write_text, sha256_file
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+TOOLCHAIN = {
+    "keras": "keras",
+    "tensorflow": "tensorflow-cpu",
+    "jax": "jax",
+    "jaxlib": "jaxlib",
+    "ai_edge_litert": "ai-edge-litert",
+    "onnx": "onnx",
+    "tf2onnx": "tf2onnx",
+    "onnxruntime": "onnxruntime",
+    "numpy": "numpy",
+}
+ARTIFACTS = {
+    "int8_tflite": "model_int8.tflite",
+    "float_tflite": "model_float.tflite",
+    "onnx": "model.onnx",
+    "keras": "qat.keras",
+    "float_keras": "float.keras",
+    "calibration": "calibration.json",
+}
+
+
+def toolchain_versions(records):
+    """The versions that made the artifacts: what each stage's process loaded (recorded with its
+    outputs, so a cached stage reports the toolchain that ran it, not the one running now)."""
+    loaded = {}
+    for rec in records.values():
+        for dist, version in (rec.get("toolchain") or {}).items():
+            loaded.setdefault(dist, version)
+    versions = {"python": loaded.get("python", platform.python_version())}
+    versions.update({key: loaded.get(dist) for key, dist in TOOLCHAIN.items()})
+    try:
+        versions["edgebuild"] = metadata.version("edgebuild")
+    except metadata.PackageNotFoundError:
+        versions["edgebuild"] = None
+    return versions
+
+
+def _artifact(build_dir, filename):
+    path = build_dir / filename
+    return {"path": filename, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def assemble(config, records, build_dir):
+    """Build the manifest dict from the stage records of a build directory."""
+    data, export, evaluate = records["data"], records["export"], records["evaluate"]
+    calibration = records["calibration"]
+    pin = calibration["pins"]["calibration.json"]
+    artifacts = {key: _artifact(build_dir, name) for key, name in ARTIFACTS.items()}
+    int8 = export["int8"]
+    qin = int8["inputs"][0]
+    contract = export.get("preprocess") or preprocess.describe(
+        config.preprocess, data["input_shape"][-1], qin["scale"], qin["zero_point"])
+    artifacts["int8_tflite"].update(
+        input={**{k: qin[k] for k in ("dtype", "shape", "scale", "zero_point")},
+               "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
+               "formula": contract["int8_formula"]},
+        output={k: int8["outputs"][0][k] for k in ("dtype", "shape", "scale", "zero_point")},
+        ops=int8["ops"],
+        float_ops=export["float_ops_kept"],
+    )
+    metrics = dict(evaluate["metrics"])
+    metrics["size"] = {
+        "int8_bytes": artifacts["int8_tflite"]["bytes"],
+        "float_bytes": artifacts["float_tflite"]["bytes"],
+        "int8_over_float": round(artifacts["int8_tflite"]["bytes"] / artifacts["float_tflite"]["bytes"], 4),
+    }
+    targets = {}
+    for name, rec in records.items():
+        if name.startswith("target:") and rec["target"] in config.validate.targets:
+            targets[rec["target"]] = {k: v for k, v in rec.items() if k not in ("stage", "key", "outputs")}
+            artifacts[f"target_{rec['target']}"] = _artifact(build_dir, f"target-{rec['target']}.npz")
+    metrics["targets"] = targets
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": config.build.name,
+        "config_sha256": config.sha256(),
+        "config": config.to_dict(),
+        "seed": config.build.seed,
+        "class_names": data["class_names"],
+        "input_shape": data["input_shape"],
+        "preprocessing": contract["int8_formula"],
+        "preprocess": contract,
+        "splits": data["splits"],
+        "test_set": data.get("test_set"),
+        "calibration": {k: calibration[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]},
+        "artifacts": artifacts,
+        "metrics": metrics,
+        "test_split": evaluate["test_split"],
+        "stages": {
+            name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
+            for name, rec in records.items()
+        },
+        "train": {k: records["train"].get(k) for k in (
+            "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction",
+            "finetune", "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history",
+            "initial", "kept_epoch", "kept_by", "kept_val_accuracy")},
+        "qat": {k: records["qat"].get(k) for k in (
+            "ranges", "input_range", "float_val_accuracy", "history", "initial", "kept_epoch", "kept_by",
+            "kept_val_accuracy")},
+        "toolchain": toolchain_versions(records),
+    }
+    return manifest
+
+
+def validate(manifest, origin="manifest"):
+    """Check a manifest against the published JSON Schema; raise InputError naming the field."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.path) or "(top level)"
+        raise InputError(f"{origin} does not follow the manifest schema at {where}: {e.message}.")
+
+
+def write(path, manifest):
+    validate(manifest, f"the manifest for {path}")
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+
+
+def read(path):
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"manifest {path} does not exist. Pass the manifest.json of a finished build.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"manifest {path} is not valid JSON ({exc}). Pass an edgebuild manifest.json.") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
+        raise InputError(
+            f"manifest schema_version must be {SCHEMA_VERSION}; received {version!r} in {path}. "
+            "Rebuild it with this edgebuild version, or use the edgebuild that wrote it."
+        )
+    validate(manifest, str(path))
+    return manifest

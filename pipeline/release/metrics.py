@@ -1,0 +1,24 @@
+"""Accuracy records (overall and per class) and top-1 comparisons between runtimes."""
+
+import numpy as np
+
+
+def accuracy_record(top1, labels, class_names):
+    per_class = {}
+    for c, name in enumerate(class_names):
+        mask = labels == c
+        per_class[name] = round(float((top1[mask] == c).mean()), 6) if mask.any() else None
+    return {"accuracy": round(float((top1 == labels).mean()), 6), "per_class": per_class, "samples": int(len(labels))}
+
+
+def compare(target_out, host_out, labels, ids, class_names):
+    diff = np.abs(target_out.astype(np.int32) - host_out.astype(np.int32))
+    t1, h1 = target_out.argmax(1), host_out.argmax(1)
+    rec = accuracy_record(t1, labels, class_names)
+    rec.update(
+        bitexact_fraction=round(float((diff == 0).mean()), 6),
+        max_abs_diff=int(diff.max()) if diff.size else 0,
+        top1_agreement=round(float((t1 == h1).mean()), 6),
+        flipped_ids=[str(s) for s in ids[t1 != h1]],
+    )
+    return rec

@@ -1,0 +1,231 @@
+"""Human-readable views of a manifest: the terminal summary table and the self-contained HTML report."""
+
+from pipeline.engine import text
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:6.2f}%"
+
+
+def summary(manifest):
+    m = manifest["metrics"]
+    art = manifest["artifacts"]
+    rows = [("model", "runtime", "accuracy", "agree w/ float", "size")]
+    rows.append(("float", "keras (jax)", _pct(m["float"]["accuracy"]), "", f"{art['float_keras']['bytes']:,} B"))
+    rows.append(("float", "tflite", _pct(m["float_tflite"]["accuracy"]), _pct(m["float_tflite"]["top1_agreement_with_float"]), f"{art['float_tflite']['bytes']:,} B"))
+    rows.append(("float", "onnxruntime", _pct(m["onnx"]["accuracy"]), _pct(m["onnx"]["top1_agreement_with_float"]), f"{art['onnx']['bytes']:,} B"))
+    rows.append(("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]), _pct(m["int8_host"]["top1_agreement_with_float"]), f"{art['int8_tflite']['bytes']:,} B"))
+    test_set = manifest.get("test_set") or {}
+    lines = [f"build {manifest['name']}: {manifest['splits']['test']} test samples"
+             + (f" from {test_set['source']}" if test_set.get("fixed") else "")
+             + f", classes {len(manifest['class_names'])}"]
+    kept = (manifest.get("qat") or {}).get("kept_epoch")
+    if kept is not None and (manifest["qat"].get("kept_val_accuracy") is not None):
+        lines.append(f"qat kept epoch {kept}: val accuracy {_pct(manifest['qat']['kept_val_accuracy']).strip()}"
+                     f" (float model {_pct(manifest['qat'].get('float_val_accuracy')).strip()})")
+    lines += text.table(rows)
+    targets = m.get("targets", {})
+    if targets:
+        trows = [("target", "runtime", "accuracy", "top-1 agree", "bit-exact", "max|d|", "img/s", "samples")]
+        for name, t in sorted(targets.items()):
+            trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
+                          _pct(t["bitexact_fraction"]), str(t["max_abs_diff"]), f"{t['images_per_s']:.0f}",
+                          f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
+        lines.append("")
+        lines += text.table(trows)
+    q = art["int8_tflite"]
+    lines.append("")
+    lines.append(f"int8 input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
+    lines.append(f"int8 output scale {q['output']['scale']:.8g} zero_point {q['output']['zero_point']}  shape {q['output']['shape']}")
+    if manifest.get("gate"):
+        from pipeline.release.gate import table
+
+        lines.append("")
+        lines.append(table(manifest["gate"]))
+    return "\n".join(lines)
+
+
+def _png(fig):
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _confusion(labels, top1, n):
+    import numpy as np
+
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (labels, top1), 1)
+    return cm
+
+
+def _confusion_figure(cms, class_names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cms), figsize=(4.6 * len(cms), 4.2))
+    for ax, (title, cm) in zip(axes, cms.items()):
+        ax.imshow(cm, cmap="Blues")
+        ax.set_title(f"{title} (accuracy {cm.trace() / max(1, cm.sum()):.2%})")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ticks = range(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=90 if len(class_names) > 12 else 0)
+        ax.set_yticks(ticks, class_names)
+        for i in ticks:
+            for j in ticks:
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+    return fig
+
+
+def _delta_figure(metrics, class_names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {"int8 host": metrics["int8_host"]["per_class"]}
+    for name, t in sorted(metrics.get("targets", {}).items()):
+        series[name] = t["per_class"]
+    ref = metrics["float"]["per_class"]
+    # wide enough for every bar, narrow enough that the page does not shrink the labels away
+    fig, ax = plt.subplots(figsize=(min(11, max(6, 0.3 * len(class_names) * len(series))), 3.4))
+    width = 0.8 / len(series)
+    for k, (label, per_class) in enumerate(series.items()):
+        deltas = [100 * ((per_class.get(c) or 0) - (ref.get(c) or 0)) for c in class_names]
+        ax.bar([i + k * width for i in range(len(class_names))], deltas, width, label=label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(class_names))], class_names)
+    ax.set_ylabel("accuracy − float (pp)")
+    ax.set_title("per-class accuracy change vs the float model")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _history_figure(manifest):
+    """Per-epoch accuracy and val accuracy of train and QAT, the kept epochs marked; None without history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [(name, manifest.get(name) or {}) for name in ("train", "qat")]
+    stages = [(n, r) for n, r in stages if (r.get("history") or {}).get("accuracy")]
+    if not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.2), squeeze=False)
+    for ax, (name, rec) in zip(axes[0], stages):
+        hist = rec["history"]
+        epochs = list(range(1, len(hist["accuracy"]) + 1))
+        ax.plot(epochs, hist["accuracy"], marker="o", label="train accuracy")
+        if hist.get("val_accuracy"):
+            ax.plot(epochs, hist["val_accuracy"], marker="o", label="val accuracy")
+        if rec.get("initial"):
+            ax.axhline(rec["initial"]["val_accuracy"], color="gray", linestyle=":", label="val before fine-tuning")
+        if rec.get("float_val_accuracy") is not None:
+            ax.axhline(rec["float_val_accuracy"], color="black", linestyle="--", linewidth=0.8, label="float model val")
+        if rec.get("kept_epoch"):
+            ax.axvline(rec["kept_epoch"], color="green", alpha=0.4, label=f"kept: epoch {rec['kept_epoch']}")
+        ax.set_title(f"{name}: per-epoch accuracy")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def html(manifest, build_dir):
+    """A self-contained HTML report (plots inlined as base64 PNG, no external resources)."""
+    from html import escape
+    from pathlib import Path
+
+    import numpy as np
+
+    m, names = manifest["metrics"], manifest["class_names"]
+    pred = np.load(Path(build_dir) / "predictions.npz")
+    n = len(names)
+    cms = {"float": _confusion(pred["labels"], pred["float_top1"], n),
+           "int8 (host)": _confusion(pred["labels"], pred["int8_top1"], n)}
+    confusion_png = _png(_confusion_figure(cms, names))
+    delta_png = _png(_delta_figure(m, names))
+    history_fig = _history_figure(manifest)
+    history_html = (f'<img id="history" alt="per-epoch accuracy of train and QAT" '
+                    f'src="data:image/png;base64,{_png(history_fig)}">') if history_fig else "<p>no training epochs</p>"
+    test_set = manifest.get("test_set") or {}
+    pre = manifest.get("preprocess") or {}
+
+    def table_html(rows, head):
+        out = ["<table><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in head) + "</tr>"]
+        for r in rows:
+            out.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in r) + "</tr>")
+        return "".join(out) + "</table>"
+
+    art = manifest["artifacts"]
+    acc_rows = [("float", "keras (jax)", _pct(m["float"]["accuracy"])),
+                ("float", "tflite", _pct(m["float_tflite"]["accuracy"])),
+                ("float", "onnxruntime", _pct(m["onnx"]["accuracy"])),
+                ("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]))]
+    for name, t in sorted(m.get("targets", {}).items()):
+        acc_rows.append(("int8", f"{name}: {t['runtime']} {t['runtime_version']}", _pct(t["accuracy"])))
+    target_rows = [(name, _pct(t["top1_agreement"]), _pct(t["bitexact_fraction"]), t["max_abs_diff"],
+                    f"{t['images_per_s']:.0f}", t["samples"]) for name, t in sorted(m.get("targets", {}).items())]
+    size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
+    gate = manifest.get("gate")
+    gate_html = "<p>not gated</p>"
+    if gate:
+        from pipeline.release.gate import _fmt
+
+        rows = [("✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"])
+                for c in gate["checks"]]
+        verdict = gate["verdict"]
+        gate_html = (f'<p class="verdict {verdict}">gate: {verdict.upper()}</p>'
+                     + table_html(rows, ("", "check", "baseline", "got", "limit", "detail")))
+    q = art["int8_tflite"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgebuild report: {escape(manifest['name'])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+.verdict {{ font-size: 1.4em; font-weight: bold; }} .pass {{ color: #1a7f37; }} .fail {{ color: #cf222e; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>edgebuild report: {escape(manifest['name'])}</h1>
+<p>seed {manifest['seed']}, config sha256 {manifest['config_sha256'][:16]}, {manifest['splits']['test']} test samples,
+{n} classes, toolchain keras {escape(manifest['toolchain']['keras'])} / tensorflow {escape(manifest['toolchain']['tensorflow'])}
+/ jax {escape(manifest['toolchain']['jax'])}</p>
+<p>test set: {escape(str(test_set.get('source', '-')))} ({'fixed' if test_set.get('fixed') else 'a seeded split'},
+{test_set.get('size', '-')} images, fingerprint {escape(str(test_set.get('fingerprint', '-'))[:16])}, overlap with train/val
+{(test_set.get('overlap') or {}).get('count', '-')}); input: pixel range {pre.get('pixel_range', '-')}, mean {pre.get('mean', '-')},
+std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
+<h2>Gate</h2>{gate_html}
+<h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
+<h2>Targets (emulated aarch64) vs host int8</h2>{table_html(target_rows, ("target", "top-1 agreement", "bit-exact", "max |diff|", "images/s", "samples"))}
+<h2>Training and QAT</h2>{history_html}
+<h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
+<h2>Per-class accuracy change</h2><img id="per-class" alt="per-class accuracy deltas" src="data:image/png;base64,{delta_png}">
+<h2>Artifacts</h2>{table_html(size_rows, ("artifact", "path", "bytes", "sha256"))}
+<p>int8 input scale {q['input']['scale']:.8g}, zero point {q['input']['zero_point']}, shape {q['input']['shape']};
+output scale {q['output']['scale']:.8g}, zero point {q['output']['zero_point']}.
+int8 is {100 * m['size']['int8_over_float']:.1f}% of the float32 TFLite size.</p>
+</body></html>
+"""
+
+
+def write_html(manifest, build_dir):
+    from pathlib import Path
+
+    from pipeline.engine.fsutil import atomic_write_text
+
+    path = Path(build_dir) / "report.html"
+    atomic_write_text(path, html(manifest, build_dir))
+    return path

@@ -1,0 +1,48 @@
+"""engine.config and engine.stage: the typed config, its errors, and what a stage receives of it."""
+
+import pytest
+
+from pipeline.engine import config as config_mod
+from pipeline.engine.errors import InputError
+from pipeline.engine.stage import config_view, select_config
+
+
+def test_defaults_load_and_overrides_parse_as_toml():
+    config = config_mod.load(None, ["train.epochs=2", "data.source=digits", 'validate.targets=["rpi5-litert"]'])
+    assert config.train.epochs == 2 and config.data.source == "digits"
+    assert config.validate.targets == ["rpi5-litert"]
+    assert config.build_dir.name == "digits"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=2", "Did you mean 'epochs'?"),
+    ("trian.epochs=2", "Did you mean 'train'?"),
+    ("train.epochs=two", "must be of type int"),
+    ("train.epochs=-1", "between 0"),
+    ("data.channels=2", "must be one of 1, 3"),
+    ("train.recipe=small_cn", "Did you mean 'small_cnn'?"),
+    ("epochs=2", "--set takes section.key=value"),
+])
+def test_bad_values_name_the_key_and_the_fix(override, message):
+    with pytest.raises(InputError, match=message.replace("?", r"\?").replace("(", r"\(")):
+        config_mod.load(None, [override])
+
+
+def test_a_config_file_with_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text("[qat]\nlearning_rat = 1e-4\n")
+    with pytest.raises(InputError, match=r"unknown config key 'qat.learning_rat' in .*e.toml. Did you mean 'learning_rate'"):
+        config_mod.load(path)
+    path.write_text("[qat\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        config_mod.load(path)
+
+
+def test_a_stage_receives_only_what_it_declares():
+    config = config_mod.load(None, ["train.epochs=3"])
+    selected = select_config(config, ("build.seed", "train", "preprocess"))
+    assert set(selected) == {"build", "train", "preprocess"} and selected["build"] == {"seed": 0}
+    view = config_view(selected)
+    assert view.train == config.train  # a whole section arrives typed
+    assert view.build.seed == 0 and not hasattr(view.build, "name")  # a key arrives alone
+    assert not hasattr(view, "gate")

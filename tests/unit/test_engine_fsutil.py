@@ -1,0 +1,30 @@
+"""engine.fsutil: atomic writes leave the old file or the new one, and .npz bytes depend on data only."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.engine.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_text, sha256_file
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.json"
+    atomic_write_text(path, "old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, 123)  # fails while writing the temporary file
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_the_same_arrays_give_the_same_npz_bytes_at_any_time(tmp_path):
+    arrays = {"x": np.arange(12, dtype=np.uint8).reshape(3, 4), "names": np.asarray(["a", "b"])}
+    atomic_save_npz(tmp_path / "one.npz", **arrays)
+    time.sleep(2.1)  # zip timestamps have a 2-second resolution
+    atomic_save_npz(tmp_path / "two.npz", **arrays)
+    assert sha256_file(tmp_path / "one.npz") == sha256_file(tmp_path / "two.npz")
+    with np.load(tmp_path / "two.npz") as f:
+        assert (f["x"] == arrays["x"]).all() and f["names"].tolist() == ["a", "b"]
+    atomic_save_npz(tmp_path / "three.npz", **{**arrays, "x": arrays["x"] + 1})
+    assert sha256_file(tmp_path / "three.npz") != sha256_file(tmp_path / "one.npz")

@@ -1,0 +1,110 @@
+"""The gate catches planted regressions, each one alone, and raises no false alarm: in process, on
+the manifest of a real tiny build (tests/unit/data/tiny-manifest.json; refresh it with
+`python tools/refresh_test_manifest.py` when the manifest schema changes)."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine import config as config_mod
+from pipeline.engine.errors import InputError
+from pipeline.release import gate, manifest as manifest_mod
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = manifest_mod.read(HERE / "data" / "tiny-manifest.json")
+CFG = config_mod.load(HERE.parent / "tiny.toml").gate
+
+
+def failed(result):
+    return {c["name"] for c in result["checks"] if not c["passed"]}
+
+
+def test_a_good_build_passes_and_passes_against_itself():
+    m = MANIFEST
+    assert gate.evaluate(m, CFG)["verdict"] == "pass"
+    assert gate.evaluate(m, CFG, baseline=copy.deepcopy(m))["verdict"] == "pass"
+
+
+def test_overall_int8_drop_over_the_limit_fails():
+    m = copy.deepcopy(MANIFEST)
+    m["metrics"]["int8_host"]["accuracy"] = m["metrics"]["float"]["accuracy"] - 0.05
+    result = gate.evaluate(m, CFG)
+    assert result["verdict"] == "fail" and "int8 drop vs float" in failed(result)
+
+
+def test_one_class_collapsing_fails_while_the_total_passes():
+    m = copy.deepcopy(MANIFEST)
+    cls = m["class_names"][3]
+    m["metrics"]["int8_host"]["per_class"][cls] = 0.5  # total accuracy untouched
+    result = gate.evaluate(m, CFG)
+    assert "int8 drop vs float" not in failed(result)
+    assert "worst class drop vs float" in failed(result) and result["verdict"] == "fail"
+    base = copy.deepcopy(MANIFEST)
+    assert "worst class drop vs baseline" in failed(gate.evaluate(m, CFG, baseline=base))
+
+
+def test_flip_rate_over_budget_fails():
+    m = copy.deepcopy(MANIFEST)
+    n = m["metrics"]["int8_host"]["samples"]
+    m["metrics"]["int8_host"]["flips_vs_float"] = [f"id{i}" for i in range(int(n * 0.1))]
+    assert "flip rate float->int8" in failed(gate.evaluate(m, CFG))
+    base = copy.deepcopy(MANIFEST)
+    m2 = copy.deepcopy(MANIFEST)
+    top1 = m2["metrics"]["int8_host"]["top1"]
+    for i in range(0, len(top1), 5):  # 20% of predictions change vs the baseline
+        top1[i] = (top1[i] + 1) % len(m2["class_names"])
+    assert "flip rate baseline->build" in failed(gate.evaluate(m2, CFG, baseline=base))
+
+
+def test_not_full_integer_fails():
+    m = copy.deepcopy(MANIFEST)
+    m["artifacts"]["int8_tflite"]["input"]["dtype"] = "float32"
+    m["artifacts"]["int8_tflite"]["float_ops"] = ["LOGISTIC"]
+    assert {"int8 input/output dtype", "full-integer ops"} <= failed(gate.evaluate(m, CFG))
+
+
+def test_target_disagreement_fails():
+    m = copy.deepcopy(MANIFEST)
+    m["metrics"]["targets"]["rpi5-litert"]["top1_agreement"] = 0.9
+    assert "host/target top-1 agreement (rpi5-litert)" in failed(gate.evaluate(m, CFG))
+
+
+def test_baseline_with_other_classes_is_bad_input():
+    base = copy.deepcopy(MANIFEST)
+    base["class_names"] = base["class_names"][:-1] + ["cat"]
+    with pytest.raises(InputError, match="same classes"):
+        gate.evaluate(MANIFEST, CFG, baseline=base)
+    base = copy.deepcopy(MANIFEST)
+    base["test_split"]["sha256"] = "0" * 64
+    with pytest.raises(InputError, match="test splits must match"):
+        gate.evaluate(MANIFEST, CFG, baseline=base)
+
+
+def test_renderers_show_every_check():
+    result = gate.evaluate(MANIFEST, CFG)
+    table, markdown, junit = gate.table(result), gate.markdown(result), gate.junit(result)
+    for check in result["checks"]:
+        assert check["name"] in table and check["name"] in markdown
+    assert table.splitlines()[-1].startswith("gate: PASS") and junit.count("<testcase") == len(result["checks"])
+
+
+def test_a_manifest_that_breaks_the_schema_names_the_field(tmp_path):
+    broken = copy.deepcopy(MANIFEST)
+    del broken["artifacts"]["int8_tflite"]["sha256"]
+    (tmp_path / "m.json").write_text(json.dumps(broken))
+    with pytest.raises(InputError, match="artifacts.int8_tflite.*sha256"):
+        manifest_mod.read(tmp_path / "m.json")
+    (tmp_path / "m.json").write_text(json.dumps({**MANIFEST, "schema_version": 2}))
+    with pytest.raises(InputError, match="schema_version must be 1; received 2"):
+        manifest_mod.read(tmp_path / "m.json")
+
+
+def test_the_manifest_toolchain_is_the_one_the_stages_recorded():
+    records = {"train": {"toolchain": {"python": "3.11.0", "keras": "3.0.0", "jax": "0.1"}},
+               "export": {"toolchain": {"keras": "3.0.0", "tensorflow-cpu": "2.0.0", "tf2onnx": "9.9"}}}
+    versions = manifest_mod.toolchain_versions(records)
+    assert (versions["python"], versions["keras"], versions["tensorflow"], versions["tf2onnx"]) == \
+        ("3.11.0", "3.0.0", "2.0.0", "9.9")
+    assert versions["onnxruntime"] is None  # no stage ran it
