@@ -20,11 +20,14 @@ STAGE_CHOICES = click.Choice([*GROUPS, "manifest", "gate"])
 
 
 def default_cache_dir(config=None):
-    """$EDGEBUILD_CACHE overrides cache.dir, which overrides ~/.cache/edgebuild."""
+    """$EDGEBUILD_CACHE overrides cache.dir, which overrides $EDGEBUILD_HOME (where `make` keeps the
+    venv too), else ~/.cache/edgebuild."""
     if os.environ.get("EDGEBUILD_CACHE"):
         return Path(os.environ["EDGEBUILD_CACHE"]).expanduser()
     if config is not None and config.cache.dir:
         return Path(config.cache.dir).expanduser()
+    if os.environ.get("EDGEBUILD_HOME"):
+        return Path(os.environ["EDGEBUILD_HOME"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "edgebuild"
 

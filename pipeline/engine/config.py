@@ -122,7 +122,7 @@ class GateConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = _f(True, "reuse stage outputs whose inputs and config are unchanged")
-    dir: str = _f("", "cache directory ('' = ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
+    dir: str = _f("", "cache directory ('' = $EDGEBUILD_HOME, else ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
 
 
 @dataclass(frozen=True)
