@@ -1,6 +1,6 @@
 # `make build`: install everything (first time: a few minutes) and run the default build.
 # `make test`:  install everything and run the test suite.
-# `make test-fast`: the in-process unit tests only (tests/unit, under a minute).
+# `make test-fast`: the in-process unit tests only (tests/unit, about 10 seconds).
 EDGEBUILD_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgebuild
 VENV ?= $(EDGEBUILD_HOME)/venv
 export EDGEBUILD_HOME

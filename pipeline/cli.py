@@ -6,13 +6,14 @@ Every command runs through one error wrapper (`Commands.invoke`) with the docume
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from pipeline import __version__
-from pipeline.engine.errors import EXIT_STAGE, EdgebuildError
+from pipeline.engine.errors import EXIT_STAGE, EdgebuildError, disk_full
 from pipeline.stages import GROUPS
 
 EXIT_CODES_HELP = "Exit codes: 0 pass, 1 gate failed, 2 usage, 3 bad config or data, 4 a stage failed."
@@ -41,10 +42,14 @@ class Commands(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except Interrupted as exc:
+            click.echo(f"interrupted ({exc.args[0]}); nothing half-written was published.", err=True)
+            sys.exit(128 + exc.signum)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was published.", err=True)
             sys.exit(130)
         except Exception as exc:
+            exc = disk_full(exc) or exc
             if "--debug" in sys.argv[1:]:
                 import traceback
 
@@ -54,6 +59,18 @@ class Commands(click.Group):
                 sys.exit(exc.exit_code)
             click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
             sys.exit(EXIT_STAGE)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM as an exception: stage processes are killed, staging removed, the lock released."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
 
 
 class Context:
@@ -68,7 +85,7 @@ def _load_config(config_path, sets, seed=None, name=None):
     if seed is not None:
         overrides.append(f"build.seed={seed}")
     if name is not None:
-        overrides.append(f'build.name="{name}"')
+        overrides.append(f"build.name={json.dumps(name)}")
     if config_path is None and Path("edgebuild.toml").is_file():
         config_path = "edgebuild.toml"
     return config_mod.load(config_path, overrides)
@@ -92,6 +109,7 @@ def main(ctx, debug, quiet):
     Start with `edgebuild build` (uses ./edgebuild.toml if present, else built-in defaults:
     scikit-learn's digits, a small CNN, targets rpi4-bookworm-tflite and rpi5-litert)."""
     _quiet_env()
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     ctx.obj = Context(debug, quiet)
 
 
@@ -149,6 +167,8 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
     result = build_mod.build(config, options, only=only, until=until, baseline=base)
     if result.manifest is None:
         click.echo(f"stopped after {only or until}; outputs in {result.build_dir}", err=True)
+        if result.note:
+            click.echo(result.note, err=True)
         return
     _emit_gate_outputs(result.gate, junit)
     if as_json:
@@ -299,6 +319,22 @@ def target_setup(ctx, names):
                    f"({info.get('runtime', 'host')} {info.get('runtime_version', '')} on {info.get('machine', 'host')})")
 
 
+@target.command("pin")
+@click.argument("name")
+def target_pin(name):
+    """Download a target's wheels (no hash check) and print the [wheel_sha256] table for its file:
+    review the files, then paste it, when adding a target or changing a pin."""
+    import tempfile
+
+    from pipeline.device.targets import load_target, pin_wheels
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hashes = pin_wheels(load_target(name, check_hashes=False), tmp, Path(tmp) / "pip.log")
+    click.echo("[wheel_sha256]")
+    for pin, digest in hashes.items():
+        click.echo(f'"{pin}" = "{digest}"')
+
+
 @target.command("dockerfile")
 @click.option("--check", is_flag=True, help="Exit 1 if Dockerfile.edge differs from the target files.")
 @click.option("--output", "-o", default="Dockerfile.edge", show_default=True, type=click.Path(dir_okay=False))
@@ -318,16 +354,19 @@ def target_dockerfile(check, output):
 
 @main.group(cls=Commands)
 def cache():
-    """The stage cache ($EDGEBUILD_CACHE or ~/.cache/edgebuild)."""
+    """The stage cache ($EDGEBUILD_CACHE, else cache.dir, else $EDGEBUILD_HOME or ~/.cache/edgebuild)."""
 
 
 @cache.command("clear")
-def cache_clear():
+@config_option
+@set_option
+def cache_clear(config_path, sets):
     """Delete every cached stage output (emulated target environments are kept)."""
     from pipeline.engine.cache import StageCache
 
-    n = StageCache(default_cache_dir()).clear()
-    click.echo(f"removed {n} cached stage outputs from {default_cache_dir()}")
+    where = default_cache_dir(_load_config(config_path, sets))
+    n = StageCache(where).clear()
+    click.echo(f"removed {n} cached stage outputs from {where}")
 
 
 @main.command("config")

@@ -98,6 +98,27 @@ def shared_test_images(tmp):
     return _data(source, "--set", f'data.test_source="{tmp}/test.npz"')
 
 
+def _float_image_folder(tmp):
+    """A folder whose class 'a' holds a 32-bit float TIFF (mode F: no fixed pixel range)."""
+    root = _folder(tmp, classes=("a", "b", "c"))
+    Image.fromarray(np.random.RandomState(0).rand(12, 12).astype(np.float32)).save(root / "a" / "float.tif")
+    return root
+
+
+def decompression_bomb(tmp):
+    """A PNG whose header claims 30000 x 30000 pixels (900 MP, past Pillow's bomb limit), a few bytes long."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    root = _folder(tmp, classes=("a", "b", "c"))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+    (root / "a" / "bomb.png").write_bytes(png + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return _data(root)
+
+
 def other_test_classes(tmp):
     root = _folder(tmp, classes=("a", "b", "c"))
     other = tmp / "other"
@@ -149,6 +170,25 @@ CASES = [
     ("pixel range reversed", lambda t: ["--set", "preprocess.pixel_range=[1, 0]"], "lo < hi"),
     ("mean per channel", lambda t: ["--set", "preprocess.mean=[0.1, 0.2]"], "one value or one per channel"),
     ("std not positive", lambda t: ["--set", "preprocess.std=[0]"], "must be positive"),
+    ("build name is a path", lambda t: ["--set", 'build.name="../../escaped"'], "build.name must be a name"),
+    ("build name absolute", lambda t: ["--set", f'build.name="{t}/abs"'], "never a path"),
+    ("build name empty", lambda t: ["--set", 'build.name=""'], "build.name must be a name"),
+    ("build name with a quote", lambda t: ["--name", 'a"b'], """received 'a"b'"""),
+    ("target name is a path", lambda t: ["--set", 'validate.targets=["../targets/rpi5-litert"]'], "must be a name"),
+    ("allowed ops not strings", lambda t: ["--set", "export.allowed_float_ops=[1, 2]"], "must be a list of str"),
+    ("labels up to 2,000,000", lambda t: _data(_npz(t, y=np.where(np.arange(60) == 5, 2_000_000, np.arange(60) % 3))),
+     "more have no samples"),
+    ("build name too long", lambda t: ["--set", f'build.name="{"x" * 65}"'], "1 to 64 letters"),
+    ("target name with a slash", lambda t: ["--set", 'validate.targets=["rpi5/litert"]'], "must be a name"),
+    ("targets not a list of names", lambda t: ["--set", "validate.targets=[5]"], "must be a list of str"),
+    ("allowed ops not a list", lambda t: ["--set", 'export.allowed_float_ops="LOGISTIC"'], "must be of type list"),
+    ("npz labels 2-D", lambda t: _data(_npz(t, y=np.zeros((60, 2), np.int64))), "y of shape (N,)"),
+    ("npz x of another length", lambda t: _data(_npz(t, y=np.arange(59) % 3)), "needs x of shape"),
+    ("32-bit float image", lambda t: _data(_float_image_folder(t)), "mode F"),
+    ("empty npz", lambda t: _data(_npz(t, x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0, np.int64))), "holds no images"),
+    ("decompression bomb", decompression_bomb, "bomb.png (Image size"),
+    ("calibration file is a directory", lambda t: ["--set", f'data.calibration_file="{t}"'], "must name a file"),
+    ("cache is a file", lambda t: ["--set", f'cache.dir="{_write(t / "cachefile", "x")}"'], "the cache must be a directory"),
     ("application recipe with other input", lambda t: ["--set", 'train.recipe="mobilenet_v3_small"', "--set",
                                                        "preprocess.pixel_range=[0, 255]"], "needs the default preprocessing"),
 ]
@@ -169,6 +209,7 @@ def test_bad_input_exits_3_with_one_line(case, make, expected, tmp_path):
     if "--config" not in args:
         args = ["--config", str(TINY), *args]
     before = _files(tmp_path)
+    around = _snapshot(tmp_path)
     if not any(a.startswith("validate.targets") for a in args):
         args += ["--set", "validate.targets=[]"]
     proc = edgebuild("build", *args, "--set", f'build.out_dir="{out}"')
@@ -177,8 +218,21 @@ def test_bad_input_exits_3_with_one_line(case, make, expected, tmp_path):
     lines = proc.stderr.strip().splitlines()
     err = "\n".join(line for line in lines if not re.match(r"^\s*(ran|cached)  \S+ +[0-9.]+ s$", line))
     assert "Traceback" not in err and err.startswith("error: ") and len(err.splitlines()) <= 2, err
+    assert len(err) <= 800, f"an error message must stay short; this one is {len(err)} characters"
     assert expected in err, err
     assert _unvouched(tmp_path, before) == [], "the failed stage must write nothing"
+    after = _snapshot(tmp_path)
+    changed = {p for p in set(around) | set(after) if around.get(p) != after.get(p)}
+    assert changed <= {"calib-new.json"}, f"files outside the build directory changed: {sorted(changed)}"
+
+
+def _snapshot(tmp_path):
+    """Every file around the build directory (outside tmp_path/out) with its content hash; the
+    versioned calibration file may be pinned there by a build whose later stage failed."""
+    import hashlib
+
+    return {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*")
+            if p.is_file() and (tmp_path / "out") not in p.parents}
 
 
 def _unvouched(tmp_path, before):

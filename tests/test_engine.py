@@ -92,3 +92,19 @@ def test_stage_processes_run_the_installed_code_not_the_working_directorys(tmp_p
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "pipeline" / "HIJACKED").exists()
     assert set(_records(tmp_path / "out" / "digits")) == {"data", "calibration"}
+
+
+def test_only_one_stage_never_leaves_a_manifest_that_no_longer_matches(tiny_build, cache_dir, tmp_path):
+    d = tmp_path / "b" / "tiny"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock", "logs"))
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["EDGEBUILD_CACHE"] = str(cache_dir)
+    args = [sys.executable, "-m", "pipeline", "build", "--config", str(TINY), "--set", f'build.out_dir="{d.parent}"',
+            "--set", f'data.calibration_file="{tiny_build["out"]}/calib.json"']
+    proc = subprocess.run([*args, "--only", "qat", "--set", "qat.epochs=1"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "manifest removed, not rewritten: stage export was made from another qat.keras" in proc.stderr, proc.stderr
+    assert not (d / "manifest.json").exists()
+    proc = subprocess.run([*args, "--only", "gate"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3 and "--only gate refreshes the manifest of a finished build" in proc.stderr, proc.stderr

@@ -60,13 +60,15 @@ def test_dockerfile_matches_the_target_files():
     text = (REPO / "Dockerfile.edge").read_text()
     expected = targets.dockerfile([targets.load_target(n) for n in targets.available_targets()])
     assert text == expected, "run: edgebuild target dockerfile"
+    copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
+    assert copied and all((REPO / src).is_file() for src in copied), copied  # what it copies exists
     for name in AARCH64:
         t = targets.load_target(name)
         stage = text.split(f"AS {name}\n", 1)[1].split("FROM ", 1)[0]
         assert f"debian:{t.distribution}-slim" in text.split(f"AS {name}")[0].splitlines()[-1]
-        pins = re.search(r"pip install [^\n]*", stage).group(0)
+        pins = re.search(r"RUN printf [^\n]*--require-hashes[^\n]*", stage).group(0)
         for wheel in t.wheels:
-            assert wheel in pins.split(), (name, wheel)
+            assert f"'{wheel} --hash=sha256:{t.wheel_sha256[wheel]}'" in pins, (name, wheel)
 
 
 def test_mirror_comes_from_the_machines_apt_sources(tmp_path):
@@ -100,11 +102,13 @@ def test_validate_command_adds_a_target_and_regates(tiny_build, cache_dir, tmp_p
         assert after[key] == before[key], key
 
 
-def _target_file(tmp_path, **changes):
-    """A copy of rpi5-litert.toml under another name, with some fields changed."""
+def _target_file(tmp_path, hashes=None, **changes):
+    """A copy of rpi5-litert.toml under another name, with some fields (and wheel hashes) changed."""
     text = (targets.TARGETS_DIR / "rpi5-litert.toml").read_text()
     for key, value in changes.items():
         text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+    if hashes is not None:
+        text = text[:text.index("[wheel_sha256]")] + "[wheel_sha256]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in hashes.items())
     (tmp_path / "targets").mkdir(exist_ok=True)
     (tmp_path / "targets" / "broken.toml").write_text(text.replace('name = "rpi5-litert"', 'name = "broken"'))
     return targets.load_target("broken", tmp_path / "targets")
@@ -112,11 +116,21 @@ def _target_file(tmp_path, **changes):
 
 def test_setup_names_a_wheel_that_does_not_exist_and_leaves_nothing(tmp_path):
     """The real pip against the real index: a pin that was never released is a one-line config error."""
-    target = _target_file(tmp_path, wheels='["ai-edge-litert==0.0.1", "numpy==2.2.6"]')
+    target = _target_file(tmp_path, wheels='["ai-edge-litert==0.0.1", "numpy==2.2.6"]',
+                          hashes={"ai-edge-litert==0.0.1": "0" * 64, "numpy==2.2.6": "0" * 64})
     with pytest.raises(InputError, match=r"no such wheel for this platform and Python .*ai-edge-litert==0\.0\.1"):
         targets.setup(target, tmp_path / "cache", log=lambda _: None)
     left = [p.name for p in (tmp_path / "cache" / "targets").iterdir()]
     assert left == [f"{targets.env_dir(target, tmp_path / 'cache').name}.setup.log"], left
+
+
+def test_a_wheel_that_does_not_match_its_pinned_sha256_is_refused(tmp_path):
+    """The real index serves the real numpy 2.2.6 file; the target file pins another hash."""
+    pinned = targets.load_target("rpi5-litert").wheel_sha256
+    target = _target_file(tmp_path, hashes={**pinned, "numpy==2.2.6": "0" * 64})
+    with pytest.raises(InputError, match=r"must match its wheel_sha256 .*; numpy==2\.2\.6 does not"):
+        targets.setup(target, tmp_path / "cache", log=lambda _: None)
+    assert not targets.env_dir(target, tmp_path / "cache").exists()
 
 
 def test_setup_says_when_the_registry_is_unreachable(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import numpy as np
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.sources import content_hash, source_kind
 from pipeline.engine.errors import InputError
+from pipeline.engine.text import first_few
 
 CALIBRATION_SCHEMA = 1
 CALIBRATION_FIX = ("If the data changed on purpose, point data.calibration_file at a new path (for example "
@@ -66,7 +67,7 @@ def check_calibration(calib, ids, images, labels, train_idx, cfg, origin):
     if missing:
         raise InputError(
             f"the calibration set must cover every class; {origin} has no samples of class(es) "
-            f"{missing}. Point data.calibration_file at a new path to create a new, stratified set."
+            f"{first_few(missing)}. Point data.calibration_file at a new path to create a new, stratified set."
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.engine.errors import InputError
+from pipeline.engine.text import first_few
 
 SPLITS = ("train", "val", "test")
 
@@ -58,10 +59,25 @@ def source_fingerprint(source, key="data.source"):
     return h.hexdigest()
 
 
+def _to_8bit(img):
+    """16-bit grayscale (PNG mode 'I;16', or 'I' holding 16-bit values) keeps its top 8 bits: Pillow's
+    convert('L') clips every value above 255 to white instead."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img, dtype=np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"mode {img.mode} with values outside 0..65535")
+        return Image.fromarray((a >> 8).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise ValueError("32-bit float pixels (mode F) have no fixed range")
+    return img
+
+
 def _resize(img, size, channels):
     from PIL import Image
 
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
@@ -111,14 +127,14 @@ def _load_folder(source, cfg):
                     if img.size != (cfg.image_size, cfg.image_size) or not mode_ok:
                         other_size.append(f"{rel} ({img.size[0]}x{img.size[1]} {img.mode})")
                     arr = _resize(img, cfg.image_size, cfg.channels)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-                bad.append(rel)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                bad.append(f"{rel} ({str(exc)[:80] or type(exc).__name__})")
                 continue
             images.append(arr)
             labels.append(label)
             ids.append(rel)
     if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        shown = first_few(bad)
         raise InputError(
             f"every file in an image folder must be a readable image; {len(bad)} are not: {shown}. "
             "Remove or replace them."
@@ -130,6 +146,11 @@ def _load_folder(source, cfg):
             f"received {shown}. Set data.mixed_sizes = 'resize' or fix the images."
         )
     return np.stack(images), np.asarray(labels, np.int64), ids, classes, None
+
+
+def _require_finite(a, name, path, fix):
+    if not np.isfinite(a).all():
+        raise InputError(f"{name} in {path} contains NaN or inf at {int((~np.isfinite(a)).sum())} values. {fix}")
 
 
 def _load_npz(source, cfg):
@@ -153,9 +174,10 @@ def _load_npz(source, cfg):
             f"an .npz needs x of shape (N, H, W[, 1|3]) and y of shape (N,); received x {x.shape}, "
             f"y {y.shape}. Reshape the arrays."
         )
+    if len(y) == 0 or 0 in x.shape:
+        raise InputError(f"{path} holds no images (x {x.shape}, y {y.shape}). Point data.source at your data.")
     if np.issubdtype(x.dtype, np.floating):
-        if not np.isfinite(x).all():
-            raise InputError(f"x in {path} contains NaN or inf at {int((~np.isfinite(x)).sum())} values. Clean the data.")
+        _require_finite(x, "x", path, "Clean the data.")
         if x.min() < 0 or x.max() > 255:
             raise InputError(
                 f"x in {path} must be pixels in [0, 1] or [0, 255]; received range "
@@ -166,8 +188,7 @@ def _load_npz(source, cfg):
     elif x.dtype != np.uint8:
         raise InputError(f"x in {path} must be uint8 or float; received {x.dtype}. Convert it.")
     if np.issubdtype(y.dtype, np.floating):
-        if not np.isfinite(y).all():
-            raise InputError(f"y in {path} contains NaN or inf. Labels must be integers 0..K-1.")
+        _require_finite(y, "y", path, "Labels must be integers 0..K-1.")
         if not np.all(y == np.round(y)):
             raise InputError(f"y in {path} must hold integer class ids; received fractional values. Fix the labels.")
     elif not np.issubdtype(y.dtype, np.integer):

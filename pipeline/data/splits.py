@@ -9,6 +9,7 @@ import numpy as np
 from pipeline.data import preprocess
 from pipeline.data.sources import SPLITS, content_hash, load_source
 from pipeline.engine.errors import InputError
+from pipeline.engine.text import first_few
 
 
 def stratified_split(labels, seed, val_fraction, test_fraction, max_samples=0):
@@ -35,10 +36,6 @@ def _split_from_array(split):
     return tuple(np.flatnonzero(split == name).astype(np.int64) for name in SPLITS)
 
 
-def _ids_shown(ids, n=5):
-    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
-
-
 def load_splits(cfg, seed):
     """Images, labels, ids, class names and (train, val, test) indices, plus what the test set is.
 
@@ -61,7 +58,7 @@ def load_splits(cfg, seed):
         if t_names != class_names:
             raise InputError(
                 f"data.test_source must have the classes of data.source, in the same order; test set has "
-                f"{t_names[:12]}, data.source has {class_names[:12]}. Use the same class folder names (or "
+                f"{first_few(t_names, 12)}, data.source has {first_few(class_names, 12)}. Use the same class folder names (or "
                 "class_names arrays)."
             )
         if len(t_labels) == 0:
@@ -105,7 +102,7 @@ def test_set_record(images, labels, ids, class_names, splits, test_info, allow_o
         raise InputError(
             f"a held-out test set must not contain images that are also trained, validated or calibrated on; "
             f"{len(overlap)} of {len(test_idx)} test images from {test_info['source']} occur in data.source's "
-            f"train/val split ({_ids_shown(overlap)}). Remove them from one side, or set data.allow_overlap = true "
+            f"train/val split ({first_few(overlap)}). Remove them from one side, or set data.allow_overlap = true "
             "to accept it (recorded in the manifest)."
         )
     fp = hashlib.sha256(json.dumps(class_names).encode())

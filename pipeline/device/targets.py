@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ class Target:
     runtime: str
     runtime_version: str
     wheels: tuple
+    wheel_sha256: dict  # wheel pin -> sha256 of the one file pip downloads for these platforms
     wheel_platforms: tuple
     qemu_suite: str
     qemu_version: str
@@ -66,7 +68,10 @@ def available_targets(targets_dir=TARGETS_DIR):
     return sorted(p.stem for p in Path(targets_dir).glob("*.toml"))
 
 
-def load_target(name, targets_dir=TARGETS_DIR):
+def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
+    from pipeline.engine.config import check_name
+
+    check_name(name, "a target name")
     path = Path(targets_dir) / f"{name}.toml"
     if not path.is_file():
         from pipeline.engine.text import did_you_mean
@@ -84,7 +89,7 @@ def load_target(name, targets_dir=TARGETS_DIR):
         raise InputError(f"{path} is not valid TOML: {exc}.") from None
     fields = {f.name for f in dataclasses.fields(Target)} - {"sha256", "path", "tolerances"}
     unknown = set(raw) - fields - {"tolerances"}
-    missing = fields - set(raw)
+    missing = fields - set(raw) - (set() if check_hashes else {"wheel_sha256"})
     if unknown or missing:
         raise InputError(
             f"{path} must define exactly the target fields; unknown: {sorted(unknown) or 'none'}, "
@@ -93,7 +98,32 @@ def load_target(name, targets_dir=TARGETS_DIR):
     tol = Tolerances(**raw.pop("tolerances", {}))
     for key in ("debian_packages", "wheels", "wheel_platforms"):
         raw[key] = tuple(raw[key])
+    raw.setdefault("wheel_sha256", {})
+    _check_lists(raw, path, check_hashes)
     return Target(**raw, tolerances=tol, sha256=hashlib.sha256(raw_bytes).hexdigest(), path=str(path))
+
+
+# What a target file's list entries may be: they reach pip, mmdebstrap and Dockerfile lines.
+PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+PLATFORM = re.compile(r"[a-z0-9_]+")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_lists(raw, path, check_hashes=True):
+    for key, pattern, what in (("wheels", PIN, "an exact pin 'name==version'"),
+                               ("debian_packages", DEBIAN_PACKAGE, "a Debian package name"),
+                               ("wheel_platforms", PLATFORM, "a wheel platform tag")):
+        bad = [v for v in raw[key] if not isinstance(v, str) or not pattern.fullmatch(v)]
+        if bad:
+            raise InputError(f"every entry of {key} in {path} must be {what}; received {str(bad[0])[:80]!r}. Fix the "
+                             "target file.")
+    hashes = raw["wheel_sha256"]
+    if check_hashes and (not isinstance(hashes, dict) or set(hashes) != set(raw["wheels"]) or not all(
+            isinstance(h, str) and SHA256.fullmatch(h) for h in hashes.values())):
+        raise InputError(f"wheel_sha256 in {path} must give the sha256 (64 hex digits) of every wheel in wheels and "
+                         f"nothing else; it has {sorted(hashes) if isinstance(hashes, dict) else hashes!r}. Run "
+                         "edgebuild target pin NAME and paste its table.")
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -228,21 +258,51 @@ def _fetch_qemu(target, mirror, tmp, logfile):
     shutil.rmtree(apt)
 
 
-def _install_wheels(target, tmp, logfile):
-    wheels = tmp / "wheels"
+def _download_wheels(target, dest, logfile, hashed=True):
+    """pip download of the target's aarch64 wheels (no dependencies), checked against wheel_sha256."""
     platforms = [a for p in target.wheel_platforms for a in ("--platform", p)]
     py = target.python.replace(".", "")
-    _run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
-         "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{py}",
-         *platforms, "-d", str(wheels), *target.wheels],
-        f"downloading aarch64 wheels {' '.join(target.wheels)}", logfile,
-    )
+    dest.mkdir(parents=True, exist_ok=True)
+    if hashed:
+        requirements = dest / "requirements.txt"
+        requirements.write_text("".join(f"{w} --hash=sha256:{target.wheel_sha256[w]}\n" for w in target.wheels))
+        wanted = ["--require-hashes", "-r", str(requirements)]
+    else:
+        wanted = list(target.wheels)
+    try:
+        _run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
+             "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{py}",
+             *platforms, "-d", str(dest), *wanted],
+            f"downloading aarch64 wheels {' '.join(target.wheels)}", logfile,
+        )
+    except StageError:
+        log_text = Path(logfile).read_text()
+        if "DO NOT MATCH THE HASHES" not in log_text:
+            raise
+        culprit = next((ln.strip() for ln in log_text.splitlines() if " from http" in ln), "a wheel")
+        raise InputError(
+            f"every target wheel must match its wheel_sha256 in {target.path}; {culprit.split(' from ')[0]} does not "
+            f"(the index now serves another file). If that file is trusted, update the hash (edgebuild target "
+            f"pin {target.name}); otherwise the index is not the one the target was pinned against. Log: {logfile}"
+        ) from None
+    return sorted(dest.glob("*.whl"))
+
+
+def _install_wheels(target, tmp, logfile):
     site = tmp / "site"
-    for whl in sorted(wheels.glob("*.whl")):
+    for whl in _download_wheels(target, tmp / "wheels", logfile):
         with zipfile.ZipFile(whl) as z:
             z.extractall(site)
-    shutil.rmtree(wheels)
+    shutil.rmtree(tmp / "wheels")
+
+
+def pin_wheels(target, workdir, logfile):
+    """{pin: sha256} of the files pip downloads for the target's wheels now: its wheel_sha256 table."""
+    files = _download_wheels(target, Path(workdir), logfile, hashed=False)
+    by_name = {re.sub(r"[-_.]+", "-", f.name.split("-")[0]).lower(): f for f in files}
+    return {w: hashlib.sha256(by_name[re.sub(r"[-_.]+", "-", w.split("==")[0]).lower()].read_bytes()).hexdigest()
+            for w in target.wheels}
 
 
 def _selftest(target, root, logfile):
@@ -366,9 +426,12 @@ def dockerfile(targets):
             f"FROM --platform=linux/arm64 debian:{t.distribution}-slim AS {t.name}",
             f"# {t.description}; CPU {t.cpu}, threads {t.threads}, batch {t.batch_size}",
             "RUN apt-get update && apt-get install -y --no-install-recommends "
-            + " ".join(t.debian_packages) + " python3-pip && rm -rf /var/lib/apt/lists/*",
-            "RUN python3 -m pip install --no-cache-dir --break-system-packages " + " ".join(t.wheels),
-            "COPY pipeline/ondevice.py /opt/edgebuild/ondevice.py",
+            + " ".join(shlex.quote(p) for p in t.debian_packages) + " python3-pip && rm -rf /var/lib/apt/lists/*",
+            # the same wheels as the emulated target, hash-checked, without dependencies
+            "RUN printf '%s\\n' " + " ".join(shlex.quote(f"{w} --hash=sha256:{t.wheel_sha256[w]}") for w in t.wheels)
+            + " > /tmp/requirements.txt && python3 -m pip install --no-cache-dir --break-system-packages --no-deps "
+            "--require-hashes -r /tmp/requirements.txt",
+            f"COPY {ONDEVICE.relative_to(TARGETS_DIR.parent).as_posix()} /opt/edgebuild/ondevice.py",
             'ENTRYPOINT ["python3", "/opt/edgebuild/ondevice.py"]',
             "",
         ]

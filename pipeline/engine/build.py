@@ -6,6 +6,7 @@ when the stage finished, each file with os.replace; a lock file stops two builds
 same build directory at once.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from pipeline import stages as stage_registry
 from pipeline.engine.cache import StageCache, stage_key
-from pipeline.engine.errors import InputError, StageError
-from pipeline.engine.fsutil import atomic_copy, atomic_write_text, sha256_file
+from pipeline.engine.errors import InputError, StageError, disk_full
+from pipeline.engine.fsutil import atomic_copy, atomic_create, atomic_write_text, sha256_file
 from pipeline.engine.stage import select_config
 
 STEPS_AFTER_STAGES = ("manifest", "gate")
@@ -44,6 +45,7 @@ class BuildResult:
     records: dict = field(default_factory=dict)
     manifest: dict | None = None
     gate: dict | None = None
+    note: str = ""
 
 
 @contextmanager
@@ -74,7 +76,8 @@ def remove_leftovers(build_dir):
     """Remove what a killed build left behind: staging directories and temporary files (all hidden,
     never an artifact). Called under the build lock, so no live build owns them."""
     removed = 0
-    for path in build_dir.rglob(".*"):
+    own = [*build_dir.glob(".*"), *(build_dir / "records").glob(".*")]  # never below another directory
+    for path in own:
         if path.name == ".lock" or not path.exists():
             continue
         if path.is_dir() and path.name.startswith(".stage-"):
@@ -103,11 +106,23 @@ def package_root():
     return str(Path(__file__).resolve().parents[2])
 
 
+# The stage process: `python -P` (the working directory is not on sys.path), and this process's
+# package root put first only when the interpreter would otherwise find another `pipeline` (or none):
+# the stage runs the same code as the build, and site-packages never moves ahead of the stdlib.
+BOOTSTRAP = """import importlib.util, os, sys
+root, request = sys.argv[1:3]
+spec = importlib.util.find_spec("pipeline")
+if spec is None or os.path.dirname(os.path.dirname(os.path.realpath(spec.origin))) != root:
+    sys.path.insert(0, root)
+from pipeline.engine.runner import main
+main(request)
+"""
+
+
 def run_in_process(stage, selected, inputs, out_dir, options, log_path):
     """Run one stage's `run` in a fresh Python process with its Keras backend; returns its record.
 
-    The child runs with -P (no working directory on sys.path) and this process's package root first
-    on PYTHONPATH, so it imports the same code as this process whatever the working directory holds."""
+    The child imports the same code as this process whatever the working directory holds (BOOTSTRAP)."""
     request = {
         "module": stage.module,
         "config": selected,
@@ -126,10 +141,11 @@ def run_in_process(stage, selected, inputs, out_dir, options, log_path):
     env.pop("KERAS_BACKEND", None)
     if stage.backend:
         env["KERAS_BACKEND"] = stage.backend
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root(), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-P", "-m", "pipeline.engine.runner", str(request_path)], env=env)
+    proc = subprocess.run([sys.executable, "-P", "-c", BOOTSTRAP, package_root(), str(request_path)], env=env)
     result_path = out_dir / ".result.json"
     if not result_path.exists():
+        if proc.returncode == errno.ENOSPC:
+            raise disk_full(OSError(errno.ENOSPC, "No space left on device", str(out_dir)))
         raise StageError(
             f"stage {stage.name} died without a result (exit status {proc.returncode}); "
             f"its log is {log_path}."
@@ -219,9 +235,13 @@ def pin_outputs(stage, config, build_dir):
     for output, key in stage.pins.items():
         section, _, name = key.partition(".")
         path = Path(config.section(section)[name])
-        written = not path.exists()
-        if written:
-            atomic_copy(build_dir / output, path)
+        written = False
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written = atomic_create(build_dir / output, path)  # never replaces one pinned meanwhile
+            if not written and sha256_file(path) != sha256_file(build_dir / output):
+                raise InputError(f"{key} {path} was created by another build while this one ran, with other "
+                                 "content; run this build again to verify against it.")
         pinned[output] = {"path": str(path), "written": written}
     return pinned
 
@@ -247,13 +267,16 @@ def _steps(plan, only, until):
 
 def build(config, options, only=None, until=None, baseline=None):
     """Run a build. `only` runs one stage (group) from existing outputs, then refreshes the manifest
-    and gate; `until` stops after a stage or step. The manifest is written whenever every stage's
-    outputs are in the build directory."""
+    and gate when the build directory is consistent (`why_not_publishable`); `until` stops after a
+    stage or step (the manifest is written when the run reaches the last stage)."""
     plan = stage_registry.plan(config)
     steps = _steps(plan, only, until)
     todo = [s for s in plan if s.group_name in steps]
     external = {s.name: s.external(config) if s.external else {} for s in todo}  # bad input fails before any stage
     build_dir = config.build_dir
+    if options.cache_dir.exists() and not options.cache_dir.is_dir():
+        raise InputError(f"the cache must be a directory; {options.cache_dir} is a file. Point $EDGEBUILD_CACHE (or "
+                         "cache.dir) at a directory.")
     check_writable(build_dir)
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
     cache = StageCache(options.cache_dir, warn=warn) if config.cache.enabled else None
@@ -265,12 +288,43 @@ def build(config, options, only=None, until=None, baseline=None):
         for stage in todo:
             records[stage.name] = result.records[stage.name] = run_stage(
                 stage, config, build_dir, cache, options, external[stage.name], records)
-        complete = all(s.name in records and all((build_dir / o).exists() for o in s.outputs) for s in plan)
-        if complete and (only or plan[-1].group_name in steps):
+        if not (only or plan[-1].group_name in steps):
+            return result
+        problem = why_not_publishable(plan, config, records, build_dir)
+        if problem is None:
             result.manifest, result.gate = publish(
                 config, {s.name: records[s.name] for s in plan}, build_dir,
                 baseline, run_gate=bool(only) or "gate" in steps)
+        elif only in STEPS_AFTER_STAGES or only == plan[-1].group_name:
+            raise InputError(f"--only {only} refreshes the manifest of a finished build; {problem}. Run edgebuild build.")
+        else:  # a manifest left from before would vouch for artifacts that changed since
+            for stale in ("manifest.json", "report.html"):
+                (build_dir / stale).unlink(missing_ok=True)
+            result.note = f"manifest removed, not rewritten: {problem}"
     return result
+
+
+def why_not_publishable(plan, config, records, build_dir):
+    """None when every stage's record and outputs are in the build directory, each made from the
+    files now there and with the config now given; else what is wrong (the manifest must never
+    describe artifacts that no longer match each other or the config)."""
+    current = {}
+    for stage in plan:
+        record = records.get(stage.name)
+        missing = [o for o in stage.outputs if not (build_dir / o).exists()]
+        if record is None or missing:
+            return f"stage {stage.name} has not finished in {build_dir}"
+        if "key_parts" not in record:
+            return f"stage {stage.name}'s record in {build_dir} was written by an older edgebuild"
+        for name, digest in record["key_parts"]["inputs"].items():
+            current.setdefault(name, sha256_file(build_dir / name))
+            if current[name] != digest:
+                return f"stage {stage.name} was made from another {name} (re-run it: its inputs changed)"
+        try:
+            check_consistent(stage, select_config(config, stage.config), [record])
+        except InputError as exc:
+            return str(exc).rstrip(".")
+    return None
 
 
 def publish(config, records, build_dir, baseline=None, run_gate=True, manifest=None):

@@ -69,6 +69,14 @@ class StageCache:
         return entry, meta["record"]
 
     def put(self, key, src_dir, outputs, record):
+        """Store a stage's outputs; a cache that cannot be written (full, read-only) is a warning:
+        the build goes on without it."""
+        try:
+            self._put(key, src_dir, outputs, record)
+        except OSError as exc:
+            self.warn(f"could not store stage outputs in the cache {self.root} ({exc.strerror}); continuing without")
+
+    def _put(self, key, src_dir, outputs, record):
         with publishing_dir(self.root / key) as tmp:
             hashes = {}
             for name in outputs:

@@ -4,7 +4,6 @@ and the versions of the tools its process runs."""
 
 import ast
 import hashlib
-import importlib.util
 import platform
 import re
 from functools import lru_cache
@@ -14,20 +13,40 @@ from pathlib import Path
 PACKAGE = "pipeline"
 
 
-def _module_file(name, packages):
-    """The source file of module `name` if it belongs to one of `packages` (top-level names), else None."""
-    if name.partition(".")[0] not in packages:
-        return None
+def _locate(name):
+    """The source file of module `name`, found without importing anything (a lookup must never run a
+    package's code, nor load Keras into the process that computes keys)."""
+    import importlib.util
+    from importlib.machinery import PathFinder
+
+    top, *rest = name.split(".")
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(top)  # a top-level name: located, not imported
     except (ImportError, ValueError):
         return None
+    for part in rest:
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        spec = PathFinder.find_spec(f"{spec.name}.{part}", spec.submodule_search_locations)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     return Path(spec.origin)
 
 
-def _imports(name, path, tree, packages):
+def _module_file(name, packages, within=()):
+    """The source file of module `name` if it belongs to one of `packages` (top-level names) or lies
+    inside one of the directories `within`, else None."""
+    if name.partition(".")[0] not in packages and not within:
+        return None
+    path = _locate(name)
+    if path is None:
+        return None
+    if name.partition(".")[0] in packages or any(Path(d) in path.resolve().parents for d in within):
+        return path
+    return None
+
+
+def _imports(name, path, tree, packages, within=()):
     """Project modules that module `name` (at `path`) imports, anywhere in its body."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -48,7 +67,7 @@ def _imports(name, path, tree, packages):
         parts = module.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
             modules.add(".".join(parts[:i]))
-    return {m for m in modules if _module_file(m, packages)}
+    return {m for m in modules if _module_file(m, packages, within)}
 
 
 def _code_files(path, tree):
@@ -67,21 +86,22 @@ def _parse(source):
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest(), tree
 
 
-def code_digest(*modules):
+def code_digest(*modules, within=()):
     """(digest, module names): the sha256 over `modules` and every module of this package (or of a
-    root module's own package) that they reach by import."""
+    root module's own package, or inside the directories `within`) that they reach by import."""
     packages = {PACKAGE} | {m.partition(".")[0] for m in modules}
+    within = [Path(d).resolve() for d in within]
     seen, todo, files = {}, list(modules), []
     while todo:
         name = todo.pop()
         if name in seen:
             continue
-        path = _module_file(name, packages)
+        path = _module_file(name, packages, within)
         if path is None:
-            raise ValueError(f"the stage module {name} has no Python source here")
+            raise ValueError(f"the module {name} has no Python source here")
         digest, tree = _parse(path.read_bytes())
         seen[name] = digest
-        todo.extend(_imports(name, path, tree, packages))
+        todo.extend(_imports(name, path, tree, packages, within))
         files.extend(_code_files(path, tree))
     h = hashlib.sha256()
     for name in sorted(seen):

@@ -9,6 +9,7 @@ them as read-only. A stage receives only the entries it declares (`pipeline.engi
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ def _f(default, doc, **kw):
 
 @dataclass(frozen=True)
 class BuildSection:
-    name: str = _f("digits", "build name; outputs go to <out_dir>/<name>/")
+    name: str = _f("digits", "build name (letters, digits, '.', '_', '-'); outputs go to <out_dir>/<name>/",
+                   name=True)
     seed: int = _f(0, "seed for the split, initialisation and shuffling")
     out_dir: str = _f("build", "directory that receives one folder per build")
 
@@ -92,12 +94,14 @@ class QatConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     onnx_opset: int = _f(17, "ONNX opset for tf2onnx", min=9)
-    allowed_float_ops: list = _f([], "op names allowed to stay float in the int8 model (recorded in the manifest)")
+    allowed_float_ops: list = _f([], "op names allowed to stay float in the int8 model (recorded in the manifest)",
+                                 items=str)
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert"], "emulated targets (targets/<name>.toml) to validate on")
+    targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert"], "emulated targets (targets/<name>.toml) to validate on",
+                       items=str, name=True)
     sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0)
     shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
 
@@ -158,6 +162,18 @@ def canonical_json(obj):
 SECTIONS = {f.name: f.type for f in dataclasses.fields(BuildConfig)}
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(value, where):
+    """Build and target names are names, never paths: letters, digits, '.', '_' and '-'."""
+    if not NAME.fullmatch(value):
+        raise InputError(
+            f"{where} must be a name: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"(never a path); received {value[:80]!r}. Use for example 'digits-v2'."
+        )
+
+
 def _check_value(where, f, value):
     expected = type(f.default) if f.default is not dataclasses.MISSING else f.default_factory().__class__
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -168,6 +184,14 @@ def _check_value(where, f, value):
             f"({type(value).__name__}). Fix it in edgebuild.toml or the --set flag."
         )
     meta = f.metadata
+    if "items" in meta:
+        wrong = [v for v in value if not isinstance(v, meta["items"])]
+        if wrong:
+            raise InputError(f"config key '{where}' must be a list of {meta['items'].__name__}; received "
+                             f"{wrong[0]!r} ({type(wrong[0]).__name__}) in {value!r}."[:300])
+    if meta.get("name"):
+        for v in value if isinstance(value, list) else [value]:
+            check_name(v, where)
     if "choices" in meta and value not in meta["choices"]:
         raise InputError(
             f"config key '{where}' must be one of {', '.join(map(repr, meta['choices']))}; "

@@ -22,3 +22,14 @@ class StageError(EdgebuildError):
 
     exit_code = EXIT_STAGE
 
+
+
+def disk_full(exc):
+    """An InputError for a write that failed because the disk (or quota) is full, else None."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return InputError(f"a build needs free disk space; the disk is full{where}. Free space, or point "
+                          "build.out_dir (and $EDGEBUILD_CACHE) at a disk with room; nothing half-written was published.")
+    return None

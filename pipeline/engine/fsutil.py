@@ -132,3 +132,17 @@ def publishing_dir(final):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_create(src, dst):
+    """Copy src to dst only if dst does not exist, atomically (a hard link of a finished temporary
+    file, which refuses to replace): True if this call created dst, False if it was already there."""
+    with _replacing(Path(dst).with_name(f".{Path(dst).name}.new")) as tmp:
+        shutil.copyfile(src, tmp)
+        try:
+            os.link(tmp, dst)
+            created = True
+        except FileExistsError:
+            created = False
+    os.unlink(Path(dst).with_name(f".{Path(dst).name}.new"))
+    return created

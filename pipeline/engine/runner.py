@@ -1,4 +1,4 @@
-"""Child-process entry point: `python -P -m pipeline.engine.runner REQUEST.json`.
+"""Child-process entry point: `main(REQUEST.json)`, started by the engine's BOOTSTRAP (`python -P -c`).
 
 Each stage runs in its own process so that it can choose its Keras backend (Keras fixes it at
 import): the parent sets KERAS_BACKEND, this process runs one stage and writes a JSON result.
@@ -52,15 +52,20 @@ def main(request_path):
                   "traceback": traceback.format_exc()}
     except Exception as exc:  # reported by the parent as a stage failure, traceback behind --debug
         from pipeline.engine.diagnose import explain
+        from pipeline.engine.errors import disk_full
 
-        result = {"ok": False, "exit_code": None, "message": explain(exc),
+        full = disk_full(exc)
+        result = {"ok": False, "exit_code": full.exit_code if full else None, "message": str(full or explain(exc)),
                   "traceback": traceback.format_exc()}
     traceback_text = result.get("traceback")
     if traceback_text:
         print(traceback_text, file=sys.stderr)
     tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, result_path)
+    try:
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, result_path)
+    except OSError as exc:  # no room even for the result: the exit status says why
+        sys.exit(exc.errno or 1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 it never knows a stage by name.
 
 - `config`: the "section" or "section.key" entries the stage reads. Its process receives only
-  those (as `cfg.<section>`), and their values are part of the cache key.
+  those (as `cfg.<section>`), and their values are part of the cache key, except `key_ignores`
+  (a path whose file's content is keyed as an external input instead).
 - `inputs` / `outputs`: file names in the build directory; inputs are earlier stages' outputs.
 - `external(config)`: {name: content hash} of files outside the build directory that the stage
   reads (a data source, a pretrained weights file, a target profile). Part of the cache key.

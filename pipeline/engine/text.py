@@ -16,3 +16,9 @@ def did_you_mean(word, choices, cutoff=0.6, listing=False):
     if match:
         return f" Did you mean '{match[0]}'?"
     return f" Valid keys: {', '.join(sorted(choices))}." if listing else ""
+
+
+def first_few(items, n=5):
+    """'a, b, c, d, e and 7 more': a bounded list for a one-line message."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -73,3 +73,18 @@ def check_full_integer(info, allowed_float_ops):
     if floats:
         problems.append(f"float ops {', '.join(floats)}")
     return problems
+
+
+def check_onnx_loads(path):
+    """The ONNX file must load in onnxruntime before it is published (tf2onnx can emit ops, such as
+    Erfc from a GELU, that onnxruntime has no kernel for)."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types; all mean "refused"
+        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+        raise InputError(
+            f"the ONNX export must load in onnxruntime; it refuses this model ({reason}). Replace the layer "
+            "that produces that op, or lower/raise export.onnx_opset; nothing was published."
+        ) from None

@@ -85,21 +85,20 @@ def model_files(train, trains):
 
 
 def source_hash(recipe):
-    """Content hash of what a user recipe is made of (part of the train stage's cache key)."""
+    """Content hash of what a user recipe is made of: a model file's bytes, or the code of a
+    function's module and every module of the project (the working directory) it imports."""
     k = kind(recipe)
     if k == "keras_file":
         path = Path(recipe)
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
     if k == "function":
-        import importlib.util
+        from pipeline.engine.codehash import code_digest
 
         _project_on_path()
         try:
-            spec = importlib.util.find_spec(recipe.partition(":")[0])
-        except ModuleNotFoundError:
-            spec = None
-        if spec and spec.origin and Path(spec.origin).is_file():
-            return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
+            return code_digest(recipe.partition(":")[0], within=[os.getcwd()])[0]
+        except (ValueError, SyntaxError):
+            return None  # the stage that imports it says what is wrong
     return None
 
 

@@ -116,7 +116,10 @@ def evaluate(manifest, cfg, baseline=None):
     io = f"{art['input']['dtype']}/{art['output']['dtype']}"
     checks.append(_check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
     float_ops = art.get("float_ops", [])
-    checks.append(_check("full-integer ops", ", ".join(float_ops) or "none", "none", not float_ops))
+    allowed = ((manifest.get("config") or {}).get("export") or {}).get("allowed_float_ops") or []
+    unlisted = [op for op in float_ops if op not in allowed]
+    checks.append(_check("full-integer ops", ", ".join(float_ops) or "none", "none but export.allowed_float_ops",
+                         not unlisted, detail=f"allowed: {', '.join(float_ops)}" if float_ops and not unlisted else ""))
 
     if baseline is not None:
         check_baseline_compatible(manifest, baseline)

@@ -19,7 +19,7 @@ SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 TOOLCHAIN = {
     "keras": "keras",
-    "tensorflow": "tensorflow-cpu",
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),  # whichever distribution provides it
     "jax": "jax",
     "jaxlib": "jaxlib",
     "ai_edge_litert": "ai-edge-litert",
@@ -46,7 +46,8 @@ def toolchain_versions(records):
         for dist, version in (rec.get("toolchain") or {}).items():
             loaded.setdefault(dist, version)
     versions = {"python": loaded.get("python", platform.python_version())}
-    versions.update({key: loaded.get(dist) for key, dist in TOOLCHAIN.items()})
+    for key, dists in TOOLCHAIN.items():
+        versions[key] = next((loaded[d] for d in ((dists,) if isinstance(dists, str) else dists) if loaded.get(d)), None)
     try:
         versions["edgebuild"] = metadata.version("edgebuild")
     except metadata.PackageNotFoundError:

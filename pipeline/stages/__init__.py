@@ -1,5 +1,5 @@
 """The stages of a build, in order. Each module declares its own contract (`pipeline.engine.stage`);
-adding a stage is adding a module here and its name to ORDER."""
+adding a stage is adding a module here and its name to ORDER (and its --only name to GROUPS)."""
 
 import importlib
 

@@ -10,6 +10,7 @@ from pipeline.data.splits import load_splits, test_set_record
 from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
+from pipeline.engine.text import first_few
 
 
 def external(config):
@@ -37,7 +38,7 @@ def run(cfg, inputs, out_dir, ctx):
         if absent:
             raise InputError(
                 f"the {split_name} split must contain every class; class(es) "
-                f"{[class_names[a] for a in absent][:12]} have no samples in it. Add data for them."
+                f"{first_few([class_names[a] for a in absent])} have no samples in it. Add data for them."
             )
     test_set = test_set_record(images, labels, ids, class_names, splits, test_info, data_cfg.allow_overlap)
 

@@ -20,7 +20,7 @@ STAGE = Stage(
     "export", __name__, config=("export", "preprocess", "train.recipe"),
     inputs=("float.keras", "qat.keras", "dataset.npz", "calibration.json"),
     outputs=("model_int8.tflite", "model_float.tflite", "model.onnx"), backend="tensorflow",
-    toolchain=("keras", "tensorflow-cpu", "tf2onnx", "onnx", "protobuf", "numpy"),
+    toolchain=("keras", "tensorflow", "tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime", "protobuf", "numpy"),
     external=lambda config: usermodel.model_files(config.train, False),
 )
 
@@ -29,7 +29,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 
     import pipeline.model.qat  # noqa: F401 (registers the QAT layers so load_model finds them)
-    from pipeline.model.convert import check_full_integer, export_float, export_int8, export_onnx
+    from pipeline.model.convert import check_full_integer, check_onnx_loads, export_float, export_int8, export_onnx
 
     usermodel.register_user_layers(stage_cfg.train.recipe)
 
@@ -49,6 +49,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     export_float(float_model, out_dir / "model_float.tflite")
     bar.update(1)
     export_onnx(float_model, out_dir / "model.onnx", cfg.onnx_opset)
+    check_onnx_loads(out_dir / "model.onnx")
     bar.update(1)
     bar.close()
 

@@ -129,3 +129,18 @@ def test_npz_labels(tmp_path, y, message):
     config = _config(tmp_path, f'data.source="{tmp_path / "d.npz"}"', "data.image_size=8")
     with pytest.raises(InputError, match=message or "split must contain every class"):
         _data(config, tmp_path)  # (without an error in y: classes 3 and 4 have no samples)
+
+
+def test_a_16_bit_png_keeps_its_contrast(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "deep"
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512 over 16 bits
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(ramp).save(root / c / f"{i}.png")  # a uint16 array: a 16-bit PNG (mode I;16)
+    config = _config(tmp_path, f'data.source="{root}"', "data.image_size=8")
+    _data(config, tmp_path)
+    x = load_dataset(tmp_path / "dataset.npz")["x"][0, ..., 0]
+    assert x.min() == 0 and x.max() == 252 and len(np.unique(x)) == 64, "16-bit pixels must be scaled, not clipped"

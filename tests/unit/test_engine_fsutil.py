@@ -28,3 +28,14 @@ def test_the_same_arrays_give_the_same_npz_bytes_at_any_time(tmp_path):
         assert (f["x"] == arrays["x"]).all() and f["names"].tolist() == ["a", "b"]
     atomic_save_npz(tmp_path / "three.npz", **{**arrays, "x": arrays["x"] + 1})
     assert sha256_file(tmp_path / "three.npz") != sha256_file(tmp_path / "one.npz")
+
+
+def test_atomic_create_never_replaces_a_file_that_is_there(tmp_path):
+    from pipeline.engine.fsutil import atomic_create
+
+    (tmp_path / "a").write_text("first")
+    (tmp_path / "b").write_text("second")
+    assert atomic_create(tmp_path / "a", tmp_path / "pinned.json") is True
+    assert atomic_create(tmp_path / "b", tmp_path / "pinned.json") is False
+    assert (tmp_path / "pinned.json").read_text() == "first"
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "pinned.json"]

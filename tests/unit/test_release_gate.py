@@ -82,6 +82,15 @@ def test_baseline_with_other_classes_is_bad_input():
         gate.evaluate(MANIFEST, CFG, baseline=base)
 
 
+def test_float_ops_pass_only_when_export_allowed_them():
+    m = copy.deepcopy(MANIFEST)
+    m["artifacts"]["int8_tflite"]["float_ops"] = ["LOGISTIC"]
+    assert "full-integer ops" in failed(gate.evaluate(m, CFG))
+    m["config"]["export"]["allowed_float_ops"] = ["LOGISTIC"]
+    check = next(c for c in gate.evaluate(m, CFG)["checks"] if c["name"] == "full-integer ops")
+    assert check["passed"] and "allowed: LOGISTIC" in check["detail"]
+
+
 def test_renderers_show_every_check():
     result = gate.evaluate(MANIFEST, CFG)
     table, markdown, junit = gate.table(result), gate.markdown(result), gate.junit(result)

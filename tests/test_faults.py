@@ -1,0 +1,92 @@
+"""Faults a build must survive cleanly: SIGTERM, a full disk, a hostile build name beside running
+builds. Each ends with a clear exit code, nothing half-written, the lock released."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY
+from pipeline.engine import build as build_mod
+
+
+def _start(out, cache, *sets, until=None):
+    args = [sys.executable, "-m", "pipeline", "--quiet", "build", "--config", str(TINY), *(["--until", until] if until else []),
+            "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
+            "--set", "validate.targets=[]", *[a for s in sets for a in ("--set", s)]]
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["EDGEBUILD_CACHE"] = str(cache)
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(pattern, root, proc, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list(root.glob(pattern)):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _lock_is_free(build_dir):
+    with build_mod.build_lock(build_dir):
+        return True
+
+
+def test_sigterm_mid_stage_kills_the_stage_and_leaves_nothing_half_written(tmp_path):
+    out = tmp_path / "out"
+    proc = _start(out, tmp_path / "cache")
+    assert _wait_for("tiny/.stage-train-*/.request.json", out, proc), "train never started"
+    request = next(out.glob("tiny/.stage-train-*/.request.json"))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)  # to the build only, as a CI runner's timeout would
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted (SIGTERM); nothing half-written was published" in err and "Traceback" not in err, err
+    build_dir = out / "tiny"
+    assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
+    assert not (build_dir / "float.keras").exists() and (build_dir / "dataset.npz").exists()
+    alive = subprocess.run(["pgrep", "-f", str(request)], capture_output=True, text=True).stdout.strip()
+    assert not alive, f"the stage process outlived the build: {alive}"
+    assert _lock_is_free(build_dir)
+
+
+def test_a_full_disk_ends_with_exit_3_and_nothing_half_written(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:100]})")
+    try:
+        proc = _start(small, tmp_path / "cache")
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 3, err
+        assert "the disk is full" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        build_dir = small / "tiny"
+        assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
+        assert not (build_dir / "manifest.json").exists()
+        assert _lock_is_free(build_dir)
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_hostile_build_name_beside_two_running_builds_harms_neither(tmp_path):
+    out = tmp_path / "out"
+    a = _start(out, tmp_path / "cache-a", 'build.name="a"', "train.epochs=3", until="train")
+    b = _start(out, tmp_path / "cache-b", 'build.name="b"', "train.epochs=3", until="train")
+    assert _wait_for("a/.stage-train-*", out, a) and _wait_for("b/.stage-train-*", out, b)
+    for name in ('""', '"../out"', '"."'):  # each would have made the neighbours' directory its own
+        hostile = _start(out, tmp_path / "cache-c", f"build.name={name}")
+        _, err = hostile.communicate(timeout=120)
+        assert hostile.returncode == 3 and "must be a name" in err, err
+    neighbour = _start(out, tmp_path / "cache-c", 'build.name="c"', "data.image_size=8",
+                       f'data.calibration_file="{tmp_path}/c-calib.json"', until="calibration")
+    _, neighbour_err = neighbour.communicate(timeout=300)
+    for proc, name in ((a, "a"), (b, "b")):
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+        assert (out / name / "float.keras").exists() and not list((out / name).glob(".stage-*"))
+    assert neighbour.returncode == 0, neighbour_err
