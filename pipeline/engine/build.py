@@ -285,9 +285,14 @@ def build(config, options, only=None, until=None, baseline=None):
         if remove_leftovers(build_dir):
             options.log(f"removed temporary files of an interrupted build from {build_dir}")
         records = load_records(build_dir)
-        for stage in todo:
-            records[stage.name] = result.records[stage.name] = run_stage(
-                stage, config, build_dir, cache, options, external[stage.name], records)
+        try:
+            for stage in todo:
+                records[stage.name] = result.records[stage.name] = run_stage(
+                    stage, config, build_dir, cache, options, external[stage.name], records)
+        except BaseException:
+            if result.records and not manifest_still_true(build_dir):
+                remove_manifest(build_dir)  # it would vouch for artifacts this failed run replaced
+            raise
         if not (only or plan[-1].group_name in steps):
             return result
         problem = why_not_publishable(plan, config, records, build_dir)
@@ -298,10 +303,26 @@ def build(config, options, only=None, until=None, baseline=None):
         elif only in STEPS_AFTER_STAGES or only == plan[-1].group_name:
             raise InputError(f"--only {only} refreshes the manifest of a finished build; {problem}. Run edgebuild build.")
         else:  # a manifest left from before would vouch for artifacts that changed since
-            for stale in ("manifest.json", "report.html"):
-                (build_dir / stale).unlink(missing_ok=True)
+            remove_manifest(build_dir)
             result.note = f"manifest removed, not rewritten: {problem}"
     return result
+
+
+def manifest_still_true(build_dir):
+    """Whether build_dir's manifest (if any) still matches every artifact it names."""
+    path = build_dir / "manifest.json"
+    if not path.exists():
+        return True
+    try:
+        artifacts = json.loads(path.read_text())["artifacts"].values()
+        return all(sha256_file(build_dir / a["path"]) == a["sha256"] for a in artifacts)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def remove_manifest(build_dir):
+    for name in ("manifest.json", "report.html"):
+        (build_dir / name).unlink(missing_ok=True)
 
 
 def why_not_publishable(plan, config, records, build_dir):

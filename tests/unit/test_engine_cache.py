@@ -69,3 +69,20 @@ def test_an_upgraded_toolchain_changes_the_key(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     upgraded, parts = stage_key(STAGE, {"train": {"epochs": 3}}, {}, {})
     assert upgraded != key and parts["toolchain"]["numpy"] == "99.0"
+
+
+def test_a_manifest_is_true_only_while_every_artifact_it_names_is_unchanged(tmp_path):
+    import hashlib
+
+    from pipeline.engine.build import manifest_still_true
+
+    (tmp_path / "model.tflite").write_bytes(b"int8 model")
+    digest = hashlib.sha256(b"int8 model").hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": {"int8": {"path": "model.tflite", "sha256": digest}}}))
+    assert manifest_still_true(tmp_path)
+    (tmp_path / "model.tflite").write_bytes(b"another model")  # a failed rebuild replaced it
+    assert not manifest_still_true(tmp_path)
+    (tmp_path / "model.tflite").unlink()
+    assert not manifest_still_true(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    assert manifest_still_true(tmp_path)  # no manifest: nothing vouched for
