@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -29,6 +30,19 @@ def _wait_for(pattern, root, proc, timeout=600):
             return True
         time.sleep(0.1)
     return False
+
+
+@contextmanager
+def _tmpfs(path, options):
+    """A tmpfs mounted at `path` for the block (skip where this machine does not allow mounting)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here ({mounted.stderr.strip()[:100]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def _lock_is_free(build_dir):
@@ -55,12 +69,7 @@ def test_sigterm_mid_stage_kills_the_stage_and_leaves_nothing_half_written(tmp_p
 
 
 def test_a_full_disk_ends_with_exit_3_and_nothing_half_written(tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(small)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:100]})")
-    try:
+    with _tmpfs(tmp_path / "small", "size=400k") as small:
         proc = _start(small, tmp_path / "cache")
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 3, err
@@ -69,8 +78,6 @@ def test_a_full_disk_ends_with_exit_3_and_nothing_half_written(tmp_path):
         assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
         assert not (build_dir / "manifest.json").exists()
         assert _lock_is_free(build_dir)
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_a_hostile_build_name_beside_two_running_builds_harms_neither(tmp_path):
@@ -93,16 +100,9 @@ def test_a_hostile_build_name_beside_two_running_builds_harms_neither(tmp_path):
 
 
 def test_a_read_only_cache_is_a_warning_and_the_build_goes_on(tmp_path):
-    cache = tmp_path / "ro-cache"
-    cache.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(cache)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.strip()[:100]})")
-    try:
+    with _tmpfs(tmp_path / "ro-cache", "ro,size=64k") as cache:
         proc = _start(tmp_path / "out", cache, "data.image_size=8", until="calibration")
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert "warning: could not store stage outputs in the cache" in err and "Read-only file system" in err, err
         assert (tmp_path / "out" / "tiny" / "calibration.json").exists()
-    finally:
-        subprocess.run(["umount", str(cache)], check=False)
