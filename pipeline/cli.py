@@ -170,6 +170,14 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
         if result.note:
             click.echo(result.note, err=True)
         return
+    _finish(result, junit, as_json)
+
+
+def _finish(result, junit, as_json):
+    """Print a finished build's or validation's summary (or manifest JSON), write the gate's JUnit
+    and step summary, and exit 1 when the gate failed."""
+    from pipeline.release import report
+
     _emit_gate_outputs(result.gate, junit)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=1))
@@ -218,33 +226,79 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
     sys.exit(0 if result["verdict"] == "pass" else 1)
 
 
+def _model_overrides(model, data, out):
+    """--set lines for validating a model file: its test set, and the image size and channels its input
+    tensor has (before the user's own --set, so an explicit one wins and is then checked)."""
+    import re
+
+    from pipeline.device import tflite_info
+    from pipeline.engine.errors import InputError
+    from pipeline.stages.model_file import model_path
+
+    path = model_path(model).resolve()
+    shape = tflite_info.describe(path)["inputs"][0]["shape"]
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] not in (1, 3):
+        raise InputError(f"edgebuild validates image classifiers with a square (batch, size, size, 1 or 3) input; "
+                         f"{model}'s input shape is {shape}.")
+    sets = [f"validate.model={json.dumps(str(path))}", f"data.image_size={shape[1]}", f"data.channels={shape[3]}"]
+    if data:
+        sets.append(f"data.test_source={json.dumps(data)}")
+    out = Path(out) if out else Path("build") / ("validate-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "model"))
+    return sets + [f"build.out_dir={json.dumps(str(out.parent))}", f"build.name={json.dumps(out.name)}"]
+
+
 @main.command(epilog=EXIT_CODES_HELP)
-@click.argument("build_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--target", "-t", "target_names", multiple=True, required=True, help="Target name (repeatable).")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--data", "data_source", metavar="SOURCE", help="Your test set, for a model file: an image folder "
+              "(one sub-folder per class, named like the model's classes, in its order) or an .npz with x and y "
+              "(sets data.test_source).")
+@click.option("--target", "-t", "target_names", multiple=True, help="Target name, added to validate.targets "
+              "(repeatable).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Output directory of a model file's validation "
+              "(default build/validate-<model file name>).")
 @config_option
 @set_option
+@gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @click.pass_context
-def validate(ctx, build_dir, target_names, config_path, sets):
-    """Run a finished build's int8 model on emulated target(s) (those of validate.targets plus
-    --target), add the results to its manifest and gate it again. Exits 1 if the gate fails."""
+def validate(ctx, path, data_source, target_names, out, config_path, sets, baseline, junit, as_json):
+    """Prove a model on the host and on emulated ARM targets, and gate it.
+
+    \b
+    edgebuild validate MODEL.tflite --data TEST_SET [--baseline manifest.json]
+        A .tflite built anywhere (float32, int8 or uint8 input): runs it on the host and on each
+        target of validate.targets (plus --target) over your whole test set, with pixels fed through
+        [preprocess] and the model's own input quantization. Image size and channels come from the
+        model. Writes manifest.json (kind "validation") and report.html, and gates them.
+    edgebuild validate [BUILD_DIR] --target NAME
+        A finished build's int8 model on more targets: adds their results to its manifest and
+        gates it again.
+
+    Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
+    fails its gate check; the other targets still run)."""
 
     from pipeline.engine import build as build_mod
+    from pipeline.release import manifest as manifest_mod
     from pipeline.release import report
 
-    config = _load_config(config_path, sets)
+    model_file = path is not None and not Path(path).is_dir()
     overrides = list(sets)
-    if build_dir:  # an existing build directory: out_dir/name
-        overrides += [f"build.out_dir={json.dumps(str(Path(build_dir).parent))}",
-                      f"build.name={json.dumps(Path(build_dir).name)}"]
+    if model_file:
+        overrides = _model_overrides(path, data_source, out) + overrides
+    elif data_source or out:
+        raise click.UsageError("--data and --out go with a model file: edgebuild validate MODEL.tflite --data TEST_SET.")
+    elif path:  # an existing build directory: out_dir/name
+        overrides += [f"build.out_dir={json.dumps(str(Path(path).parent))}", f"build.name={json.dumps(Path(path).name)}"]
+    config = _load_config(config_path, overrides)
+    if not model_file and not target_names:
+        raise click.UsageError("name the target(s) to add to the build: --target NAME (see edgebuild target list).")
     names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
     config = _load_config(config_path, overrides + [f"validate.targets={json.dumps(names)}"])
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
     options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
                                    debug=ctx.obj.debug, log=log)
-    result = build_mod.build(config, options, only="targets")
-    click.echo(report.summary(result.manifest))
-    if result.gate and result.gate["verdict"] == "fail":
-        sys.exit(1)
+    base = manifest_mod.read(baseline) if baseline else None
+    result = build_mod.build(config, options, only=None if model_file else "targets", baseline=base)
+    _finish(result, junit, as_json)
 
 
 @main.command("report", epilog=EXIT_CODES_HELP)

@@ -64,9 +64,36 @@ def to_float(images, cfg):
     return to_float64(images, cfg).astype(np.float32)
 
 
-def to_int8(images, cfg, scale, zero_point):
-    """uint8 images -> the int8 input tensor of a model quantized with (scale, zero_point)."""
-    return np.clip(np.round(to_float64(images, cfg) / scale) + zero_point, -128, 127).astype(np.int8)
+INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def to_int8(images, cfg, scale, zero_point, dtype="int8"):
+    """uint8 images -> the int8 (or uint8) input tensor of a model quantized with (scale, zero_point)."""
+    lo, hi = INTEGER_RANGES[dtype]
+    return np.clip(np.round(to_float64(images, cfg) / scale) + zero_point, lo, hi).astype(dtype)
+
+
+def to_input(images, cfg, tensor, origin="the model"):
+    """uint8 images -> the input tensor `tensor` describes (tflite_info's dtype, scale, zero_point):
+    float32 through the float formula, int8/uint8 quantized with the tensor's own parameters."""
+    dtype = tensor["dtype"]
+    if dtype == "float32":
+        return to_float(images, cfg)
+    if dtype not in INTEGER_RANGES:
+        raise InputError(f"{origin}'s input must be float32, int8 or uint8; it is {dtype}. Export it with one of those.")
+    if not tensor.get("scale"):
+        raise InputError(f"{origin}'s {dtype} input must carry per-tensor quantization (scale, zero point); it has "
+                         "none, so pixels cannot be mapped to it. Convert with inference_input_type and a "
+                         "representative dataset.")
+    return to_int8(images, cfg, tensor["scale"], tensor["zero_point"] or 0, dtype)
+
+
+def dequantize(values, tensor):
+    """Raw output values -> float64, using the tensor's scale and zero point when it is quantized."""
+    values = np.asarray(values)
+    if tensor.get("dtype") in INTEGER_RANGES and tensor.get("scale"):
+        return (values.astype(np.float64) - (tensor["zero_point"] or 0)) * tensor["scale"]
+    return values.astype(np.float64)
 
 
 def float_range(cfg, channels):
@@ -76,7 +103,7 @@ def float_range(cfg, channels):
     return float(ends.min()), float(ends.max())
 
 
-def describe(cfg, channels, scale=None, zero_point=None):
+def describe(cfg, channels, scale=None, zero_point=None, dtype="int8"):
     """The contract as JSON-able data, with the formula spelled out (and the int8 step when known)."""
     s, o, mean, std = params(cfg, channels)
     record = {
@@ -88,7 +115,8 @@ def describe(cfg, channels, scale=None, zero_point=None):
         "float_formula": "x[c] = (pixel * pixel_scale + pixel_offset - mean[c]) / std[c]  (pixel: uint8 0..255)",
     }
     if scale is not None:
-        record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, -128, 127)  with "
+        lo, hi = INTEGER_RANGES[dtype]
+        record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, {lo}, {hi})  with "
                                   f"x[c] = (pixel * {s!r} + {o!r} - mean[c]) / std[c], mean {record['mean']}, "
                                   f"std {record['std']}")
     return record

@@ -36,6 +36,18 @@ def _split_from_array(split):
     return tuple(np.flatnonzero(split == name).astype(np.int64) for name in SPLITS)
 
 
+def load_test_source(cfg):
+    """The fixed test set of `data.test_source`, whole and in its order (an .npz with a split array:
+    its 'test' rows): images, labels, ids ('test:<id>'), class names."""
+    t_images, t_labels, t_ids, t_names, t_split = load_source(cfg.test_source, cfg, "data.test_source")
+    if t_split is not None:
+        keep = np.flatnonzero(t_split == "test")
+        t_images, t_labels, t_ids = t_images[keep], t_labels[keep], [t_ids[i] for i in keep]
+    if len(t_labels) == 0:
+        raise InputError(f"data.test_source {cfg.test_source} holds no test samples. Point it at your test set.")
+    return t_images, t_labels, [f"test:{i}" for i in t_ids], t_names
+
+
 def load_splits(cfg, seed):
     """Images, labels, ids, class names and (train, val, test) indices, plus what the test set is.
 
@@ -51,18 +63,13 @@ def load_splits(cfg, seed):
                 f"not both; {cfg.source} marks {int((split == 'test').sum())} rows 'test'. Drop data.test_source "
                 "or those rows."
             )
-        t_images, t_labels, t_ids, t_names, t_split = load_source(cfg.test_source, cfg, "data.test_source")
-        if t_split is not None:  # an .npz with a split: its 'test' rows are the test set
-            keep = np.flatnonzero(t_split == "test")
-            t_images, t_labels, t_ids = t_images[keep], t_labels[keep], [t_ids[i] for i in keep]
+        t_images, t_labels, t_ids, t_names = load_test_source(cfg)
         if t_names != class_names:
             raise InputError(
                 f"data.test_source must have the classes of data.source, in the same order; test set has "
                 f"{first_few(t_names, 12)}, data.source has {first_few(class_names, 12)}. Use the same class folder names (or "
                 "class_names arrays)."
             )
-        if len(t_labels) == 0:
-            raise InputError(f"data.test_source {cfg.test_source} holds no test samples. Point it at your test set.")
         if split is not None:
             train_idx, val_idx, _ = _split_from_array(split)
         else:
@@ -71,7 +78,7 @@ def load_splits(cfg, seed):
         test_idx = np.arange(n, n + len(t_labels), dtype=np.int64)
         images = np.concatenate([images, t_images])
         labels = np.concatenate([labels, t_labels])
-        ids = list(ids) + [f"test:{i}" for i in t_ids]
+        ids = list(ids) + list(t_ids)
         origin = cfg.test_source
         fixed = True
     elif split is not None:

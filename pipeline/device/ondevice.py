@@ -3,9 +3,10 @@ only the Python standard library, numpy and the target's TFLite runtime.
 
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --batch 1 --threads 1
 
-Reads int8 inputs (N, H, W, C), runs the interpreter at the given batch size in one long-lived
-process, writes the int8 outputs to OUT.npy and a JSON line with timings and the runtime's name
-and version to stdout.
+Reads inputs (N, H, W, C) of the model's input dtype (int8, uint8 or float32), runs the interpreter
+at the given batch size in one long-lived process, writes the raw outputs to OUT.npy and a JSON line
+with timings and the runtime's name and version to stdout. A model the runtime refuses (cannot load,
+allocate or run) exits 3 with {"refused": "<the runtime's reason>"}.
 """
 
 import argparse
@@ -53,15 +54,25 @@ def main(argv=None):
     Interpreter, runtime = load_interpreter()
     x = np.load(args.inputs)
     started = time.perf_counter()
-    interp = Interpreter(model_path=args.model, num_threads=args.threads)
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    if inp["dtype"] != x.dtype:
-        print(json.dumps({"error": f"model input is {inp['dtype'].__name__}, inputs are {x.dtype}"}))
-        return 3
     batch = max(1, min(args.batch, len(x)))
-    interp.resize_tensor_input(inp["index"], [batch] + list(inp["shape"][1:]))
-    interp.allocate_tensors()
+    try:
+        interp = Interpreter(model_path=args.model, num_threads=args.threads)
+        inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
+        if inp["dtype"] != x.dtype:
+            raise ValueError(f"model input is {np.dtype(inp['dtype']).name}, inputs are {x.dtype}")
+        if tuple(inp["shape"][1:]) != x.shape[1:]:
+            raise ValueError(f"model input shape is {list(inp['shape'])}, inputs are {list(x.shape)}")
+        signature = inp.get("shape_signature")
+        if signature is not None and len(signature) and signature[0] != -1:
+            batch = int(signature[0])  # converted with a fixed batch: its graph may depend on it
+        else:
+            interp.resize_tensor_input(inp["index"], [batch] + list(inp["shape"][1:]))
+        interp.allocate_tensors()
+    except Exception as exc:  # the runtime's own reason, on one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        print(json.dumps({"refused": reason[:500]}))
+        return 3
     setup_s = time.perf_counter() - started
 
     results = np.zeros((len(x),) + tuple(out["shape"][1:]), dtype=out["dtype"])
@@ -72,7 +83,11 @@ def main(argv=None):
         if n < batch:  # pad the last batch; padded rows are dropped
             chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
         interp.set_tensor(inp["index"], chunk)
-        interp.invoke()
+        try:
+            interp.invoke()
+        except Exception as exc:
+            print(json.dumps({"refused": " ".join(f"invoke failed: {exc}".split())[:500]}))
+            return 3
         results[start : start + n] = interp.get_tensor(out["index"])[:n]
     infer_s = time.perf_counter() - started
     np.save(args.out, results)

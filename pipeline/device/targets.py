@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.engine.errors import InputError, StageError
+from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import publishing_dir
 
 TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
@@ -370,14 +370,16 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None):
     for i, proc in enumerate(procs):
         out, err = proc.communicate()
         if proc.returncode != 0:
+            refused = _refusal(out)
+            if refused is not None:
+                for other in procs:
+                    other.kill()
+                    other.wait()
+                m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", refused + (err or ""))
+                fix = (f"Use a runtime that has op {m.group(1)} version {m.group(2)} in the target file, or avoid "
+                       "that op." if m else "")
+                raise ModelRefused(f"target {target.name} ({target.runtime} {target.runtime_version})", refused, fix)
             msg = (err or out).strip().splitlines()[-1:] or ["no output"]
-            m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", err or "")
-            if m:
-                raise InputError(
-                    f"target {target.name} runs {target.runtime} {target.runtime_version}, which lacks "
-                    f"op {m.group(1)} version {m.group(2)} that the model needs. Use a newer runtime "
-                    "in the target file or avoid that op."
-                )
             raise StageError(
                 f"the on-target validator failed on {target.name} (exit {proc.returncode}): {msg[0][:300]}"
             )
@@ -399,14 +401,25 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None):
     }
 
 
+def _refusal(stdout):
+    """The runtime's reason from the validator's {"refused": ...} line, or None."""
+    for line in reversed((stdout or "").strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "refused" in value:
+            return str(value["refused"])
+    return None
+
+
 def lint(target, model_info):
     """Refuse, by op name, a model whose ops the target's runtime cannot run."""
     bad = model_info["flex_ops"] + [op for op in model_info["custom_ops"] if op not in model_info["flex_ops"]]
     if bad:
-        raise InputError(
-            f"target {target.name} runs builtin ops only ({target.runtime} {target.runtime_version}); "
-            f"the model needs {', '.join(sorted(set(bad)))}. Re-export without Flex/select-TF or custom ops."
-        )
+        raise ModelRefused(f"target {target.name} ({target.runtime} {target.runtime_version})",
+                           f"it runs builtin ops only; the model needs {', '.join(sorted(set(bad)))}.",
+                           "Re-export without Flex/select-TF or custom ops.")
 
 
 def dockerfile(targets):

@@ -25,13 +25,14 @@ def read_model(path):
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise InputError(
             f"a .tflite model must be a TFLite flatbuffer (identifier 'TFL3'); {path} is not one "
-            f"({len(buf)} bytes). Re-run the export stage or pass the right file."
+            f"({len(buf)} bytes). Pass the .tflite your converter wrote (or re-run the export stage)."
         )
     try:
         return schema.ModelT.InitFromPackedBuf(buf, 0)
     except Exception as exc:  # a truncated flatbuffer fails anywhere inside the generated reader
         raise InputError(
-            f"{path} is a truncated or corrupt TFLite file ({type(exc).__name__}). Re-run the export stage."
+            f"{path} is a truncated or corrupt TFLite file ({len(buf)} bytes; the flatbuffer reader fails with "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}). Copy it again from where it was made."
         ) from None
 
 

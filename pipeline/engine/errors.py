@@ -23,6 +23,13 @@ class StageError(EdgebuildError):
     exit_code = EXIT_STAGE
 
 
+class ModelRefused(InputError):
+    """A runtime refused to load, allocate or run the model; `reason` is the runtime's own, one line."""
+
+    def __init__(self, runtime, reason, fix=""):
+        self.runtime, self.reason = runtime, reason
+        super().__init__(f"{runtime} refuses the model: {reason}" + (f" {fix}" if fix else ""))
+
 
 def disk_full(exc):
     """An InputError for a write that failed because the disk (or quota) is full, else None."""

@@ -16,6 +16,10 @@ class Progress:
         if not self.quiet and not self.enabled:
             print(text, file=self.stream, flush=True)
 
+    def warn(self, text):
+        """A warning line on the user's terminal, shown even with --quiet."""
+        print(f"warning: {text}", file=self.stream, flush=True)
+
     def bar(self, total, desc, unit="it"):
         from tqdm import tqdm
 

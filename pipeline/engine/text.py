@@ -22,3 +22,9 @@ def first_few(items, n=5):
     """'a, b, c, d, e and 7 more': a bounded list for a one-line message."""
     items = [str(i) for i in items]
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def clip(message, limit):
+    """`message` on one line, cut to `limit` characters with an ellipsis."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -81,8 +81,94 @@ def check_baseline_compatible(manifest, baseline):
         )
 
 
+def deployed(manifest):
+    """The host metrics of the model a manifest releases: a build's int8 model, or a validated file."""
+    m = manifest["metrics"]
+    return m["host"] if manifest.get("kind") == "validation" else m["int8_host"]
+
+
+def _target_checks(m, cfg, prefix):
+    checks = []
+    for name, t in sorted(m.get("targets", {}).items()):
+        if t.get("refused"):
+            checks.append(_check(f"runs on target ({name})", "refused", "loads and runs", False,
+                                 detail=text.clip(t["refused"], 200)))
+            continue
+        checks.append(_check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
+                             t["accuracy"] >= cfg.min_int8_accuracy,
+                             detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
+        need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
+        checks.append(_check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
+                             t["top1_agreement"] >= need))
+        if t.get("output_dtype", "int8").startswith("float"):  # float outputs: reported, not held to int8 steps
+            continue
+        tol = t["tolerances"]
+        checks.append(_check(f"bit-exact outputs ({name})", t["bitexact_fraction"],
+                             f">= {tol['min_bitexact_fraction']}",
+                             t["bitexact_fraction"] >= tol["min_bitexact_fraction"],
+                             detail=f"max |diff| {t['max_abs_diff']} (<= {tol['max_abs_diff']})"))
+        checks.append(_check(f"max int8 |diff| ({name})", t["max_abs_diff"], f"<= {tol['max_abs_diff']}",
+                             t["max_abs_diff"] <= tol["max_abs_diff"]))
+    return checks
+
+
+def _integer_model_checks(manifest, art, cfg):
+    checks = [_check("int8 model size (bytes)", art["bytes"], f"<= {cfg.max_int8_bytes}", art["bytes"] <= cfg.max_int8_bytes)]
+    float_ops = art.get("float_ops", [])
+    allowed = ((manifest.get("config") or {}).get("export") or {}).get("allowed_float_ops") or []
+    unlisted = [op for op in float_ops if op not in allowed]
+    checks.append(_check("full-integer ops", ", ".join(float_ops) or "none", "none but export.allowed_float_ops",
+                         not unlisted, detail=f"allowed: {', '.join(float_ops)}" if float_ops and not unlisted else ""))
+    return checks
+
+
+def _baseline_checks(manifest, baseline, cfg, what, prefix):
+    check_baseline_compatible(manifest, baseline)
+    ours, theirs = deployed(manifest), deployed(baseline)
+    counts = (manifest.get("test_set") or {}).get("per_class")
+    checks = []
+    bdrop = round(theirs["accuracy"] - ours["accuracy"], 6)
+    checks.append(_check(f"{prefix}drop vs baseline", bdrop, f"<= {cfg.max_baseline_drop}",
+                         bdrop <= cfg.max_baseline_drop, baseline=theirs["accuracy"]))
+    checks.append(_class_check("worst class drop vs baseline", theirs["per_class"], ours["per_class"], counts, cfg,
+                               baseline=True))
+    bflips = sum(1 for x, y in zip(ours["top1"], theirs["top1"]) if x != y)
+    brate = round(bflips / max(1, len(ours["top1"])), 6)
+    blimit = flip_limit(cfg, theirs["accuracy"])
+    checks.append(_check(f"flip rate baseline->{what}", brate, f"<= {blimit}", brate <= blimit,
+                         detail=f"{bflips} samples"))
+    for name, t in sorted(manifest["metrics"].get("targets", {}).items()):
+        bt = baseline["metrics"].get("targets", {}).get(name)
+        if bt and not bt.get("refused") and not t.get("refused"):
+            d = round(bt["accuracy"] - t["accuracy"], 6)
+            checks.append(_check(f"{prefix}drop vs baseline ({name})", d, f"<= {cfg.max_baseline_drop}",
+                                 d <= cfg.max_baseline_drop, baseline=bt["accuracy"]))
+    return checks
+
+
+def _verdict(checks, baseline):
+    verdict = "pass" if all(c["passed"] for c in checks) else "fail"
+    return {"verdict": verdict, "checks": checks, "baseline": baseline.get("name") if baseline else None}
+
+
+def evaluate_validation(manifest, cfg, baseline=None):
+    """The gate of a model file built elsewhere: its host accuracy, every target, the int8 checks when
+    its input is integer, and the baseline (a build's or a validation's manifest on the same test set)."""
+    host, art = manifest["metrics"]["host"], manifest["artifacts"]["model"]
+    checks = [_check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
+                     host["accuracy"] >= cfg.min_int8_accuracy)]
+    checks += _target_checks(manifest["metrics"], cfg, "")
+    if art["input"]["dtype"] in ("int8", "uint8"):
+        checks += _integer_model_checks(manifest, art, cfg)
+    if baseline is not None:
+        checks += _baseline_checks(manifest, baseline, cfg, "model", "accuracy ")
+    return _verdict(checks, baseline)
+
+
 def evaluate(manifest, cfg, baseline=None):
     """Run every check; return {"verdict", "checks", "baseline"}."""
+    if manifest.get("kind") == "validation":
+        return evaluate_validation(manifest, cfg, baseline)
     m = manifest["metrics"]
     checks = []
     float_acc, int8 = m["float"]["accuracy"], m["int8_host"]
@@ -96,53 +182,14 @@ def evaluate(manifest, cfg, baseline=None):
     rate = round(flips / max(1, int8.get("samples", 1)), 6)
     limit = flip_limit(cfg, float_acc)
     checks.append(_check("flip rate float->int8", rate, f"<= {limit}", rate <= limit, detail=f"{flips} samples"))
-    for name, t in sorted(m.get("targets", {}).items()):
-        checks.append(_check(f"int8 accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
-                             t["accuracy"] >= cfg.min_int8_accuracy,
-                             detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
-        need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
-        checks.append(_check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
-                             t["top1_agreement"] >= need))
-        tol = t["tolerances"]
-        checks.append(_check(f"bit-exact outputs ({name})", t["bitexact_fraction"],
-                             f">= {tol['min_bitexact_fraction']}",
-                             t["bitexact_fraction"] >= tol["min_bitexact_fraction"],
-                             detail=f"max |diff| {t['max_abs_diff']} (<= {tol['max_abs_diff']})"))
-        checks.append(_check(f"max int8 |diff| ({name})", t["max_abs_diff"], f"<= {tol['max_abs_diff']}",
-                             t["max_abs_diff"] <= tol["max_abs_diff"]))
+    checks += _target_checks(m, cfg, "int8 ")
     art = manifest["artifacts"]["int8_tflite"]
-    checks.append(_check("int8 model size (bytes)", art["bytes"], f"<= {cfg.max_int8_bytes}",
-                         art["bytes"] <= cfg.max_int8_bytes))
+    checks += _integer_model_checks(manifest, art, cfg)
     io = f"{art['input']['dtype']}/{art['output']['dtype']}"
     checks.append(_check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
-    float_ops = art.get("float_ops", [])
-    allowed = ((manifest.get("config") or {}).get("export") or {}).get("allowed_float_ops") or []
-    unlisted = [op for op in float_ops if op not in allowed]
-    checks.append(_check("full-integer ops", ", ".join(float_ops) or "none", "none but export.allowed_float_ops",
-                         not unlisted, detail=f"allowed: {', '.join(float_ops)}" if float_ops and not unlisted else ""))
-
     if baseline is not None:
-        check_baseline_compatible(manifest, baseline)
-        b = baseline["metrics"]["int8_host"]
-        bdrop = round(b["accuracy"] - int8["accuracy"], 6)
-        checks.append(_check("int8 drop vs baseline", bdrop, f"<= {cfg.max_baseline_drop}",
-                             bdrop <= cfg.max_baseline_drop, baseline=b["accuracy"]))
-        checks.append(_class_check("worst class drop vs baseline", b["per_class"], int8["per_class"], counts, cfg,
-                                   baseline=True))
-        ours, theirs = int8["top1"], b["top1"]
-        bflips = sum(1 for x, y in zip(ours, theirs) if x != y)
-        brate = round(bflips / max(1, len(ours)), 6)
-        blimit = flip_limit(cfg, b["accuracy"])
-        checks.append(_check("flip rate baseline->build", brate, f"<= {blimit}", brate <= blimit,
-                             detail=f"{bflips} samples"))
-        for name, t in sorted(m.get("targets", {}).items()):
-            bt = baseline["metrics"].get("targets", {}).get(name)
-            if bt:
-                d = round(bt["accuracy"] - t["accuracy"], 6)
-                checks.append(_check(f"int8 drop vs baseline ({name})", d, f"<= {cfg.max_baseline_drop}",
-                                     d <= cfg.max_baseline_drop, baseline=bt["accuracy"]))
-    verdict = "pass" if all(c["passed"] for c in checks) else "fail"
-    return {"verdict": verdict, "checks": checks, "baseline": baseline.get("name") if baseline else None}
+        checks += _baseline_checks(manifest, baseline, cfg, "build", "int8 ")
+    return _verdict(checks, baseline)
 
 
 def _fmt(v):

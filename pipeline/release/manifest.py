@@ -60,8 +60,71 @@ def _artifact(build_dir, filename):
     return {"path": filename, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def _targets(config, records, build_dir, artifacts):
+    targets = {}
+    for name, rec in records.items():
+        if name.startswith("target:") and rec["target"] in config.validate.targets:
+            targets[rec["target"]] = {k: v for k, v in rec.items() if k not in ("stage", "key", "outputs")}
+            artifacts[f"target_{rec['target']}"] = _artifact(build_dir, f"target-{rec['target']}.npz")
+    return targets
+
+
+def _stages(records):
+    return {name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
+            for name, rec in records.items()}
+
+
+def _tensor(t):
+    return {k: t[k] for k in ("dtype", "shape", "scale", "zero_point")}
+
+
+def _head(config, kind, data, contract):
+    """The fields every manifest starts with: what it is, the config and the input contract."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "name": config.build.name,
+        "config_sha256": config.sha256(),
+        "config": config.to_dict(),
+        "seed": config.build.seed,
+        "class_names": data["class_names"],
+        "input_shape": data["input_shape"],
+        "preprocessing": contract.get("int8_formula") or contract["float_formula"],
+        "preprocess": contract,
+    }
+
+
+def assemble_validation(config, records, build_dir):
+    """The manifest of a model file built elsewhere (`edgebuild validate MODEL`): `artifacts.model`
+    is the validated file, `metrics.host` its accuracy on the host runtime; no training stages."""
+    model, data, host = records["model"], records["testset"], records["host"]
+    info, contract = model["info"], host["preprocess"]
+    artifacts = {"model": _artifact(build_dir, "model.tflite")}
+    qin = info["inputs"][0]
+    artifacts["model"].update(
+        format="tflite", source=model["source"],
+        input={**_tensor(qin), "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
+               "formula": contract.get("int8_formula") or contract["float_formula"]},
+        output=_tensor(info["outputs"][0]), ops=info["ops"], float_ops=info["float_ops"],
+    )
+    metrics = {"host": host["metrics"]["host"], "targets": _targets(config, records, build_dir, artifacts)}
+    return {
+        **_head(config, "validation", data, contract),
+        "built_here": False,
+        "splits": data["splits"],
+        "test_set": data["test_set"],
+        "artifacts": artifacts,
+        "metrics": metrics,
+        "test_split": host["test_split"],
+        "stages": _stages(records),
+        "toolchain": toolchain_versions(records),
+    }
+
+
 def assemble(config, records, build_dir):
     """Build the manifest dict from the stage records of a build directory."""
+    if config.validate.model:
+        return assemble_validation(config, records, build_dir)
     data, export, evaluate = records["data"], records["export"], records["evaluate"]
     calibration = records["calibration"]
     pin = calibration["pins"]["calibration.json"]
@@ -71,10 +134,10 @@ def assemble(config, records, build_dir):
     contract = export.get("preprocess") or preprocess.describe(
         config.preprocess, data["input_shape"][-1], qin["scale"], qin["zero_point"])
     artifacts["int8_tflite"].update(
-        input={**{k: qin[k] for k in ("dtype", "shape", "scale", "zero_point")},
+        input={**_tensor(qin),
                "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
                "formula": contract["int8_formula"]},
-        output={k: int8["outputs"][0][k] for k in ("dtype", "shape", "scale", "zero_point")},
+        output=_tensor(int8["outputs"][0]),
         ops=int8["ops"],
         float_ops=export["float_ops_kept"],
     )
@@ -84,32 +147,16 @@ def assemble(config, records, build_dir):
         "float_bytes": artifacts["float_tflite"]["bytes"],
         "int8_over_float": round(artifacts["int8_tflite"]["bytes"] / artifacts["float_tflite"]["bytes"], 4),
     }
-    targets = {}
-    for name, rec in records.items():
-        if name.startswith("target:") and rec["target"] in config.validate.targets:
-            targets[rec["target"]] = {k: v for k, v in rec.items() if k not in ("stage", "key", "outputs")}
-            artifacts[f"target_{rec['target']}"] = _artifact(build_dir, f"target-{rec['target']}.npz")
-    metrics["targets"] = targets
+    metrics["targets"] = _targets(config, records, build_dir, artifacts)
     manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "name": config.build.name,
-        "config_sha256": config.sha256(),
-        "config": config.to_dict(),
-        "seed": config.build.seed,
-        "class_names": data["class_names"],
-        "input_shape": data["input_shape"],
-        "preprocessing": contract["int8_formula"],
-        "preprocess": contract,
+        **_head(config, "build", data, contract),
         "splits": data["splits"],
         "test_set": data.get("test_set"),
         "calibration": {k: calibration[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]},
         "artifacts": artifacts,
         "metrics": metrics,
         "test_split": evaluate["test_split"],
-        "stages": {
-            name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
-            for name, rec in records.items()
-        },
+        "stages": _stages(records),
         "train": {k: records["train"].get(k) for k in (
             "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction",
             "finetune", "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history",

@@ -12,12 +12,17 @@ def accuracy_record(top1, labels, class_names):
 
 
 def compare(target_out, host_out, labels, ids, class_names):
-    diff = np.abs(target_out.astype(np.int32) - host_out.astype(np.int32))
+    """Target vs host on the same inputs. Integer outputs differ in quantization steps; float outputs
+    in their own units (bit-exact is then exact float equality)."""
+    integer = np.issubdtype(host_out.dtype, np.integer)
+    wide = np.int32 if integer else np.float64
+    diff = np.abs(target_out.astype(wide) - host_out.astype(wide))
     t1, h1 = target_out.argmax(1), host_out.argmax(1)
     rec = accuracy_record(t1, labels, class_names)
     rec.update(
         bitexact_fraction=round(float((diff == 0).mean()), 6),
-        max_abs_diff=int(diff.max()) if diff.size else 0,
+        max_abs_diff=(int(diff.max()) if integer else float(diff.max())) if diff.size else 0,
+        output_dtype=str(host_out.dtype),
         top1_agreement=round(float((t1 == h1).mean()), 6),
         flipped_ids=[str(s) for s in ids[t1 != h1]],
     )

@@ -7,7 +7,50 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:6.2f}%"
 
 
+def _target_table(targets, against="host"):
+    trows = [("target", "runtime", "accuracy", f"top-1 agree w/ {against}", "bit-exact", "max|d|", "img/s", "samples")]
+    for name, t in sorted(targets.items()):
+        if t.get("refused"):
+            trows.append((name, f"{t['runtime']} {t['runtime_version']}", "refused: " + text.clip(t["refused"], 70),
+                          "", "", "", "", ""))
+            continue
+        trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
+                      _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", f"{t['images_per_s']:.0f}",
+                      f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
+    return text.table(trows)
+
+
+def _gate_lines(manifest):
+    if not manifest.get("gate"):
+        return []
+    from pipeline.release.gate import table
+
+    return ["", table(manifest["gate"])]
+
+
+def _tensor_line(label, t):
+    quant = f"scale {t['scale']:.8g} zero_point {t['zero_point']}" if t.get("scale") else "not quantized"
+    return f"{label} {t['dtype']:<7} {quant}  shape {t['shape']}"
+
+
+def validation_summary(manifest):
+    m, art = manifest["metrics"], manifest["artifacts"]["model"]
+    test_set = manifest.get("test_set") or {}
+    lines = [f"validation {manifest['name']}: {art['source']} ({art['bytes']:,} B, not built here) on "
+             f"{test_set.get('size')} test images from {test_set.get('source')}, classes {len(manifest['class_names'])}"]
+    host = m["host"]
+    lines += text.table([("runtime", "accuracy", "samples"),
+                         (f"{host['runtime']} {host['runtime_version']} (host)", _pct(host["accuracy"]), str(host["samples"]))])
+    if m.get("targets"):
+        lines.append("")
+        lines += _target_table(m["targets"])
+    lines += ["", _tensor_line("input ", art["input"]), _tensor_line("output", art["output"])]
+    return "\n".join(lines + _gate_lines(manifest))
+
+
 def summary(manifest):
+    if manifest.get("kind") == "validation":
+        return validation_summary(manifest)
     m = manifest["metrics"]
     art = manifest["artifacts"]
     rows = [("model", "runtime", "accuracy", "agree w/ float", "size")]
@@ -24,25 +67,14 @@ def summary(manifest):
         lines.append(f"qat kept epoch {kept}: val accuracy {_pct(manifest['qat']['kept_val_accuracy']).strip()}"
                      f" (float model {_pct(manifest['qat'].get('float_val_accuracy')).strip()})")
     lines += text.table(rows)
-    targets = m.get("targets", {})
-    if targets:
-        trows = [("target", "runtime", "accuracy", "top-1 agree", "bit-exact", "max|d|", "img/s", "samples")]
-        for name, t in sorted(targets.items()):
-            trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
-                          _pct(t["bitexact_fraction"]), str(t["max_abs_diff"]), f"{t['images_per_s']:.0f}",
-                          f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
+    if m.get("targets"):
         lines.append("")
-        lines += text.table(trows)
+        lines += _target_table(m["targets"])
     q = art["int8_tflite"]
     lines.append("")
     lines.append(f"int8 input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
     lines.append(f"int8 output scale {q['output']['scale']:.8g} zero_point {q['output']['zero_point']}  shape {q['output']['shape']}")
-    if manifest.get("gate"):
-        from pipeline.release.gate import table
-
-        lines.append("")
-        lines.append(table(manifest["gate"]))
-    return "\n".join(lines)
+    return "\n".join(lines + _gate_lines(manifest))
 
 
 def _png(fig):
@@ -71,8 +103,8 @@ def _confusion_figure(cms, class_names):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(cms), figsize=(4.6 * len(cms), 4.2))
-    for ax, (title, cm) in zip(axes, cms.items()):
+    fig, axes = plt.subplots(1, len(cms), figsize=(4.6 * len(cms), 4.2), squeeze=False)
+    for ax, (title, cm) in zip(axes[0], cms.items()):
         ax.imshow(cm, cmap="Blues")
         ax.set_title(f"{title} (accuracy {cm.trace() / max(1, cm.sum()):.2%})")
         ax.set_xlabel("predicted")
@@ -153,11 +185,17 @@ def html(manifest, build_dir):
     m, names = manifest["metrics"], manifest["class_names"]
     pred = np.load(Path(build_dir) / "predictions.npz")
     n = len(names)
-    cms = {"float": _confusion(pred["labels"], pred["float_top1"], n),
-           "int8 (host)": _confusion(pred["labels"], pred["int8_top1"], n)}
+    validation = manifest.get("kind") == "validation"
+    if validation:
+        cms = {"host": _confusion(pred["labels"], pred["host_top1"], n)}
+    else:
+        cms = {"float": _confusion(pred["labels"], pred["float_top1"], n),
+               "int8 (host)": _confusion(pred["labels"], pred["int8_top1"], n)}
     confusion_png = _png(_confusion_figure(cms, names))
-    delta_png = _png(_delta_figure(m, names))
-    history_fig = _history_figure(manifest)
+    delta_html = ("<p>a model file built elsewhere: no float model to compare with</p>" if validation else
+                  f'<img id="per-class" alt="per-class accuracy deltas" src="data:image/png;base64,'
+                  f'{_png(_delta_figure(m, names))}">')
+    history_fig = None if validation else _history_figure(manifest)
     history_html = (f'<img id="history" alt="per-epoch accuracy of train and QAT" '
                     f'src="data:image/png;base64,{_png(history_fig)}">') if history_fig else "<p>no training epochs</p>"
     test_set = manifest.get("test_set") or {}
@@ -170,14 +208,21 @@ def html(manifest, build_dir):
         return "".join(out) + "</table>"
 
     art = manifest["artifacts"]
-    acc_rows = [("float", "keras (jax)", _pct(m["float"]["accuracy"])),
-                ("float", "tflite", _pct(m["float_tflite"]["accuracy"])),
-                ("float", "onnxruntime", _pct(m["onnx"]["accuracy"])),
-                ("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]))]
-    for name, t in sorted(m.get("targets", {}).items()):
-        acc_rows.append(("int8", f"{name}: {t['runtime']} {t['runtime_version']}", _pct(t["accuracy"])))
-    target_rows = [(name, _pct(t["top1_agreement"]), _pct(t["bitexact_fraction"]), t["max_abs_diff"],
-                    f"{t['images_per_s']:.0f}", t["samples"]) for name, t in sorted(m.get("targets", {}).items())]
+    if validation:
+        host = m["host"]
+        acc_rows = [(art["model"]["input"]["dtype"], f"{host['runtime']} {host['runtime_version']} (host)", _pct(host["accuracy"]))]
+    else:
+        acc_rows = [("float", "keras (jax)", _pct(m["float"]["accuracy"])),
+                    ("float", "tflite", _pct(m["float_tflite"]["accuracy"])),
+                    ("float", "onnxruntime", _pct(m["onnx"]["accuracy"])),
+                    ("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]))]
+    targets = m.get("targets", {})
+    for name, t in sorted(targets.items()):
+        acc_rows.append((acc_rows[-1][0], f"{name}: {t['runtime']} {t['runtime_version']}",
+                         "refused: " + t["refused"] if t.get("refused") else _pct(t["accuracy"])))
+    target_rows = [(name, _pct(t.get("top1_agreement")), _pct(t.get("bitexact_fraction")), t.get("max_abs_diff", "-"),
+                    f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
+                   for name, t in sorted(targets.items())]
     size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
     gate = manifest.get("gate")
     gate_html = "<p>not gated</p>"
@@ -189,7 +234,16 @@ def html(manifest, build_dir):
         verdict = gate["verdict"]
         gate_html = (f'<p class="verdict {verdict}">gate: {verdict.upper()}</p>'
                      + table_html(rows, ("", "check", "baseline", "got", "limit", "detail")))
-    q = art["int8_tflite"]
+    q = art["model"] if validation else art["int8_tflite"]
+
+    def tensor(t):
+        return (f"{t['dtype']}, scale {t['scale']:.8g}, zero point {t['zero_point']}" if t.get("scale") else
+                f"{t['dtype']}, not quantized") + f", shape {t['shape']}"
+
+    origin = (f"<p>model file {escape(str(q.get('source')))}, validated, not built here</p>" if validation else
+              f"<p>int8 is {100 * m['size']['int8_over_float']:.1f}% of the float32 TFLite size.</p>")
+    kind = "validation" if validation else "build"
+    toolchain = " / ".join(f"{k} {v}" for k, v in manifest["toolchain"].items() if v and k != "python")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgebuild report: {escape(manifest['name'])}</title>
 <style>
@@ -199,24 +253,22 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 .verdict {{ font-size: 1.4em; font-weight: bold; }} .pass {{ color: #1a7f37; }} .fail {{ color: #cf222e; }}
 img {{ max-width: 100%; }}
 </style></head><body>
-<h1>edgebuild report: {escape(manifest['name'])}</h1>
+<h1>edgebuild {kind} report: {escape(manifest['name'])}</h1>
 <p>seed {manifest['seed']}, config sha256 {manifest['config_sha256'][:16]}, {manifest['splits']['test']} test samples,
-{n} classes, toolchain keras {escape(manifest['toolchain']['keras'])} / tensorflow {escape(manifest['toolchain']['tensorflow'])}
-/ jax {escape(manifest['toolchain']['jax'])}</p>
+{n} classes, toolchain {escape(toolchain)}</p>
 <p>test set: {escape(str(test_set.get('source', '-')))} ({'fixed' if test_set.get('fixed') else 'a seeded split'},
 {test_set.get('size', '-')} images, fingerprint {escape(str(test_set.get('fingerprint', '-'))[:16])}, overlap with train/val
 {(test_set.get('overlap') or {}).get('count', '-')}); input: pixel range {pre.get('pixel_range', '-')}, mean {pre.get('mean', '-')},
 std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
 <h2>Gate</h2>{gate_html}
 <h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
-<h2>Targets (emulated aarch64) vs host int8</h2>{table_html(target_rows, ("target", "top-1 agreement", "bit-exact", "max |diff|", "images/s", "samples"))}
+<h2>Targets (emulated aarch64) vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement", "bit-exact", "max |diff|", "images/s", "samples"))}
 <h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
-<h2>Per-class accuracy change</h2><img id="per-class" alt="per-class accuracy deltas" src="data:image/png;base64,{delta_png}">
+<h2>Per-class accuracy change</h2>{delta_html}
 <h2>Artifacts</h2>{table_html(size_rows, ("artifact", "path", "bytes", "sha256"))}
-<p>int8 input scale {q['input']['scale']:.8g}, zero point {q['input']['zero_point']}, shape {q['input']['shape']};
-output scale {q['output']['scale']:.8g}, zero point {q['output']['zero_point']}.
-int8 is {100 * m['size']['int8_over_float']:.1f}% of the float32 TFLite size.</p>
+<p>input {tensor(q['input'])}; output {tensor(q['output'])}.</p>
+{origin}
 </body></html>
 """
 

@@ -42,7 +42,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar.update(1)
     info = tflite_info.describe(int8_tflite)
     qin = info["inputs"][0]
-    int8_out = run_tflite(int8_tflite, preprocess.to_int8(images, pp, qin["scale"], qin["zero_point"]))
+    int8_out = run_tflite(int8_tflite, preprocess.to_input(images, pp, qin))
     bar.update(1)
     float_tfl_out = run_tflite(float_tflite, x)
     bar.update(1)
@@ -67,7 +67,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     atomic_save_npz(
         out_dir / "predictions.npz",
         ids=ids, labels=labels, float_top1=top1["float"], onnx_top1=top1["onnx"],
-        int8_output=int8_out, int8_top1=top1["int8_host"],
+        host_output=int8_out, int8_top1=top1["int8_host"],
     )
     id_list = [str(s) for s in ids]
     return {

@@ -1,0 +1,107 @@
+"""`edgebuild validate MODEL.tflite --data TEST_SET` on model files made without edgebuild: plain
+TensorFlow trained on digits and converted with tf.lite.TFLiteConverter by tests/outside/make_models.py
+(float32, int8 and uint8 inputs, the [-1, 1] input convention), validated on the host and under qemu,
+and gated against each other."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, edgebuild
+from pipeline.engine.fsutil import sha256_file
+
+MINUS_ONE_TO_ONE = "preprocess.pixel_range=[-1, 1]"
+
+
+@pytest.fixture(scope="session")
+def outside(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outside")
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "outside" / "make_models.py"), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "expected.json").read_text())
+
+
+def validate(outside_dir, cache_dir, model, *args):
+    return edgebuild("validate", str(outside_dir / model), "--data", str(outside_dir / "test.npz"),
+                     "--set", MINUS_ONE_TO_ONE, *args, env={"EDGEBUILD_CACHE": str(cache_dir)})
+
+
+@pytest.mark.parametrize("model", ["int8", "uint8", "float"])
+def test_model_file_validated_on_host_and_emulated_target(outside, cache_dir, tmp_path, model):
+    out, expected = outside
+    proc = validate(out, cache_dir, f"{model}.tflite", "--set", 'validate.targets=["rpi5-litert"]',
+                    "--out", str(tmp_path / "v"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert manifest["kind"] == "validation" and manifest["built_here"] is False
+    assert not {"train", "qat", "calibration"} & set(manifest) and set(manifest["stages"]) == {
+        "model", "testset", "host", "target:rpi5-litert"}
+    art = manifest["artifacts"]["model"]
+    assert art["sha256"] == sha256_file(out / f"{model}.tflite") == sha256_file(tmp_path / "v" / art["path"])
+    assert art["input"]["dtype"] == expected[model]["input_dtype"]
+    if model != "float":  # the file's own quantization, not ours
+        assert [art["input"]["scale"], art["input"]["zero_point"]] == pytest.approx(expected[model]["input_quantization"])
+    # Accuracy equals what TensorFlow's own interpreter gives on the same test set (make_models.py).
+    host = manifest["metrics"]["host"]
+    assert host["accuracy"] == pytest.approx(expected[model]["accuracy"], abs=1e-6) and host["samples"] == 300
+    target = manifest["metrics"]["targets"]["rpi5-litert"]
+    assert target["machine"] == "aarch64" and target["samples"] == 300
+    assert target["accuracy"] == pytest.approx(expected[model]["accuracy"], abs=1e-6)
+    assert target["top1_agreement"] == 1.0 and 0.0 <= target["bitexact_fraction"] <= 1.0
+    if model != "float":  # the same LiteRT version on aarch64 and x86: integer outputs bit-identical
+        assert target["bitexact_fraction"] == 1.0 and target["max_abs_diff"] == 0
+    raw = np.load(tmp_path / "v" / "target-rpi5-litert.npz")["outputs"]
+    assert raw.dtype.name == art["output"]["dtype"] and raw.shape == (300, 10)
+    assert manifest["gate"]["verdict"] == "pass"
+    assert (tmp_path / "v" / "report.html").read_text().count("not built here") == 1
+
+
+def test_new_model_file_gated_against_the_released_one(outside, cache_dir, tmp_path):
+    out, expected = outside
+    assert expected["worse_int8"]["accuracy"] < expected["int8"]["accuracy"] - 0.05
+    no_targets = ("--set", "validate.targets=[]")
+    released = validate(out, cache_dir, "int8.tflite", *no_targets, "--out", str(tmp_path / "released"))
+    assert released.returncode == 0, released.stderr
+    baseline = tmp_path / "released" / "manifest.json"
+
+    same = validate(out, cache_dir, "int8.tflite", *no_targets, "--out", str(tmp_path / "again"),
+                    "--baseline", str(baseline), "--json")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert json.loads(same.stdout)["gate"]["baseline"] == "released"
+
+    worse = validate(out, cache_dir, "worse_int8.tflite", *no_targets, "--out", str(tmp_path / "worse"),
+                     "--baseline", str(baseline), "--junit", str(tmp_path / "junit.xml"))
+    assert worse.returncode == 1, worse.stdout + worse.stderr
+    failed = {c["name"] for c in json.loads((tmp_path / "worse" / "manifest.json").read_text())["gate"]["checks"]
+              if not c["passed"]}
+    assert "accuracy drop vs baseline" in failed and "flip rate baseline->model" in failed
+    assert "accuracy drop vs baseline" in (tmp_path / "junit.xml").read_text()
+
+    # A baseline measured on another test set is refused, not compared.
+    with np.load(out / "test.npz") as f:
+        np.savez(tmp_path / "other.npz", x=f["x"][:200], y=f["y"][:200], class_names=f["class_names"])
+    other = edgebuild("validate", str(out / "int8.tflite"), "--data", str(tmp_path / "other.npz"), "--set",
+                      MINUS_ONE_TO_ONE, *no_targets, "--out", str(tmp_path / "other"), "--baseline", str(baseline),
+                      env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert other.returncode == 3 and "same test set" in other.stderr, other.stderr
+
+
+def test_models_a_runtime_refuses_are_one_line_errors(outside, cache_dir, tmp_path):
+    out, _ = outside
+    flex = validate(out, cache_dir, "flex.tflite", "--out", str(tmp_path / "flex"))
+    assert flex.returncode == 3 and "FlexMatrixDeterminant" in flex.stderr, flex.stderr
+    assert "refuses the model" in flex.stderr and "Traceback" not in flex.stderr
+    assert not (tmp_path / "flex" / "manifest.json").exists()
+
+    (tmp_path / "cut.tflite").write_bytes((out / "int8.tflite").read_bytes()[:1000])
+    (tmp_path / "notes.tflite").write_text("not a model\n")
+    for name, says in (("cut.tflite", "truncated or corrupt"), ("notes.tflite", "not one")):
+        proc = edgebuild("validate", str(tmp_path / name), "--data", str(out / "test.npz"))
+        assert proc.returncode == 3 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+    shape = validate(out, cache_dir, "int8.tflite", "--set", "data.image_size=16", "--out", str(tmp_path / "shape"))
+    assert shape.returncode == 3 and "data.image_size = 8" in shape.stderr, shape.stderr
