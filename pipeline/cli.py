@@ -78,6 +78,20 @@ class Context:
         self.debug, self.quiet = debug, quiet
 
 
+def _finished_build_config(build_dir, config_path, sets):
+    """The config to re-gate or extend a finished build with: the one its manifest recorded (what it was
+    built with), then [gate], [validate] and [cache] of --config when given, then --set."""
+    from pipeline.engine import config as config_mod
+    from pipeline.release import manifest as manifest_mod
+
+    path = Path(build_dir) / "manifest.json"
+    if not path.is_file():
+        return _load_config(config_path, sets)
+    recorded = manifest_mod.read(path)["config"]
+    return config_mod.load(config_path, sets, base=recorded, base_origin=f"{path} (the build's own config)",
+                           sections=("gate", "validate", "cache"))
+
+
 def _load_config(config_path, sets, seed=None, name=None):
     from pipeline.engine import config as config_mod
 
@@ -120,6 +134,15 @@ set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=V
 
 
 
+no_baseline_option = click.option(
+    "--no-baseline", is_flag=True, help="Gate a finished build without the baseline it was last gated against "
+    "(by default that baseline file is used again, and a changed or missing one is an error).")
+
+
+def _warn(msg):
+    click.echo(f"warning: {msg}", err=True)
+
+
 def gate_options(json_help):
     """--baseline, --junit and --json, shared by build and gate."""
     options = [
@@ -155,7 +178,6 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
 
     from pipeline.engine import build as build_mod
     from pipeline.release import manifest as manifest_mod
-    from pipeline.release import report
 
     config = _load_config(config_path, sets, seed, name)
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
@@ -163,7 +185,7 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
         cache_dir=default_cache_dir(config), use_cache=not no_cache, quiet=ctx.obj.quiet,
         debug=ctx.obj.debug, log=log,
     )
-    base = manifest_mod.read(baseline) if baseline else None
+    base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
     result = build_mod.build(config, options, only=only, until=until, baseline=base)
     if result.manifest is None:
         click.echo(f"stopped after {only or until}; outputs in {result.build_dir}", err=True)
@@ -208,19 +230,24 @@ def _emit_gate_outputs(gate, junit):
 @config_option
 @set_option
 @gate_options("Print the gate result as JSON.")
+@no_baseline_option
 @click.pass_context
-def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json):
-    """Check a build's manifest against the [gate] thresholds and an optional baseline manifest.
+def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json, no_baseline):
+    """Check a finished build's (or validation's) manifest against the [gate] thresholds and a baseline.
 
-    Prints a table of every check, records the verdict in the manifest, exits 0 pass / 1 fail."""
+    The build's artifacts must still match its manifest (else exit 3). Thresholds: the build's own
+    config, with [gate] from --config (when given) and --set over it. Without --baseline, the
+    baseline it was last gated against is used again (--no-baseline drops it). Prints every check,
+    records the verdict in the manifest, exits 0 pass / 1 fail."""
 
+    from pipeline.engine import build as build_mod
     from pipeline.engine.build import regate
     from pipeline.release import gate as gate_mod
-    from pipeline.release import manifest as manifest_mod
 
-    config = _load_config(config_path, sets)
-    result = regate(config, Path(build_dir) if build_dir else config.build_dir,
-                    manifest_mod.read(baseline) if baseline else None)
+    if not build_dir:
+        build_dir = _load_config(config_path, sets).build_dir
+    config = _finished_build_config(build_dir, config_path, sets)
+    result = regate(config, Path(build_dir), build_mod.resolve_baseline(Path(build_dir), baseline, no_baseline, _warn))
     _emit_gate_outputs(result, junit)
     click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
     sys.exit(0 if result["verdict"] == "pass" else 1)
@@ -259,8 +286,9 @@ def _model_overrides(model, data, out):
 @config_option
 @set_option
 @gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
+@no_baseline_option
 @click.pass_context
-def validate(ctx, path, data_source, target_names, out, config_path, sets, baseline, junit, as_json):
+def validate(ctx, path, data_source, target_names, out, config_path, sets, baseline, junit, as_json, no_baseline):
     """Prove a model on the host and on emulated ARM targets, and gate it.
 
     \b
@@ -271,32 +299,36 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
         model. Writes manifest.json (kind "validation") and report.html, and gates them.
     edgebuild validate [BUILD_DIR] --target NAME
         A finished build's int8 model on more targets: adds their results to its manifest and
-        gates it again.
+        gates it again, with the build's own config ([gate] and [validate] from --config over it)
+        and the baseline it was gated against (see edgebuild gate --help).
 
     Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
     fails its gate check; the other targets still run)."""
 
     from pipeline.engine import build as build_mod
     from pipeline.release import manifest as manifest_mod
-    from pipeline.release import report
 
     model_file = path is not None and not Path(path).is_dir()
-    overrides = list(sets)
     if model_file:
-        overrides = _model_overrides(path, data_source, out) + overrides
+        config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets))
     elif data_source or out:
         raise click.UsageError("--data and --out go with a model file: edgebuild validate MODEL.tflite --data TEST_SET.")
-    elif path:  # an existing build directory: out_dir/name
-        overrides += [f"build.out_dir={json.dumps(str(Path(path).parent))}", f"build.name={json.dumps(Path(path).name)}"]
-    config = _load_config(config_path, overrides)
-    if not model_file and not target_names:
+    elif not target_names:
         raise click.UsageError("name the target(s) to add to the build: --target NAME (see edgebuild target list).")
-    names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
-    config = _load_config(config_path, overrides + [f"validate.targets={json.dumps(names)}"])
+    else:
+        build_dir = Path(path) if path else _load_config(config_path, sets).build_dir
+        build_mod.verify_finished(build_dir)
+        at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
+        config = _finished_build_config(build_dir, config_path, list(sets) + at)
+        names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
+        config = _finished_build_config(build_dir, config_path, list(sets) + at + [f"validate.targets={json.dumps(names)}"])
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
     options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
                                    debug=ctx.obj.debug, log=log)
-    base = manifest_mod.read(baseline) if baseline else None
+    if model_file:
+        base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
+    else:
+        base = build_mod.resolve_baseline(config.build_dir, baseline, no_baseline, _warn)
     result = build_mod.build(config, options, only=None if model_file else "targets", baseline=base)
     _finish(result, junit, as_json)
 

@@ -24,6 +24,44 @@ def _copy_build(tiny_build, tmp_path):
     return dst
 
 
+def test_the_gate_judges_only_what_the_build_measured(tiny_build, tmp_path):
+    """A gate never passes files its numbers were not measured on, a manifest or baseline edited by
+    hand, or thresholds and a baseline other than the build's when none are given."""
+    good = _copy_build(tiny_build, tmp_path)
+    for name, change in (("model_int8.tflite", lambda d: shutil.copy(d / "model_float.tflite", d / "model_int8.tflite")),
+                         ("model_int8.tflite", lambda d: (d / "model_int8.tflite").write_bytes(
+                             (d / "model_int8.tflite").read_bytes()[:4000]))):
+        build = _copy_build(tiny_build, tmp_path / name.replace(".", "-") / str(id(change)))
+        change(build)
+        before = (build / "manifest.json").read_bytes()
+        proc = edgebuild("gate", str(build))
+        assert proc.returncode == 3 and f"{name} has other content" in proc.stderr, proc.stderr
+        assert (build / "manifest.json").read_bytes() == before  # no verdict written
+
+    edited = json.loads((good / "manifest.json").read_text())
+    edited["metrics"]["int8_host"]["accuracy"] = 1.0
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    proc = edgebuild("gate", str(good), "--baseline", str(tmp_path / "edited.json"))
+    assert proc.returncode == 3 and "changed after edgebuild wrote it" in proc.stderr, proc.stderr
+
+    # Gated against a baseline, then re-gated with no options: the build's own thresholds and the same
+    # baseline (copied, so its verdict is its own), never the defaults and no baseline.
+    shutil.copy(good / "manifest.json", tmp_path / "release.json")
+    proc = edgebuild("gate", str(good), "--baseline", str(tmp_path / "release.json"), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["baseline"] == "tiny", proc.stderr
+    proc = edgebuild("gate", str(good), "--json")
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["baseline_file"]["path"] == str((tmp_path / "release.json").resolve())
+    assert any(c["name"] == "int8 drop vs baseline" for c in result["checks"])
+    limit = {c["name"]: c["limit"] for c in result["checks"]}["int8 accuracy (host)"]
+    assert limit == f">= {config_mod.load(TINY).gate.min_int8_accuracy}"
+    (tmp_path / "release.json").unlink()
+    proc = edgebuild("gate", str(good))
+    assert proc.returncode == 3 and "--no-baseline" in proc.stderr, proc.stderr
+    proc = edgebuild("gate", str(good), "--no-baseline", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["baseline"] is None
+
+
 def test_cli_exit_codes_junit_and_verdict_in_manifest(tiny_build, tmp_path):
     good = _copy_build(tiny_build, tmp_path)
     proc = edgebuild("gate", str(good), "--config", str(TINY), "--junit", str(tmp_path / "ok.xml"))
@@ -35,12 +73,9 @@ def test_cli_exit_codes_junit_and_verdict_in_manifest(tiny_build, tmp_path):
     assert result["verdict"] == "pass" and result["checks"]
     assert all(set(c) >= {"name", "got", "limit", "baseline", "passed"} for c in result["checks"])
 
-    bad = json.loads((good / "manifest.json").read_text())
-    bad["metrics"]["int8_host"]["accuracy"] = 0.1
-    (good / "manifest.json").write_text(json.dumps(bad))
     summary = tmp_path / "summary.md"
-    proc = edgebuild("gate", str(good), "--config", str(TINY), "--junit", str(tmp_path / "bad.xml"),
-                     env={"GITHUB_STEP_SUMMARY": str(summary)})
+    proc = edgebuild("gate", str(good), "--config", str(TINY), "--set", "gate.min_int8_accuracy=0.9999",
+                     "--junit", str(tmp_path / "bad.xml"), env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert proc.returncode == 1 and "✗" in proc.stdout and "gate: FAIL" in proc.stdout
     assert json.loads((good / "manifest.json").read_text())["gate"]["verdict"] == "fail"
     suite = ET.parse(tmp_path / "bad.xml").getroot()
@@ -94,9 +129,11 @@ def test_default_gate_still_fails_planted_regressions_on_the_harder_task(harder_
     assert "worst class drop vs float" in failed(gate.evaluate(m, defaults))
     m = copy.deepcopy(harder_build)
     budget = gate.flip_limit(defaults, m["metrics"]["float"]["accuracy"])
-    n = m["metrics"]["int8_host"]["samples"]
-    m["metrics"]["int8_host"]["flips_vs_float"] = [f"id{i}" for i in range(int(n * budget * 1.5) + 1)]
-    assert "flip rate float->int8" in failed(gate.evaluate(m, defaults))
+    labels, top1 = m["test_split"]["labels"], m["metrics"]["int8_host"]["top1"]
+    right = [i for i, t in enumerate(labels) if top1[i] == t]
+    for i in right[: int(len(labels) * budget * 1.5) + 1]:  # right -> wrong, past the budget
+        top1[i] = (labels[i] + 1) % len(m["class_names"])
+    assert "regressed samples float->int8" in failed(gate.evaluate(m, defaults))
     base = copy.deepcopy(harder_build)
     m = copy.deepcopy(harder_build)
     m["metrics"]["int8_host"]["accuracy"] = base["metrics"]["int8_host"]["accuracy"] - 0.03

@@ -78,7 +78,7 @@ def test_new_model_file_gated_against_the_released_one(outside, cache_dir, tmp_p
     assert worse.returncode == 1, worse.stdout + worse.stderr
     failed = {c["name"] for c in json.loads((tmp_path / "worse" / "manifest.json").read_text())["gate"]["checks"]
               if not c["passed"]}
-    assert "accuracy drop vs baseline" in failed and "flip rate baseline->model" in failed
+    assert "accuracy drop vs baseline" in failed and "regressed samples baseline->model" in failed
     assert "accuracy drop vs baseline" in (tmp_path / "junit.xml").read_text()
 
     # A baseline measured on another test set is refused, not compared.

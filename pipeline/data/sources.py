@@ -3,6 +3,7 @@
 fingerprint of a source for cache keys."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,39 @@ def _to_8bit(img):
     return img
 
 
-def _resize(img, size, channels):
+def _tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
+def keras_resize(arr, size):
+    """(H, W, C) uint8 -> (size, size, C) uint8 with tf.image.resize (bilinear, no antialiasing), as
+    keras.utils.image_dataset_from_directory resizes; its float result rounded to uint8."""
+    tf = _tensorflow()
+    out = tf.image.resize(arr, (size, size), method="bilinear").numpy()
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def keras_load(path, size, channels):
+    """An image file decoded and resized the way keras.utils.image_dataset_from_directory does
+    (tf.io.decode_image, then tf.image.resize bilinear), rounded to uint8."""
+    tf = _tensorflow()
+    try:
+        img = tf.io.decode_image(tf.io.read_file(str(path)), channels=channels, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+        raise ValueError(f"TensorFlow cannot decode it: {' '.join(exc.message.split())[:60]}") from None
+    return keras_resize(img.numpy(), size)
+
+
+def _resize(img, size, channels, method="pillow"):
     from PIL import Image
 
     img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+    if method == "keras":
+        arr = np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], channels)
+        return keras_resize(arr, size)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
@@ -92,7 +122,7 @@ def _load_digits(source, cfg):
     images = []
     for img in digits.images:  # 8x8, values 0..16
         pil = Image.fromarray(np.round(img * 255.0 / 16.0).astype(np.uint8), mode="L")
-        images.append(_resize(pil, cfg.image_size, cfg.channels))
+        images.append(_resize(pil, cfg.image_size, cfg.channels, cfg.resize))
     ids = [f"digits/{i}" for i in range(len(images))]
     names = [str(i) for i in range(10)]
     return np.stack(images), digits.target.astype(np.int64), ids, names, None
@@ -126,7 +156,8 @@ def _load_folder(source, cfg):
                     mode_ok = img.mode in ("L", "RGB", "RGBA", "P", "LA", "I;16", "CMYK", "YCbCr")
                     if img.size != (cfg.image_size, cfg.image_size) or not mode_ok:
                         other_size.append(f"{rel} ({img.size[0]}x{img.size[1]} {img.mode})")
-                    arr = _resize(img, cfg.image_size, cfg.channels)
+                    arr = (keras_load(p, cfg.image_size, cfg.channels) if cfg.resize == "keras" else
+                           _resize(img, cfg.image_size, cfg.channels))
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
                 bad.append(f"{rel} ({str(exc)[:80] or type(exc).__name__})")
                 continue
@@ -206,7 +237,7 @@ def _load_npz(source, cfg):
     out = []
     for img in x:
         pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        out.append(_resize(pil, cfg.image_size, cfg.channels))
+        out.append(_resize(pil, cfg.image_size, cfg.channels, cfg.resize))
     ids = [f"{path.name}/{i}" for i in range(len(out))]
     if split is not None:
         values = split.tolist() if split.ndim == 1 else None

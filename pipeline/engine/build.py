@@ -24,6 +24,7 @@ from pipeline.engine.cache import StageCache, stage_key
 from pipeline.engine.errors import InputError, StageError, disk_full
 from pipeline.engine.fsutil import atomic_copy, atomic_create, atomic_write_text, sha256_file
 from pipeline.engine.stage import select_config
+from pipeline.engine.text import first_few
 
 STEPS_AFTER_STAGES = ("manifest", "gate")
 
@@ -301,7 +302,8 @@ def build(config, options, only=None, until=None, baseline=None):
                 config, {s.name: records[s.name] for s in plan}, build_dir,
                 baseline, run_gate=bool(only) or "gate" in steps)
         elif only in STEPS_AFTER_STAGES or only == plan[-1].group_name:
-            raise InputError(f"--only {only} refreshes the manifest of a finished build; {problem}. Run edgebuild build.")
+            raise InputError(f"running {only} on the finished build in {build_dir} refreshes its manifest, which needs "
+                             f"a consistent build; {problem}. Run edgebuild build.")
         else:  # a manifest left from before would vouch for artifacts that changed since
             remove_manifest(build_dir)
             result.note = f"manifest removed, not rewritten: {problem}"
@@ -310,14 +312,59 @@ def build(config, options, only=None, until=None, baseline=None):
 
 def manifest_still_true(build_dir):
     """Whether build_dir's manifest (if any) still matches every artifact it names."""
+    from pipeline.release.manifest import changed_artifacts
+
     path = build_dir / "manifest.json"
     if not path.exists():
         return True
     try:
-        artifacts = json.loads(path.read_text())["artifacts"].values()
-        return all(sha256_file(build_dir / a["path"]) == a["sha256"] for a in artifacts)
+        return not changed_artifacts(build_dir, json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def verify_finished(build_dir):
+    """The manifest of a finished build, read and checked against its artifacts: a gate must never
+    judge files its numbers were not measured on (a model copied over, a truncated file)."""
+    from pipeline.release import manifest as manifest_mod
+
+    manifest = manifest_mod.read(build_dir / "manifest.json")
+    changed = manifest_mod.changed_artifacts(build_dir, manifest)
+    if changed:
+        raise InputError(
+            f"the artifacts in {build_dir} no longer match its manifest: {first_few(changed, 3)}. Its numbers were "
+            "measured on other files; run the build (or validation) again."
+        )
+    return manifest
+
+
+def resolve_baseline(build_dir, path, drop=False, warn=print):
+    """The baseline to gate a finished build against again: `path` when given; else the file its
+    manifest was last gated against, unchanged (re-gating never silently drops a baseline); none
+    with `drop`."""
+    from pipeline.release import manifest as manifest_mod
+
+    if path:
+        return manifest_mod.read_baseline(path, warn)
+    previous = build_dir / "manifest.json"
+    if drop or not previous.exists():
+        return None
+    try:
+        gate = json.loads(previous.read_text()).get("gate") or {}
+    except ValueError:
+        return None
+    if not gate.get("baseline"):
+        return None
+    recorded = gate.get("baseline_file") or {}
+    file = Path(recorded.get("path", gate["baseline"]))
+    if not file.is_file() or sha256_file(file) != recorded.get("sha256"):
+        state = "is gone" if not file.is_file() else "is not the file it was (or is unrecorded)"
+        raise InputError(
+            f"{build_dir} was gated against the baseline {file}, which {state}. Pass --baseline PATH to gate "
+            "against a baseline again, or --no-baseline to gate without one."
+        )
+    warn(f"gating against the baseline this build was gated against: {file}")
+    return manifest_mod.read_baseline(file, warn)
 
 
 def remove_manifest(build_dir):
@@ -380,5 +427,5 @@ def regate(config, build_dir, baseline=None):
 
     manifest_mod.read(build_dir / "manifest.json")  # a wrong directory is an error before the lock creates it
     with build_lock(build_dir):  # a build writing this directory now would overwrite our verdict
-        _, verdict = publish(config, None, build_dir, baseline, manifest=manifest_mod.read(build_dir / "manifest.json"))
+        _, verdict = publish(config, None, build_dir, baseline, manifest=verify_finished(build_dir))
     return verdict

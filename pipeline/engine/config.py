@@ -43,6 +43,10 @@ class DataConfig:
     image_size: int = _f(32, "images are resized to image_size x image_size", min=8, max=512)
     channels: int = _f(1, "1 (grayscale) or 3 (RGB)", choices=(1, 3))
     mixed_sizes: str = _f("resize", "'resize' images of other sizes, or 'refuse' them", choices=("resize", "refuse"))
+    resize: str = _f("pillow", "how images are decoded and resized: 'pillow' (Pillow, bilinear antialiased when "
+                     "shrinking) or 'keras' (TensorFlow's decoder and tf.image.resize bilinear, as "
+                     "keras.utils.image_dataset_from_directory loads them, so accuracy matches a Keras pipeline)",
+                     choices=("pillow", "keras"))
     val_fraction: float = _f(0.15, "fraction of samples for validation", min=0.0, max=0.5)
     test_fraction: float = _f(0.2, "fraction of samples for the test split", min=0.05, max=0.5)
     max_samples: int = _f(0, "use at most this many samples, stratified (0 = all)", min=0)
@@ -117,8 +121,9 @@ class GateConfig:
     max_class_drop: float = _f(0.05, "maximum accuracy drop of any single class, vs float and vs baseline", min=0.0, max=1.0)
     class_drop_samples: int = _f(2, "a class drop of at most this many test samples plus sqrt(the class's errors "
                                  "before) is noise and never fails", min=0)
-    max_flip_rate: float = _f(0.02, "maximum fraction of test samples whose top-1 changes float->int8 and "
-                              "baseline->build (at least, see flip_error_ratio)", min=0.0, max=1.0)
+    max_flip_rate: float = _f(0.02, "maximum fraction of test samples that regress (right in float -> wrong in "
+                              "int8, right in the baseline -> wrong now; at least, see flip_error_ratio)",
+                              min=0.0, max=1.0)
     flip_error_ratio: float = _f(0.3, "the flip budget is at least this times the reference model's error rate "
                                  "(a 57%-accurate model flips more than a 99% one)", min=0.0)
     min_target_agreement: float = _f(0.99, "minimum host/target top-1 agreement", min=0.0, max=1.0)
@@ -278,19 +283,29 @@ def parse_override(text):
     return section, key, value
 
 
-def load(path=None, overrides=()):
-    """Read the TOML file (if any), apply `section.key=value` overrides, validate."""
-    raw = {}
-    origin = "defaults"
+def load(path=None, overrides=(), base=None, base_origin="", sections=None):
+    """Read the TOML file (if any), apply `section.key=value` overrides, validate.
+
+    With `base` (the config a finished build recorded), the file contributes only its `sections`
+    (key by key, over the base) and the overrides apply on top: what a build was made with stays."""
+    raw = json.loads(json.dumps(base)) if base else {}
+    origin = base_origin or "defaults"
     if path is not None:
         path = Path(path)
-        origin = str(path)
+        origin = f"{origin} and {path}" if base else str(path)
         if not path.is_file():
             raise InputError(f"config file {path} does not exist. Pass --config PATH or create edgebuild.toml.")
         try:
-            raw = tomllib.loads(path.read_text())
+            from_file = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path} is not valid TOML: {exc}. Fix the syntax.") from None
+        for section, values in from_file.items():
+            if sections is not None and section not in sections:
+                continue
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(values)
+            else:
+                raw[section] = values
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})

@@ -50,6 +50,21 @@ def _class_check(name, before, after, counts, cfg, baseline=False):
                   baseline=before.get(cls) if baseline and cls else None, detail=detail)
 
 
+def _regressed_check(what, before, after, labels, cfg, reference_accuracy):
+    """The fraction of test samples the reference got right and this model gets wrong. Samples that
+    went wrong -> right are an improvement, not a regression; they are counted in the detail only.
+    Without labels (an older manifest), every changed prediction counts."""
+    changed = sum(1 for x, y in zip(before, after) if x != y)
+    if labels is not None and len(labels) == len(before):
+        lost = sum(1 for x, y, t in zip(before, after, labels) if x == t and y != t)
+    else:
+        lost = changed
+    rate = round(lost / max(1, len(after)), 6)
+    limit = flip_limit(cfg, reference_accuracy)
+    return _check(f"regressed samples {what}", rate, f"<= {limit}", rate <= limit,
+                  detail=f"{lost} right->wrong, {changed - lost} changed otherwise")
+
+
 def flip_limit(cfg, reference_accuracy):
     """The flip budget: max_flip_rate, or flip_error_ratio times the reference model's error rate if
     that is larger (a less accurate model has more samples near a decision boundary)."""
@@ -132,11 +147,8 @@ def _baseline_checks(manifest, baseline, cfg, what, prefix):
                          bdrop <= cfg.max_baseline_drop, baseline=theirs["accuracy"]))
     checks.append(_class_check("worst class drop vs baseline", theirs["per_class"], ours["per_class"], counts, cfg,
                                baseline=True))
-    bflips = sum(1 for x, y in zip(ours["top1"], theirs["top1"]) if x != y)
-    brate = round(bflips / max(1, len(ours["top1"])), 6)
-    blimit = flip_limit(cfg, theirs["accuracy"])
-    checks.append(_check(f"flip rate baseline->{what}", brate, f"<= {blimit}", brate <= blimit,
-                         detail=f"{bflips} samples"))
+    labels = (manifest.get("test_split") or {}).get("labels")
+    checks.append(_regressed_check(f"baseline->{what}", theirs["top1"], ours["top1"], labels, cfg, theirs["accuracy"]))
     for name, t in sorted(manifest["metrics"].get("targets", {}).items()):
         bt = baseline["metrics"].get("targets", {}).get(name)
         if bt and not bt.get("refused") and not t.get("refused"):
@@ -148,7 +160,8 @@ def _baseline_checks(manifest, baseline, cfg, what, prefix):
 
 def _verdict(checks, baseline):
     verdict = "pass" if all(c["passed"] for c in checks) else "fail"
-    return {"verdict": verdict, "checks": checks, "baseline": baseline.get("name") if baseline else None}
+    return {"verdict": verdict, "checks": checks, "baseline": baseline.get("name") if baseline else None,
+            "baseline_file": (baseline or {}).get("_file")}
 
 
 def evaluate_validation(manifest, cfg, baseline=None):
@@ -178,10 +191,8 @@ def evaluate(manifest, cfg, baseline=None):
     checks.append(_check("int8 drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop))
     counts = (manifest.get("test_set") or {}).get("per_class")
     checks.append(_class_check("worst class drop vs float", m["float"]["per_class"], int8["per_class"], counts, cfg))
-    flips = len(int8.get("flips_vs_float", []))
-    rate = round(flips / max(1, int8.get("samples", 1)), 6)
-    limit = flip_limit(cfg, float_acc)
-    checks.append(_check("flip rate float->int8", rate, f"<= {limit}", rate <= limit, detail=f"{flips} samples"))
+    labels = (manifest.get("test_split") or {}).get("labels")
+    checks.append(_regressed_check("float->int8", m["float"]["top1"], int8["top1"], labels, cfg, float_acc))
     checks += _target_checks(m, cfg, "int8 ")
     art = manifest["artifacts"]["int8_tflite"]
     checks += _integer_model_checks(manifest, art, cfg)

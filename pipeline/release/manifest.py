@@ -6,6 +6,7 @@ verdict, and the toolchain versions. Every manifest is validated against `manife
 write and on read.
 """
 
+import hashlib
 import json
 import platform
 from importlib import metadata
@@ -181,8 +182,17 @@ def validate(manifest, origin="manifest"):
         raise InputError(f"{origin} does not follow the manifest schema at {where}: {e.message}.")
 
 
+def seal(manifest):
+    """sha256 over the manifest's content (every field but the seal, canonical JSON): a manifest edited
+    after edgebuild wrote it no longer matches its seal."""
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write(path, manifest):
+    manifest.pop("seal", None)
     validate(manifest, f"the manifest for {path}")
+    manifest["seal"] = seal(manifest)
     atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
 
 
@@ -200,5 +210,37 @@ def read(path):
             f"manifest schema_version must be {SCHEMA_VERSION}; received {version!r} in {path}. "
             "Rebuild it with this edgebuild version, or use the edgebuild that wrote it."
         )
-    validate(manifest, str(path))
+    validate({k: v for k, v in manifest.items() if k != "seal"}, str(path))
+    if "seal" in manifest and manifest["seal"] != seal(manifest):
+        raise InputError(
+            f"manifest {path} was changed after edgebuild wrote it: its content no longer matches its seal. Use "
+            "the manifest as edgebuild wrote it (or run the build or validation again)."
+        )
     return manifest
+
+
+def read_baseline(path, warn=None):
+    """A baseline manifest: sealed (an older or hand-edited manifest is refused), with a warning when
+    its own gate failed. Its file is remembered in memory as `_file` {path, sha256}, so the gate
+    records which file it compared with."""
+    manifest = read(path)
+    if "seal" not in manifest:
+        raise InputError(f"the baseline {path} has no seal: it was written by an older edgebuild or rewritten by "
+                         "hand, so its numbers cannot be trusted. Gate against a manifest this edgebuild wrote.")
+    if warn and (manifest.get("gate") or {}).get("verdict") == "fail":
+        warn(f"the baseline {path} failed its own gate; comparing with it anyway")
+    manifest["_file"] = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+    return manifest
+
+
+def changed_artifacts(build_dir, manifest):
+    """The artifacts of `manifest` whose file in build_dir is missing or has other content."""
+    changed = []
+    for key, art in (manifest.get("artifacts") or {}).items():
+        path = Path(build_dir) / art["path"]
+        if not path.is_file():
+            changed.append(f"{art['path']} is missing")
+        elif path.stat().st_size != art["bytes"] or sha256_file(path) != art["sha256"]:
+            changed.append(f"{art['path']} has other content ({path.stat().st_size:,} bytes, manifest says "
+                           f"{art['bytes']:,}, sha256 {art['sha256'][:12]}…)")
+    return changed

@@ -21,9 +21,9 @@ def external(config):
 
 
 STAGE = Stage(
-    "data", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn"), external=external,
+    "data", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn", "tensorflow", "tensorflow-cpu"), external=external,
     config=("build.seed", "data.source", "data.test_source", "data.allow_overlap", "data.image_size", "data.channels",
-            "data.mixed_sizes", "data.val_fraction", "data.test_fraction", "data.max_samples"),
+            "data.mixed_sizes", "data.resize", "data.val_fraction", "data.test_fraction", "data.max_samples"),
 )
 
 

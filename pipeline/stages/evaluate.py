@@ -72,5 +72,6 @@ def run(stage_cfg, inputs, out_dir, ctx):
     id_list = [str(s) for s in ids]
     return {
         "metrics": metrics,
-        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest()},
+        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
+                       "labels": [int(v) for v in labels]},
     }

@@ -62,7 +62,8 @@ def run(cfg, inputs, out_dir, ctx):
     id_list = [str(s) for s in ids]
     return {
         "metrics": {"host": metrics},
-        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest()},
+        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
+                       "labels": [int(v) for v in labels]},
         "preprocess": preprocess.describe(pp, images.shape[-1], info["inputs"][0]["scale"],
                                           info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"])),
     }

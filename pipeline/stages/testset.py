@@ -20,8 +20,8 @@ def external(config):
 
 
 STAGE = Stage(
-    "testset", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn"), external=external,
-    config=("data.test_source", "data.image_size", "data.channels", "data.mixed_sizes"),
+    "testset", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn", "tensorflow", "tensorflow-cpu"), external=external,
+    config=("data.test_source", "data.image_size", "data.channels", "data.mixed_sizes", "data.resize"),
 )
 
 

@@ -78,7 +78,7 @@ def test_a_manifest_is_true_only_while_every_artifact_it_names_is_unchanged(tmp_
 
     (tmp_path / "model.tflite").write_bytes(b"int8 model")
     digest = hashlib.sha256(b"int8 model").hexdigest()
-    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": {"int8": {"path": "model.tflite", "sha256": digest}}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": {"int8": {"path": "model.tflite", "sha256": digest, "bytes": 10}}}))
     assert manifest_still_true(tmp_path)
     (tmp_path / "model.tflite").write_bytes(b"another model")  # a failed rebuild replaced it
     assert not manifest_still_true(tmp_path)

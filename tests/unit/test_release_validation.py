@@ -39,7 +39,7 @@ def test_validation_gate_passes_itself_and_fails_a_worse_model():
     for i in range(0, len(top1), 10):  # every tenth prediction wrong
         top1[i] = (top1[i] + 1) % len(worse["class_names"])
     worse["metrics"]["host"]["accuracy"] = round(VALIDATION["metrics"]["host"]["accuracy"] - 0.1, 6)
-    assert {"accuracy drop vs baseline", "flip rate baseline->model"} <= failed(gate.evaluate(worse, CFG, baseline=VALIDATION))
+    assert {"accuracy drop vs baseline", "regressed samples baseline->model"} <= failed(gate.evaluate(worse, CFG, baseline=VALIDATION))
 
 
 def test_a_baseline_of_other_classes_or_test_set_is_refused():
