@@ -408,17 +408,20 @@ def target_setup(ctx, names):
 @target.command("pin")
 @click.argument("name")
 def target_pin(name):
-    """Download a target's wheels (no hash check) and print the [wheel_sha256] table for its file:
-    review the files, then paste it, when adding a target or changing a pin."""
+    """Download a target's wheels (no hash check) and print the [wheel_sha256] table for its file (and
+    [twin_wheel_sha256] for its x86_64 twin): review the files, then paste them, when adding a target
+    or changing a pin."""
     import tempfile
 
     from pipeline.device.targets import load_target, pin_wheels
 
-    with tempfile.TemporaryDirectory() as tmp:
-        hashes = pin_wheels(load_target(name, check_hashes=False), tmp, Path(tmp) / "pip.log")
-    click.echo("[wheel_sha256]")
-    for pin, digest in hashes.items():
-        click.echo(f'"{pin}" = "{digest}"')
+    target = load_target(name, check_hashes=False)
+    for twin in (False, True) if target.twin_platforms else (False,):
+        with tempfile.TemporaryDirectory() as tmp:
+            hashes = pin_wheels(target, tmp, Path(tmp) / "pip.log", twin=twin)
+        click.echo("[twin_wheel_sha256]" if twin else "[wheel_sha256]")
+        for pin, digest in hashes.items():
+            click.echo(f'"{pin}" = "{digest}"')
 
 
 @target.command("dockerfile")

@@ -42,6 +42,15 @@ def test_default_style_build_records_every_target(tiny_build):
         assert rec["top1_agreement"] >= 0.99
     # LiteRT 2.3.0 under emulation is bit-identical to LiteRT 2.3.0 on the host.
     assert t["rpi5-litert"]["bitexact_fraction"] == 1.0
+    # Each target beside its x86_64 twin (the same runtime, version and numpy, run natively on the build
+    # host): the ARM kernels reproduce x86's exactly, whatever the runtime-version drift vs the host.
+    for name, rec in t.items():
+        isa = rec["isa"]
+        assert isa["twin"]["machine"] == "x86_64", (name, isa)
+        assert (isa["twin"]["runtime"], isa["twin"]["runtime_version"]) == (rec["runtime"], rec["runtime_version"])
+        assert isa["bitexact_fraction"] == 1.0 and isa["max_abs_diff"] == 0 and isa["top1_agreement"] == 1.0, (name, isa)
+    checks = {c["name"] for c in tiny_build["manifest"]["gate"]["checks"]}
+    assert {f"bit-exact vs x86 twin ({n})" for n in t} <= checks and not any(c.startswith("max int8 |diff|") for c in checks)
 
 
 def test_lint_refuses_flex_and_custom_ops_by_name():
@@ -108,7 +117,8 @@ def _target_file(tmp_path, hashes=None, **changes):
     for key, value in changes.items():
         text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
     if hashes is not None:
-        text = text[:text.index("[wheel_sha256]")] + "[wheel_sha256]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in hashes.items())
+        table = "".join(f'"{k}" = "{v}"\n' for k, v in hashes.items())  # the twin is never reached here
+        text = text[:text.index("[wheel_sha256]")] + "[wheel_sha256]\n" + table + "[twin_wheel_sha256]\n" + table
     (tmp_path / "targets").mkdir(exist_ok=True)
     (tmp_path / "targets" / "broken.toml").write_text(text.replace('name = "rpi5-litert"', 'name = "broken"'))
     return targets.load_target("broken", tmp_path / "targets")

@@ -35,9 +35,11 @@ SELFTEST_MODEL = Path(__file__).with_name("selftest_int8.tflite")
 
 @dataclass(frozen=True)
 class Tolerances:
-    min_top1_agreement: float = 0.99
-    min_bitexact_fraction: float = 0.9
+    min_top1_agreement: float = 0.99  # target vs the build host's runtime (runtime drift included)
+    min_bitexact_fraction: float = 0.9  # target vs host, gated only for a target without an x86 twin
     max_abs_diff: int = 2
+    min_isa_bitexact_fraction: float = 1.0  # target vs its x86 twin (same runtime and version)
+    max_isa_abs_diff: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ class Target:
     tolerances: Tolerances
     sha256: str
     path: str
+    twin_platforms: tuple = ()  # x86_64 wheel platforms of the same runtime and numpy: the twin
+    twin_wheel_sha256: dict = dataclasses.field(default_factory=dict)
+
+
+OPTIONAL = {"twin_platforms": (), "twin_wheel_sha256": {}}  # a target without them has no x86 twin
 
 
 def available_targets(targets_dir=TARGETS_DIR):
@@ -89,14 +96,16 @@ def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
         raise InputError(f"{path} is not valid TOML: {exc}.") from None
     fields = {f.name for f in dataclasses.fields(Target)} - {"sha256", "path", "tolerances"}
     unknown = set(raw) - fields - {"tolerances"}
-    missing = fields - set(raw) - (set() if check_hashes else {"wheel_sha256"})
+    missing = fields - set(raw) - set(OPTIONAL) - (set() if check_hashes else {"wheel_sha256"})
     if unknown or missing:
         raise InputError(
             f"{path} must define exactly the target fields; unknown: {sorted(unknown) or 'none'}, "
             f"missing: {sorted(missing) or 'none'}. See targets/rpi5-litert.toml."
         )
     tol = Tolerances(**raw.pop("tolerances", {}))
-    for key in ("debian_packages", "wheels", "wheel_platforms"):
+    for key, default in OPTIONAL.items():
+        raw.setdefault(key, default)
+    for key in ("debian_packages", "wheels", "wheel_platforms", "twin_platforms"):
         raw[key] = tuple(raw[key])
     raw.setdefault("wheel_sha256", {})
     _check_lists(raw, path, check_hashes)
@@ -113,17 +122,19 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 def _check_lists(raw, path, check_hashes=True):
     for key, pattern, what in (("wheels", PIN, "an exact pin 'name==version'"),
                                ("debian_packages", DEBIAN_PACKAGE, "a Debian package name"),
-                               ("wheel_platforms", PLATFORM, "a wheel platform tag")):
+                               ("wheel_platforms", PLATFORM, "a wheel platform tag"),
+                               ("twin_platforms", PLATFORM, "a wheel platform tag")):
         bad = [v for v in raw[key] if not isinstance(v, str) or not pattern.fullmatch(v)]
         if bad:
             raise InputError(f"every entry of {key} in {path} must be {what}; received {str(bad[0])[:80]!r}. Fix the "
                              "target file.")
-    hashes = raw["wheel_sha256"]
-    if check_hashes and (not isinstance(hashes, dict) or set(hashes) != set(raw["wheels"]) or not all(
-            isinstance(h, str) and SHA256.fullmatch(h) for h in hashes.values())):
-        raise InputError(f"wheel_sha256 in {path} must give the sha256 (64 hex digits) of every wheel in wheels and "
-                         f"nothing else; it has {sorted(hashes) if isinstance(hashes, dict) else hashes!r}. Run "
-                         "edgebuild target pin NAME and paste its table.")
+    for key, needed in (("wheel_sha256", True), ("twin_wheel_sha256", bool(raw["twin_platforms"]))):
+        hashes = raw[key]
+        if check_hashes and needed and (not isinstance(hashes, dict) or set(hashes) != set(raw["wheels"]) or not all(
+                isinstance(h, str) and SHA256.fullmatch(h) for h in hashes.values())):
+            raise InputError(f"{key} in {path} must give the sha256 (64 hex digits) of every wheel in wheels and "
+                             f"nothing else; it has {sorted(hashes) if isinstance(hashes, dict) else hashes!r}. Run "
+                             "edgebuild target pin NAME and paste its table.")
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -228,6 +239,10 @@ def setup(target, cache_dir, log=print):
         log(f"target {target.name}: qemu user-mode emulator from {target.qemu_suite}")
         _fetch_qemu(target, mirror, tmp, logfile)
         info = _selftest(target, tmp, logfile)
+        if target.twin_platforms:
+            log(f"target {target.name}: x86_64 twin ({', '.join(target.wheels)})")
+            _install_wheels(target, tmp, logfile, twin=True)
+            info["twin"] = _selftest(target, tmp, logfile, twin=True)
         info["setup_seconds"] = round(time.perf_counter() - started, 1)
         (tmp / "ready.json").write_text(json.dumps(info, indent=1))
     return root
@@ -258,14 +273,16 @@ def _fetch_qemu(target, mirror, tmp, logfile):
     shutil.rmtree(apt)
 
 
-def _download_wheels(target, dest, logfile, hashed=True):
-    """pip download of the target's aarch64 wheels (no dependencies), checked against wheel_sha256."""
-    platforms = [a for p in target.wheel_platforms for a in ("--platform", p)]
+def _download_wheels(target, dest, logfile, hashed=True, twin=False):
+    """pip download of the target's aarch64 wheels (or its x86_64 twin's), no dependencies, checked
+    against wheel_sha256 (twin_wheel_sha256)."""
+    platforms = [a for p in (target.twin_platforms if twin else target.wheel_platforms) for a in ("--platform", p)]
+    pinned = target.twin_wheel_sha256 if twin else target.wheel_sha256
     py = target.python.replace(".", "")
     dest.mkdir(parents=True, exist_ok=True)
     if hashed:
         requirements = dest / "requirements.txt"
-        requirements.write_text("".join(f"{w} --hash=sha256:{target.wheel_sha256[w]}\n" for w in target.wheels))
+        requirements.write_text("".join(f"{w} --hash=sha256:{pinned[w]}\n" for w in target.wheels))
         wanted = ["--require-hashes", "-r", str(requirements)]
     else:
         wanted = list(target.wheels)
@@ -274,7 +291,7 @@ def _download_wheels(target, dest, logfile, hashed=True):
             [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
              "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{py}",
              *platforms, "-d", str(dest), *wanted],
-            f"downloading aarch64 wheels {' '.join(target.wheels)}", logfile,
+            f"downloading {'x86_64' if twin else 'aarch64'} wheels {' '.join(target.wheels)}", logfile,
         )
     except StageError:
         log_text = Path(logfile).read_text()
@@ -282,31 +299,33 @@ def _download_wheels(target, dest, logfile, hashed=True):
             raise
         culprit = next((ln.strip() for ln in log_text.splitlines() if " from http" in ln), "a wheel")
         raise InputError(
-            f"every target wheel must match its wheel_sha256 in {target.path}; {culprit.split(' from ')[0]} does not "
+            f"every target wheel must match its {'twin_' if twin else ''}wheel_sha256 in {target.path}; "
+            f"{culprit.split(' from ')[0]} does not "
             f"(the index now serves another file). If that file is trusted, update the hash (edgebuild target "
             f"pin {target.name}); otherwise the index is not the one the target was pinned against. Log: {logfile}"
         ) from None
     return sorted(dest.glob("*.whl"))
 
 
-def _install_wheels(target, tmp, logfile):
-    site = tmp / "site"
-    for whl in _download_wheels(target, tmp / "wheels", logfile):
+def _install_wheels(target, tmp, logfile, twin=False):
+    site = tmp / ("twin-site" if twin else "site")
+    for whl in _download_wheels(target, tmp / "wheels", logfile, twin=twin):
         with zipfile.ZipFile(whl) as z:
             z.extractall(site)
     shutil.rmtree(tmp / "wheels")
 
 
-def pin_wheels(target, workdir, logfile):
-    """{pin: sha256} of the files pip downloads for the target's wheels now: its wheel_sha256 table."""
-    files = _download_wheels(target, Path(workdir), logfile, hashed=False)
+def pin_wheels(target, workdir, logfile, twin=False):
+    """{pin: sha256} of the files pip downloads for the target's wheels now: its wheel_sha256 table
+    (twin_wheel_sha256 with `twin`)."""
+    files = _download_wheels(target, Path(workdir), logfile, hashed=False, twin=twin)
     by_name = {re.sub(r"[-_.]+", "-", f.name.split("-")[0]).lower(): f for f in files}
     return {w: hashlib.sha256(by_name[re.sub(r"[-_.]+", "-", w.split("==")[0]).lower()].read_bytes()).hexdigest()
             for w in target.wheels}
 
 
-def _selftest(target, root, logfile):
-    """Run the validator on a tiny int8 model inside the fresh environment."""
+def _selftest(target, root, logfile, twin=False):
+    """Run the validator on a tiny int8 model inside the fresh environment (or its x86 twin)."""
     import numpy as np
 
     work = Path(tempfile.mkdtemp(dir=root, prefix="selftest-"))
@@ -315,8 +334,9 @@ def _selftest(target, root, logfile):
 
         shape = describe(SELFTEST_MODEL)["inputs"][0]["shape"]
         np.save(work / "x.npy", np.zeros([2, *shape[1:]], np.int8))
-        cmd = command(target, root, [SELFTEST_MODEL, work / "x.npy", work / "y.npy", "--batch", "1"])
-        out = _run(cmd, f"self-test of the {target.runtime} interpreter under emulation", logfile, env=_env(target, root))
+        cmd = command(target, root, [SELFTEST_MODEL, work / "x.npy", work / "y.npy", "--batch", "1"], twin)
+        where = "in the x86_64 twin" if twin else "under emulation"
+        out = _run(cmd, f"self-test of the {target.runtime} interpreter {where}", logfile, env=_env(target, root, twin))
         info = json.loads(out.strip().splitlines()[-1])
         if info["runtime"] != target.runtime or info["runtime_version"] != target.runtime_version:
             raise StageError(
@@ -328,21 +348,25 @@ def _selftest(target, root, logfile):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _env(target, root):
+def _env(target, root, twin=False):
     # numpy's OpenBLAS starts (and spins) one thread per CPU at import; under emulation those
     # spinning threads took the cores from the other shards, so 2 shards ran slower than 1.
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    if target.emulated:
+    if twin:  # the host's Python without its site-packages (-S), on the twin's own site directory
+        env.update(PYTHONPATH=str(Path(root) / "twin-site"))
+    elif target.emulated:
         env.update(QEMU_CPU=target.cpu, PYTHONPATH=str(Path(root) / "site"))
     else:
         env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"))
     return env
 
 
-def command(target, root, args):
-    """The command line that runs the validator with `args` on the target."""
+def command(target, root, args, twin=False):
+    """The command line that runs the validator with `args` on the target (or on its x86 twin)."""
     args = [str(a) for a in args]
+    if twin:
+        return [sys.executable, "-S", str(ONDEVICE), *args]
     if not target.emulated:
         return [sys.executable, str(ONDEVICE), *args]
     root = Path(root)
@@ -350,8 +374,9 @@ def command(target, root, args):
     return [str(_qemu_path(root)), "-L", str(rootfs), str(rootfs / "usr" / "bin" / "python3"), str(ONDEVICE), *args]
 
 
-def run_sharded(target, root, model, x, work, shards, threads=None, batch=None):
-    """Run the validator over `x` in `shards` parallel long-lived processes; returns (outputs, info)."""
+def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False):
+    """Run the validator over `x` in `shards` parallel long-lived processes (on the target, or on its
+    x86 twin with `twin`); returns (outputs, info)."""
     import numpy as np
 
     work = Path(work)
@@ -364,8 +389,9 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None):
         cmd = command(target, root, [
             model, work / f"x{i}.npy", work / f"y{i}.npy",
             "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads),
-        ])
-        procs.append(subprocess.Popen(cmd, env=_env(target, root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        ], twin)
+        procs.append(subprocess.Popen(cmd, env=_env(target, root, twin), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     infos = []
     for i, proc in enumerate(procs):
         out, err = proc.communicate()
@@ -378,7 +404,8 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None):
                 m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", refused + (err or ""))
                 fix = (f"Use a runtime that has op {m.group(1)} version {m.group(2)} in the target file, or avoid "
                        "that op." if m else "")
-                raise ModelRefused(f"target {target.name} ({target.runtime} {target.runtime_version})", refused, fix)
+                where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
+                raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", refused, fix)
             msg = (err or out).strip().splitlines()[-1:] or ["no output"]
             raise StageError(
                 f"the on-target validator failed on {target.name} (exit {proc.returncode}): {msg[0][:300]}"

@@ -7,16 +7,26 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:6.2f}%"
 
 
-def _target_table(targets, against="host"):
-    trows = [("target", "runtime", "accuracy", f"top-1 agree w/ {against}", "bit-exact", "max|d|", "img/s", "samples")]
+def _twin_cell(t):
+    isa = t.get("isa") or {}
+    if isa.get("refused"):
+        return "refused"
+    if not isa.get("twin"):
+        return "no twin"
+    return f"{_pct(isa['bitexact_fraction']).strip()} (max {isa['max_abs_diff']:.4g})"
+
+
+def _target_table(targets):
+    trows = [("target", "runtime", "accuracy", "vs host: top-1 agree", "bit-exact", "max|d|", "vs x86 twin: bit-exact",
+              "img/s", "samples")]
     for name, t in sorted(targets.items()):
         if t.get("refused"):
             trows.append((name, f"{t['runtime']} {t['runtime_version']}", "refused: " + text.clip(t["refused"], 70),
-                          "", "", "", "", ""))
+                          "", "", "", "", "", ""))
             continue
         trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
-                      _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", f"{t['images_per_s']:.0f}",
-                      f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
+                      _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", _twin_cell(t),
+                      f"{t['images_per_s']:.0f}", f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
     return text.table(trows)
 
 
@@ -221,7 +231,7 @@ def html(manifest, build_dir):
         acc_rows.append((acc_rows[-1][0], f"{name}: {t['runtime']} {t['runtime_version']}",
                          "refused: " + t["refused"] if t.get("refused") else _pct(t["accuracy"])))
     target_rows = [(name, _pct(t.get("top1_agreement")), _pct(t.get("bitexact_fraction")), t.get("max_abs_diff", "-"),
-                    f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
+                    _twin_cell(t), f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
                    for name, t in sorted(targets.items())]
     size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
     gate = manifest.get("gate")
@@ -262,7 +272,7 @@ img {{ max-width: 100%; }}
 std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
 <h2>Gate</h2>{gate_html}
 <h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
-<h2>Targets (emulated aarch64) vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement", "bit-exact", "max |diff|", "images/s", "samples"))}
+<h2>Targets (emulated aarch64) vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime)", "images/s", "samples"))}
 <h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
 <h2>Per-class accuracy change</h2>{delta_html}

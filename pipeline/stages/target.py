@@ -63,11 +63,7 @@ def run(cfg, inputs, out_dir, ctx):
         root = targets_mod.setup(target, ctx.cache_dir, log=lambda msg: bar.set_postfix_str(msg[:60]))
         bar.update(1)
         x = preprocess.to_input(data["x"][idx], pp, info["inputs"][0])
-        work = tempfile.mkdtemp(dir=out_dir, prefix="work-")
-        try:
-            outputs, run_info = targets_mod.run_sharded(target, root, model_path, x, work, shards=shards)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        outputs, run_info = _run(target, root, model_path, x, out_dir, shards)
     except ModelRefused as exc:
         progress.warn(str(exc))
         record["refused"] = exc.reason
@@ -75,7 +71,35 @@ def run(cfg, inputs, out_dir, ctx):
         return record
     finally:
         bar.close()
-    record.update(compare(outputs, preds["host_output"][subset], data["y"][idx], ids, [str(c) for c in data["class_names"]]))
+    names = [str(c) for c in data["class_names"]]
+    host_key = "host_output" if "host_output" in preds.files else "int8_output"  # older builds: int8_output
+    record.update(compare(outputs, preds[host_key][subset], data["y"][idx], ids, names))
     record.update(run_info)
+    record["isa"] = _isa_agreement(target, root, model_path, x, outputs, data["y"][idx], ids, names, out_dir)
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
     return record
+
+
+def _run(target, root, model_path, x, out_dir, shards, twin=False):
+    work = tempfile.mkdtemp(dir=out_dir, prefix="work-")
+    try:
+        return targets_mod.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _isa_agreement(target, root, model_path, x, outputs, labels, ids, names, out_dir):
+    """Target vs its x86_64 twin (the same runtime, version and numpy, run on the build host): what the
+    ARM instruction set changes, apart from runtime-version drift. None-like record without a twin."""
+    if not target.twin_platforms:
+        return {"twin": None, "note": f"no x86_64 twin: {target.path} pins no twin wheels (twin_platforms), so ISA "
+                                      "and runtime-version differences are not told apart"}
+    try:
+        twin_out, twin_info = _run(target, root, model_path, x, out_dir, 1, twin=True)
+    except ModelRefused as exc:
+        return {"twin": None, "refused": exc.reason}
+    agreement = compare(outputs, twin_out, labels, ids, names)
+    return {
+        "twin": {k: twin_info[k] for k in ("runtime", "runtime_version", "machine", "python")},
+        **{k: agreement[k] for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement", "flipped_ids")},
+    }

@@ -82,6 +82,22 @@ def test_target_disagreement_fails():
     assert "host/target top-1 agreement (rpi5-litert)" in failed(gate.evaluate(m, CFG))
 
 
+def test_with_an_x86_twin_the_isa_is_held_bit_exact_and_runtime_drift_is_only_reported():
+    m = copy.deepcopy(MANIFEST)
+    t = m["metrics"]["targets"]["rpi4-bookworm-tflite"]
+    twin = {"runtime": t["runtime"], "runtime_version": t["runtime_version"], "machine": "x86_64", "python": "3.11"}
+    t.update(bitexact_fraction=0.5, max_abs_diff=3)  # an older runtime rounds differently from the host's
+    t["isa"] = {"twin": twin, "bitexact_fraction": 1.0, "max_abs_diff": 0, "top1_agreement": 1.0, "flipped_ids": []}
+    manifest_mod.validate(m)
+    result = gate.evaluate(m, CFG)
+    assert result["verdict"] == "pass", failed(result)
+    assert "bit-exact vs x86 twin (rpi4-bookworm-tflite)" in {c["name"] for c in result["checks"]}
+    t["isa"].update(bitexact_fraction=0.999, max_abs_diff=1)  # the ARM kernels differ from x86's: a real defect
+    assert failed(gate.evaluate(m, CFG)) == {"bit-exact vs x86 twin (rpi4-bookworm-tflite)"}
+    t["isa"] = {"twin": None, "note": "no x86_64 twin"}  # without a twin, the host tolerances apply
+    assert "bit-exact outputs (rpi4-bookworm-tflite)" in failed(gate.evaluate(m, CFG))
+
+
 def test_baseline_with_other_classes_is_bad_input():
     base = copy.deepcopy(MANIFEST)
     base["class_names"] = base["class_names"][:-1] + ["cat"]
