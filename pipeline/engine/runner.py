@@ -25,8 +25,24 @@ def _redirect_output(log_path):
     return os.fdopen(progress_fd, "w", buffering=1)
 
 
+# XLA compiles JAX code for the widest vector ISA the CPU has; AVX-512 and AVX2 code sum in different
+# orders, so the same train stage gave other weights on an AVX-512 Intel than on an AVX2 AMD machine.
+# Capping it at AVX2 (x86-64-v3, what both have) makes the compiled code, and so the bytes, the same.
+XLA_ISA_FLAG = "--xla_cpu_max_isa=AVX2"
+
+
+def pin_xla_isa(environ):
+    """Add XLA_ISA_FLAG to XLA_FLAGS (before JAX is imported) unless the user set an ISA cap."""
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_cpu_max_isa" not in flags:
+        environ["XLA_FLAGS"] = f"{flags} {XLA_ISA_FLAG}".strip()
+    return environ["XLA_FLAGS"]
+
+
 def main(request_path):
     request = json.loads(Path(request_path).read_text())
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        pin_xla_isa(os.environ)
     result_path = Path(request["result"])
     progress_stream = _redirect_output(request["log"])
 
@@ -42,6 +58,8 @@ def main(request_path):
         ctx = StageContext(Progress(progress_stream, request["quiet"]), request["cache_dir"], request["params"])
         record = module.run(cfg, inputs, Path(request["out_dir"]), ctx)
         record["toolchain"] = loaded_toolchain()
+        if os.environ.get("KERAS_BACKEND") == "jax":
+            record["xla_flags"] = os.environ.get("XLA_FLAGS", "")
         import resource
 
         # peak resident memory of this stage's process, for the benchmarks

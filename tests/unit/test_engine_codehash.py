@@ -64,3 +64,13 @@ def test_every_stage_of_the_build_has_a_digest_over_the_package():
         assert all(m.startswith("pipeline") for m in modules) and len(digest) == 64
     assert "pipeline.model.qat" in digests["qat"][1] and "pipeline.model.qat" not in digests["data"][1]
     assert "pipeline.device.targets" in digests["target:rpi5-litert"][1]
+
+
+def test_jax_stages_compile_for_avx2_unless_the_user_capped_the_isa():
+    """Measured on an AVX-512 Xeon: the train stage's float.keras differs with and without the cap, and
+    is byte-identical across runs with it (README, Reproducibility)."""
+    from pipeline.engine.runner import XLA_ISA_FLAG, pin_xla_isa
+
+    assert pin_xla_isa({}) == XLA_ISA_FLAG == "--xla_cpu_max_isa=AVX2"
+    assert pin_xla_isa({"XLA_FLAGS": "--xla_dump_to=/tmp/x"}) == "--xla_dump_to=/tmp/x --xla_cpu_max_isa=AVX2"
+    assert pin_xla_isa({"XLA_FLAGS": "--xla_cpu_max_isa=AVX512"}) == "--xla_cpu_max_isa=AVX512"
