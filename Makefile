@@ -14,7 +14,7 @@ build: install
 	$(VENV)/bin/edgebuild build
 
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"
