@@ -339,13 +339,14 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
 @set_option
 @click.pass_context
 def report_cmd(ctx, build_dir, config_path, sets):
-    """Write build/<name>/report.html again from the build's manifest (self-contained, opens offline)."""
+    """Write build/<name>/report.html again from the build's manifest (self-contained, opens offline).
+    The artifacts must still match the manifest (else exit 3)."""
 
-    from pipeline.release import manifest as manifest_mod
+    from pipeline.engine.build import verify_finished
     from pipeline.release import report
 
     bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
-    click.echo(report.write_html(manifest_mod.read(bdir / "manifest.json"), bdir))
+    click.echo(report.write_html(verify_finished(bdir), bdir))
 
 
 @main.command("check-model", epilog=EXIT_CODES_HELP)

@@ -49,6 +49,15 @@ def test_default_style_build_records_every_target(tiny_build):
         assert isa["twin"]["machine"] == "x86_64", (name, isa)
         assert (isa["twin"]["runtime"], isa["twin"]["runtime_version"]) == (rec["runtime"], rec["runtime_version"])
         assert isa["bitexact_fraction"] == 1.0 and isa["max_abs_diff"] == 0 and isa["top1_agreement"] == 1.0, (name, isa)
+        # Where the outputs first differ: none for a bit-exact target, else one sample re-run with every
+        # tensor kept on both sides, compared op by op.
+        first = rec["first_difference"]
+        if rec["bitexact_fraction"] == 1.0:
+            assert first is None, (name, first)
+        else:
+            assert first["against"] == "host" and first["samples_differing"] >= 1, (name, first)
+            assert first["sample"] in tiny_build["manifest"]["test_split"]["ids"]
+            assert first["op"] or "XNNPACK" in first["note"], first
     checks = {c["name"] for c in tiny_build["manifest"]["gate"]["checks"]}
     assert {f"bit-exact vs x86 twin ({n})" for n in t} <= checks and not any(c.startswith("max int8 |diff|") for c in checks)
 

@@ -105,3 +105,36 @@ def test_models_a_runtime_refuses_are_one_line_errors(outside, cache_dir, tmp_pa
 
     shape = validate(out, cache_dir, "int8.tflite", "--set", "data.image_size=16", "--out", str(tmp_path / "shape"))
     assert shape.returncode == 3 and "data.image_size = 8" in shape.stderr, shape.stderr
+
+
+def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside, cache_dir, tmp_path):
+    """The Flex model under qemu: the emulated LiteRT's own refusal comes back as one line; the target
+    stage records it (its gate check fails) instead of failing the validation."""
+    from pipeline.device import targets
+    from pipeline.engine import config as config_mod
+    from pipeline.engine.errors import ModelRefused
+    from pipeline.engine.stage import run_here
+    from pipeline.release import gate
+    from pipeline.stages import target as target_stage
+    from pipeline.stages import testset
+
+    out, _ = outside
+    rpi5 = targets.load_target("rpi5-litert")
+    root = targets.setup(rpi5, cache_dir, log=lambda _: None)
+    x = np.zeros((3, 8, 8, 1), np.float32)
+    with pytest.raises(ModelRefused, match="FlexMatrixDeterminant") as refused:
+        targets.run_sharded(rpi5, root, out / "flex.tflite", x, tmp_path / "work", shards=1)
+    assert "target rpi5-litert (ai-edge-litert 2.3.0)" in str(refused.value) and "\n" not in refused.value.reason
+
+    config = config_mod.load(None, [f"validate.model={str(out / 'flex.tflite')!r}", "data.image_size=8",
+                                    f"data.test_source={str(out / 'test.npz')!r}", MINUS_ONE_TO_ONE,
+                                    'validate.targets=["rpi5-litert"]'])
+    run_here(testset.STAGE, config, {}, tmp_path)
+    (tmp_path / "model.tflite").write_bytes((out / "flex.tflite").read_bytes())
+    np.savez(tmp_path / "predictions.npz", host_output=np.zeros((300, 10), np.float32))  # the host refuses it too
+    stage = target_stage.stages(config)[0]
+    inputs = {n: tmp_path / n for n in stage.inputs}
+    record = run_here(stage, config, inputs, tmp_path, cache_dir=str(cache_dir))
+    assert "FlexMatrixDeterminant" in record["refused"] and (tmp_path / "target-rpi5-litert.npz").exists()
+    checks = gate._target_checks({"targets": {"rpi5-litert": record}}, config.gate, "")
+    assert [(c["name"], c["passed"]) for c in checks] == [("runs on target (rpi5-litert)", False)]

@@ -2,6 +2,7 @@
 only the Python standard library, numpy and the target's TFLite runtime.
 
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --batch 1 --threads 1
+    python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0     (every tensor of sample 0)
 
 Reads inputs (N, H, W, C) of the model's input dtype (int8, uint8 or float32), runs the interpreter
 at the given batch size in one long-lived process, writes the raw outputs to OUT.npy and a JSON line
@@ -40,6 +41,40 @@ def runtime_version(runtime):
         return "unknown"
 
 
+def dump(Interpreter, runtime, args, x):
+    """Run one sample with every intermediate tensor kept, on the builtin kernels (default delegates
+    off: a delegate keeps its own intermediates), and save them as t<index> in an .npz."""
+    import numpy as np
+
+    resolver = sys.modules[Interpreter.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interp = Interpreter(model_path=args.model, num_threads=1, experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=resolver)
+        inp = interp.get_input_details()[0]
+        signature = inp.get("shape_signature")
+        fixed = signature is not None and len(signature) and signature[0] != -1
+        if not fixed:
+            interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
+        interp.allocate_tensors()
+        sample = x[args.dump : args.dump + 1]
+        if fixed and int(signature[0]) > 1:
+            sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
+        interp.set_tensor(inp["index"], sample)
+        interp.invoke()
+    except Exception as exc:
+        print(json.dumps({"refused": " ".join(str(exc).split())[:500]}))
+        return 3
+    tensors = {}
+    for detail in interp.get_tensor_details():
+        try:
+            tensors[f"t{detail['index']}"] = np.array(interp.get_tensor(detail["index"]))
+        except ValueError:  # a tensor without data (an unused or freed buffer)
+            continue
+    np.savez(args.out, **tensors)
+    print(json.dumps({"runtime": runtime, "runtime_version": runtime_version(runtime), "tensors": len(tensors)}))
+    return 0
+
+
 def main(argv=None):
     import numpy as np
 
@@ -49,10 +84,13 @@ def main(argv=None):
     parser.add_argument("out")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dump", type=int, help="run only this sample and write every tensor to OUT (.npz)")
     args = parser.parse_args(argv)
 
     Interpreter, runtime = load_interpreter()
     x = np.load(args.inputs)
+    if args.dump is not None:
+        return dump(Interpreter, runtime, args, x)
     started = time.perf_counter()
     batch = max(1, min(args.batch, len(x)))
     try:

@@ -428,6 +428,29 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     }
 
 
+def dump_tensors(target, root, model, x, work, side):
+    """Every tensor of the single sample `x` (shape (1, ...)) on the target, its x86 twin or the build
+    host ('target', 'twin', 'host'), builtin kernels; returns {tensor index: array}, or None when that
+    side cannot run the dump (the reason is in work/dump.log)."""
+    import numpy as np
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / f"{side}-x.npy", x)
+    args = [model, work / f"{side}-x.npy", work / f"{side}.npz", "--dump", "0"]
+    if side == "host":
+        cmd = [sys.executable, str(ONDEVICE), *map(str, args)]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
+    else:
+        cmd, env = command(target, root, args, twin=side == "twin"), _env(target, root, twin=side == "twin")
+    try:
+        _run(cmd, f"keeping every tensor on {side}", work / "dump.log", env=env)
+    except (StageError, InputError):
+        return None
+    with np.load(work / f"{side}.npz") as f:
+        return {int(k[1:]): f[k] for k in f.files}
+
+
 def _refusal(stdout):
     """The runtime's reason from the validator's {"refused": ...} line, or None."""
     for line in reversed((stdout or "").strip().splitlines()):

@@ -87,3 +87,19 @@ def describe(path):
         "inputs": [io(i) for i in graph.inputs],
         "outputs": [io(i) for i in graph.outputs],
     }
+
+
+def op_outputs(path):
+    """The ops of the main graph in execution order: [(index, op name, [(tensor index, tensor name)])]."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = read_model(path)
+    builtin_names = _enum_names(schema.BuiltinOperator)
+    graph = model.subgraphs[0]
+    ops = []
+    for i, op in enumerate(graph.operators):
+        name = _op_name(model.operatorCodes[op.opcodeIndex], builtin_names)
+        outs = [int(t) for t in (op.outputs if op.outputs is not None else []) if t >= 0]
+        ops.append((i, name, [(t, graph.tensors[t].name.decode() if isinstance(graph.tensors[t].name, bytes)
+                                else str(graph.tensors[t].name)) for t in outs]))
+    return ops

@@ -39,6 +39,19 @@ def pin_xla_isa(environ):
     return environ["XLA_FLAGS"]
 
 
+def cpu_description():
+    """The CPU a stage ran on: model name and the widest x86 vector extension it has."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": None, "vector_isa": None}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("sse4_2", "SSE4.2")) if flag in flags),
+               None)
+    return {"model": model, "vector_isa": isa}
+
+
 def main(request_path):
     request = json.loads(Path(request_path).read_text())
     if os.environ.get("KERAS_BACKEND") == "jax":
@@ -60,6 +73,7 @@ def main(request_path):
         record["toolchain"] = loaded_toolchain()
         if os.environ.get("KERAS_BACKEND") == "jax":
             record["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+            record["cpu"] = cpu_description()
         import resource
 
         # peak resident memory of this stage's process, for the benchmarks

@@ -161,7 +161,7 @@ def assemble(config, records, build_dir):
         "train": {k: records["train"].get(k) for k in (
             "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction",
             "finetune", "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history",
-            "initial", "kept_epoch", "kept_by", "kept_val_accuracy")},
+            "initial", "kept_epoch", "kept_by", "kept_val_accuracy", "cpu", "xla_flags")},
         "qat": {k: records["qat"].get(k) for k in (
             "ranges", "input_range", "float_val_accuracy", "history", "initial", "kept_epoch", "kept_by",
             "kept_val_accuracy")},
@@ -227,10 +227,36 @@ def read_baseline(path, warn=None):
     if "seal" not in manifest:
         raise InputError(f"the baseline {path} has no seal: it was written by an older edgebuild or rewritten by "
                          "hand, so its numbers cannot be trusted. Gate against a manifest this edgebuild wrote.")
+    _check_own_figures(manifest, path)
     if warn and (manifest.get("gate") or {}).get("verdict") == "fail":
         warn(f"the baseline {path} failed its own gate; comparing with it anyway")
     manifest["_file"] = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
     return manifest
+
+
+def _check_own_figures(manifest, path):
+    """A baseline's accuracy must follow from its own predictions and labels (per sample) and its
+    per-class accuracies from the same: figures that contradict each other are refused."""
+    m = manifest["metrics"]
+    deployed = m.get("host") if manifest.get("kind") == "validation" else m.get("int8_host")
+    labels = (manifest.get("test_split") or {}).get("labels")
+    if not deployed or labels is None or "top1" not in deployed:
+        return
+    top1 = deployed["top1"]
+    if len(top1) != len(labels):
+        raise InputError(f"the baseline {path} has {len(top1)} predictions for {len(labels)} test labels. Use a "
+                         "manifest edgebuild wrote.")
+    accuracy = sum(p == t for p, t in zip(top1, labels)) / max(1, len(labels))
+    if abs(accuracy - deployed["accuracy"]) > 1e-6:
+        raise InputError(f"the baseline {path} says accuracy {deployed['accuracy']:.6f}, but its own predictions "
+                         f"and labels give {accuracy:.6f}: its figures contradict each other. Use a manifest "
+                         "edgebuild wrote.")
+    for c, name in enumerate(manifest["class_names"]):
+        idx = [i for i, t in enumerate(labels) if t == c]
+        want = deployed["per_class"].get(name)
+        if idx and want is not None and abs(sum(top1[i] == c for i in idx) / len(idx) - want) > 1e-6:
+            raise InputError(f"the baseline {path} says class {name} accuracy {want:.6f}, which its own "
+                             "predictions and labels contradict. Use a manifest edgebuild wrote.")
 
 
 def changed_artifacts(build_dir, manifest):

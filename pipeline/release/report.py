@@ -27,7 +27,21 @@ def _target_table(targets):
         trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
                       _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", _twin_cell(t),
                       f"{t['images_per_s']:.0f}", f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
-    return text.table(trows)
+    lines = text.table(trows)
+    for name, t in sorted(targets.items()):
+        line = first_difference_line(t.get("first_difference"))
+        if line:
+            lines.append(f"{name} {line}")
+    return lines
+
+
+def first_difference_line(d):
+    """'vs host: first differs at op #3 CONV_2D (tensor x, max |diff| 1) ...', or '' without a difference."""
+    if not d:
+        return ""
+    where = (f"first differs at op #{d['op_index']} {d['op']} (tensor {d['tensor']}, max |diff| {d['max_abs_diff']:.4g}, "
+             f"{100 * d['fraction_differing']:.1f}% of its elements)" if d.get("op") else d.get("note", ""))
+    return f"vs {d['against']}: {where}; sample {d['sample']} ({d['samples_differing']} samples differ)"
 
 
 def _gate_lines(manifest):
@@ -231,7 +245,8 @@ def html(manifest, build_dir):
         acc_rows.append((acc_rows[-1][0], f"{name}: {t['runtime']} {t['runtime_version']}",
                          "refused: " + t["refused"] if t.get("refused") else _pct(t["accuracy"])))
     target_rows = [(name, _pct(t.get("top1_agreement")), _pct(t.get("bitexact_fraction")), t.get("max_abs_diff", "-"),
-                    _twin_cell(t), f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
+                    _twin_cell(t), first_difference_line(t.get("first_difference")) or "-",
+                    f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
                    for name, t in sorted(targets.items())]
     size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
     gate = manifest.get("gate")
@@ -272,7 +287,7 @@ img {{ max-width: 100%; }}
 std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
 <h2>Gate</h2>{gate_html}
 <h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
-<h2>Targets (emulated aarch64) vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime)", "images/s", "samples"))}
+<h2>Targets (emulated aarch64) vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime)", "first difference", "images/s", "samples"))}
 <h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
 <h2>Per-class accuracy change</h2>{delta_html}

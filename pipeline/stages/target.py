@@ -76,8 +76,46 @@ def run(cfg, inputs, out_dir, ctx):
     record.update(compare(outputs, preds[host_key][subset], data["y"][idx], ids, names))
     record.update(run_info)
     record["isa"] = _isa_agreement(target, root, model_path, x, outputs, data["y"][idx], ids, names, out_dir)
+    record["first_difference"] = _first_difference(target, root, model_path, x, outputs, preds[host_key][subset],
+                                                   ids, record["isa"], out_dir)
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
     return record
+
+
+def _first_difference(target, root, model_path, x, outputs, host_out, ids, isa, out_dir):
+    """Where the target first departs from its twin (an ISA difference) or, when it matches its twin,
+    from the build host (runtime drift): the first sample whose outputs differ, run again on both sides
+    with every tensor kept, and the first op (in execution order) whose output tensor differs."""
+    twin_out = isa.pop("_outputs", None)
+    if twin_out is not None and not np.array_equal(outputs, twin_out):
+        against, reference = "twin", twin_out
+    elif not np.array_equal(outputs, host_out):
+        against, reference = "host", host_out
+    else:
+        return None
+    rows = np.flatnonzero((outputs.reshape(len(outputs), -1) != reference.reshape(len(reference), -1)).any(1))
+    i = int(rows[0])
+    work = tempfile.mkdtemp(dir=out_dir, prefix="dump-")
+    try:
+        mine = targets_mod.dump_tensors(target, root, model_path, x[i : i + 1], work, "target")
+        theirs = targets_mod.dump_tensors(target, root, model_path, x[i : i + 1], work, against)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    found = {"against": against, "sample": str(ids[i]), "samples_differing": int(len(rows)),
+             "kernels": "builtin (default delegates off, every tensor kept)"}
+    if mine is None or theirs is None:
+        return {**found, "op": None, "note": "the tensors could not be kept on one side"}
+    for index, op, tensors in tflite_info.op_outputs(model_path):
+        for t, name in tensors:
+            a, b = mine.get(t), theirs.get(t)
+            if a is None or b is None or a.shape != b.shape or np.array_equal(a, b):
+                continue
+            wide = np.int64 if np.issubdtype(a.dtype, np.integer) else np.float64
+            diff = np.abs(a.astype(wide) - b.astype(wide))
+            return {**found, "op_index": index, "op": op, "tensor": name, "max_abs_diff": diff.max().item(),
+                    "fraction_differing": round(float((diff > 0).mean()), 6)}
+    return {**found, "op": None, "note": "with the builtin kernels every tensor is equal: the difference comes "
+                                         "from a delegate's kernels (XNNPACK)"}
 
 
 def _run(target, root, model_path, x, out_dir, shards, twin=False):
@@ -102,4 +140,5 @@ def _isa_agreement(target, root, model_path, x, outputs, labels, ids, names, out
     return {
         "twin": {k: twin_info[k] for k in ("runtime", "runtime_version", "machine", "python")},
         **{k: agreement[k] for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement", "flipped_ids")},
+        "_outputs": twin_out,  # for _first_difference; not recorded
     }

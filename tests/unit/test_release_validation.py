@@ -78,3 +78,14 @@ def test_pixels_become_the_input_tensor_the_file_describes(dtype, scale, zp):
     assert f.dtype == np.float32
     with pytest.raises(InputError, match="float32, int8 or uint8"):
         preprocess.to_input(pixels, pp, {"dtype": "int16", "scale": 1.0, "zero_point": 0})
+
+
+def test_a_baseline_whose_figures_contradict_its_predictions_is_refused(tmp_path):
+    for m in (copy.deepcopy(VALIDATION), copy.deepcopy(BUILD)):
+        manifest_mod.write(tmp_path / "ok.json", m)
+        assert manifest_mod.read_baseline(tmp_path / "ok.json")["_file"]["sha256"]
+        key = "host" if m.get("kind") == "validation" else "int8_host"
+        m["metrics"][key]["accuracy"] = round(m["metrics"][key]["accuracy"] - 0.05, 6)
+        manifest_mod.write(tmp_path / "edited.json", m)  # re-sealed, as someone who knew the seal would
+        with pytest.raises(InputError, match="contradict"):
+            manifest_mod.read_baseline(tmp_path / "edited.json")
