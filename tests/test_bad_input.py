@@ -280,11 +280,11 @@ def _copy_build(tiny_build, tmp_path):
     return d
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"not a flatbuffer at all", "must be a TFLite flatbuffer"),
-    (None, "truncated or corrupt"),
-])
-def test_validation_refuses_a_broken_tflite(tiny_build, tmp_path, cache_dir, content, expected):
+@pytest.mark.parametrize("content", [b"not a flatbuffer at all", None])
+def test_validation_refuses_a_broken_tflite(tiny_build, tmp_path, cache_dir, content):
+    """A build's model replaced or truncated after the build: refused before anything runs (a model file
+    that is no flatbuffer at all is tests/test_validate_model.py's)."""
+    expected = "model_int8.tflite has other content"
     d = _copy_build(tiny_build, tmp_path)
     model = d / "model_int8.tflite"
     model.write_bytes(content if content is not None else model.read_bytes()[:3000])
@@ -296,16 +296,23 @@ def test_validation_refuses_a_broken_tflite(tiny_build, tmp_path, cache_dir, con
     assert (d / "manifest.json").read_bytes() == manifest_before
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda m: m.update(schema_version=99), "schema_version must be 1; received 99"),
-    (lambda m: m.update(class_names=["x", "y"]), "same classes"),
-    (lambda m: m["test_split"].update(sha256="0" * 64), "test splits must match"),
+@pytest.mark.parametrize("edit, sealed, expected", [
+    (lambda m: m.update(schema_version=99), False, "schema_version must be 1; received 99"),
+    (lambda m: m.update(class_names=["x", "y"]), True, "same classes"),
+    (lambda m: m["test_split"].update(sha256="0" * 64), True, "test splits must match"),
+    (lambda m: m["metrics"]["int8_host"].update(accuracy=1.0), False, "changed after edgebuild wrote it"),
 ])
-def test_bad_baseline_is_exit_3(tiny_build, tmp_path, edit, expected):
+def test_bad_baseline_is_exit_3(tiny_build, tmp_path, edit, sealed, expected):
+    """Sealed: a genuine manifest of another build (written, so sealed, by edgebuild); not sealed: edited."""
+    from pipeline.release import manifest as manifest_mod
+
     d = _copy_build(tiny_build, tmp_path)
     base = json.loads((d / "manifest.json").read_text())
     edit(base)
-    (tmp_path / "base.json").write_text(json.dumps(base))
+    if sealed:
+        manifest_mod.write(tmp_path / "base.json", base)
+    else:
+        (tmp_path / "base.json").write_text(json.dumps(base))
     before = (d / "manifest.json").read_bytes()
     proc = edgebuild("gate", str(d), "--config", str(TINY), "--baseline", str(tmp_path / "base.json"))
     assert proc.returncode == 3, proc.stdout + proc.stderr

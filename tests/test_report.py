@@ -60,6 +60,27 @@ def test_confusion_plot_changes_with_the_predictions(tiny_build, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_flipped_images_are_shown_with_both_predictions(tiny_build, tmp_path):
+    """Plant int8 predictions that differ from float on three test images: the report shows exactly
+    those three thumbnails, each with its float and int8 class and the true class."""
+    d = tmp_path / "b"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    pred = dict(np.load(d / "predictions.npz"))
+    n = len(tiny_build["manifest"]["class_names"])
+    pred["int8_top1"] = pred["float_top1"].copy()
+    pred["int8_top1"][:3] = (pred["float_top1"][:3] + 1) % n
+    np.savez(d / "predictions.npz", **pred)
+    groups = {title: (total, shown) for title, total, shown in report.flip_groups(tiny_build["manifest"], d)}
+    total, shown = groups["float -> int8 (host)"]
+    assert total == 3 and [s[0] for s in shown] == [str(i) for i in pred["ids"][:3]]
+    names = tiny_build["manifest"]["class_names"]
+    assert shown[0][2:] == (names[pred["float_top1"][0]], names[pred["int8_top1"][0]], names[pred["labels"][0]])
+    assert all(f"host -> {t}" in groups for t in tiny_build["manifest"]["metrics"]["targets"])
+    text = report.html(tiny_build["manifest"], d)
+    assert "float -&gt; int8 (host): 3 images" in text
+    assert text.count("<figure>") == sum(len(shown) for _, shown in groups.values())
+
+
 def test_report_renders_in_headless_chromium(tiny_build, tmp_path):
     shot = tmp_path / "report.png"
     proc = subprocess.run(

@@ -199,6 +199,74 @@ def _history_figure(manifest):
     return fig
 
 
+def _thumbnail(image, size=64):
+    """A uint8 (H, W, C) image as a base64 PNG, scaled (nearest) to `size` pixels wide."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    img = img.resize((size, max(1, round(size * image.shape[0] / image.shape[1]))), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def flip_groups(manifest, build_dir, limit=24):
+    """The test images whose top-1 changes: float -> int8 on the host (a build), and host -> each
+    target. [(title, total, [(id, image, before, after, true)])], at most `limit` images a group."""
+    from pathlib import Path
+
+    import numpy as np
+
+    build_dir = Path(build_dir)
+    names = manifest["class_names"]
+    pred = np.load(build_dir / "predictions.npz")
+    with np.load(build_dir / "dataset.npz") as data:
+        row = {str(i): k for k, i in enumerate(data["ids"])}
+        images = data["x"]
+    ids = [str(i) for i in pred["ids"]]
+    labels = dict(zip(ids, pred["labels"].tolist()))
+    host_top1 = pred["host_output"].argmax(1) if "host_output" in pred.files else pred["int8_top1"]
+    host = dict(zip(ids, host_top1.tolist()))
+    groups = []
+
+    def group(title, pairs):
+        pairs = [(i, b, a) for i, b, a in pairs if b != a]
+        shown = [(i, images[row[i]], names[b], names[a], names[labels[i]]) for i, b, a in pairs[:limit]]
+        groups.append((title, len(pairs), shown))
+
+    if manifest.get("kind") != "validation":
+        group("float -> int8 (host)", zip(ids, pred["float_top1"].tolist(), pred["int8_top1"].tolist()))
+    for name in sorted(manifest["metrics"].get("targets", {})):
+        path = build_dir / f"target-{name}.npz"
+        if not path.exists():
+            continue
+        with np.load(path) as t:
+            if t["outputs"].ndim != 2:  # the target refused the model
+                continue
+            group(f"host -> {name}", ((str(i), host[str(i)], int(v)) for i, v in zip(t["ids"], t["outputs"].argmax(1))))
+    return groups
+
+
+def _flips_html(groups, escape):
+    out = []
+    for title, total, shown in groups:
+        out.append(f"<h3>{escape(title)}: {total} image{'s' if total != 1 else ''}"
+                   f"{f' (first {len(shown)})' if total > len(shown) else ''}</h3>")
+        if not shown:
+            out.append("<p>none</p>")
+            continue
+        out.append('<div class="flips">')
+        for i, image, before, after, true in shown:
+            out.append(f'<figure><img alt="{escape(i)}" src="data:image/png;base64,{_thumbnail(image)}">'
+                       f"<figcaption>{escape(i)}<br>{escape(before)} → {escape(after)} (true {escape(true)})"
+                       "</figcaption></figure>")
+        out.append("</div>")
+    return "".join(out)
+
+
 def html(manifest, build_dir):
     """A self-contained HTML report (plots inlined as base64 PNG, no external resources)."""
     from html import escape
@@ -277,6 +345,8 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 .verdict {{ font-size: 1.4em; font-weight: bold; }} .pass {{ color: #1a7f37; }} .fail {{ color: #cf222e; }}
 img {{ max-width: 100%; }}
+.flips {{ display: flex; flex-wrap: wrap; gap: 0.5em; }} figure {{ margin: 0; font-size: 0.75em; width: 8em; }}
+figure img {{ image-rendering: pixelated; border: 1px solid #ccc; }}
 </style></head><body>
 <h1>edgebuild {kind} report: {escape(manifest['name'])}</h1>
 <p>seed {manifest['seed']}, config sha256 {manifest['config_sha256'][:16]}, {manifest['splits']['test']} test samples,
@@ -291,6 +361,7 @@ std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_remov
 <h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
 <h2>Per-class accuracy change</h2>{delta_html}
+<h2>Flipped images</h2>{_flips_html(flip_groups(manifest, build_dir), escape)}
 <h2>Artifacts</h2>{table_html(size_rows, ("artifact", "path", "bytes", "sha256"))}
 <p>input {tensor(q['input'])}; output {tensor(q['output'])}.</p>
 {origin}
