@@ -50,19 +50,31 @@ def _lock_is_free(build_dir):
         return True
 
 
-def test_sigterm_mid_stage_kills_the_stage_and_leaves_nothing_half_written(tmp_path):
+def _files(build_dir):
+    return {p.relative_to(build_dir): p.read_bytes() for p in build_dir.rglob("*")
+            if p.is_file() and p.name != ".lock" and "logs" not in p.parts}
+
+
+def test_sigterm_mid_stage_kills_the_stage_and_leaves_the_last_good_build_as_it_was(tmp_path):
     out = tmp_path / "out"
-    proc = _start(out, tmp_path / "cache")
-    assert _wait_for("tiny/.stage-train-*/.request.json", out, proc), "train never started"
-    request = next(out.glob("tiny/.stage-train-*/.request.json"))
+    first = _start(out, tmp_path / "cache")
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    build_dir = out / "tiny"
+    good = _files(build_dir)
+    # A rebuild with another learning rate replaces float.keras, then is stopped in QAT.
+    proc = _start(out, tmp_path / "cache", "train.learning_rate=0.002")
+    assert _wait_for("tiny/.stage-qat-*/.request.json", out, proc), "qat never started"
+    request = next(out.glob("tiny/.stage-qat-*/.request.json"))
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)  # to the build only, as a CI runner's timeout would
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "interrupted (SIGTERM); nothing half-written was published" in err and "Traceback" not in err, err
-    build_dir = out / "tiny"
     assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
-    assert not (build_dir / "float.keras").exists() and (build_dir / "dataset.npz").exists()
+    assert not (build_dir / ".previous").exists()
+    now = _files(build_dir)
+    assert set(now) == set(good) and all(now[k] == good[k] for k in good), "the last good build changed"
     alive = subprocess.run(["pgrep", "-f", str(request)], capture_output=True, text=True).stdout.strip()
     assert not alive, f"the stage process outlived the build: {alive}"
     assert _lock_is_free(build_dir)

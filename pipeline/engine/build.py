@@ -90,6 +90,43 @@ def remove_leftovers(build_dir):
     return removed
 
 
+PREVIOUS = ".previous"  # hard links to the last good build while a new run may replace its files
+
+
+def _visible_files(build_dir):
+    return [p for p in build_dir.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(build_dir).parts)]
+
+
+def keep_previous(build_dir):
+    """Hard-link every file of a good build (its manifest true to its artifacts) into .previous, so a
+    run that fails or is killed can put it back. Costs no disk space (links, not copies)."""
+    if not (build_dir / "manifest.json").exists() or not manifest_still_true(build_dir):
+        return False
+    shutil.rmtree(build_dir / PREVIOUS, ignore_errors=True)
+    for path in _visible_files(build_dir):
+        link = build_dir / PREVIOUS / path.relative_to(build_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, link)
+    return True
+
+
+def restore_previous(build_dir):
+    """Put the kept good build back exactly (files this run added are removed); True when there was one."""
+    previous = build_dir / PREVIOUS
+    if not previous.is_dir():
+        return False
+    kept = {p.relative_to(previous) for p in previous.rglob("*") if p.is_file()}
+    for path in _visible_files(build_dir):
+        if path.relative_to(build_dir) not in kept:
+            path.unlink()
+    for rel in kept:
+        (build_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(previous / rel, build_dir / rel)
+    shutil.rmtree(previous, ignore_errors=True)
+    return True
+
+
 def check_writable(build_dir):
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -283,31 +320,42 @@ def build(config, options, only=None, until=None, baseline=None):
     cache = StageCache(options.cache_dir, warn=warn) if config.cache.enabled else None
     result = BuildResult(build_dir)
     with build_lock(build_dir):
+        if restore_previous(build_dir):
+            options.log(f"put back the last good build in {build_dir}: a run there was killed before it finished")
         if remove_leftovers(build_dir):
             options.log(f"removed temporary files of an interrupted build from {build_dir}")
         records = load_records(build_dir)
+        keep_previous(build_dir)
         try:
             for stage in todo:
                 records[stage.name] = result.records[stage.name] = run_stage(
                     stage, config, build_dir, cache, options, external[stage.name], records)
+            if only or plan[-1].group_name in steps:
+                _finish_run(result, plan, config, records, build_dir, only, steps, baseline)
+            elif not manifest_still_true(build_dir):  # --until: the last manifest no longer matches
+                remove_manifest(build_dir)
+                result.note = "manifest removed: this run replaced artifacts it named"
         except BaseException:
-            if result.records and not manifest_still_true(build_dir):
+            if not restore_previous(build_dir) and result.records and not manifest_still_true(build_dir):
                 remove_manifest(build_dir)  # it would vouch for artifacts this failed run replaced
             raise
-        if not (only or plan[-1].group_name in steps):
-            return result
-        problem = why_not_publishable(plan, config, records, build_dir)
-        if problem is None:
-            result.manifest, result.gate = publish(
-                config, {s.name: records[s.name] for s in plan}, build_dir,
-                baseline, run_gate=bool(only) or "gate" in steps)
-        elif only in STEPS_AFTER_STAGES or only == plan[-1].group_name:
-            raise InputError(f"running {only} on the finished build in {build_dir} refreshes its manifest, which needs "
-                             f"a consistent build; {problem}. Run edgebuild build.")
-        else:  # a manifest left from before would vouch for artifacts that changed since
-            remove_manifest(build_dir)
-            result.note = f"manifest removed, not rewritten: {problem}"
+        shutil.rmtree(build_dir / PREVIOUS, ignore_errors=True)
     return result
+
+
+def _finish_run(result, plan, config, records, build_dir, only, steps, baseline):
+    """Write the manifest (and gate) of a run that reached the end, or say why it cannot be written."""
+    problem = why_not_publishable(plan, config, records, build_dir)
+    if problem is None:
+        result.manifest, result.gate = publish(
+            config, {s.name: records[s.name] for s in plan}, build_dir,
+            baseline, run_gate=bool(only) or "gate" in steps)
+    elif only in STEPS_AFTER_STAGES or only == plan[-1].group_name:
+        raise InputError(f"running {only} on the finished build in {build_dir} refreshes its manifest, which needs "
+                         f"a consistent build; {problem}. Run edgebuild build.")
+    else:  # a manifest left from before would vouch for artifacts that changed since
+        remove_manifest(build_dir)
+        result.note = f"manifest removed, not rewritten: {problem}"
 
 
 def manifest_still_true(build_dir):

@@ -212,7 +212,8 @@ def strip_softmax(model):
 
 def input_convention_scores(model, images, labels, preprocess_cfg, channels):
     """Top-1 accuracy of `model` on uint8 `images` under the configured preprocessing and under the
-    common conventions (0..1, 0..255, -1..1, ImageNet mean/std)."""
+    common conventions (0..1, 0..255, -1..1, ImageNet mean/std). `model` is a Keras model or a
+    function (preprocess config -> outputs), e.g. a .tflite run on its quantized input."""
     import numpy as np
 
     from pipeline.data import preprocess
@@ -225,7 +226,8 @@ def input_convention_scores(model, images, labels, preprocess_cfg, channels):
         candidates[name] = PreprocessConfig(**values)
     scores = {}
     for name, cfg in candidates.items():
-        logits = model.predict(preprocess.to_float(images, cfg), batch_size=128, verbose=0)
+        logits = (model.predict(preprocess.to_float(images, cfg), batch_size=128, verbose=0)
+                  if hasattr(model, "predict") else model(cfg))
         scores[name] = float((np.asarray(logits).argmax(-1) == labels).mean())
     return scores
 

@@ -84,7 +84,9 @@ def check_baseline_compatible(manifest, baseline):
             f"a baseline must be measured on the same test set; the baseline's test set ({theirs_set.get('source')}, "
             f"{theirs_set.get('size')} images, fingerprint {theirs_set['fingerprint'][:12]}) differs from this "
             f"build's ({ours_set.get('source')}, {ours_set.get('size')} images, fingerprint "
-            f"{ours_set['fingerprint'][:12]}). Gate against a baseline built with the same data.test_source."
+            f"{ours_set['fingerprint'][:12]}). The fingerprint covers the images as loaded (data.image_size, "
+            "data.channels, data.resize) and their labels: gate against a baseline measured on the same test set "
+            "loaded the same way."
         )
     ours, theirs = manifest.get("test_split", {}), baseline.get("test_split", {})
     if ours.get("sha256") != theirs.get("sha256"):

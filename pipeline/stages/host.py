@@ -7,12 +7,14 @@ import hashlib
 from importlib import metadata
 
 from pipeline.data import preprocess
+from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
 from pipeline.device import tflite_info
 from pipeline.device.runtimes import run_tflite
 from pipeline.engine.errors import InputError, ModelRefused
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
+from pipeline.model import usermodel
 from pipeline.release.metrics import accuracy_record
 
 STAGE = Stage(
@@ -55,6 +57,12 @@ def run(cfg, inputs, out_dir, ctx):
     finally:
         bar.close()
     top1 = preprocess.dequantize(raw, info["outputs"][0]).argmax(1)
+    # A model fed the wrong input convention scores near chance: stop with the setting that fits
+    # (measured on at most 500 test images, stratified, under each common convention).
+    few = stratified_subset(labels, 500, 0)
+    usermodel.check_input_convention(
+        lambda c: run_tflite(model, preprocess.to_input(images[few], c, info["inputs"][0])),
+        images[few], labels[few], pp, images.shape[-1], "the model")
     metrics = accuracy_record(top1, labels, class_names)
     metrics.update(top1=[int(v) for v in top1], runtime="ai-edge-litert",
                    runtime_version=metadata.version("ai-edge-litert"), output_dtype=str(raw.dtype))

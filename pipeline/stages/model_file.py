@@ -17,8 +17,9 @@ def model_path(model):
     """The model file `model` (validate.model), checked to be a .tflite file."""
     path = Path(model)
     if path.suffix.lower() not in SUFFIXES:
-        raise InputError(f"edgebuild validate takes a .tflite model file; received {path}. ONNX models are not "
-                         "validated yet: convert to .tflite, or validate the .tflite your converter wrote.")
+        onnx = " ONNX models are not validated yet." if path.suffix.lower() == ".onnx" else ""
+        raise InputError(f"edgebuild validate takes a .tflite model file; received {path}.{onnx} Convert the model "
+                         "to .tflite (or pass the .tflite your converter wrote).")
     if not path.is_file():
         raise InputError(f"the model file {path} does not exist or is not a file. Pass the path of your .tflite.")
     return path
