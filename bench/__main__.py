@@ -9,6 +9,7 @@ Timings are medians of --repeats runs, with their min-max spread; nothing here i
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline.engine.fsutil import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,6 +134,46 @@ def reproducibility(manifests):
         rows.append({"artifact": key, "sha256": art["sha256"][:16], "identical_in_all_builds": all(same)})
     return {"builds": len(manifests), "artifacts": rows,
             "all_identical": all(r["identical_in_all_builds"] for r in rows)}
+
+
+ISA_SETTINGS = (  # XLA_FLAGS for the stage processes: edgebuild's default cap, an AVX2-only CPU, no cap
+    ("default (edgebuild caps XLA at AVX2)", None),
+    ("forced AVX2 (what an AVX2-only CPU compiles)", "--xla_cpu_max_isa=AVX2"),
+    ("forced AVX-512 (no cap, on this CPU)", "--xla_cpu_max_isa=AVX512"),
+)
+
+
+def isa_reproducibility(work, targets_cache):
+    """The default build (to export, fresh stage cache) under several XLA ISA settings: which artifacts
+    are byte-identical to the default's."""
+    runs = []
+    for label, flags in ISA_SETTINGS:
+        out, cache = work / f"isa{len(runs)}-out", fresh_cache(work, f"isa{len(runs)}", targets_cache)
+        env_flags = {"XLA_FLAGS": flags} if flags else {}
+        with _env(env_flags):
+            edgebuild(["build", "--until", "export", "--set", f'build.out_dir="{out}"'], cache)
+        files = {n: sha256_file(out / "digits" / n) for n in ("float.keras", "qat.keras", "model_int8.tflite",
+                                                                "model_float.tflite", "model.onnx")}
+        runs.append({"setting": label, "xla_flags": flags, "sha256": {k: v[:16] for k, v in files.items()}})
+        log(f"isa {label}: int8 {files['model_int8.tflite'][:16]}")
+    base = runs[0]["sha256"]
+    for r in runs:
+        r["identical_to_default"] = sorted(k for k in base if r["sha256"][k] == base[k])
+    return {"cpu": machine().get("cpu"), "runs": runs}
+
+
+@contextlib.contextmanager
+def _env(values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def validation_cost(build_dir, repeats, targets_cache, work):
@@ -358,12 +401,21 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing (median reported)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
+    parser.add_argument("--only-isa", action="store_true", help="run only the vector-ISA reproducibility check "
+                        "and add it to the results file")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="edgebuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         targets_cache = work / "targets"
         targets_cache.mkdir(exist_ok=True)
+        if args.only_isa:
+            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            result["isa_reproducibility"] = {"date": datetime.date.today().isoformat(),
+                                             **isa_reproducibility(work, targets_cache)}
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(json.dumps(result["isa_reproducibility"], indent=1))
+            return
         setup_times = {}
         for name in ("rpi4-bookworm-tflite", "rpi5-litert"):
             started = time.perf_counter()
@@ -378,6 +430,7 @@ def main(argv=None):
             "target_setup_cold_s": setup_times,
             "build_times": times,
             "reproducibility": reproducibility(manifests),
+            "isa_reproducibility": {"date": datetime.date.today().isoformat(), **isa_reproducibility(work, targets_cache)},
             "artifacts": artifacts(manifests[0][1]),
             "validation": validation_cost(manifests[0][0], args.repeats, targets_cache, work),
             "accuracy": accuracy(work, targets_cache, manifests[0][0]),
