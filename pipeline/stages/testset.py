@@ -16,7 +16,7 @@ def external(config):
     if not config.data.test_source:
         raise InputError("validating a model file needs its test set; pass --data SOURCE (an image folder with "
                          "one sub-folder per class, or an .npz with x and y), or set data.test_source.")
-    return {"test_source": source_fingerprint(config.data.test_source, "data.test_source")}
+    return {"test_source": source_fingerprint(config.data.test_source, "the test set (--data, data.test_source)")}
 
 
 STAGE = Stage(
