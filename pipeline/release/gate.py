@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape
 
 from pipeline.engine import text
 from pipeline.engine.errors import InputError
+from pipeline.release.manifest import released_metrics
 
 
 def _check(name, got, limit, passed, baseline=None, detail=""):
@@ -98,12 +99,6 @@ def check_baseline_compatible(manifest, baseline):
         )
 
 
-def deployed(manifest):
-    """The host metrics of the model a manifest releases: a build's int8 model, or a validated file."""
-    m = manifest["metrics"]
-    return m["host"] if manifest.get("kind") == "validation" else m["int8_host"]
-
-
 def _target_checks(m, cfg, prefix):
     checks = []
     for name, t in sorted(m.get("targets", {}).items()):
@@ -151,7 +146,7 @@ def _integer_model_checks(manifest, art, cfg):
 
 def _baseline_checks(manifest, baseline, cfg, what, prefix):
     check_baseline_compatible(manifest, baseline)
-    ours, theirs = deployed(manifest), deployed(baseline)
+    ours, theirs = released_metrics(manifest), released_metrics(baseline)
     counts = (manifest.get("test_set") or {}).get("per_class")
     checks = []
     bdrop = round(theirs["accuracy"] - ours["accuracy"], 6)

@@ -234,11 +234,16 @@ def read_baseline(path, warn=None):
     return manifest
 
 
+def released_metrics(manifest):
+    """The host metrics of the model a manifest releases: a build's int8 model, or a validated file."""
+    m = manifest["metrics"]
+    return m.get("host") if manifest.get("kind") == "validation" else m.get("int8_host")
+
+
 def _check_own_figures(manifest, path):
     """A baseline's accuracy must follow from its own predictions and labels (per sample) and its
     per-class accuracies from the same: figures that contradict each other are refused."""
-    m = manifest["metrics"]
-    deployed = m.get("host") if manifest.get("kind") == "validation" else m.get("int8_host")
+    deployed = released_metrics(manifest)
     labels = (manifest.get("test_split") or {}).get("labels")
     if not deployed or labels is None or "top1" not in deployed:
         return

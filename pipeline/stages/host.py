@@ -14,6 +14,7 @@ from pipeline.device.runtimes import run_tflite
 from pipeline.engine.errors import InputError, ModelRefused
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
+from pipeline.engine.text import clip
 from pipeline.model import usermodel
 from pipeline.release.metrics import accuracy_record
 
@@ -48,12 +49,12 @@ def run(cfg, inputs, out_dir, ctx):
     class_names = [str(c) for c in data["class_names"]]
     check_fits(info, images, class_names, "the model")
     x = preprocess.to_input(images, pp, info["inputs"][0])
-    runtime = f"the host runtime (ai-edge-litert {metadata.version('ai-edge-litert')})"
+    version = metadata.version("ai-edge-litert")
     bar = ctx.progress.bar(1, "host", unit="model")
     try:
         raw = run_tflite(model, x)
     except Exception as exc:  # the runtime's own reason, on one line
-        raise ModelRefused(runtime, " ".join(str(exc).split())[:500] or type(exc).__name__) from None
+        raise ModelRefused(f"the host runtime (ai-edge-litert {version})", clip(exc, 500) or type(exc).__name__) from None
     finally:
         bar.close()
     top1 = preprocess.dequantize(raw, info["outputs"][0]).argmax(1)
@@ -65,7 +66,7 @@ def run(cfg, inputs, out_dir, ctx):
         images[few], labels[few], pp, images.shape[-1], "the model")
     metrics = accuracy_record(top1, labels, class_names)
     metrics.update(top1=[int(v) for v in top1], runtime="ai-edge-litert",
-                   runtime_version=metadata.version("ai-edge-litert"), output_dtype=str(raw.dtype))
+                   runtime_version=version, output_dtype=str(raw.dtype))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
     id_list = [str(s) for s in ids]
     return {
