@@ -4,7 +4,8 @@ side in one run on this machine. Writes bench/results.json and prints Markdown t
 Sections: build time per stage cold vs warm (with peak memory and the JAX compile share),
 on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shards),
 accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
-artifact sizes and host/target agreement, and reproducibility (two clean builds, every sha256).
+artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only-formats),
+and reproducibility (two clean builds, every sha256).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
 
@@ -308,6 +309,42 @@ def artifacts(manifest):
     }
 
 
+def formats(manifest):
+    """Both deployment formats of one build side by side: sizes (float vs int8), host accuracy, the int8
+    ONNX's agreement with the int8 .tflite, and each emulated target that ran one of them."""
+    a, m = manifest["artifacts"], manifest["metrics"]
+    onnx = m["onnx_int8"]
+    return {
+        "build": manifest["name"],
+        "test_samples": manifest["splits"]["test"],
+        "tflite": {"float_bytes": a["float_tflite"]["bytes"], "int8_bytes": a["int8_tflite"]["bytes"],
+                   "float_accuracy": m["float_tflite"]["accuracy"], "int8_accuracy": m["int8_host"]["accuracy"]},
+        "onnx": {"float_bytes": a["onnx"]["bytes"], "int8_bytes": a["int8_onnx"]["bytes"],
+                 "float_accuracy": m["onnx"]["accuracy"], "int8_accuracy": onnx["accuracy"]},
+        "int8_onnx_vs_int8_tflite": {
+            "accuracy_diff_pp": round(100 * (onnx["accuracy"] - m["int8_host"]["accuracy"]), 3),
+            **{k: onnx[k] for k in ("top1_agreement_with_int8_tflite", "bitexact_fraction_vs_int8_tflite",
+                                    "max_dequantized_diff_vs_int8_tflite")}},
+        "targets": {n: {"model": t.get("model"), "runtime": f"{t['runtime']} {t['runtime_version']}",
+                        **{k: t.get(k) for k in ("accuracy", "top1_agreement", "bitexact_fraction")},
+                        "isa_bitexact_fraction": (t.get("isa") or {}).get("bitexact_fraction")}
+                    for n, t in sorted(m["targets"].items())},
+    }
+
+
+def formats_markdown(f):
+    lines = ["| format | float bytes | int8 bytes | int8/float | float accuracy | int8 accuracy |", "|---|---|---|---|---|---|"]
+    for name in ("tflite", "onnx"):
+        r = f[name]
+        lines.append(f"| {name} | {r['float_bytes']:,} | {r['int8_bytes']:,} | {r['int8_bytes'] / r['float_bytes']:.2f} | "
+                     f"{100 * r['float_accuracy']:.2f}% | {100 * r['int8_accuracy']:.2f}% |")
+    v = f["int8_onnx_vs_int8_tflite"]
+    lines += ["", f"int8 ONNX vs int8 TFLite on {f['test_samples']} test images: accuracy {v['accuracy_diff_pp']:+.2f} pp, "
+              f"top-1 agreement {100 * v['top1_agreement_with_int8_tflite']:.2f}%, "
+              f"{100 * v['bitexact_fraction_vs_int8_tflite']:.2f}% of outputs bit-exact."]
+    return "\n".join(lines)
+
+
 def machine():
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -389,6 +426,8 @@ def markdown(r):
             "| target | top-1 agreement | bit-exact outputs | max abs diff | accuracy |", "|---|---|---|---|---|"]
     for n, a in sorted(s["agreement"].items()):
         out.append(f"| {n} | {100 * a['top1_agreement']:.2f}% | {100 * a['bitexact_fraction']:.2f}% | {a['max_abs_diff']} | {100 * a['accuracy']:.2f}% |")
+    if r.get("formats"):
+        out += ["", formats_markdown(r["formats"])]
     rep = r["reproducibility"]
     out += ["", f"Reproducibility: {rep['builds']} clean builds with the same seed; "
             f"{sum(a['identical_in_all_builds'] for a in rep['artifacts'])} of {len(rep['artifacts'])} artifacts byte-identical"
@@ -403,12 +442,23 @@ def main(argv=None):
     parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
     parser.add_argument("--only-isa", action="store_true", help="run only the vector-ISA reproducibility check "
                         "and add it to the results file")
+    parser.add_argument("--only-formats", metavar="BUILD_DIR", help="only add the TFLite/ONNX side-by-side figures of "
+                        "a finished build (make build: build/digits) to the results file")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="edgebuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         targets_cache = work / "targets"
         targets_cache.mkdir(exist_ok=True)
+        if args.only_formats:
+            from pipeline.release import manifest as manifest_mod
+
+            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            manifest = manifest_mod.read(Path(args.only_formats) / "manifest.json")
+            result["formats"] = {"date": datetime.date.today().isoformat(), **formats(manifest)}
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(formats_markdown(result["formats"]))
+            return
         if args.only_isa:
             result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
             result["isa_reproducibility"] = {"date": datetime.date.today().isoformat(),
@@ -417,7 +467,7 @@ def main(argv=None):
             print(json.dumps(result["isa_reproducibility"], indent=1))
             return
         setup_times = {}
-        for name in ("rpi4-bookworm-tflite", "rpi5-litert"):
+        for name in ("rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime"):
             started = time.perf_counter()
             edgebuild(["target", "setup", name], _setup_cache(work, targets_cache))
             setup_times[name] = round(time.perf_counter() - started, 1)
@@ -432,6 +482,7 @@ def main(argv=None):
             "reproducibility": reproducibility(manifests),
             "isa_reproducibility": {"date": datetime.date.today().isoformat(), **isa_reproducibility(work, targets_cache)},
             "artifacts": artifacts(manifests[0][1]),
+            "formats": formats(manifests[0][1]),
             "validation": validation_cost(manifests[0][0], args.repeats, targets_cache, work),
             "accuracy": accuracy(work, targets_cache, manifests[0][0]),
             "bring_a_trained_model": bring_a_trained_model(work),

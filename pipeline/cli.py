@@ -258,20 +258,38 @@ def _model_overrides(model, data, out):
     tensor has (before the user's own --set, so an explicit one wins and is then checked)."""
     import re
 
-    from pipeline.device import tflite_info
+    from pipeline.device import onnx_info
     from pipeline.engine.errors import InputError
     from pipeline.stages.model_file import model_path
 
     path = model_path(model).resolve()
-    shape = tflite_info.describe(path)["inputs"][0]["shape"]
-    if len(shape) != 4 or shape[1] != shape[2] or shape[3] not in (1, 3):
-        raise InputError(f"edgebuild validates image classifiers with a square (batch, size, size, 1 or 3) input; "
-                         f"{model}'s input shape is {shape}.")
-    sets = [f"validate.model={json.dumps(str(path))}", f"data.image_size={shape[1]}", f"data.channels={shape[3]}"]
+    tensor = onnx_info.describe(path)["inputs"][0]
+    shape = onnx_info.image_shape(tensor)
+    if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
+        raise InputError(f"edgebuild validates image classifiers with a square (batch, size, size, 1 or 3) input "
+                         f"(or (batch, 1 or 3, size, size) for an .onnx); {model}'s input shape is {tensor['shape']}.")
+    sets = [f"validate.model={json.dumps(str(path))}", f"data.image_size={shape[0]}", f"data.channels={shape[2]}"]
     if data:
         sets.append(f"data.test_source={json.dumps(data)}")
     out = Path(out) if out else Path("build") / ("validate-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "model"))
     return sets + [f"build.out_dir={json.dumps(str(out.parent))}", f"build.name={json.dumps(out.name)}"]
+
+
+def _targets_for(config, added):
+    """The targets a model file is validated on: those of validate.targets whose runtime runs its format
+    (a .tflite on the LiteRT targets, an .onnx on the onnxruntime ones; every shipped emulated target of
+    that format when validate.targets has none), plus --target as given."""
+    from pipeline.device import onnx_info, targets
+
+    fmt = "onnx" if onnx_info.is_onnx(config.validate.model) else "tflite"
+
+    def runs_it(name):
+        return targets.model_format(targets.load_target(name)) == fmt
+
+    names = [n for n in config.validate.targets if runs_it(n)]
+    if not names and config.validate.targets and not added:
+        names = [n for n in targets.available_targets() if runs_it(n) and targets.load_target(n).emulated]
+    return list(dict.fromkeys(names + list(added)))
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -292,11 +310,12 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
     """Prove a model on the host and on emulated ARM targets, and gate it.
 
     \b
-    edgebuild validate MODEL.tflite --data TEST_SET [--baseline manifest.json]
-        A .tflite built anywhere (float32, int8 or uint8 input): runs it on the host and on each
-        target of validate.targets (plus --target) over your whole test set, with pixels fed through
-        [preprocess] and the model's own input quantization. Image size and channels come from the
-        model. Writes manifest.json (kind "validation") and report.html, and gates them.
+    edgebuild validate MODEL.tflite|MODEL.onnx --data TEST_SET [--baseline manifest.json]
+        A .tflite or .onnx built anywhere (float32, int8 or uint8 input; an .onnx may be NCHW):
+        runs it on the host and on each target of validate.targets that runs its format (plus
+        --target) over your whole test set, with pixels fed through [preprocess] and the model's
+        own input quantization. Image size and channels come from the model. Writes manifest.json
+        (kind "validation") and report.html, and gates them.
     edgebuild validate [BUILD_DIR] --target NAME
         A finished build's int8 model on more targets: adds their results to its manifest and
         gates it again, with the build's own config ([gate] and [validate] from --config over it)
@@ -311,6 +330,10 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
     model_file = path is not None and not Path(path).is_dir()
     if model_file:
         config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets))
+        names = _targets_for(config, target_names)
+        if names != list(config.validate.targets):
+            config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets)
+                                  + [f"validate.targets={json.dumps(names)}"])
     elif data_source or out:
         raise click.UsageError("--data and --out go with a model file: edgebuild validate MODEL.tflite --data TEST_SET.")
     elif not target_names:

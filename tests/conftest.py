@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "tiny.toml"
+ALL_TARGETS = ["rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime"]  # tiny_build validates on each
 SIGNS = REPO / "tests" / "data" / "signs"  # 30 real photos per class (see its SOURCE.md and LICENSE)
 UNIT = REPO / "tests" / "unit"
 
@@ -55,7 +56,7 @@ def tiny_build(tmp_path_factory, cache_dir):
     proc = edgebuild(
         "--quiet", "build", "--config", str(TINY),
         "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
-        env={"EDGEBUILD_CACHE": str(cache_dir)},
+        "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", env={"EDGEBUILD_CACHE": str(cache_dir)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     build_dir = out / "tiny"

@@ -21,6 +21,9 @@ REQUIRED = [
     "artifacts.int8_tflite.input.dtype", "artifacts.int8_tflite.input.shape",
     "artifacts.int8_tflite.input.scale", "artifacts.int8_tflite.input.zero_point",
     "artifacts.int8_tflite.output.scale", "artifacts.int8_tflite.output.zero_point",
+    "artifacts.int8_onnx.path", "artifacts.int8_onnx.input.scale", "artifacts.int8_onnx.input.zero_point",
+    "artifacts.int8_onnx.output.scale", "artifacts.int8_onnx.output.zero_point",
+    "metrics.onnx_int8.accuracy", "metrics.onnx_int8.per_class", "metrics.onnx_int8.top1_agreement_with_int8_tflite",
     "metrics.float.accuracy", "metrics.float.per_class", "metrics.int8_host.accuracy",
     "metrics.int8_host.per_class", "metrics.onnx.accuracy", "metrics.onnx.per_class",
     "toolchain.python", "toolchain.keras", "toolchain.tensorflow", "toolchain.jax",
@@ -43,7 +46,7 @@ def test_manifest_has_the_public_contract(tiny_build):
         path = tiny_build["dir"] / art["path"]
         assert path.stat().st_size == art["bytes"], name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"], name
-    for key in ("float", "int8_host", "onnx"):
+    for key in ("float", "int8_host", "onnx", "onnx_int8"):
         assert 0.0 <= m["metrics"][key]["accuracy"] <= 1.0
         assert set(m["metrics"][key]["per_class"]) == set(m["class_names"])
     assert "int8" in tiny_build["stdout"] and "gate: PASS" in tiny_build["stdout"]
@@ -72,6 +75,41 @@ def test_int8_model_is_full_integer(tiny_build):
     assert info["float_ops"] == [] and info["custom_ops"] == []
     assert {op["name"] for op in info["ops"]} >= {"CONV_2D", "FULLY_CONNECTED"}
     assert tiny_build["manifest"]["artifacts"]["int8_tflite"]["float_ops"] == []
+
+
+def test_int8_onnx_is_qdq_with_the_tflite_scales_and_agrees_with_it(tiny_build):
+    """The int8 ONNX carries the int8 .tflite's quantization (QDQ pairs), runs in onnxruntime, and gives
+    the int8 .tflite's answers: accuracy within 0.5 pp, top-1 agreement >= 99%, recomputed here from
+    the two files, not read from the manifest."""
+    import onnx
+
+    from pipeline.data import preprocess
+    from pipeline.data.splits import load_dataset
+    from pipeline.device import onnx_info
+    from pipeline.device.runtimes import run_onnx, run_tflite
+    from pipeline.engine import config as config_mod
+
+    d, m = tiny_build["dir"], tiny_build["manifest"]
+    ops = {n.op_type for n in onnx.load(str(d / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    tfl, onx = tflite_info.describe(d / "model_int8.tflite"), onnx_info.describe(d / "model_int8.onnx")
+    for side in ("inputs", "outputs"):
+        keys = ("dtype", "scale", "zero_point")
+        assert [onx[side][0][k] for k in keys] == [tfl[side][0][k] for k in keys]
+        assert m["artifacts"]["int8_onnx"][side[:-1]]["scale"] == tfl[side][0]["scale"]
+    data = load_dataset(d / "dataset.npz")
+    images, labels = data["x"][data["test"]], data["y"][data["test"]]
+    x = preprocess.to_input(images, config_mod.load(TINY).preprocess, tfl["inputs"][0])
+    a, b = run_tflite(d / "model_int8.tflite", x), run_onnx(d / "model_int8.onnx", x)
+    assert a.dtype == b.dtype == np.int8
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    assert abs((a.argmax(1) == labels).mean() - (b.argmax(1) == labels).mean()) <= 0.005
+    o = m["metrics"]["onnx_int8"]
+    assert o["accuracy"] == pytest.approx((b.argmax(1) == labels).mean(), abs=1e-6)
+    assert o["top1_agreement_with_int8_tflite"] == pytest.approx((a.argmax(1) == b.argmax(1)).mean(), abs=1e-6)
+    assert o["bitexact_fraction_vs_int8_tflite"] == pytest.approx((a == b).mean(), abs=1e-6)
+    names = [c["name"] for c in m["gate"]["checks"]]
+    assert {"int8 ONNX accuracy (host)", "int8 ONNX/TFLite top-1 agreement", "regressed samples float->int8 ONNX"} <= set(names)
 
 
 @pytest.fixture(scope="module")

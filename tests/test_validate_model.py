@@ -138,3 +138,30 @@ def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside,
     assert "FlexMatrixDeterminant" in record["refused"] and (tmp_path / "target-rpi5-litert.npz").exists()
     checks = gate._target_checks({"targets": {"rpi5-litert": record}}, config.gate, "")
     assert [(c["name"], c["passed"]) for c in checks] == [("runs on target (rpi5-litert)", False)]
+
+
+@pytest.mark.parametrize("model", ["float_nchw", "qdq_nchw"])
+def test_onnx_model_file_validated_on_host_and_the_onnxruntime_target(outside, cache_dir, tmp_path, model):
+    """An .onnx made outside edgebuild (tf2onnx, channels first; then onnxruntime's own QDQ quantization):
+    validate picks the targets that run ONNX (rpi5-onnxruntime, under qemu) and feeds NCHW inputs."""
+    out, expected = outside
+    proc = validate(out, cache_dir, f"{model}.onnx", "--out", str(tmp_path / "v"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    art = manifest["artifacts"]["model"]
+    assert art["format"] == "onnx" and art["path"] == "model.onnx" and art["sha256"] == sha256_file(out / f"{model}.onnx")
+    assert art["input"]["shape"] == [1, 1, 8, 8] and manifest["input_shape"] == [8, 8, 1]
+    host = manifest["metrics"]["host"]
+    assert (host["runtime"], host["input_layout"]) == ("onnxruntime", "NCHW")
+    assert host["accuracy"] == pytest.approx(expected[model]["accuracy"], abs=1e-6)
+    assert set(manifest["metrics"]["targets"]) == {"rpi5-onnxruntime"}
+    target = manifest["metrics"]["targets"]["rpi5-onnxruntime"]
+    assert target["machine"] == "aarch64" and target["model"] == "model.onnx" and target["samples"] == 300
+    assert target["accuracy"] == pytest.approx(expected[model]["accuracy"], abs=1e-6)
+    assert target["top1_agreement"] == 1.0 and manifest["gate"]["verdict"] == "pass"
+
+    if model == "qdq_nchw":  # a LiteRT target named explicitly refuses the format; the gate fails it
+        proc = validate(out, cache_dir, f"{model}.onnx", "--target", "rpi5-litert", "--out", str(tmp_path / "w"))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        refused = json.loads((tmp_path / "w" / "manifest.json").read_text())["metrics"]["targets"]["rpi5-litert"]
+        assert "runs .tflite models; this one is .onnx" in refused["refused"]

@@ -1,7 +1,9 @@
 """On-target validator. Runs inside the target's root filesystem (emulated or real), so it imports
-only the Python standard library, numpy and the target's TFLite runtime.
+only the Python standard library, numpy and the target's runtime: a TFLite runtime for a `.tflite`,
+onnxruntime for an `.onnx`.
 
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --batch 1 --threads 1
+    python3 ondevice.py MODEL.onnx INPUTS.npy OUT.npy --batch 1 --threads 1
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0     (every tensor of sample 0)
 
 Reads inputs (N, H, W, C) of the model's input dtype (int8, uint8 or float32), runs the interpreter
@@ -28,6 +30,52 @@ def load_interpreter():
         return Interpreter, "tflite-runtime"
 
 
+class OnnxInterpreter:
+    """onnxruntime behind the few Interpreter calls main() makes (details, resize, allocate, set,
+    invoke, get), so both formats share one loop: same batching, padding, timing and refusals."""
+
+    def __init__(self, model_path, num_threads=1):
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        types = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+
+        def detail(value, index):
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in value.shape]
+            return {"index": index, "name": value.name, "dtype": types.get(value.type, np.float32),
+                    "shape": [1 if d == -1 else d for d in dims], "shape_signature": dims}
+
+        self.inp = detail(self.session.get_inputs()[0], 0)
+        self.out = detail(self.session.get_outputs()[0], 1)
+        self.value = None
+
+    def get_input_details(self):
+        return [self.inp]
+
+    def get_output_details(self):
+        return [self.out]
+
+    def resize_tensor_input(self, index, shape):
+        pass  # a dynamic batch dimension takes any batch
+
+    def allocate_tensors(self):
+        pass
+
+    def set_tensor(self, index, value):
+        self.value = value
+
+    def invoke(self):
+        self.result = self.session.run(None, {self.inp["name"]: self.value})[0]
+
+    def get_tensor(self, index):
+        return self.result
+
+
 def runtime_version(runtime):
     try:
         from importlib import metadata
@@ -38,6 +86,10 @@ def runtime_version(runtime):
             import tflite_runtime
 
             return tflite_runtime.__version__
+        if runtime == "onnxruntime":
+            import onnxruntime
+
+            return onnxruntime.__version__
         return "unknown"
 
 
@@ -87,8 +139,14 @@ def main(argv=None):
     parser.add_argument("--dump", type=int, help="run only this sample and write every tensor to OUT (.npz)")
     args = parser.parse_args(argv)
 
-    Interpreter, runtime = load_interpreter()
     x = np.load(args.inputs)
+    if args.model.lower().endswith(".onnx"):
+        Interpreter, runtime = OnnxInterpreter, "onnxruntime"
+        if args.dump is not None:
+            print(json.dumps({"refused": "keeping every tensor (--dump) is done for .tflite models only"}))
+            return 3
+    else:
+        Interpreter, runtime = load_interpreter()
     if args.dump is not None:
         return dump(Interpreter, runtime, args, x)
     started = time.perf_counter()

@@ -37,10 +37,23 @@ def run_tflite(path, x_int8_or_float, batch=64, threads=1):
     return np.concatenate(results)
 
 
-def run_onnx(path, x):
+def run_onnx(path, x, batch=256, threads=1):
+    """Run an .onnx on the host with onnxruntime, in batches (the model's own batch size when its
+    input has a fixed one, the last batch padded); returns raw outputs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    batch = fixed or batch
+    results = []
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch]
+        n = len(chunk)
+        if fixed and n < batch:  # pad to the fixed batch; padded rows are dropped
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
+        results.append(session.run(None, {inp.name: chunk})[0][:n])
+    return np.concatenate(results)

@@ -28,9 +28,19 @@ from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import publishing_dir
 
 TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
-CODE_FILES = ("ondevice.py", "selftest_int8.tflite")  # run on the device, not imported: part of the code digest
+CODE_FILES = ("ondevice.py", "selftest_int8.tflite", "selftest_int8.onnx")  # run on the device: in the code digest
 ONDEVICE = Path(__file__).with_name("ondevice.py")
 SELFTEST_MODEL = Path(__file__).with_name("selftest_int8.tflite")
+ONNX_RUNTIMES = ("onnxruntime",)  # a target with one of these runs .onnx models; every other runtime .tflite
+
+
+def model_format(target):
+    """The model format the target's runtime runs: "onnx" or "tflite"."""
+    return "onnx" if target.runtime in ONNX_RUNTIMES else "tflite"
+
+
+def selftest_model(target):
+    return SELFTEST_MODEL.with_suffix(f".{model_format(target)}")
 
 
 @dataclass(frozen=True)
@@ -330,11 +340,12 @@ def _selftest(target, root, logfile, twin=False):
 
     work = Path(tempfile.mkdtemp(dir=root, prefix="selftest-"))
     try:
-        from pipeline.device.tflite_info import describe
+        from pipeline.device.onnx_info import describe
 
-        shape = describe(SELFTEST_MODEL)["inputs"][0]["shape"]
+        model = selftest_model(target)
+        shape = describe(model)["inputs"][0]["shape"]
         np.save(work / "x.npy", np.zeros([2, *shape[1:]], np.int8))
-        cmd = command(target, root, [SELFTEST_MODEL, work / "x.npy", work / "y.npy", "--batch", "1"], twin)
+        cmd = command(target, root, [model, work / "x.npy", work / "y.npy", "--batch", "1"], twin)
         where = "in the x86_64 twin" if twin else "under emulation"
         out = _run(cmd, f"self-test of the {target.runtime} interpreter {where}", logfile, env=_env(target, root, twin))
         info = json.loads(out.strip().splitlines()[-1])
@@ -464,7 +475,20 @@ def _refusal(stdout):
 
 
 def lint(target, model_info):
-    """Refuse, by op name, a model whose ops the target's runtime cannot run."""
+    """Refuse a model in a format the target's runtime does not run, and, by op name, one whose ops
+    it cannot run."""
+    fmt = model_info.get("format", "tflite")
+    if fmt != model_format(target):
+        raise ModelRefused(f"target {target.name} ({target.runtime} {target.runtime_version})",
+                           f"it runs .{model_format(target)} models; this one is .{fmt}.",
+                           f"Validate the .{model_format(target)} artifact on it, or choose a target with a "
+                           f"{fmt} runtime.")
+    if fmt == "onnx":
+        if model_info["custom_ops"]:
+            raise ModelRefused(f"target {target.name} ({target.runtime} {target.runtime_version})",
+                               f"it runs standard ONNX ops only; the model needs {', '.join(model_info['custom_ops'])}.",
+                               "Re-export without custom-domain ops.")
+        return
     bad = model_info["flex_ops"] + [op for op in model_info["custom_ops"] if op not in model_info["flex_ops"]]
     if bad:
         raise ModelRefused(f"target {target.name} ({target.runtime} {target.runtime_version})",

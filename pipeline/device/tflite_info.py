@@ -80,6 +80,7 @@ def describe(path):
         }
 
     return {
+        "format": "tflite",
         "ops": [{"name": n, "version": v, "count": c} for (n, v), c in sorted(ops.items())],
         "float_ops": sorted(set(float_ops)),
         "custom_ops": sorted(set(custom_ops)),

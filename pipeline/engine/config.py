@@ -127,6 +127,8 @@ class GateConfig:
     flip_error_ratio: float = _f(0.3, "the flip budget is at least this times the reference model's error rate "
                                  "(a 57%-accurate model flips more than a 99% one)", min=0.0)
     min_target_agreement: float = _f(0.99, "minimum host/target top-1 agreement", min=0.0, max=1.0)
+    min_onnx_agreement: float = _f(0.99, "minimum top-1 agreement of the int8 ONNX with the int8 .tflite on the host",
+                                   min=0.0, max=1.0)
     max_int8_bytes: int = _f(1_000_000, "maximum int8 .tflite size in bytes", min=1)
 
 

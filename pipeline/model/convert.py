@@ -1,5 +1,6 @@
-"""Keras -> full-integer int8 `.tflite`, float `.tflite` and ONNX through Keras's export API, and the
-check that an int8 artifact is int8 throughout."""
+"""Keras -> full-integer int8 `.tflite`, float `.tflite` and ONNX through Keras's export API; the int8
+`.tflite` -> int8 ONNX in QDQ form (tf2onnx); and the checks that an artifact is int8 throughout and
+loads in onnxruntime."""
 
 import os
 
@@ -59,6 +60,42 @@ def export_onnx(model, path, opset):
     tmp = _tmp(path)
     model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
     os.replace(tmp, path)
+
+
+def export_int8_onnx(tflite_path, path, opset, tflite_info):
+    """The int8 `.tflite` as ONNX in QDQ form (tf2onnx): each int8 tensor becomes a QuantizeLinear /
+    DequantizeLinear pair with the TFLite tensor's own scale and zero point, so both int8 artifacts
+    carry the QAT model's ranges. Checked to load in onnxruntime and to have the same input and
+    output quantization as the .tflite; returns its description."""
+    import tf2onnx
+
+    from pipeline.device import onnx_info
+
+    tmp = _tmp(path)
+    try:
+        tf2onnx.convert.from_tflite(str(tflite_path), opset=opset, output_path=str(tmp))
+        check_onnx_loads(tmp)
+        info = onnx_info.describe_onnx(tmp)
+    except InputError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # tf2onnx raises ValueError, KeyError or its own on an op it cannot convert
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"tf2onnx cannot convert the int8 model to ONNX ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
+            "Replace the layer that produces that op, or raise export.onnx_opset (QDQ per-channel needs 13 or more)."
+        ) from None
+    for side in ("inputs", "outputs"):
+        mine, theirs = info[side][0], tflite_info[side][0]
+        if (mine["dtype"], mine["scale"], mine["zero_point"]) != (theirs["dtype"], theirs["scale"], theirs["zero_point"]):
+            tmp.unlink()
+            raise InputError(
+                f"the int8 ONNX {side[:-1]} must have the int8 .tflite's quantization ({theirs['dtype']}, scale "
+                f"{theirs['scale']}, zero point {theirs['zero_point']}); tf2onnx wrote {mine['dtype']}, scale "
+                f"{mine['scale']}, zero point {mine['zero_point']}. Report this with the model; nothing was published."
+            )
+    os.replace(tmp, path)
+    return info
 
 
 def check_full_integer(info, allowed_float_ops):

@@ -205,9 +205,34 @@ def evaluate(manifest, cfg, baseline=None):
     checks += _integer_model_checks(manifest, art, cfg)
     io = f"{art['input']['dtype']}/{art['output']['dtype']}"
     checks.append(_check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
+    if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
+        checks += _onnx_int8_checks(m, cfg, labels, counts)
     if baseline is not None:
         checks += _baseline_checks(manifest, baseline, cfg, "build", "int8 ")
+        bo, mo = baseline["metrics"].get("onnx_int8"), m.get("onnx_int8")
+        if bo and mo:
+            d = round(bo["accuracy"] - mo["accuracy"], 6)
+            checks.append(_check("int8 ONNX drop vs baseline", d, f"<= {cfg.max_baseline_drop}",
+                                 d <= cfg.max_baseline_drop, baseline=bo["accuracy"]))
     return _verdict(checks, baseline)
+
+
+def _onnx_int8_checks(m, cfg, labels, counts):
+    """The int8 ONNX is held to the int8 .tflite's limits, and to agree with it sample by sample."""
+    float_acc, onnx = m["float"]["accuracy"], m["onnx_int8"]
+    drop = round(float_acc - onnx["accuracy"], 6)
+    agree = onnx["top1_agreement_with_int8_tflite"]
+    return [
+        _check("int8 ONNX accuracy (host)", onnx["accuracy"], f">= {cfg.min_int8_accuracy}",
+               onnx["accuracy"] >= cfg.min_int8_accuracy),
+        _check("int8 ONNX drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop),
+        _class_check("worst class drop vs float (int8 ONNX)", m["float"]["per_class"], onnx["per_class"], counts, cfg),
+        _regressed_check("float->int8 ONNX", m["float"]["top1"], onnx["top1"], labels, cfg, float_acc),
+        _check("int8 ONNX/TFLite top-1 agreement", agree, f">= {cfg.min_onnx_agreement}",
+               agree >= cfg.min_onnx_agreement,
+               detail=f"{onnx['bitexact_fraction_vs_int8_tflite']:.4f} of outputs bit-exact, max dequantized "
+                      f"|diff| {onnx['max_dequantized_diff_vs_int8_tflite']:.4g}"),
+    ]
 
 
 def _fmt(v):

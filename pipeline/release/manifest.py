@@ -33,6 +33,7 @@ ARTIFACTS = {
     "int8_tflite": "model_int8.tflite",
     "float_tflite": "model_float.tflite",
     "onnx": "model.onnx",
+    "int8_onnx": "model_int8.onnx",
     "keras": "qat.keras",
     "float_keras": "float.keras",
     "calibration": "calibration.json",
@@ -100,10 +101,11 @@ def assemble_validation(config, records, build_dir):
     is the validated file, `metrics.host` its accuracy on the host runtime; no training stages."""
     model, data, host = records["model"], records["testset"], records["host"]
     info, contract = model["info"], host["preprocess"]
-    artifacts = {"model": _artifact(build_dir, "model.tflite")}
+    fmt = info.get("format", "tflite")
+    artifacts = {"model": _artifact(build_dir, f"model.{fmt}")}
     qin = info["inputs"][0]
     artifacts["model"].update(
-        format="tflite", source=model["source"],
+        format=fmt, source=model["source"],
         input={**_tensor(qin), "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
                "formula": contract.get("int8_formula") or contract["float_formula"]},
         output=_tensor(info["outputs"][0]), ops=info["ops"], float_ops=info["float_ops"],
@@ -142,11 +144,22 @@ def assemble(config, records, build_dir):
         ops=int8["ops"],
         float_ops=export["float_ops_kept"],
     )
+    int8_onnx = export["int8_onnx"]
+    artifacts["int8_onnx"].update(
+        format="onnx", opset=int8_onnx["opset"], converted_from="int8_tflite",
+        input={**_tensor(int8_onnx["inputs"][0]),
+               "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
+               "formula": contract["int8_formula"]},
+        output=_tensor(int8_onnx["outputs"][0]), ops=int8_onnx["ops"], float_ops=int8_onnx["float_ops"],
+    )
     metrics = dict(evaluate["metrics"])
     metrics["size"] = {
         "int8_bytes": artifacts["int8_tflite"]["bytes"],
         "float_bytes": artifacts["float_tflite"]["bytes"],
         "int8_over_float": round(artifacts["int8_tflite"]["bytes"] / artifacts["float_tflite"]["bytes"], 4),
+        "int8_onnx_bytes": artifacts["int8_onnx"]["bytes"],
+        "float_onnx_bytes": artifacts["onnx"]["bytes"],
+        "int8_onnx_over_float_onnx": round(artifacts["int8_onnx"]["bytes"] / artifacts["onnx"]["bytes"], 4),
     }
     metrics["targets"] = _targets(config, records, build_dir, artifacts)
     manifest = {

@@ -82,6 +82,9 @@ def summary(manifest):
     rows.append(("float", "tflite", _pct(m["float_tflite"]["accuracy"]), _pct(m["float_tflite"]["top1_agreement_with_float"]), f"{art['float_tflite']['bytes']:,} B"))
     rows.append(("float", "onnxruntime", _pct(m["onnx"]["accuracy"]), _pct(m["onnx"]["top1_agreement_with_float"]), f"{art['onnx']['bytes']:,} B"))
     rows.append(("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]), _pct(m["int8_host"]["top1_agreement_with_float"]), f"{art['int8_tflite']['bytes']:,} B"))
+    if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
+        rows.append(("int8 onnx", "onnxruntime (host)", _pct(m["onnx_int8"]["accuracy"]),
+                     _pct(m["onnx_int8"]["top1_agreement_with_float"]), f"{art['int8_onnx']['bytes']:,} B"))
     test_set = manifest.get("test_set") or {}
     lines = [f"build {manifest['name']}: {manifest['splits']['test']} test samples"
              + (f" from {test_set['source']}" if test_set.get("fixed") else "")
@@ -91,6 +94,11 @@ def summary(manifest):
         lines.append(f"qat kept epoch {kept}: val accuracy {_pct(manifest['qat']['kept_val_accuracy']).strip()}"
                      f" (float model {_pct(manifest['qat'].get('float_val_accuracy')).strip()})")
     lines += text.table(rows)
+    if "onnx_int8" in m:
+        o = m["onnx_int8"]
+        lines.append(f"int8 ONNX vs int8 TFLite (host): top-1 agreement {_pct(o['top1_agreement_with_int8_tflite']).strip()}, "
+                     f"{_pct(o['bitexact_fraction_vs_int8_tflite']).strip()} of outputs bit-exact, max dequantized "
+                     f"|diff| {o['max_dequantized_diff_vs_int8_tflite']:.4g}")
     if m.get("targets"):
         lines.append("")
         lines += _target_table(m["targets"])
@@ -308,9 +316,12 @@ def html(manifest, build_dir):
                     ("float", "tflite", _pct(m["float_tflite"]["accuracy"])),
                     ("float", "onnxruntime", _pct(m["onnx"]["accuracy"])),
                     ("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]))]
+        if "onnx_int8" in m:
+            acc_rows.append(("int8 onnx", "onnxruntime (host)", _pct(m["onnx_int8"]["accuracy"])))
     targets = m.get("targets", {})
     for name, t in sorted(targets.items()):
-        acc_rows.append((acc_rows[-1][0], f"{name}: {t['runtime']} {t['runtime_version']}",
+        fmt = acc_rows[0][0] if validation else "int8 onnx" if str(t.get("model", "")).endswith(".onnx") else "int8"
+        acc_rows.append((fmt, f"{name}: {t['runtime']} {t['runtime_version']}",
                          "refused: " + t["refused"] if t.get("refused") else _pct(t["accuracy"])))
     target_rows = [(name, _pct(t.get("top1_agreement")), _pct(t.get("bitexact_fraction")), t.get("max_abs_diff", "-"),
                     _twin_cell(t), first_difference_line(t.get("first_difference")) or "-",

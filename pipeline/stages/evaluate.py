@@ -1,12 +1,13 @@
-"""evaluate stage (host): accuracy of float Keras, int8 TFLite, float TFLite and ONNX on the test
-split, per class, and top-1 agreement between them. Writes every model's test predictions to
+"""evaluate stage (host): accuracy of float Keras, int8 TFLite, float TFLite, float ONNX and int8 ONNX
+on the test split, per class, and top-1 agreement between them; the int8 ONNX is also compared with
+the int8 TFLite output by output (raw and dequantized). Writes every model's test predictions to
 `predictions.npz` so targets and the gate compare by sample id."""
 
 import hashlib
 
 from pipeline.data import preprocess
 from pipeline.data.splits import load_dataset
-from pipeline.device import tflite_info
+from pipeline.device import onnx_info, tflite_info
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
@@ -15,7 +16,7 @@ from pipeline.release.metrics import accuracy_record
 
 STAGE = Stage(
     "evaluate", __name__, config=("preprocess", "train.recipe"),
-    inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx"),
+    inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"),
     outputs=("predictions.npz",), backend="jax",
     toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime"),
     external=lambda config: usermodel.model_files(config.train, False),
@@ -36,7 +37,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     images, labels = data["x"][idx], data["y"][idx]
     class_names = [str(c) for c in data["class_names"]]
     x = preprocess.to_float(images, pp)
-    bar = progress.bar(4, "evaluate", unit="model")
+    bar = progress.bar(5, "evaluate", unit="model")
 
     float_logits = keras.models.load_model(float_keras).predict(x, batch_size=256, verbose=0)
     bar.update(1)
@@ -48,6 +49,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar.update(1)
     onnx_out = run_onnx(onnx_path, x)
     bar.update(1)
+    onnx_q = onnx_info.describe_onnx(inputs["model_int8.onnx"])
+    int8_onnx_out = run_onnx(inputs["model_int8.onnx"], preprocess.to_input(images, pp, onnx_q["inputs"][0]))
+    bar.update(1)
     bar.close()
 
     top1 = {
@@ -55,23 +59,37 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "int8_host": int8_out.argmax(1),
         "float_tflite": float_tfl_out.argmax(1),
         "onnx": onnx_out.argmax(1),
+        "onnx_int8": int8_onnx_out.argmax(1),
     }
     metrics = {k: accuracy_record(v, labels, class_names) for k, v in top1.items()}
-    for k in ("int8_host", "float_tflite", "onnx"):
+    for k in ("int8_host", "float_tflite", "onnx", "onnx_int8"):
         metrics[k]["top1_agreement_with_float"] = round(float((top1[k] == top1["float"]).mean()), 6)
+    metrics["onnx_int8"].update(_vs_tflite(int8_onnx_out, int8_out, onnx_q["outputs"][0], info["outputs"][0]))
     ids = data["ids"][idx]
     flips = ids[top1["int8_host"] != top1["float"]]
     metrics["int8_host"]["flips_vs_float"] = [str(s) for s in flips]
-    for k in ("float", "int8_host"):
+    for k in ("float", "int8_host", "onnx_int8"):
         metrics[k]["top1"] = [int(v) for v in top1[k]]
     atomic_save_npz(
         out_dir / "predictions.npz",
         ids=ids, labels=labels, float_top1=top1["float"], onnx_top1=top1["onnx"],
-        host_output=int8_out, int8_top1=top1["int8_host"],
+        host_output=int8_out, int8_top1=top1["int8_host"], onnx_int8_output=int8_onnx_out,
     )
     id_list = [str(s) for s in ids]
     return {
         "metrics": metrics,
         "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
                        "labels": [int(v) for v in labels]},
+    }
+
+
+def _vs_tflite(onnx_out, tflite_out, onnx_q, tflite_q):
+    """The int8 ONNX against the int8 TFLite on the same inputs: top-1 agreement, the fraction of
+    bit-exact outputs and the largest difference after dequantization (each with its own scale)."""
+    deq = preprocess.dequantize(onnx_out, onnx_q) - preprocess.dequantize(tflite_out, tflite_q)
+    same = onnx_out.shape == tflite_out.shape and onnx_out.dtype == tflite_out.dtype
+    return {
+        "top1_agreement_with_int8_tflite": round(float((onnx_out.argmax(1) == tflite_out.argmax(1)).mean()), 6),
+        "bitexact_fraction_vs_int8_tflite": round(float((onnx_out == tflite_out).mean()), 6) if same else 0.0,
+        "max_dequantized_diff_vs_int8_tflite": round(float(abs(deq).max()), 6),
     }

@@ -1,5 +1,6 @@
 """export stage (TensorFlow process): QAT `.keras` -> full-integer int8 `.tflite`; float `.keras` ->
-float32 `.tflite` and ONNX, all through Keras's export API.
+float32 `.tflite` and ONNX, all through Keras's export API; the int8 `.tflite` -> int8 ONNX in QDQ form
+(tf2onnx), with the same scales and zero points.
 
 The QAT model's FakeQuant ops carry the trained ranges; the calibration set is given as the
 representative dataset for any tensor without one. The int8 artifact is checked: int8 input and
@@ -19,7 +20,7 @@ from pipeline.model import usermodel
 STAGE = Stage(
     "export", __name__, config=("export", "preprocess", "train.recipe"),
     inputs=("float.keras", "qat.keras", "dataset.npz", "calibration.json"),
-    outputs=("model_int8.tflite", "model_float.tflite", "model.onnx"), backend="tensorflow",
+    outputs=("model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"), backend="tensorflow",
     toolchain=("keras", "tensorflow", "tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime", "protobuf", "numpy"),
     external=lambda config: usermodel.model_files(config.train, False),
 )
@@ -29,7 +30,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 
     import pipeline.model.qat  # noqa: F401 (registers the QAT layers so load_model finds them)
-    from pipeline.model.convert import check_full_integer, check_onnx_loads, export_float, export_int8, export_onnx
+    from pipeline.model.convert import (
+        check_full_integer, check_onnx_loads, export_float, export_int8, export_int8_onnx, export_onnx)
 
     usermodel.register_user_layers(stage_cfg.train.recipe)
 
@@ -40,7 +42,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     calib = json.loads(open(calibration_path).read())
     calibration = preprocess.to_float(data["x"][calibration_indices(data, calib)], pp)
-    bar = progress.bar(3, "export", unit="artifact")
+    bar = progress.bar(4, "export", unit="artifact")
     qat_model = keras.models.load_model(qat_path)
     export_int8(qat_model, calibration, out_dir / "model_int8.tflite")
     bar.update(1)
@@ -51,7 +53,6 @@ def run(stage_cfg, inputs, out_dir, ctx):
     export_onnx(float_model, out_dir / "model.onnx", cfg.onnx_opset)
     check_onnx_loads(out_dir / "model.onnx")
     bar.update(1)
-    bar.close()
 
     info = tflite_info.describe(out_dir / "model_int8.tflite")
     problems = check_full_integer(info, cfg.allowed_float_ops)
@@ -62,9 +63,13 @@ def run(stage_cfg, inputs, out_dir, ctx):
             + "; ".join(problems)
             + ". Replace the layers that produce them, or list ops in export.allowed_float_ops."
         )
+    onnx_info = export_int8_onnx(out_dir / "model_int8.tflite", out_dir / "model_int8.onnx", cfg.onnx_opset, info)
+    bar.update(1)
+    bar.close()
     qin = info["inputs"][0]
     record = {
         "int8": info,
+        "int8_onnx": onnx_info,
         # the pixel -> input step this artifact was calibrated and will be validated with
         "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"]),
         "allowed_float_ops": list(cfg.allowed_float_ops),

@@ -1,5 +1,5 @@
 """host stage (validation of a model file): run `model.tflite` on the build host with ai-edge-litert
-on the whole test set. Pixels become the model's input through the preprocessing contract and the
+(`model.onnx` with onnxruntime) on the whole test set. Pixels become the model's input through the preprocessing contract and the
 input tensor's own dtype and quantization; accuracy comes from the dequantized outputs, and the raw
 outputs are kept in `predictions.npz` for the targets' bit-exact comparison."""
 
@@ -9,8 +9,8 @@ from importlib import metadata
 from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
-from pipeline.device import tflite_info
-from pipeline.device.runtimes import run_tflite
+from pipeline.device import onnx_info
+from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
@@ -18,15 +18,21 @@ from pipeline.engine.text import clip
 from pipeline.model import usermodel
 from pipeline.release.metrics import accuracy_record
 
-STAGE = Stage(
-    "host", __name__, config=("preprocess",), inputs=("model.tflite", "dataset.npz"), outputs=("predictions.npz",),
-    toolchain=("ai-edge-litert", "numpy"),
-)
+
+
+def stages(config):
+    from pipeline.stages.model_file import copied_name
+
+    name = copied_name(config.validate.model)
+    return [Stage(
+        "host", __name__, config=("preprocess",), inputs=(name, "dataset.npz"), outputs=("predictions.npz",),
+        toolchain=("ai-edge-litert" if name.endswith(".tflite") else "onnxruntime", "numpy"), params={"model": name},
+    )]
 
 
 def check_fits(info, images, class_names, origin):
     """The test images must have the model's input shape, and the output one score per class."""
-    want, have = info["inputs"][0]["shape"][1:], list(images.shape[1:])
+    want, have = onnx_info.image_shape(info["inputs"][0]), list(images.shape[1:])
     if want != have:
         raise InputError(
             f"{origin}'s input is {want} (height, width, channels) per image; the test images are {have}. Set "
@@ -41,20 +47,21 @@ def check_fits(info, images, class_names, origin):
 
 
 def run(cfg, inputs, out_dir, ctx):
-    model, pp = inputs["model.tflite"], cfg.preprocess
-    info = tflite_info.describe(model)
+    model, pp = inputs[ctx.params["model"]], cfg.preprocess
+    info = onnx_info.describe(model)
+    runtime, run_model = ("onnxruntime", run_onnx) if onnx_info.is_onnx(model) else ("ai-edge-litert", run_tflite)
     data = load_dataset(inputs["dataset.npz"])
     idx = data["test"]
     images, labels, ids = data["x"][idx], data["y"][idx], data["ids"][idx]
     class_names = [str(c) for c in data["class_names"]]
     check_fits(info, images, class_names, "the model")
-    x = preprocess.to_input(images, pp, info["inputs"][0])
-    version = metadata.version("ai-edge-litert")
+    x = onnx_info.model_input(images, pp, info["inputs"][0])
+    version = metadata.version(runtime)
     bar = ctx.progress.bar(1, "host", unit="model")
     try:
-        raw = run_tflite(model, x)
+        raw = run_model(model, x)
     except Exception as exc:  # the runtime's own reason, on one line
-        raise ModelRefused(f"the host runtime (ai-edge-litert {version})", clip(exc, 500) or type(exc).__name__) from None
+        raise ModelRefused(f"the host runtime ({runtime} {version})", clip(exc, 500) or type(exc).__name__) from None
     finally:
         bar.close()
     top1 = preprocess.dequantize(raw, info["outputs"][0]).argmax(1)
@@ -62,11 +69,11 @@ def run(cfg, inputs, out_dir, ctx):
     # (measured on at most 500 test images, stratified, under each common convention).
     few = stratified_subset(labels, 500, 0)
     usermodel.check_input_convention(
-        lambda c: run_tflite(model, preprocess.to_input(images[few], c, info["inputs"][0])),
+        lambda c: run_model(model, onnx_info.model_input(images[few], c, info["inputs"][0])),
         images[few], labels[few], pp, images.shape[-1], "the model")
     metrics = accuracy_record(top1, labels, class_names)
-    metrics.update(top1=[int(v) for v in top1], runtime="ai-edge-litert",
-                   runtime_version=version, output_dtype=str(raw.dtype))
+    metrics.update(top1=[int(v) for v in top1], runtime=runtime,
+                   runtime_version=version, output_dtype=str(raw.dtype), input_layout=onnx_info.layout(info["inputs"][0]))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
     id_list = [str(s) for s in ids]
     return {

@@ -1,41 +1,50 @@
-"""model stage (validation of a model file built elsewhere): read the user's .tflite, describe it
-(ops, input and output tensors with their quantization) and copy it into the build directory as
-`model.tflite`, so every later stage and the manifest refer to the bytes that were validated."""
+"""model stage (validation of a model file built elsewhere): read the user's .tflite or .onnx, describe
+it (ops, input and output tensors with their quantization) and copy it into the build directory as
+`model.tflite` or `model.onnx`, so every later stage and the manifest refer to the bytes that were
+validated."""
 
 import shutil
 from pathlib import Path
 
-from pipeline.device import tflite_info
+from pipeline.device import onnx_info
 from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import sha256_file
 from pipeline.engine.stage import Stage
 
-SUFFIXES = (".tflite",)
+SUFFIXES = (".tflite", ".onnx")
+
+
+def copied_name(model):
+    """The name the model file is copied under in the build directory."""
+    return "model.onnx" if Path(model).suffix.lower() == ".onnx" else "model.tflite"
 
 
 def model_path(model):
-    """The model file `model` (validate.model), checked to be a .tflite file."""
+    """The model file `model` (validate.model), checked to be a .tflite or .onnx file."""
     path = Path(model)
     if path.suffix.lower() not in SUFFIXES:
-        onnx = " ONNX models are not validated yet." if path.suffix.lower() == ".onnx" else ""
-        raise InputError(f"edgebuild validate takes a .tflite model file; received {path}.{onnx} Convert the model "
-                         "to .tflite (or pass the .tflite your converter wrote).")
+        raise InputError(f"edgebuild validate takes a .tflite or .onnx model file; received {path}. Convert the model "
+                         "to one of them (or pass the file your converter wrote).")
     if not path.is_file():
-        raise InputError(f"the model file {path} does not exist or is not a file. Pass the path of your .tflite.")
+        raise InputError(f"the model file {path} does not exist or is not a file. Pass the path of your "
+                         f"{path.suffix.lower()}.")
     return path
 
 
-STAGE = Stage(
-    "model", __name__, config=("validate.model",), outputs=("model.tflite",), toolchain=("ai-edge-litert",),
-    external=lambda config: {"model": sha256_file(model_path(config.validate.model))},
-)
+def stages(config):
+    name = copied_name(config.validate.model)
+    return [Stage(
+        "model", __name__, config=("validate.model",), outputs=(name,),
+        toolchain=("ai-edge-litert", "onnx") if name.endswith(".tflite") else ("onnx",),
+        external=lambda config: {"model": sha256_file(model_path(config.validate.model))}, params={"copy": name},
+    )]
 
 
 def run(cfg, inputs, out_dir, ctx):
     source = Path(cfg.validate.model)
-    info = tflite_info.describe(source)  # a file that is no TFLite flatbuffer is refused here, in one line
+    info = onnx_info.describe(source)  # a file that is no TFLite flatbuffer or ONNX model is refused here, in one line
     if len(info["inputs"]) != 1 or len(info["outputs"]) != 1:
         raise InputError(f"edgebuild validates image classifiers with one input and one output tensor; {source} has "
                          f"{len(info['inputs'])} inputs and {len(info['outputs'])} outputs.")
-    shutil.copyfile(source, out_dir / "model.tflite")
+    shutil.copyfile(source, out_dir / ctx.params["copy"])
     return {"source": str(source), "info": info}

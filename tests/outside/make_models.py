@@ -10,7 +10,11 @@ The models take the [-1, 1] input convention (pixel / 127.5 - 1), 8x8x1. Writes:
   uint8.tflite        full integer, uint8 in/out, a graph fixed to batch 1
   worse_int8.tflite   the same recipe, stopped after a few steps (a deliberately worse model)
   flex.tflite         float, with a select-TF op (FlexMatrixDeterminant)
-  expected.json       each model's test accuracy, computed here with TensorFlow's own interpreter
+  float_nchw.onnx     the float model through tf2onnx with its input channels first (N, 1, 8, 8), as a
+                      PyTorch export has it
+  qdq_nchw.onnx       that .onnx quantized by onnxruntime's own quantize_static: QDQ inside, float in/out
+  expected.json       each model's test accuracy, computed here with TensorFlow's own interpreter (the
+                      .onnx files with onnxruntime)
 """
 
 import json
@@ -117,5 +121,37 @@ for name, blob in models.items():
         correct += int(interp.get_tensor(outp["index"])[0].argmax() == y)
     expected[name] = {"accuracy": correct / len(test), "input_dtype": np.dtype(inp["dtype"]).name,
                       "input_quantization": [float(v) for v in inp["quantization"]]}
+
+
+# ONNX as a team deploying with onnxruntime makes it: channels first, quantized by onnxruntime itself.
+import onnxruntime as ort  # noqa: E402
+import tf2onnx  # noqa: E402
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, 1, 8, 8], tf.float32, name="image")])
+def nchw_logits(x):
+    return good.logits(tf.transpose(x, [0, 2, 3, 1]))
+
+
+tf2onnx.convert.from_function(nchw_logits, input_signature=nchw_logits.input_signature, opset=17,
+                              output_path=str(out / "float_nchw.onnx"))
+input_name = ort.InferenceSession(str(out / "float_nchw.onnx")).get_inputs()[0].name
+
+
+class Calibration(CalibrationDataReader):
+    def __init__(self):
+        self.items = iter([{input_name: to_model_input(pixels[i : i + 1]).transpose(0, 3, 1, 2)} for i in train[:200]])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+quantize_static(str(out / "float_nchw.onnx"), str(out / "qdq_nchw.onnx"), Calibration(), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+for name in ("float_nchw", "qdq_nchw"):
+    session = ort.InferenceSession(str(out / f"{name}.onnx"))
+    logits = session.run(None, {input_name: to_model_input(pixels[test]).transpose(0, 3, 1, 2)})[0]
+    expected[name] = {"accuracy": float((logits.argmax(1) == labels[test]).mean()), "input_dtype": "float32"}
 (out / "expected.json").write_text(json.dumps(expected, indent=1))
 print(json.dumps(expected))
