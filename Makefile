@@ -1,5 +1,5 @@
 # `make build`: install everything (first time: a few minutes) and run the default build.
-# `make test`:  install everything and run the test suite.
+# `make test`:  install everything (with podman and runc, for the container tests) and run the test suite.
 # `make test-fast`: the in-process unit tests only (tests/unit, about 10 seconds).
 EDGEBUILD_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgebuild
 VENV ?= $(EDGEBUILD_HOME)/venv
@@ -13,7 +13,8 @@ install:
 build: install
 	$(VENV)/bin/edgebuild build
 
-test: install
+test:
+	@bash scripts/install.sh --container >/dev/null
 	$(VENV)/bin/python -m pytest -q --durations=15
 
 test-fast: install

@@ -448,6 +448,33 @@ def target_pin(name):
             click.echo(f'"{pin}" = "{digest}"')
 
 
+@target.command("image")
+@click.argument("name")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also copy the image archive here.")
+@click.pass_context
+def target_image(ctx, name, output):
+    """Build the target as an OCI image (podman, from the same arm64 root filesystem, runtime and
+    validator the emulated target runs; no registry) and save it as an archive that `docker load` and
+    `podman load` accept. Needs podman and runc (bash scripts/install.sh --container).
+
+    \b
+    On a Raspberry Pi:  docker load -i ARCHIVE
+                        docker run --rm -v $PWD:/work IMAGE /work/model_int8.tflite /work/x.npy /work/y.npy
+    """
+    from pipeline.device import image
+    from pipeline.device.targets import load_target
+
+    log = (lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True))
+    built = image.build(load_target(name), default_cache_dir(), log=log)
+    if output:
+        from pipeline.engine.fsutil import atomic_copy
+
+        atomic_copy(built["archive"], output)
+        built["archive"] = str(Path(output).resolve())
+    click.echo(f"{name}: image {built['tag']} ({built['id'][:12]}), archive {built['archive']} "
+               f"({built['bytes'] / 2**20:.0f} MiB)")
+
+
 @target.command("dockerfile")
 @click.option("--check", is_flag=True, help="Exit 1 if Dockerfile.edge differs from the target files.")
 @click.option("--output", "-o", default="Dockerfile.edge", show_default=True, type=click.Path(dir_okay=False))

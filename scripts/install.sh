@@ -5,8 +5,12 @@
 # - a virtual environment outside the repository, pinned by constraints.txt, reused while
 #   pyproject.toml and constraints.txt are unchanged;
 # - this checkout installed into it in editable mode (cheap; re-pointed at every call).
+# With --container, also podman and runc: `edgebuild target image` and validate.executor = "container"
+# need them (the tests do; the default build does not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+container=0
+[ "${1:-}" = "--container" ] && container=1
 
 EDGEBUILD_HOME="${EDGEBUILD_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/edgebuild}"
 VENV="${EDGEBUILD_VENV:-$EDGEBUILD_HOME/venv}"
@@ -14,6 +18,10 @@ VENV="${EDGEBUILD_VENV:-$EDGEBUILD_HOME/venv}"
 need_apt=()
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 command -v chromium >/dev/null || need_apt+=(chromium)
+if [ "$container" -eq 1 ]; then
+  command -v podman >/dev/null || need_apt+=(podman)
+  command -v runc >/dev/null || need_apt+=(runc)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

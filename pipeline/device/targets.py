@@ -385,9 +385,10 @@ def command(target, root, args, twin=False):
     return [str(_qemu_path(root)), "-L", str(rootfs), str(rootfs / "usr" / "bin" / "python3"), str(ONDEVICE), *args]
 
 
-def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False):
+def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False, container=None):
     """Run the validator over `x` in `shards` parallel long-lived processes (on the target, or on its
-    x86 twin with `twin`); returns (outputs, info)."""
+    x86 twin with `twin`; in the target's OCI image with `container` = the cache directory that holds
+    it); returns (outputs, info)."""
     import numpy as np
 
     work = Path(work)
@@ -397,12 +398,15 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     started = time.perf_counter()
     for i, idx in enumerate(parts):
         np.save(work / f"x{i}.npy", x[idx])
-        cmd = command(target, root, [
-            model, work / f"x{i}.npy", work / f"y{i}.npy",
-            "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads),
-        ], twin)
-        procs.append(subprocess.Popen(cmd, env=_env(target, root, twin), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
+                "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
+        if container is not None:
+            from pipeline.device import image
+
+            cmd, env = image.command(target, container, args), image.host_env()
+        else:
+            cmd, env = command(target, root, args, twin), _env(target, root, twin)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     infos = []
     for i, proc in enumerate(procs):
         out, err = proc.communicate()
@@ -504,6 +508,8 @@ def dockerfile(targets):
         "# Build one target:  docker build --platform linux/arm64 -f Dockerfile.edge --target rpi5-litert -t edge .",
         "# Validate:          docker run --rm --platform linux/arm64 -v $PWD/build:/work edge \\",
         "#                      /work/<name>/model_int8.tflite /work/x.npy /work/y.npy --batch 1",
+        "# Without a registry:  edgebuild target image NAME (the same contents, from the emulated target's root",
+        "#                      filesystem; a test compares the two)",
         "",
     ]
     for t in targets:

@@ -108,6 +108,9 @@ class ValidateConfig:
                        items=str, name=True)
     sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0)
     shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
+    executor: str = _f("qemu", "how the emulated targets run: 'qemu' (user-mode qemu on the target's root filesystem, "
+                       "the fastest) or 'container' (the target's OCI image under podman: edgebuild target image)",
+                       choices=("qemu", "container"))
     model: str = _f("", "a .tflite built elsewhere to validate on data.test_source instead of building one "
                     "(set by `edgebuild validate MODEL --data SOURCE`; '' = build)")
 

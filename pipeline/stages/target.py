@@ -41,7 +41,8 @@ def stages(config):
     for name in config.validate.targets:
         model, reference = deployed_model(config, targets_mod.load_target(name))
         out.append(Stage(
-            f"target:{name}", __name__, config=("build.seed", "preprocess", "validate.sample", "validate.shards"),
+            f"target:{name}", __name__,
+            config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz",),
             toolchain=("numpy",), external=lambda config, name=name: {"target": targets_mod.load_target(name).sha256},
             group="targets", params={"target": name, "model": model, "reference": reference},
@@ -70,7 +71,10 @@ def run(cfg, inputs, out_dir, ctx):
         root = targets_mod.setup(target, ctx.cache_dir, log=lambda msg: bar.set_postfix_str(msg[:60]))
         bar.update(1)
         x = onnx_info.model_input(data["x"][idx], pp, info["inputs"][0])
-        outputs, run_info = _run(target, root, model_path, x, out_dir, shards)
+        record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
+                                       log=lambda msg: bar.set_postfix_str(msg[:60]))
+        container = ctx.cache_dir if cfg.validate.executor == "container" and target.emulated else None
+        outputs, run_info = _run(target, root, model_path, x, out_dir, shards, container=container)
     except ModelRefused as exc:
         progress.warn(str(exc))
         record["refused"] = exc.reason
@@ -128,12 +132,24 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, isa, 
                                          "from a delegate's kernels (XNNPACK)"}
 
 
-def _run(target, root, model_path, x, out_dir, shards, twin=False):
+def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None):
     work = tempfile.mkdtemp(dir=out_dir, prefix="work-")
     try:
-        return targets_mod.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin)
+        return targets_mod.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin, container=container)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _executor(target, kind, cache_dir, log):
+    """How the target ran: qemu user-mode on its root filesystem, or its OCI image under podman (the
+    image name and id). The twin and the tensor dumps always run outside a container."""
+    if not target.emulated:
+        return {"kind": "host"}
+    if kind == "container":
+        from pipeline.device import image
+
+        return image.describe(target, cache_dir, log)
+    return {"kind": "qemu-user", "cpu": target.cpu}
 
 
 def _isa_agreement(target, root, model_path, x, outputs, labels, ids, names, out_dir):
