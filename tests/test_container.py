@@ -36,7 +36,7 @@ def test_image_archive_is_a_loadable_arm64_image(built, cache_dir, tmp_path):
     assert "manifest.json" in listing
     # loaded into a fresh, separate podman storage (as on another machine): arm64, our entrypoint and labels
     other = tmp_path / "other"
-    podman = ["podman", "--root", str(other / "storage"), "--runroot", str(other / "run"), "--storage-driver", "vfs"]
+    podman = ["podman", "--root", str(other / "storage"), "--runroot", image.runroot(other), "--storage-driver", "vfs"]
     subprocess.run([*podman, "load", "-q", "-i", str(archive)], check=True, capture_output=True)
     inspect = json.loads(subprocess.run([*podman, "image", "inspect", image.tag(target)], check=True,
                                         capture_output=True, text=True).stdout)[0]
@@ -55,9 +55,10 @@ def test_image_and_dockerfile_describe_the_same_contents(built, cache_dir):
     pins = dict(re.findall(r"'([A-Za-z0-9_.-]+)==([^ ']+) --hash", stage))
     apt = re.search(r"apt-get install -y --no-install-recommends ([^&]+)&&", stage).group(1).split()
     assert set(apt) - {"python3-pip"} == set(target.debian_packages)  # pip only installs the wheels there
-    probe = ("import hashlib, json, os; from importlib import metadata as m; print(json.dumps({"
+    probe = ("import gzip, hashlib, json, os, platform; from importlib import metadata as m; print(json.dumps({"
              f"'versions': {{d: m.version(d) for d in {sorted(pins)!r}}}, "
-             "'debian': open('/etc/debian_version').read().strip(), "
+             "'python': platform.python_version(), "
+             "'libc': gzip.open('/usr/share/doc/libc6/changelog.Debian.gz', 'rt').readline(), "
              f"'packages': {{p: os.path.isdir('/usr/share/doc/' + p) for p in {sorted(apt)!r}}}, "
              "'validator': hashlib.sha256(open('/opt/edgebuild/ondevice.py', 'rb').read()).hexdigest()}))")
     cmd = [*image.podman(cache_dir), "run", "--rm", *image.RUN_FLAGS, "--entrypoint", image.QEMU_IN_IMAGE,
@@ -66,7 +67,10 @@ def test_image_and_dockerfile_describe_the_same_contents(built, cache_dir):
     assert proc.returncode == 0, proc.stderr
     inside = json.loads(proc.stdout.strip().splitlines()[-1])
     assert inside["versions"] == pins
-    assert inside["debian"].startswith("12.") and "debian:bookworm-slim" in (REPO / "Dockerfile.edge").read_text()
+    # the same Debian release: the image's packages come from it, the Dockerfile starts from its image
+    assert re.match(rf"glibc \(\S+\) {target.distribution}\b", inside["libc"]), inside["libc"]
+    assert f"debian:{target.distribution}-slim AS {TARGET}" in (REPO / "Dockerfile.edge").read_text()
+    assert inside["python"].startswith(target.python + ".")
     assert all(inside["packages"][p] for p in target.debian_packages), inside["packages"]
     assert inside["validator"] == hashlib.sha256(targets.ONDEVICE.read_bytes()).hexdigest()
     assert "COPY pipeline/device/ondevice.py /opt/edgebuild/ondevice.py" in stage

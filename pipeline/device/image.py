@@ -37,8 +37,14 @@ def podman(cache_dir):
     if shutil.which("podman") is None or shutil.which("runc") is None:
         raise InputError(f"validate.executor = \"container\" and edgebuild target image need podman and runc; they are "
                          f"not installed. Install them: {INSTALL_HINT}. The default executor (qemu) needs neither.")
-    base = Path(cache_dir) / "containers"
-    return ["podman", "--root", str(base / "storage"), "--runroot", str(base / "run"), "--storage-driver", "vfs"]
+    storage = Path(cache_dir).resolve() / "containers" / "storage"
+    return ["podman", "--root", str(storage), "--runroot", runroot(storage), "--storage-driver", "vfs"]
+
+
+def runroot(storage):
+    """podman's run-time state (locks, mounts) for `storage`: a short path, since podman refuses a
+    runroot longer than 50 characters."""
+    return f"/tmp/edgebuild-podman-{hashlib.sha256(str(storage).encode()).hexdigest()[:12]}"
 
 
 def host_env():
@@ -127,8 +133,8 @@ def build(target, cache_dir, log=print):
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"ENV PYTHONPATH=/{PREFIX}/site", "ENV OPENBLAS_NUM_THREADS=1", "ENV PYTHONDONTWRITEBYTECODE=1",
                 f'ENTRYPOINT ["python3", "/{PREFIX}/ondevice.py"]',
-                f"LABEL edgebuild.target={target.name} edgebuild.target_sha256={target.sha256} "
-                f"edgebuild.runtime={target.runtime}=={target.runtime_version}",
+                f"LABEL edgebuild.target={target.name}", f"LABEL edgebuild.target_sha256={target.sha256}",
+                f"LABEL edgebuild.runtime={target.runtime}=={target.runtime_version}",
             ]
             _podman(cache_dir, ["import", "--arch", "arm64", *[a for c in changes for a in ("--change", c)],
                                 str(tmp / "rootfs.tar"), name], f"importing the image of {target.name}")
