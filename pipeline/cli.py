@@ -460,6 +460,10 @@ def target_image(ctx, name, output):
     \b
     On a Raspberry Pi:  docker load -i ARCHIVE
                         docker run --rm -v $PWD:/work IMAGE /work/model_int8.tflite /work/x.npy /work/y.npy
+    On x86 (podman):    podman run --rm --runtime runc --network none -v $PWD:/work
+                          --entrypoint /usr/bin/qemu-aarch64-static IMAGE
+                          /usr/bin/python3 /opt/edgebuild/ondevice.py /work/model_int8.tflite /work/x.npy /work/y.npy
+                        (see the README for the --ulimit flags a sandbox may need)
     """
     from pipeline.device import image
     from pipeline.device.targets import load_target

@@ -1,6 +1,8 @@
-"""On-target validator. Runs inside the target's root filesystem (emulated or real), so it imports
-only the Python standard library, numpy and the target's runtime: a TFLite runtime for a `.tflite`,
-onnxruntime for an `.onnx`.
+"""On-target validator: runs a .tflite or .onnx model over inputs and writes its raw outputs.
+
+It runs inside the target's root filesystem (emulated or real), so it imports only the Python
+standard library, numpy and the target's runtime: a TFLite runtime for a `.tflite`, onnxruntime for
+an `.onnx`.
 
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --batch 1 --threads 1
     python3 ondevice.py MODEL.onnx INPUTS.npy OUT.npy --batch 1 --threads 1

@@ -247,7 +247,7 @@ def table(gate):
         rows.append(("✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"]))
     lines = text.table(rows)
     failed = [c for c in gate["checks"] if not c["passed"]]
-    lines.append(f"gate: {gate['verdict'].upper()}" + (f" ({len(failed)} of {len(gate['checks'])} checks failed)" if failed else f" ({len(gate['checks'])} checks)"))
+    lines.append(f"gate: {gate['verdict'].upper()}" + (f" ({len(failed)} of {len(gate['checks'])} checks failed)" if failed else f" ({len(gate['checks'])} check{'s' if len(gate['checks']) != 1 else ''})"))
     return "\n".join(lines)
 
 

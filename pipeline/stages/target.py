@@ -108,6 +108,7 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, isa, 
     i = int(rows[0])
     if onnx_info.is_onnx(model_path):
         return {"against": against, "sample": str(ids[i]), "samples_differing": int(len(rows)), "op": None,
+                "float_outputs": outputs.dtype.kind == "f",
                 "note": "tensors are kept for .tflite models only; the first op is not named for .onnx"}
     work = tempfile.mkdtemp(dir=out_dir, prefix="dump-")
     try:
@@ -116,7 +117,7 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, isa, 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     found = {"against": against, "sample": str(ids[i]), "samples_differing": int(len(rows)),
-             "kernels": "builtin (default delegates off, every tensor kept)"}
+             "kernels": "builtin (default delegates off, every tensor kept)", "float_outputs": outputs.dtype.kind == "f"}
     if mine is None or theirs is None:
         return {**found, "op": None, "note": "the tensors could not be kept on one side"}
     for index, op, tensors in tflite_info.op_outputs(model_path):
