@@ -61,11 +61,11 @@ def _podman(cache_dir, args, what, check=True):
 
 
 def tag(target):
-    """The image's name: the target and a digest of what goes into it besides the root filesystem (the
-    target file, which pins everything in the environment, and the validator)."""
-    from pipeline.device.targets import ONDEVICE
+    """The image's name: the target and a digest of what goes into it (the environment's key, which
+    covers the target file and how set-up builds it, and the validator)."""
+    from pipeline.device.targets import ONDEVICE, env_key
 
-    digest = hashlib.sha256(target.sha256.encode() + ONDEVICE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(env_key(target).encode() + ONDEVICE.read_bytes()).hexdigest()[:12]
     return f"edgebuild/{target.name}:{digest}"
 
 

@@ -44,10 +44,16 @@ def stages(config):
             f"target:{name}", __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz",),
-            toolchain=("numpy",), external=lambda config, name=name: {"target": targets_mod.load_target(name).sha256},
+            toolchain=("numpy",), external=lambda config, name=name: _environment(name),
             group="targets", params={"target": name, "model": model, "reference": reference},
         ))
     return out
+
+
+def _environment(name):
+    """The target file's content and how its environment is built (targets.SETUP_REVISION)."""
+    target = targets_mod.load_target(name)
+    return {"target": target.sha256, "environment": targets_mod.env_key(target)}
 
 
 def run(cfg, inputs, out_dir, ctx):
