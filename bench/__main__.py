@@ -5,7 +5,8 @@ Sections: build time per stage cold vs warm (with peak memory and the JAX compil
 on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shards),
 accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
 artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only-formats),
-and reproducibility (two clean builds, every sha256).
+and reproducibility (two clean builds, every sha256). Alone: --only-isa (vector-ISA reproducibility),
+--only-bytecode (emulated targets with and without their compiled bytecode).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
 
