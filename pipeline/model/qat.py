@@ -375,6 +375,23 @@ def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentu
     return y
 
 
+def init_ranges(model, x):
+    """One pass over `x` in training mode, so every activation range starts from real data. On JAX the
+    pass is one compiled call (stateless_call under jax.jit: about 0.5 s for the default model) rather
+    than op by op (about 7 s, each fake-quant op dispatched and compiled on its own); the updated
+    ranges (and batch-norm statistics) are assigned back."""
+    if keras.backend.backend() != "jax":
+        model(x, training=True)
+        return
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    _, updated = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True))(trainable, non_trainable, x)
+    for variable, value in zip(model.non_trainable_variables, updated):
+        variable.assign(value)
+
+
 def activation_ranges(model):
     """{quantizer path: [min, max]} of every activation quantizer, as trained."""
     ranges = {}

@@ -42,7 +42,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     except qat.UnsupportedLayerError as exc:
         raise InputError(f"QAT cannot quantize this model: {exc}") from None
     # Ranges start from real data: one pass over the first training samples in training mode.
-    model(x_train[: cfg.init_samples], training=True)
+    qat.init_ranges(model, x_train[: cfg.init_samples])
     started = time.perf_counter()
     fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, cfg.learning_rate,
                          progress, "qat", keep_best=True)
