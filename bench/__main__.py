@@ -6,7 +6,8 @@ on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shar
 accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
 artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only-formats),
 and reproducibility (two clean builds, every sha256). Alone: --only-isa (vector-ISA reproducibility),
---only-bytecode (emulated targets with and without their compiled bytecode).
+--only-bytecode (emulated targets with and without their compiled bytecode), --only-compile-cache (a cold
+build with and without JAX's compilation cache).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
 
@@ -162,6 +163,43 @@ def isa_reproducibility(work, targets_cache):
     for r in runs:
         r["identical_to_default"] = sorted(k for k in base if r["sha256"][k] == base[k])
     return {"cpu": machine().get("cpu"), "runs": runs}
+
+
+def compile_cache(work, repeats, targets_cache):
+    """The default build to export with an empty stage cache, truly cold (empty JAX compilation cache)
+    vs with the JAX compilation cache of such a build (what a CI runner restoring <cache>/jax has),
+    alternated; artifacts checked byte-identical."""
+    names = ("float.keras", "qat.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx")
+    runs = {"cold": [], "compile_cache": []}
+    identical = True
+    for i in range(repeats):
+        shas = {}
+        for kind in ("cold", "compile_cache"):
+            cache, out = fresh_cache(work, f"jax-{kind}{i}", targets_cache), work / f"jax-{kind}{i}-out"
+            if kind == "compile_cache":
+                shutil.copytree(work / f"jax-cold{i}" / "jax", cache / "jax")
+            proc, wall = edgebuild(["build", "--until", "export", "--set", f'build.out_dir="{out}"'], cache)
+            records = {p.stem: json.loads(p.read_text()) for p in (out / "digits" / "records").glob("*.json")}
+            runs[kind].append({"wall": wall, "stages": {r["stage"]: r["wall_seconds"] for r in records.values()}})
+            shas[kind] = {n: sha256_file(out / "digits" / n) for n in names}
+            log(f"compile cache: {kind} {i + 1}/{repeats}: {wall:.1f} s")
+        identical = identical and shas["cold"] == shas["compile_cache"]
+    stages = [s for s in runs["cold"][0]["stages"] if s in ("train", "qat", "export", "data", "calibration")]
+    result = {k: {"wall_s": median_spread([r["wall"] for r in v]),
+                  "stages": {s: median_spread([r["stages"][s] for r in v]) for s in stages}} for k, v in runs.items()}
+    result["ratio"] = round(result["compile_cache"]["wall_s"]["median"] / result["cold"]["wall_s"]["median"], 3)
+    result["artifacts_identical"] = identical
+    return result
+
+
+def compile_cache_markdown(c):
+    lines = ["| build to export | truly cold (s) | with the JAX compilation cache (s) |", "|---|---|---|"]
+    for s in c["cold"]["stages"]:
+        lines.append(f"| {s} | {c['cold']['stages'][s]['median']:.1f} | {c['compile_cache']['stages'][s]['median']:.1f} |")
+    lines.append(f"| **whole (CLI)** | {c['cold']['wall_s']['median']:.1f} | {c['compile_cache']['wall_s']['median']:.1f} "
+                 f"(× {c['ratio']:.2f}) |")
+    lines += ["", f"Artifacts byte-identical with and without the compilation cache: {'yes' if c['artifacts_identical'] else 'NO'}."]
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -503,6 +541,8 @@ def main(argv=None):
     parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
     parser.add_argument("--only-isa", action="store_true", help="run only the vector-ISA reproducibility check "
                         "and add it to the results file")
+    parser.add_argument("--only-compile-cache", action="store_true", help="only compare a cold build to export with "
+                        "and without a warm JAX compilation cache, and add it to the results file")
     parser.add_argument("--only-bytecode", metavar="BUILD_DIR", help="only time each emulated target of a finished "
                         "build with and without its ahead-of-time compiled bytecode, and add it to the results file")
     parser.add_argument("--only-formats", metavar="BUILD_DIR", help="only add the TFLite/ONNX side-by-side figures of "
@@ -513,6 +553,13 @@ def main(argv=None):
     try:
         targets_cache = work / "targets"
         targets_cache.mkdir(exist_ok=True)
+        if args.only_compile_cache:
+            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            result["compile_cache"] = {"date": datetime.date.today().isoformat(), "machine": machine(),
+                                       "repeats": args.repeats, **compile_cache(work, args.repeats, targets_cache)}
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(compile_cache_markdown(result["compile_cache"]))
+            return
         if args.only_bytecode:
             from pipeline.cli import default_cache_dir
 

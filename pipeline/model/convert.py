@@ -71,9 +71,12 @@ def export_int8_onnx(tflite_path, path, opset, tflite_info):
 
     from pipeline.device import onnx_info
 
+    import onnx
+
     tmp = _tmp(path)
     try:
-        tf2onnx.convert.from_tflite(str(tflite_path), opset=opset, output_path=str(tmp))
+        model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=opset)
+        onnx.save(canonical_names(model), str(tmp))
         check_onnx_loads(tmp)
         info = onnx_info.describe_onnx(tmp)
     except InputError:
@@ -96,6 +99,41 @@ def export_int8_onnx(tflite_path, path, opset, tflite_info):
             )
     os.replace(tmp, path)
     return info
+
+
+def canonical_names(model):
+    """Rename every node, intermediate value and initializer of an ONNX graph by its position (nodes
+    `<op>_<i>`, values `v<i>_<j>`, initializers `c<k>` in order of first use); the graph's inputs and
+    outputs keep their names. tf2onnx numbers nodes and names its de-duplicated constants in an order
+    that changes from run to run, so without this the same .tflite gives other bytes each time (and the
+    .tflite's long tensor names made up a quarter of the file)."""
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    initializers = [i.name for i in graph.initializer]
+    names = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in initializers and name not in names:
+                names[name] = f"c{len(names)}"
+    for name in initializers:
+        names.setdefault(name, f"c{len(names)}")
+    for i, node in enumerate(graph.node):
+        for j, name in enumerate(node.output):
+            if name not in keep:
+                names.setdefault(name, f"v{i}_{j}")
+        node.name = f"{node.op_type}_{i}"
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for j, name in enumerate(field):
+                field[j] = names.get(name, name)
+    for init in graph.initializer:
+        init.name = names[init.name]
+    ordered = sorted(graph.initializer, key=lambda init: int(init.name[1:]))
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    for value in graph.value_info:
+        value.name = names.get(value.name, value.name)
+    return model
 
 
 def check_full_integer(info, allowed_float_ops):
