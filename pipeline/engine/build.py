@@ -175,9 +175,7 @@ def run_in_process(stage, selected, inputs, out_dir, options, log_path):
     request_path = out_dir / ".request.json"
     request_path.write_text(json.dumps(request))
     env = dict(os.environ)
-    # PYTHONHASHSEED: string hashing fixed, so a tool whose output follows set or dict order of strings
-    # (tf2onnx names de-duplicated constants that way) writes the same bytes on every run
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", GRPC_VERBOSITY="ERROR", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", GRPC_VERBOSITY="ERROR", PYTHONUNBUFFERED="1")
     env.pop("KERAS_BACKEND", None)
     if stage.backend:
         env["KERAS_BACKEND"] = stage.backend
