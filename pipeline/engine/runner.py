@@ -39,24 +39,6 @@ def pin_xla_isa(environ):
     return environ["XLA_FLAGS"]
 
 
-def use_compile_cache(environ, cache_dir):
-    """Point JAX's persistent compilation cache (before JAX is imported) at <cache>/jax/<machine key>,
-    unless the user chose one (JAX_COMPILATION_CACHE_DIR). JAX keys each entry by the computation, the
-    compile options, jaxlib's version and XLA_FLAGS; the directory adds what JAX's key leaves out, the CPU
-    model and its widest vector ISA, so a cache shared between machines never hands one CPU code compiled
-    for another. A hit loads the executable a miss would have compiled: a speed-up only."""
-    if not cache_dir or environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return environ.get("JAX_COMPILATION_CACHE_DIR")
-    import hashlib
-    import platform
-
-    machine = json.dumps([cpu_description(), platform.machine(), environ.get("XLA_FLAGS", "")], sort_keys=True)
-    path = Path(cache_dir) / "jax" / hashlib.sha256(machine.encode()).hexdigest()[:16]
-    environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
-    environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the many small compiles add up
-    return str(path)
-
-
 def cpu_description():
     """The CPU a stage ran on: model name and the widest x86 vector extension it has."""
     try:
@@ -74,7 +56,6 @@ def main(request_path):
     request = json.loads(Path(request_path).read_text())
     if os.environ.get("KERAS_BACKEND") == "jax":
         pin_xla_isa(os.environ)
-        use_compile_cache(os.environ, request.get("cache_dir"))
     result_path = Path(request["result"])
     progress_stream = _redirect_output(request["log"])
 

@@ -75,20 +75,3 @@ def test_jax_stages_compile_for_avx2_unless_the_user_capped_the_isa():
     assert pin_xla_isa({"XLA_FLAGS": "--xla_dump_to=/tmp/x"}) == "--xla_dump_to=/tmp/x --xla_cpu_max_isa=AVX2"
     assert pin_xla_isa({"XLA_FLAGS": "--xla_cpu_max_isa=AVX512"}) == "--xla_cpu_max_isa=AVX512"
 
-
-def test_the_jax_compilation_cache_is_kept_per_machine_and_flags_and_a_users_choice_wins(tmp_path, monkeypatch):
-    """JAX's own cache key has no CPU model in it: the directory does, with XLA_FLAGS, so a cache dir
-    shared between machines (or ISA caps) never serves code compiled for another."""
-    from pipeline.engine import runner
-
-    env = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
-    path = runner.use_compile_cache(env, str(tmp_path))
-    assert env["JAX_COMPILATION_CACHE_DIR"] == path and path.startswith(str(tmp_path / "jax"))
-    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
-    assert runner.use_compile_cache({"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}, str(tmp_path)) == path  # stable
-    assert runner.use_compile_cache({"XLA_FLAGS": "--xla_cpu_max_isa=AVX512"}, str(tmp_path)) != path
-    monkeypatch.setattr(runner, "cpu_description", lambda: {"model": "another CPU", "vector_isa": "AVX2"})
-    assert runner.use_compile_cache({"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}, str(tmp_path)) != path
-    mine = {"JAX_COMPILATION_CACHE_DIR": "/somewhere/else"}
-    assert runner.use_compile_cache(mine, str(tmp_path)) == "/somewhere/else" and len(mine) == 1
-    assert runner.use_compile_cache({}, "") is None  # no cache directory: no compilation cache
