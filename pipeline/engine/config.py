@@ -313,11 +313,23 @@ def load(path=None, overrides=(), base=None, base_origin="", sections=None):
                 raw[section] = values
     for text in overrides:
         section, key, value = parse_override(text)
+        _check_override_key(section, key)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise InputError(f"config section [{section}] must be a table; received {raw[section]!r}.")
         raw[section][key] = value
     return from_dict(raw, origin)
+
+
+def _check_override_key(section, key):
+    """An unknown section or key in --set is named as coming from --set (not from the file or defaults)."""
+    if section not in SECTIONS:
+        raise InputError(f"unknown config section [{section}] (from --set {section}.{key})."
+                         f"{did_you_mean(section, SECTIONS, 0.5, listing=True)}")
+    fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        raise InputError(f"unknown config key '{section}.{key}' (from --set)."
+                         f"{did_you_mean(key, fields, 0.5, listing=True)}")
 
 
 def describe():

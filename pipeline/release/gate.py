@@ -87,7 +87,7 @@ def check_baseline_compatible(manifest, baseline):
             f"build's ({ours_set.get('source')}, {ours_set.get('size')} images, fingerprint "
             f"{ours_set['fingerprint'][:12]}). The fingerprint covers the images as loaded (data.image_size, "
             "data.channels, data.resize) and their labels: gate against a baseline measured on the same test set "
-            "loaded the same way."
+            "loaded the same way." + _loading_differences(manifest, baseline)
         )
     ours, theirs = manifest.get("test_split", {}), baseline.get("test_split", {})
     if ours.get("sha256") != theirs.get("sha256"):
@@ -97,6 +97,15 @@ def check_baseline_compatible(manifest, baseline):
             f"{str(theirs.get('sha256'))[:12]}) differs from this build's ({len(ours.get('ids', []))} ids, "
             f"sha256 {str(ours.get('sha256'))[:12]}). Use the same data, seed and split fractions."
         )
+
+
+def _loading_differences(manifest, baseline):
+    """' Loaded differently: data.resize = 'pillow' in the baseline, 'keras' here.' (or '')."""
+    ours = (manifest.get("config") or {}).get("data") or {}
+    theirs = (baseline.get("config") or {}).get("data") or {}
+    diffs = [f"data.{k} = {theirs[k]!r} in the baseline, {ours[k]!r} here" for k in ("resize", "image_size", "channels")
+             if k in ours and k in theirs and ours[k] != theirs[k]]
+    return f" Loaded differently: {'; '.join(diffs)}." if diffs else ""
 
 
 def _target_checks(m, cfg, prefix):

@@ -61,8 +61,8 @@ def run(cfg, inputs, out_dir, ctx):
     pp, sample, shards, seed, progress = cfg.preprocess, cfg.validate.sample, cfg.validate.shards, cfg.build.seed, ctx.progress
     model_path, dataset_path, predictions_path = inputs[ctx.params["model"]], inputs["dataset.npz"], inputs["predictions.npz"]
     info = onnx_info.describe(model_path)
-    record = {"target": target.name, "model": ctx.params["model"], "arch": target.arch, "cpu": target.cpu, "emulated": target.emulated,
-              "target_sha256": target.sha256, "runtime": target.runtime, "runtime_version": target.runtime_version,
+    record = {"target": target.name, "model": ctx.params["model"], "arch": target.arch, "cpu": target.cpu,
+              "emulated": target.emulated, "target_sha256": target.sha256, "runtime": target.runtime, "runtime_version": target.runtime_version,
               "tolerances": target.tolerances.__dict__}
     data = load_dataset(dataset_path)
     preds = np.load(predictions_path)

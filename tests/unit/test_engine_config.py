@@ -46,3 +46,11 @@ def test_a_stage_receives_only_what_it_declares():
     assert view.train == config.train  # a whole section arrives typed
     assert view.build.seed == 0 and not hasattr(view.build, "name")  # a key arrives alone
     assert not hasattr(view, "gate")
+
+
+def test_an_unknown_key_or_section_in_set_is_named_as_coming_from_set():
+    """Found by a new-user trial: a misspelt --set key was reported as unknown 'in defaults'."""
+    with pytest.raises(InputError, match=r"unknown config key 'preprocess.pixel_rang' \(from --set\)\. Did you mean 'pixel_range'"):
+        config_mod.load(None, ["preprocess.pixel_rang=[-1, 1]"])
+    with pytest.raises(InputError, match=r"unknown config section \[preprocss\] \(from --set preprocss.pixel_range\)"):
+        config_mod.load(None, ["preprocss.pixel_range=[-1, 1]"])

@@ -47,8 +47,13 @@ def test_a_baseline_of_other_classes_or_test_set_is_refused():
         gate.evaluate(VALIDATION, CFG, baseline={**BUILD, "class_names": ["a", "b"]})
     other = copy.deepcopy(VALIDATION)
     other["test_set"]["fingerprint"] = "0" * 64
-    with pytest.raises(InputError, match="same test set"):
+    with pytest.raises(InputError, match="same test set") as refused:
         gate.evaluate(VALIDATION, CFG, baseline=other)
+    assert "Loaded differently" not in str(refused.value)  # the loading settings are the same
+    mine = copy.deepcopy(VALIDATION)
+    mine["config"]["data"]["resize"], other["config"]["data"]["resize"] = "pillow", "keras"
+    with pytest.raises(InputError, match=r"Loaded differently: data.resize = 'keras' in the baseline, 'pillow' here\."):
+        gate.evaluate(mine, CFG, baseline=other)
 
 
 def test_a_target_that_refuses_the_model_fails_its_check_only():
