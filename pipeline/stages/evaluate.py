@@ -12,7 +12,7 @@ from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
-from pipeline.release.metrics import accuracy_record
+from pipeline.release.metrics import accuracy_record, compare
 
 STAGE = Stage(
     "evaluate", __name__, config=("preprocess", "train.recipe"),
@@ -64,7 +64,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
     metrics = {k: accuracy_record(v, labels, class_names) for k, v in top1.items()}
     for k in ("int8_host", "float_tflite", "onnx", "onnx_int8"):
         metrics[k]["top1_agreement_with_float"] = round(float((top1[k] == top1["float"]).mean()), 6)
-    metrics["onnx_int8"].update(_vs_tflite(int8_onnx_out, int8_out, onnx_q["outputs"][0], info["outputs"][0]))
+    metrics["onnx_int8"].update(_vs_tflite(int8_onnx_out, int8_out, onnx_q["outputs"][0], info["outputs"][0],
+                                           labels, data["ids"][idx], class_names))
     ids = data["ids"][idx]
     flips = ids[top1["int8_host"] != top1["float"]]
     metrics["int8_host"]["flips_vs_float"] = [str(s) for s in flips]
@@ -83,13 +84,14 @@ def run(stage_cfg, inputs, out_dir, ctx):
     }
 
 
-def _vs_tflite(onnx_out, tflite_out, onnx_q, tflite_q):
-    """The int8 ONNX against the int8 TFLite on the same inputs: top-1 agreement, the fraction of
-    bit-exact outputs and the largest difference after dequantization (each with its own scale)."""
+def _vs_tflite(onnx_out, tflite_out, onnx_q, tflite_q, labels, ids, class_names):
+    """The int8 ONNX against the int8 TFLite on the same inputs (release.metrics.compare): top-1
+    agreement, the fraction of bit-exact outputs, and the largest difference after dequantization
+    (each with its own scale)."""
+    same = compare(onnx_out, tflite_out, labels, ids, class_names)
     deq = preprocess.dequantize(onnx_out, onnx_q) - preprocess.dequantize(tflite_out, tflite_q)
-    same = onnx_out.shape == tflite_out.shape and onnx_out.dtype == tflite_out.dtype
     return {
-        "top1_agreement_with_int8_tflite": round(float((onnx_out.argmax(1) == tflite_out.argmax(1)).mean()), 6),
-        "bitexact_fraction_vs_int8_tflite": round(float((onnx_out == tflite_out).mean()), 6) if same else 0.0,
+        "top1_agreement_with_int8_tflite": same["top1_agreement"],
+        "bitexact_fraction_vs_int8_tflite": same["bitexact_fraction"],
         "max_dequantized_diff_vs_int8_tflite": round(float(abs(deq).max()), 6),
     }
