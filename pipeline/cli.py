@@ -132,6 +132,12 @@ config_option = click.option("--config", "-c", "config_path", type=click.Path(di
 set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config value, e.g. --set train.epochs=2 (repeatable).")
 
+no_remote_option = click.option("--no-remote-cache", "no_remote", is_flag=True,
+                                 help="Do not use cache.remote in this run (same as --set cache.remote=\"\").")
+
+
+def _local_only(sets, no_remote):
+    return [*sets, 'cache.remote=""'] if no_remote else list(sets)
 
 
 no_baseline_option = click.option(
@@ -168,9 +174,10 @@ def gate_options(json_help):
 @click.option("--only", type=STAGE_CHOICES, help="Run just this stage, from the outputs already in the build directory.")
 @click.option("--until", type=STAGE_CHOICES, help="Stop after this stage.")
 @click.option("--no-cache", is_flag=True, help="Run every stage; do not reuse cached outputs.")
+@no_remote_option
 @gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @click.pass_context
-def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, junit, as_json):
+def build(ctx, config_path, sets, seed, name, only, until, no_cache, no_remote, baseline, junit, as_json):
     """Run the build: data -> train (JAX) -> qat -> export (int8 TFLite, float TFLite, ONNX) ->
     evaluate (host) -> targets (emulated aarch64) -> manifest -> gate.
 
@@ -179,7 +186,7 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, baseline, j
     from pipeline.engine import build as build_mod
     from pipeline.release import manifest as manifest_mod
 
-    config = _load_config(config_path, sets, seed, name)
+    config = _load_config(config_path, _local_only(sets, no_remote), seed, name)
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
     options = build_mod.RunOptions(
         cache_dir=default_cache_dir(config), use_cache=not no_cache, quiet=ctx.obj.quiet,
@@ -411,21 +418,30 @@ def target_list():
 
 @target.command("setup")
 @click.argument("names", nargs=-1, required=True)
+@config_option
+@set_option
+@no_remote_option
 @click.pass_context
-def target_setup(ctx, names):
+def target_setup(ctx, names, config_path, sets, no_remote):
     """Build and verify the emulated root filesystem, qemu and runtime for target(s); cached by
-    the target file's hash, so a second setup is instant."""
+    the target file's hash, so a second setup is instant. With cache.remote, an environment the
+    remote cache holds is restored from it (and self-tested), and one built here is stored in it."""
 
     import time
 
     from pipeline.device.targets import env_dir, load_target, setup
+    from pipeline.engine.remote import remote_for
 
+    config = _load_config(config_path, _local_only(sets, no_remote))
+    where = default_cache_dir(config)
+    remote = remote_for(config.cache.remote, _warn)
     for name in names:
         t = load_target(name)
         started = time.perf_counter()
-        root = setup(t, default_cache_dir(), log=(lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True)))
+        root = setup(t, where, log=(lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True)),
+                     remote=remote)
         info = json.loads((root / "ready.json").read_text())
-        click.echo(f"{name}: ready in {time.perf_counter() - started:.1f} s at {env_dir(t, default_cache_dir())} "
+        click.echo(f"{name}: ready in {time.perf_counter() - started:.1f} s at {env_dir(t, where)} "
                    f"({info.get('runtime', 'host')} {info.get('runtime_version', '')} on {info.get('machine', 'host')})")
 
 

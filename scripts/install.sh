@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything edgebuild needs on a Debian machine, idempotently:
-# - mmdebstrap (builds the emulated aarch64 root filesystems) and chromium (renders the HTML
-#   report in the tests) from the machine's own apt sources;
+# - mmdebstrap (builds the emulated aarch64 root filesystems), zstd (packs them for the remote
+#   cache) and chromium (renders the HTML report in the tests) from the machine's own apt sources;
 # - a virtual environment outside the repository, pinned by constraints.txt, reused while
 #   pyproject.toml and constraints.txt are unchanged;
 # - this checkout installed into it in editable mode (cheap; re-pointed at every call).
@@ -18,6 +18,7 @@ VENV="${EDGEBUILD_VENV:-$EDGEBUILD_HOME/venv}"
 need_apt=()
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v zstd >/dev/null || need_apt+=(zstd)  # packs target environments for cache.remote
 if [ "$container" -eq 1 ]; then
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || need_apt+=(runc)

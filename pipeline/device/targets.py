@@ -228,15 +228,33 @@ def _qemu_path(root):
     return root / "qemu" / "usr" / "bin" / "qemu-aarch64"
 
 
-def setup(target, cache_dir, log=print):
-    """Build (or reuse) the target's emulated environment; returns its directory."""
+def setup(target, cache_dir, log=print, remote=None):
+    """Build (or reuse) the target's emulated environment; returns its directory. With `remote` (a
+    RemoteCache), a missing environment is restored from it, and one built here is stored in it."""
     root = env_dir(target, cache_dir)
     if (root / "ready.json").is_file():
+        if remote is not None and target.emulated:
+            remote.push_tree(root.name, root, log)  # a runner set up here fills an empty remote (skipped if there)
         return root
     if not target.emulated:
         root.mkdir(parents=True, exist_ok=True)
         (root / "ready.json").write_text(json.dumps({"emulated": False}))
         return root
+    if remote is not None and remote.fetch_tree(root.name, root, log):
+        try:  # what the remote held is verified by sha256; that it runs here, by the self-test
+            _selftest(target, root, root.parent / f"{root.name}.setup.log")
+            return root
+        except StageError as exc:
+            log(f"target {target.name}: the environment from the remote cache fails its self-test here ({exc}); "
+                "building it")
+            shutil.rmtree(root, ignore_errors=True)
+    _build(target, root, log)
+    if remote is not None:
+        remote.push_tree(root.name, root, log)
+    return root
+
+
+def _build(target, root, log):
     if shutil.which("mmdebstrap") is None:
         raise StageError(
             "target setup needs mmdebstrap to build the aarch64 root filesystem; it is not installed. "

@@ -23,6 +23,7 @@ from pipeline import stages as stage_registry
 from pipeline.engine.cache import StageCache, stage_key
 from pipeline.engine.errors import InputError, StageError, disk_full
 from pipeline.engine.fsutil import atomic_copy, atomic_create, atomic_write_text, sha256_file
+from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import select_config
 from pipeline.engine.text import first_few
 
@@ -157,7 +158,7 @@ main(request)
 """
 
 
-def run_in_process(stage, selected, inputs, out_dir, options, log_path):
+def run_in_process(stage, selected, inputs, out_dir, options, log_path, remote=""):
     """Run one stage's `run` in a fresh Python process with its Keras backend; returns its record.
 
     The child imports the same code as this process whatever the working directory holds (BOOTSTRAP)."""
@@ -168,6 +169,7 @@ def run_in_process(stage, selected, inputs, out_dir, options, log_path):
         "out_dir": str(out_dir),
         "params": stage.params,
         "cache_dir": str(options.cache_dir),
+        "remote": remote,
         "quiet": options.quiet,
         "log": str(log_path),
         "result": str(out_dir / ".result.json"),
@@ -231,6 +233,7 @@ def run_stage(stage, config, build_dir, cache, options, external, records):
     key, parts = stage_key(stage, selected, {n: sha256_file(p) for n, p in inputs.items()}, external)
     started = time.perf_counter()
     hit = cache.get(key, stage.outputs) if (cache and options.use_cache) else None
+    source = cache.source.get(key) if hit else None
     if hit:
         entry, record = hit
         for name in stage.outputs:
@@ -240,7 +243,8 @@ def run_stage(stage, config, build_dir, cache, options, external, records):
         staging = Path(tempfile.mkdtemp(dir=build_dir, prefix=f".stage-{tag}-"))
         (build_dir / "logs").mkdir(exist_ok=True)
         try:
-            record = run_in_process(stage, selected, inputs, staging, options, build_dir / "logs" / f"{tag}.log")
+            record = run_in_process(stage, selected, inputs, staging, options, build_dir / "logs" / f"{tag}.log",
+                                    remote=config.cache.remote)
             missing = [n for n in stage.outputs if not (staging / n).exists()]
             if missing:
                 raise StageError(f"stage {stage.name} finished without writing {', '.join(missing)}.")
@@ -257,12 +261,14 @@ def run_stage(stage, config, build_dir, cache, options, external, records):
         "key_parts": {k: parts[k] for k in ("code", "modules", "toolchain", "inputs", "external")},
         "config": parts["config"],
         "cached": bool(hit),
+        "cache_source": source,
         "pins": pin_outputs(stage, config, build_dir),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "outputs": {n: sha256_file(build_dir / n) for n in stage.outputs},
     }
     atomic_write_text(build_dir / "records" / f"{stage.name.replace(':', '-')}.json", json.dumps(record, indent=1))
-    options.log(f"{'cached' if hit else 'ran':>6}  {stage.name:<28} {record['wall_seconds']:>7.1f} s")
+    said = {"local": "cached", "remote": "remote"}.get(source, "ran")
+    options.log(f"{said:>6}  {stage.name:<28} {record['wall_seconds']:>7.1f} s")
     return record
 
 
@@ -317,7 +323,8 @@ def build(config, options, only=None, until=None, baseline=None):
                          "cache.dir) at a directory.")
     check_writable(build_dir)
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
-    cache = StageCache(options.cache_dir, warn=warn) if config.cache.enabled else None
+    remote = remote_for(config.cache.remote, warn)
+    cache = StageCache(options.cache_dir, warn=warn, remote=remote) if config.cache.enabled else None
     result = BuildResult(build_dir)
     with build_lock(build_dir):
         if restore_previous(build_dir):

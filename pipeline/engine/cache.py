@@ -47,12 +47,29 @@ def stage_key(stage, selected, input_hashes, external):
 
 
 class StageCache:
-    def __init__(self, root, warn=warnings.warn):
+    """The local cache, over an optional remote one (`pipeline.engine.remote`): a local miss is looked
+    up remotely and restored locally; a stored entry is written back to the remote."""
+
+    def __init__(self, root, warn=warnings.warn, remote=None):
         self.root = Path(root) / "stages"
         self.warn = warn
+        self.remote = remote
+        self.source = {}  # key -> "local" or "remote": where the last get found it
 
     def get(self, key, outputs):
         """Return (entry_dir, record) for a valid entry, else None."""
+        entry = self.root / key
+        self.source[key] = "local"
+        if not entry.is_dir() and self.remote is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.source[key] = "remote"
+            self.remote.fetch_stage(key, outputs, entry)
+        hit = self._get_local(key, outputs)
+        if hit and self.source[key] == "local" and self.remote is not None and not self.remote.has_stage(key):
+            self.remote.push_stage(key, entry)  # a runner with a warm local cache fills an empty remote
+        return hit
+
+    def _get_local(self, key, outputs):
         entry = self.root / key
         meta_path = entry / "meta.json"
         if not entry.is_dir():
@@ -75,6 +92,9 @@ class StageCache:
             self._put(key, src_dir, outputs, record)
         except OSError as exc:
             self.warn(f"could not store stage outputs in the cache {self.root} ({exc.strerror}); continuing without")
+            return
+        if self.remote is not None:
+            self.remote.push_stage(key, self.root / key)
 
     def _put(self, key, src_dir, outputs, record):
         with publishing_dir(self.root / key) as tmp:

@@ -139,6 +139,8 @@ class GateConfig:
 class CacheConfig:
     enabled: bool = _f(True, "reuse stage outputs whose inputs and config are unchanged")
     dir: str = _f("", "cache directory ('' = $EDGEBUILD_HOME, else ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
+    remote: str = _f("", "remote cache shared by runners: s3://bucket/prefix or file:///shared/dir (any fsspec URL; "
+                     "credentials from the store's own chain, never in the URL); '' = none")
 
 
 @dataclass(frozen=True)

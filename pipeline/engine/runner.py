@@ -68,7 +68,8 @@ def main(request_path):
         cfg = config_view(request["config"])
         module = importlib.import_module(request["module"])
         inputs = {k: Path(v) for k, v in request["inputs"].items()}
-        ctx = StageContext(Progress(progress_stream, request["quiet"]), request["cache_dir"], request["params"])
+        ctx = StageContext(Progress(progress_stream, request["quiet"]), request["cache_dir"], request["params"],
+                           request.get("remote", ""))
         record = module.run(cfg, inputs, Path(request["out_dir"]), ctx)
         record["toolchain"] = loaded_toolchain()
         if os.environ.get("KERAS_BACKEND") == "jax":

@@ -44,11 +44,13 @@ class Stage:
 @dataclass
 class StageContext:
     """What a running stage gets besides its config and inputs: progress output, the cache
-    directory (for reusable environments such as emulated root filesystems) and its parameters."""
+    directory (for reusable environments such as emulated root filesystems), its parameters and
+    the remote cache URL ('' for none) that such environments are restored from and stored in."""
 
     progress: object
     cache_dir: str
     params: dict
+    remote: str = ""
 
 
 def select_config(config, keys):

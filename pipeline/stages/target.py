@@ -19,6 +19,7 @@ from pipeline.device import targets as targets_mod
 from pipeline.device import onnx_info, tflite_info
 from pipeline.engine.errors import ModelRefused
 from pipeline.engine.fsutil import atomic_save_npz
+from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import Stage
 from pipeline.release.metrics import compare
 
@@ -74,7 +75,8 @@ def run(cfg, inputs, out_dir, ctx):
     bar = progress.bar(2, f"target {target.name}", unit="step")
     try:
         targets_mod.lint(target, info)
-        root = targets_mod.setup(target, ctx.cache_dir, log=lambda msg: bar.set_postfix_str(msg[:60]))
+        root = targets_mod.setup(target, ctx.cache_dir, log=lambda msg: bar.set_postfix_str(msg[:60]),
+                                 remote=remote_for(ctx.remote, progress.warn))
         bar.update(1)
         x = onnx_info.model_input(data["x"][idx], pp, info["inputs"][0])
         record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
