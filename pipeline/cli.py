@@ -308,12 +308,17 @@ def _targets_for(config, added):
               "(repeatable).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output directory of a model file's validation "
               "(default build/validate-<model file name>).")
+@click.option("--shard", metavar="I/N", help="Run only the I-th of N parts of the test set on each --target, for a "
+              "build's targets split over CI jobs: writes BUILD_DIR/shards/target-NAME.shard-I-of-N.npz and no "
+              "manifest; `edgebuild merge` combines the parts. Needs only the build's stages up to evaluate.")
 @config_option
 @set_option
+@no_remote_option
 @gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @no_baseline_option
 @click.pass_context
-def validate(ctx, path, data_source, target_names, out, config_path, sets, baseline, junit, as_json, no_baseline):
+def validate(ctx, path, data_source, target_names, out, shard, config_path, sets, no_remote, baseline, junit, as_json,
+             no_baseline):
     """Prove a model on the host and on emulated ARM targets, and gate it.
 
     \b
@@ -327,6 +332,10 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
         A finished build's int8 model on more targets: adds their results to its manifest and
         gates it again, with the build's own config ([gate] and [validate] from --config over it)
         and the baseline it was gated against (see edgebuild gate --help).
+    edgebuild validate [BUILD_DIR] --target NAME --shard I/N
+        Part I of N of the test set on each target, on this machine: a shard file, verifiable on its
+        own, for `edgebuild merge BUILD_DIR SHARDS...` (see its --help). The build may stop at
+        evaluate (edgebuild build --until evaluate, a remote-cache hit on a CI runner).
 
     Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
     fails its gate check; the other targets still run)."""
@@ -334,7 +343,11 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
     from pipeline.engine import build as build_mod
     from pipeline.release import manifest as manifest_mod
 
+    sets = _local_only(sets, no_remote)
     model_file = path is not None and not Path(path).is_dir()
+    if shard and (model_file or not target_names):
+        raise click.UsageError("--shard goes with a build and its targets: edgebuild validate BUILD_DIR --target NAME "
+                               "--shard I/N.")
     if model_file:
         config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets))
         names = _targets_for(config, target_names)
@@ -347,7 +360,8 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
         raise click.UsageError("name the target(s) to add to the build: --target NAME (see edgebuild target list).")
     else:
         build_dir = Path(path) if path else _load_config(config_path, sets).build_dir
-        build_mod.verify_finished(build_dir)
+        if not shard:
+            build_mod.verify_finished(build_dir)
         at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
         config = _finished_build_config(build_dir, config_path, list(sets) + at)
         names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
@@ -355,12 +369,58 @@ def validate(ctx, path, data_source, target_names, out, config_path, sets, basel
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
     options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
                                    debug=ctx.obj.debug, log=log)
+    if shard:
+        from pipeline.engine import shards
+
+        i, n = shards.parse(shard)
+        written = shards.run(config, options, [f"target:{t}" for t in target_names], i, n)
+        click.echo("\n".join(str(p) for p in written))
+        return
     if model_file:
         base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
     else:
         base = build_mod.resolve_baseline(config.build_dir, baseline, no_baseline, _warn)
     result = build_mod.build(config, options, only=None if model_file else "targets", baseline=base)
     _finish(result, junit, as_json)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.argument("shard_paths", nargs=-1, type=click.Path(exists=True))
+@config_option
+@set_option
+@no_remote_option
+@gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
+@no_baseline_option
+@click.pass_context
+def merge(ctx, build_dir, shard_paths, config_path, sets, no_remote, baseline, junit, as_json, no_baseline):
+    """Combine shard files (edgebuild validate BUILD_DIR --target NAME --shard I/N) into the build.
+
+    \b
+    edgebuild merge BUILD_DIR [SHARD_FILE|DIR ...]
+        Checks that the shards of each target were made from this build (model, test set, config
+        and edgebuild), hold every part I of one N exactly once and together cover the test set
+        exactly once; computes each target's agreement over the whole set, as one run would;
+        stores the result in the cache (and cache.remote); writes the manifest and report and
+        gates them. Shards default to BUILD_DIR/shards. The build needs its stages up to
+        evaluate, with the same config (--config / --set) as when the shards ran.
+
+    Exits 1 if the gate fails, 3 if a shard is missing, repeated, changed or from another build."""
+    from pipeline.engine import build as build_mod
+    from pipeline.engine import shards
+
+    build_dir = Path(build_dir)
+    sets = _local_only(sets, no_remote)
+    at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
+    config = _finished_build_config(build_dir, config_path, list(sets) + at)
+    sharded = [p["target"] for p in shards.params_of(build_dir, shard_paths)]
+    names = list(dict.fromkeys(list(config.validate.targets) + sharded))
+    config = _finished_build_config(build_dir, config_path, list(sets) + at + [f"validate.targets={json.dumps(names)}"])
+    log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
+    options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet, debug=ctx.obj.debug,
+                                   log=log)
+    base = build_mod.resolve_baseline(build_dir, baseline, no_baseline, _warn)
+    _finish(shards.merge(config, options, shard_paths, baseline=base), junit, as_json)
 
 
 @main.command("report", epilog=EXIT_CODES_HELP)

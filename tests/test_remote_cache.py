@@ -23,7 +23,6 @@ ARTIFACTS = ("model_int8.tflite", "model_int8.onnx", "model.onnx", "model_float.
 def s3(tmp_path_factory):
     """A moto S3 server on a free localhost port, a bucket in it, and the AWS environment a runner
     needs to reach it (the standard chain: AWS_* variables)."""
-    import s3fs  # noqa: F401  (the install step brings it; a missing one should fail, not skip)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

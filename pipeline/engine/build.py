@@ -217,8 +217,8 @@ def check_consistent(stage, selected, producers):
                     )
 
 
-def run_stage(stage, config, build_dir, cache, options, external, records):
-    """Run one stage (or restore it from the cache); returns its record."""
+def prepare(stage, config, build_dir, external, records):
+    """(inputs, selected config, key, key parts) of `stage` run on the outputs now in build_dir."""
     inputs = {}
     for name in stage.inputs:
         path = build_dir / name
@@ -231,6 +231,12 @@ def run_stage(stage, config, build_dir, cache, options, external, records):
     selected = select_config(config, stage.config)
     check_consistent(stage, selected, [r for r in records.values() if set(r.get("outputs", ())) & set(stage.inputs)])
     key, parts = stage_key(stage, selected, {n: sha256_file(p) for n, p in inputs.items()}, external)
+    return inputs, selected, key, parts
+
+
+def run_stage(stage, config, build_dir, cache, options, external, records):
+    """Run one stage (or restore it from the cache); returns its record."""
+    inputs, selected, key, parts = prepare(stage, config, build_dir, external, records)
     started = time.perf_counter()
     hit = cache.get(key, stage.outputs) if (cache and options.use_cache) else None
     source = cache.source.get(key) if hit else None
@@ -245,29 +251,39 @@ def run_stage(stage, config, build_dir, cache, options, external, records):
         try:
             record = run_in_process(stage, selected, inputs, staging, options, build_dir / "logs" / f"{tag}.log",
                                     remote=config.cache.remote)
-            missing = [n for n in stage.outputs if not (staging / n).exists()]
-            if missing:
-                raise StageError(f"stage {stage.name} finished without writing {', '.join(missing)}.")
-            if cache:
-                cache.put(key, staging, stage.outputs, record)
-            for name in stage.outputs:
-                os.replace(staging / name, build_dir / name)
+            publish_outputs(stage, staging, build_dir, cache, key, record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    return write_record(stage, config, build_dir, options, key, parts, record, source, started)
+
+
+def publish_outputs(stage, staging, build_dir, cache, key, record):
+    """Store a stage's finished outputs in the cache and move them into the build directory."""
+    missing = [n for n in stage.outputs if not (staging / n).exists()]
+    if missing:
+        raise StageError(f"stage {stage.name} finished without writing {', '.join(missing)}.")
+    if cache:
+        cache.put(key, staging, stage.outputs, record)
+    for name in stage.outputs:
+        os.replace(staging / name, build_dir / name)
+
+
+def write_record(stage, config, build_dir, options, key, parts, record, source, started, ran="ran"):
+    """The stage's record as the build directory keeps it (records/<stage>.json); logs one line."""
     record = {
         **record,
         "stage": stage.name,
         "key": key,
         "key_parts": {k: parts[k] for k in ("code", "modules", "toolchain", "inputs", "external")},
         "config": parts["config"],
-        "cached": bool(hit),
+        "cached": bool(source),
         "cache_source": source,
         "pins": pin_outputs(stage, config, build_dir),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "outputs": {n: sha256_file(build_dir / n) for n in stage.outputs},
     }
     atomic_write_text(build_dir / "records" / f"{stage.name.replace(':', '-')}.json", json.dumps(record, indent=1))
-    said = {"local": "cached", "remote": "remote"}.get(source, "ran")
+    said = {"local": "cached", "remote": "remote"}.get(source, ran)
     options.log(f"{said:>6}  {stage.name:<28} {record['wall_seconds']:>7.1f} s")
     return record
 

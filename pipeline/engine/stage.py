@@ -14,6 +14,10 @@ it never knows a stage by name.
   file that is there, which it declares as an external input.
 - `toolchain`: the distributions whose versions change the stage's bytes. Part of the cache key,
   with the digest of the stage's code (computed by `pipeline.engine.codehash`).
+- `shardable`: the stage can run in parts on separate machines. Its `run` then receives
+  ctx.params["shard"] = [i, n] and writes its part's arrays to shard.npz; its module's
+  `merge(cfg, inputs, parts, out_dir, ctx)` makes the stage's outputs and record from the parts
+  [(record, arrays)] (`pipeline.engine.shards`).
 """
 
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ class Stage:
     key_ignores: tuple = ()  # "section.key" entries read but not keyed (a path whose content is keyed instead)
     group: str = ""  # the name --only / --until use (one "targets" group for every target); default: name
     params: dict = field(default_factory=dict)  # per-instance values passed to run as ctx.params
+    shardable: bool = False
 
     @property
     def group_name(self):

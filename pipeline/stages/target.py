@@ -17,7 +17,7 @@ from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
 from pipeline.device import targets as targets_mod
 from pipeline.device import onnx_info, tflite_info
-from pipeline.engine.errors import ModelRefused
+from pipeline.engine.errors import InputError, ModelRefused
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import Stage
@@ -37,7 +37,8 @@ def deployed_model(config, target):
 
 
 def stages(config):
-    """One stage per target of validate.targets; the target profile's content is an external input."""
+    """One stage per target of validate.targets; the target profile's content is an external input.
+    Each can run in shards (`edgebuild validate BUILD --target T --shard i/N`, merged by `edgebuild merge`)."""
     out = []
     for name in config.validate.targets:
         model, reference = deployed_model(config, targets_mod.load_target(name))
@@ -46,7 +47,7 @@ def stages(config):
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz",),
             toolchain=("numpy",), external=lambda config, name=name: _environment(name),
-            group="targets", params={"target": name, "model": model, "reference": reference},
+            group="targets", params={"target": name, "model": model, "reference": reference}, shardable=True,
         ))
     return out
 
@@ -57,55 +58,138 @@ def _environment(name):
     return {"target": target.sha256, "environment": targets_mod.env_key(target)}
 
 
-def run(cfg, inputs, out_dir, ctx):
-    target = targets_mod.load_target(ctx.params["target"])
-    pp, sample, shards, seed, progress = cfg.preprocess, cfg.validate.sample, cfg.validate.shards, cfg.build.seed, ctx.progress
-    model_path, dataset_path, predictions_path = inputs[ctx.params["model"]], inputs["dataset.npz"], inputs["predictions.npz"]
-    info = onnx_info.describe(model_path)
-    record = {"target": target.name, "model": ctx.params["model"], "arch": target.arch, "cpu": target.cpu,
-              "emulated": target.emulated, "target_sha256": target.sha256, "runtime": target.runtime, "runtime_version": target.runtime_version,
-              "tolerances": target.tolerances.__dict__}
-    data = load_dataset(dataset_path)
-    preds = np.load(predictions_path)
+def _samples(cfg, data):
+    """Indices into the dataset of the samples this target runs (validate.sample of the test split)."""
     test = data["test"]
-    subset = stratified_subset(data["y"][test], sample, seed)
-    idx = test[subset]
+    subset = stratified_subset(data["y"][test], cfg.validate.sample, cfg.build.seed)
+    return test[subset], subset
+
+
+def run(cfg, inputs, out_dir, ctx):
+    """The whole test set (merged from one part), or with ctx.params["shard"] = [i, n] the i-th of n
+    contiguous parts, written to shard.npz for `merge`."""
+    target = targets_mod.load_target(ctx.params["target"])
+    data = load_dataset(inputs["dataset.npz"])
+    idx, subset = _samples(cfg, data)
+    shard = ctx.params.get("shard")
+    if shard:
+        part = np.array_split(np.arange(len(idx)), shard[1])[shard[0] - 1]
+        idx, subset = idx[part], subset[part]
+    host_out = np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset]
+    record, arrays = _measure(cfg, target, inputs[ctx.params["model"]], data, idx, host_out, out_dir, ctx)
+    if shard:
+        atomic_save_npz(out_dir / "shard.npz", **arrays)
+        return record
+    return merge(cfg, inputs, [(record, arrays)], out_dir, ctx)
+
+
+def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
+    """Run the target (and its x86 twin) on the samples `idx`: (what a part records, its arrays). The
+    first difference is looked for within the part: against the twin when they differ, else the host."""
+    info = onnx_info.describe(model_path)
     ids = data["ids"][idx]
-    record.update(samples=int(len(idx)), sampled=bool(len(idx) < len(test)))
-    bar = progress.bar(2, f"target {target.name}", unit="step")
+    record = {"samples": int(len(idx))}
+    bar = ctx.progress.bar(2, f"target {target.name}", unit="step")
     try:
         targets_mod.lint(target, info)
         root = targets_mod.setup(target, ctx.cache_dir, log=lambda msg: bar.set_postfix_str(msg[:60]),
-                                 remote=remote_for(ctx.remote, progress.warn))
+                                 remote=remote_for(ctx.remote, ctx.progress.warn))
         bar.update(1)
-        x = onnx_info.model_input(data["x"][idx], pp, info["inputs"][0])
+        x = onnx_info.model_input(data["x"][idx], cfg.preprocess, info["inputs"][0])
         record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
                                        log=lambda msg: bar.set_postfix_str(msg[:60]))
         container = ctx.cache_dir if cfg.validate.executor == "container" and target.emulated else None
-        outputs, run_info = _run(target, root, model_path, x, out_dir, shards, container=container)
+        outputs, record["run"] = _run(target, root, model_path, x, out_dir, cfg.validate.shards, container=container)
     except ModelRefused as exc:
-        progress.warn(str(exc))
-        record["refused"] = exc.reason
-        atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=np.zeros((0,), np.float32))
-        return record
+        ctx.progress.warn(str(exc))
+        return {**record, "refused": exc.reason}, {"ids": ids, "outputs": np.zeros((0,), np.float32)}
     finally:
         bar.close()
+    isa, twin_out = _isa_run(target, root, model_path, x, out_dir)
+    record["isa"] = isa
+    record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
+                                                   out_dir)
+    arrays = {"ids": ids, "outputs": outputs}
+    if twin_out is not None:
+        arrays["twin_outputs"] = twin_out
+    return record, arrays
+
+
+def merge(cfg, inputs, parts, out_dir, ctx):
+    """The target's record and output file from its parts [(record, arrays)], in order: they must
+    cover the test samples exactly once. Agreement is computed over the whole set, as one run would."""
+    target = targets_mod.load_target(ctx.params["target"])
+    data = load_dataset(inputs["dataset.npz"])
+    idx, subset = _samples(cfg, data)
+    ids = data["ids"][idx]
+    got = np.concatenate([arrays["ids"] for _, arrays in parts])
+    if len(got) != len(ids) or not np.array_equal(got, ids):
+        have = {str(i) for i in got}
+        missing, extra = [str(i) for i in ids if str(i) not in have], len(got) - len(set(have))
+        raise InputError(
+            f"the shards of target {target.name} must cover its {len(ids)} test samples exactly once, in order; "
+            f"they hold {len(got)} ({len(missing)} missing, {extra} repeated). Run every shard i/N of one N.")
+    record = {"target": target.name, "model": ctx.params["model"], "arch": target.arch, "cpu": target.cpu,
+              "emulated": target.emulated, "target_sha256": target.sha256, "runtime": target.runtime,
+              "runtime_version": target.runtime_version, "tolerances": target.tolerances.__dict__,
+              "samples": int(len(idx)), "sampled": bool(len(idx) < len(data["test"]))}
+    if len(parts) > 1:
+        record["parts"] = [{"samples": r["samples"], **{k: r["run"][k] for k in ("wall_seconds", "inference_seconds",
+                                                                                  "images_per_s")}}
+                           for r, _ in parts if "run" in r]
+    refused = next((r["refused"] for r, _ in parts if "refused" in r), None)
+    if refused is not None:
+        record["refused"] = refused
+        atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=np.zeros((0,), np.float32))
+        return record
+    first = parts[0][0]
+    outputs = np.concatenate([arrays["outputs"] for _, arrays in parts])
+    host_out = np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset]
     names = [str(c) for c in data["class_names"]]
-    host_key = ctx.params["reference"]
-    record.update(compare(outputs, preds[host_key][subset], data["y"][idx], ids, names))
-    record.update(run_info)
-    record["isa"] = _isa_agreement(target, root, model_path, x, outputs, data["y"][idx], ids, names, out_dir)
-    record["first_difference"] = _first_difference(target, root, model_path, x, outputs, preds[host_key][subset],
-                                                   ids, record["isa"], out_dir)
+    labels = data["y"][idx]
+    record.update(compare(outputs, host_out, labels, ids, names))
+    record["executor"] = first["executor"]
+    record.update(_merged_run([r["run"] for r, _ in parts], len(idx)))
+    record["isa"] = dict(first["isa"])
+    twin_out = None
+    if all("twin_outputs" in arrays for _, arrays in parts):
+        twin_out = np.concatenate([arrays["twin_outputs"] for _, arrays in parts])
+        agreement = compare(outputs, twin_out, labels, ids, names)
+        record["isa"].update({k: agreement[k] for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement",
+                                                        "flipped_ids")})
+    record["first_difference"] = _first_of([r["first_difference"] for r, _ in parts], outputs, twin_out, host_out)
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
     return record
 
 
-def _first_difference(target, root, model_path, x, outputs, host_out, ids, isa, out_dir):
+def _merged_run(runs, samples):
+    """The run figures of the parts: one part's as they are; parts run side by side (on other machines)
+    take as long as the slowest, and their images/s are summed."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = {k: runs[0][k] for k in ("runtime", "runtime_version", "machine", "python", "batch", "threads")}
+    merged.update(shards=sum(r["shards"] for r in runs), machines=len(runs),
+                  wall_seconds=max(r["wall_seconds"] for r in runs),
+                  inference_seconds=max(r["inference_seconds"] for r in runs),
+                  images_per_s=round(sum(r["images_per_s"] or 0 for r in runs), 1))
+    return merged
+
+
+def _first_of(found, outputs, twin_out, host_out):
+    """The whole set's first difference from the parts' (each looked for it within its part): against
+    the twin when any part differs from it, else against the host; its count is over the whole set."""
+    for against, reference in (("twin", twin_out), ("host", host_out)):
+        candidates = [f for f in found if f and f["against"] == against]
+        if candidates:
+            rows = (outputs.reshape(len(outputs), -1) != reference.reshape(len(reference), -1)).any(1)
+            return {**candidates[0], "samples_differing": int(rows.sum())}
+    return None
+
+
+def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out, out_dir):
     """Where the target first departs from its twin (an ISA difference) or, when it matches its twin,
     from the build host (runtime drift): the first sample whose outputs differ, run again on both sides
     with every tensor kept, and the first op (in execution order) whose output tensor differs."""
-    twin_out = isa.pop("_outputs", None)
     if twin_out is not None and not np.array_equal(outputs, twin_out):
         against, reference = "twin", twin_out
     elif not np.array_equal(outputs, host_out):
@@ -161,19 +245,15 @@ def _executor(target, kind, cache_dir, log):
     return {"kind": "qemu-user", "cpu": target.cpu}
 
 
-def _isa_agreement(target, root, model_path, x, outputs, labels, ids, names, out_dir):
-    """Target vs its x86_64 twin (the same runtime, version and numpy, run on the build host): what the
-    ARM instruction set changes, apart from runtime-version drift. None-like record without a twin."""
+def _isa_run(target, root, model_path, x, out_dir):
+    """Run the target's x86_64 twin (the same runtime, version and numpy, on the build host) on the same
+    inputs, to tell what the ARM instruction set changes apart from runtime-version drift: (what is
+    recorded of it, its outputs or None)."""
     if not target.twin_platforms:
         return {"twin": None, "note": f"no x86_64 twin: {target.path} pins no twin wheels (twin_platforms), so ISA "
-                                      "and runtime-version differences are not told apart"}
+                                      "and runtime-version differences are not told apart"}, None
     try:
         twin_out, twin_info = _run(target, root, model_path, x, out_dir, 1, twin=True)
     except ModelRefused as exc:
-        return {"twin": None, "refused": exc.reason}
-    agreement = compare(outputs, twin_out, labels, ids, names)
-    return {
-        "twin": {k: twin_info[k] for k in ("runtime", "runtime_version", "machine", "python")},
-        **{k: agreement[k] for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement", "flipped_ids")},
-        "_outputs": twin_out,  # for _first_difference; not recorded
-    }
+        return {"twin": None, "refused": exc.reason}, None
+    return {"twin": {k: twin_info[k] for k in ("runtime", "runtime_version", "machine", "python")}}, twin_out
