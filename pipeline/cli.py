@@ -386,7 +386,7 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("build_dir", type=click.Path(file_okay=False))
-@click.argument("shard_paths", nargs=-1, type=click.Path(exists=True))
+@click.argument("shard_paths", nargs=-1, type=click.Path())
 @config_option
 @set_option
 @no_remote_option

@@ -121,6 +121,10 @@ def find(build_dir, paths):
     """The shard files among `paths` (files, or directories searched for *.shard-*-of-*.npz); by default
     the build directory's shards/."""
     found = []
+    gone = [str(p) for p in paths if not Path(p).exists()]
+    if gone:
+        raise InputError(f"merge reads the shard files (or directories of them) it is given; {first_few(gone, 3)} "
+                         "does not exist. Pass the paths the shard jobs' files were downloaded to.")
     for p in [Path(p) for p in paths] or [Path(build_dir) / SHARD_DIR]:
         found += sorted(q for q in p.rglob("*.npz") if NAME.match(q.name)) if p.is_dir() else [p]
     if not found:
