@@ -11,8 +11,18 @@ from pipeline.model import usermodel
 
 STAGE = Stage(
     "train", __name__, config=("build.seed", "train", "preprocess"), inputs=("dataset.npz",), outputs=("float.keras",),
-    backend="jax", toolchain=usermodel.JAX_TOOLCHAIN, external=lambda config: usermodel.model_files(config.train, True),
+    backend="jax", toolchain=usermodel.JAX_TOOLCHAIN, external=lambda config: _external(config),
 )
+
+
+def _external(config):
+    """The model files, and the number of JAX processes that train together: a model trained on two
+    hosts is never a cache hit for one trained on one (the same config, other bytes)."""
+    import os
+
+    files = usermodel.model_files(config.train, True)
+    processes = os.environ.get("JAX_NUM_PROCESSES", "1") if os.environ.get("JAX_COORDINATOR_ADDRESS") else "1"
+    return {**files, "jax_processes": processes} if processes != "1" else files
 
 
 def _join_hosts():
@@ -41,11 +51,29 @@ def _distribution(cfg):
         if cfg.batch_size % len(devices):
             raise InputError(f"train.data_parallel splits each batch over {len(devices)} devices, so train.batch_size "
                              f"must be a multiple of {len(devices)}; received {cfg.batch_size}.")
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        distribution = keras.distribution.DataParallel(devices=devices)
+        # several processes: each feeds its own part of every batch (_process_part); Keras's own sharding
+        # needs a tf.data.Dataset
+        distribution.auto_shard_dataset = jax.process_count() == 1
+        keras.distribution.set_distribution(distribution)
         print(f"data-parallel training over {len(devices)} devices: {[str(d) for d in devices]}")
         return {"count": len(devices), "platform": devices[0].platform, "data_parallel": True,
                 "processes": jax.process_count()}
     return {"count": 1, "platform": devices[0].platform, "data_parallel": False, "processes": jax.process_count()}
+
+
+def _process_part(x_train, y_train, x_val, y_val, cfg, devices):
+    """This process's part of the data when JAX processes train together: every k-th sample from the
+    process's index, and batch_size / k of each global batch (JAX assembles the global batch from the
+    processes' parts, so the gradient and the metrics are over all of them)."""
+    import jax
+
+    k, i = jax.process_count(), jax.process_index()
+    if cfg.batch_size % k:
+        raise InputError(f"training in {k} processes splits each batch over them, so train.batch_size must be a "
+                         f"multiple of {k}; received {cfg.batch_size}.")
+    devices["process_index"] = i
+    return x_train[i::k], y_train[i::k], x_val[i::k], y_val[i::k], cfg.batch_size // k
 
 
 def run(stage_cfg, inputs, out_dir, ctx):
@@ -63,12 +91,15 @@ def run(stage_cfg, inputs, out_dir, ctx):
     x_val, y_val = split_arrays(data, "val", pp)
     num_classes = len(data["class_names"])
     devices = _distribution(cfg)  # before any variable exists, so every variable is laid out by it
+    batch_size = cfg.batch_size
     if devices["count"] > 1:
         # every batch, the last one too, is split evenly over the devices: drop at most count-1 samples
         keep_train = len(x_train) - len(x_train) % devices["count"]
         keep_val = len(x_val) - len(x_val) % devices["count"]
         devices["dropped_samples"] = int(len(x_train) - keep_train + len(x_val) - keep_val)
         x_train, y_train, x_val, y_val = x_train[:keep_train], y_train[:keep_train], x_val[:keep_val], y_val[:keep_val]
+    if devices["data_parallel"] and devices["processes"] > 1:
+        x_train, y_train, x_val, y_val, batch_size = _process_part(x_train, y_train, x_val, y_val, cfg, devices)
     model, softmax_removed = usermodel.build_model(cfg, x_train.shape[1:], num_classes)
     if softmax_removed:
         print(f"removed the final softmax ({softmax_removed}): the model and its artifacts output logits")
@@ -93,7 +124,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     started = time.perf_counter()
     # A trained model is fine-tuned with its own state as a candidate: the best val epoch is kept, so
     # the default epochs and learning rate can never leave it worse than it came (on val).
-    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, cfg.learning_rate,
+    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, batch_size, cfg.learning_rate,
                          progress, "train", keep_best=trained, initial_candidate=trained)
     seconds = time.perf_counter() - started
     lora_merge = None
