@@ -3,16 +3,12 @@ started on localhost by the fixture. Runners are CLI processes with separate loc
 one bucket."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import ALL_TARGETS, TINY, edgebuild
+from s3server import local_s3
 
 SECRET = "edgebuild-test-secret-4f9c2e"  # must never appear in a log, a record or a manifest
 ARTIFACTS = ("model_int8.tflite", "model_int8.onnx", "model.onnx", "model_float.tflite", "float.keras",
@@ -21,37 +17,9 @@ ARTIFACTS = ("model_int8.tflite", "model_int8.onnx", "model.onnx", "model_float.
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server on a free localhost port, a bucket in it, and the AWS environment a runner
-    needs to reach it (the standard chain: AWS_* variables)."""
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    env = {"AWS_ACCESS_KEY_ID": "edgebuild-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
-            time.sleep(0.2)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        fs = _fs()
-        fs.mkdir("edgebuild-ci")
-        yield {"env": env, "url": "s3://edgebuild-ci/cache", "fs": fs}
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    """A moto S3 server on localhost with a bucket, and the AWS environment a runner needs to reach it."""
+    with local_s3("edgebuild-ci", tmp_path_factory.mktemp("moto") / "server.log", secret=SECRET) as env:
+        yield {"env": env, "url": "s3://edgebuild-ci/cache", "fs": _fs()}
 
 
 def _fs():
