@@ -83,8 +83,9 @@ def run(config, options, names, i, n):
         started = time.perf_counter()
         try:
             part = dataclasses.replace(stage, params={**stage.params, "shard": [i, n]})
-            record = engine.run_in_process(part, selected, inputs, staging, options, staging / "stage.log",
-                                           remote=config.cache.remote)
+            (build_dir / "logs").mkdir(parents=True, exist_ok=True)
+            record = engine.run_in_process(part, selected, inputs, staging, options,
+                                           build_dir / "logs" / f"{dest.stem}.log", remote=config.cache.remote)
             import numpy as np
 
             with np.load(staging / "shard.npz") as f:
