@@ -151,19 +151,23 @@ def test_sigkill_mid_stage_leaves_nothing_half_written(tiny_build, tmp_path):
     env["EDGEBUILD_CACHE"] = str(cache)
     build_dir = out / "tiny"
     kills = 0
-    # kill points: early in training, late in training, during export, while writing the ONNX file
-    for pattern, after in ((".stage-train-*", 1.0), (".stage-train-*", 6.0), (".stage-export-*", 2.0),
+    # kill points: in training, during export, while writing the float .tflite
+    for pattern, after in ((".stage-train-*", 6.0), (".stage-export-*", 2.0),
                            (".stage-export-*/model_float.tflite", 0.0)):
         proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kills += _kill_when(proc, build_dir, pattern, after)
         _artifacts_are_whole(build_dir)
-    assert kills >= 3, "the build finished before it could be killed"
+    assert kills >= 2, "the build finished before it could be killed"
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     _artifacts_are_whole(build_dir)
     assert not list(build_dir.glob(".stage-*")) and not list(build_dir.rglob("*.tmp"))
-    for name in ("dataset.npz", "model_int8.tflite", "model_float.tflite", "model.onnx"):
+    # every stage ran here in a fresh cache with the tiny build's seed: the same bytes as the tiny build
+    # (this is also the suite's same-seed reproducibility check; model_int8.onnx included, whose tf2onnx
+    # node and constant numbering varies between runs until export renames them by position)
+    for name in ("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx",
+                 "model_int8.onnx"):
         assert sha256_file(build_dir / name) == sha256_file(tiny_build["dir"] / name), name
 
 

@@ -55,15 +55,15 @@ def _files(build_dir):
             if p.is_file() and p.name != ".lock" and "logs" not in p.parts}
 
 
-def test_sigterm_mid_stage_kills_the_stage_and_leaves_the_last_good_build_as_it_was(tmp_path):
+def test_sigterm_mid_stage_kills_the_stage_and_leaves_the_last_good_build_as_it_was(tmp_path, cache_dir):
     out = tmp_path / "out"
-    first = _start(out, tmp_path / "cache")
+    first = _start(out, cache_dir)  # the last good build: the session's cache has its stages
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     build_dir = out / "tiny"
     good = _files(build_dir)
     # A rebuild with another learning rate replaces float.keras, then is stopped in QAT.
-    proc = _start(out, tmp_path / "cache", "train.learning_rate=0.002")
+    proc = _start(out, cache_dir, "train.learning_rate=0.002")
     assert _wait_for("tiny/.stage-qat-*/.request.json", out, proc), "qat never started"
     request = next(out.glob("tiny/.stage-qat-*/.request.json"))
     time.sleep(1.0)
