@@ -181,7 +181,9 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, no_remote, 
     """Run the build: data -> train (JAX) -> qat -> export (int8 TFLite, float TFLite, ONNX) ->
     evaluate (host) -> targets (emulated aarch64) -> manifest -> gate.
 
-    Writes build/<name>/manifest.json and the artifacts beside it. Exits 1 if the gate fails."""
+    Writes build/<name>/manifest.json and the artifacts beside it. Exits 1 if the gate fails.
+    Stage outputs are cached in $EDGEBUILD_CACHE (or cache.dir); cache.remote = "s3://bucket/prefix"
+    shares them, and the emulated targets' environments, between CI runners (README: Running in CI)."""
 
     from pipeline.engine import build as build_mod
     from pipeline.release import manifest as manifest_mod
@@ -345,9 +347,17 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
 
     sets = _local_only(sets, no_remote)
     model_file = path is not None and not Path(path).is_dir()
-    if shard and (model_file or not target_names):
-        raise click.UsageError("--shard goes with a build and its targets: edgebuild validate BUILD_DIR --target NAME "
-                               "--shard I/N.")
+    if shard is not None:
+        from pipeline.engine import shards
+        from pipeline.engine.errors import InputError
+
+        if model_file or not target_names:
+            raise click.UsageError("--shard goes with a build and its targets: edgebuild validate BUILD_DIR --target "
+                                   "NAME --shard I/N.")
+        try:
+            part = shards.parse(shard)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shard") from None
     if model_file:
         config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets))
         names = _targets_for(config, target_names)
@@ -360,7 +370,7 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
         raise click.UsageError("name the target(s) to add to the build: --target NAME (see edgebuild target list).")
     else:
         build_dir = Path(path) if path else _load_config(config_path, sets).build_dir
-        if not shard:
+        if shard is None:
             build_mod.verify_finished(build_dir)
         at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
         config = _finished_build_config(build_dir, config_path, list(sets) + at)
@@ -369,11 +379,8 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
     options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
                                    debug=ctx.obj.debug, log=log)
-    if shard:
-        from pipeline.engine import shards
-
-        i, n = shards.parse(shard)
-        written = shards.run(config, options, [f"target:{t}" for t in target_names], i, n)
+    if shard is not None:
+        written = shards.run(config, options, [f"target:{t}" for t in target_names], *part)
         click.echo("\n".join(str(p) for p in written))
         return
     if model_file:

@@ -54,7 +54,7 @@ def test_merged_shards_equal_one_run_of_the_whole_test_set(tiny_build, sharded):
         for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement", "flipped_ids", "twin"):
             assert merged["isa"][k] == whole[target]["isa"][k], (target, k)
         assert merged["first_difference"] == whole[target]["first_difference"], target
-        assert merged["machines"] == n and len(merged["parts"]) == n and len(merged["merged_from"]) == n
+        assert merged["shard_runs"] == n and len(merged["parts"]) == n and len(merged["merged_from"]) == n
         assert sum(p["samples"] for p in merged["parts"]) == merged["samples"]
     # the merged results went into the stage cache: a build of the same config gets them as hits
     again = edgebuild("build", *_args(tiny_build, sharded["out"]), env=sharded["env"])

@@ -34,9 +34,9 @@ def check_url(url):
     if not url:
         return
     parts = urlsplit(url)
-    if not parts.scheme:
-        raise InputError(f"cache.remote must be a URL with a scheme (s3://bucket/prefix, file:///shared/cache); "
-                         f"received {url!r}. Write it with its scheme.")
+    if not parts.scheme or "://" not in url:
+        raise InputError(f"cache.remote must be a URL with a scheme and '://' (s3://bucket/prefix, "
+                         f"file:///shared/cache); received {url!r}. Write it in that form.")
     if parts.password or parts.username:
         raise InputError("cache.remote must not carry credentials (they would be written to the manifest); received "
                          "a URL with a user name in it. Remove them from the URL and use the store's own credential "
@@ -49,12 +49,15 @@ class RemoteCache:
         try:
             import fsspec
 
-            self.fs, self.root = fsspec.core.url_to_fs(url)
+            options = {"config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 2}}} \
+                if urlsplit(url).scheme in ("s3", "s3a") else {}
+            self.fs, self.root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             raise InputError(f"cache.remote {url!r} cannot be opened: {exc}. Use an s3:// or file:// URL, or "
                              "install the fsspec filesystem for its scheme.") from None
         self.url = url
         self.warn = warn
+        self.down = False  # set by the first failure to reach the remote: the rest of the run goes without it
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     def _path(self, *parts):
@@ -99,12 +102,20 @@ class RemoteCache:
             raise ValueError(f"blob {sha[:12]} holds content with sha256 {got[:12]} (corrupt or partial)")
 
     def _guard(self, what, fn, *args):
-        """Run a remote operation; any failure is a warning and None (the local cache carries on)."""
+        """Run a remote operation; a failure is a warning and None (the local cache carries on). A corrupt
+        or missing object is a miss; any other failure (unreachable, no such bucket, denied) turns the
+        remote off for the rest of the run, so a dead endpoint costs one timeout, not one per stage."""
+        if self.down:
+            return None
         try:
             return fn(*args)
-        except Exception as exc:  # botocore and aiohttp raise their own types for network and auth errors
+        except (ValueError, FileNotFoundError) as exc:
             self.warn(f"remote cache {self.url}: {what} failed ({type(exc).__name__}: {exc}); continuing without it")
-            return None
+        except Exception as exc:  # botocore and aiohttp raise their own types for network and auth errors
+            self.down = True
+            self.warn(f"remote cache {self.url}: {what} failed ({type(exc).__name__}: {exc}); this run goes on "
+                      "without the remote cache. Check the URL, the bucket and the credentials.")
+        return None
 
     # --- stage entries
 

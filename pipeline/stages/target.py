@@ -73,6 +73,9 @@ def run(cfg, inputs, out_dir, ctx):
     idx, subset = _samples(cfg, data)
     shard = ctx.params.get("shard")
     if shard:
+        if shard[1] > len(idx):
+            raise InputError(f"--shard i/N splits the {len(idx)} test samples into N parts, so N must be at most "
+                             f"{len(idx)}; received {shard[0]}/{shard[1]}. Use fewer shards.")
         part = np.array_split(np.arange(len(idx)), shard[1])[shard[0] - 1]
         idx, subset = idx[part], subset[part]
     host_out = np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset]
@@ -92,8 +95,11 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
     bar = ctx.progress.bar(2, f"target {target.name}", unit="step")
     try:
         targets_mod.lint(target, info)
-        root = targets_mod.setup(target, ctx.cache_dir, log=lambda msg: bar.set_postfix_str(msg[:60]),
-                                 remote=remote_for(ctx.remote, ctx.progress.warn))
+        def said(msg):  # set-up steps (a root filesystem built, an environment restored) are lines in a CI log
+            bar.set_postfix_str(msg[:60])
+            ctx.progress.line(msg)
+
+        root = targets_mod.setup(target, ctx.cache_dir, log=said, remote=remote_for(ctx.remote, ctx.progress.warn))
         bar.update(1)
         x = onnx_info.model_input(data["x"][idx], cfg.preprocess, info["inputs"][0])
         record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
@@ -163,12 +169,12 @@ def merge(cfg, inputs, parts, out_dir, ctx):
 
 
 def _merged_run(runs, samples):
-    """The run figures of the parts: one part's as they are; parts run side by side (on other machines)
-    take as long as the slowest, and their images/s are summed."""
+    """The run figures of the parts: one part's as they are; parts run side by side (separate
+    invocations, usually on other machines) take as long as the slowest, and their images/s are summed."""
     if len(runs) == 1:
         return runs[0]
     merged = {k: runs[0][k] for k in ("runtime", "runtime_version", "machine", "python", "batch", "threads")}
-    merged.update(shards=sum(r["shards"] for r in runs), machines=len(runs),
+    merged.update(shards=sum(r["shards"] for r in runs), shard_runs=len(runs),
                   wall_seconds=max(r["wall_seconds"] for r in runs),
                   inference_seconds=max(r["inference_seconds"] for r in runs),
                   images_per_s=round(sum(r["images_per_s"] or 0 for r in runs), 1))
