@@ -11,6 +11,34 @@ def _round(v):
     return None if v is None else round(float(v), 5)
 
 
+def set_seed(seed):
+    """What keras.utils.set_random_seed does in a JAX process (Python's, NumPy's and Keras's global
+    seeds), without importing TensorFlow only to seed it: that import cost 3.5-5 s in each JAX stage,
+    and the JAX stages draw nothing from TensorFlow (Keras shuffles numpy arrays with NumPy on JAX).
+    TensorFlow is seeded too when something in the process has already imported it; when nothing has,
+    Keras is told it is absent, so that saving the model does not import it either."""
+    import random
+    import sys
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(seed)
+    else:
+        # Keras also imports TensorFlow to ask, while saving a .keras file, whether a value is a
+        # tf.TensorShape; none can exist in a process that never imported TensorFlow.
+        from keras.src.utils import module_utils
+
+        module_utils.tensorflow._available = False
+
+
 def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, keep_best, initial_candidate=False):
     """Adam with a cosine decay to zero, sparse cross-entropy on logits. Returns a record with the
     per-epoch history, the epoch kept and its val accuracy, and the model before fitting ("initial").

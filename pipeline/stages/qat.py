@@ -27,7 +27,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     cfg, pp, seed, progress = stage_cfg.qat, stage_cfg.preprocess, stage_cfg.build.seed, ctx.progress
     float_path, dataset_path = inputs["float.keras"], inputs["dataset.npz"]
 
-    keras.utils.set_random_seed(seed + 2)
+    fitting.set_seed(seed + 2)
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)

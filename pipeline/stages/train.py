@@ -85,7 +85,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     cfg, pp, seed, progress = stage_cfg.train, stage_cfg.preprocess, stage_cfg.build.seed, ctx.progress
     dataset_path = inputs["dataset.npz"]
 
-    keras.utils.set_random_seed(seed)
+    fitting.set_seed(seed)
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)
