@@ -6,8 +6,8 @@ on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shar
 accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
 artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only-formats),
 and reproducibility (two clean builds, every sha256). Alone: --only-isa (vector-ISA reproducibility),
---only-bytecode (emulated targets with and without their compiled bytecode), --only-compile-cache (a cold
-build with and without JAX's compilation cache), --only-ci (a fresh CI runner with a warm remote cache vs
+--only-bytecode (emulated targets with and without their compiled bytecode), --only-speed BEFORE (the default
+build per stage, cold, at an earlier revision vs now), --only-ci (a fresh CI runner with a warm remote cache vs
 fully cold, and a large test set validated in 1 vs 2 shards run as separate invocations and merged).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
@@ -57,11 +57,13 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def edgebuild(args, cache, check=True):
+def edgebuild(args, cache, check=True, repo=REPO):
+    """Run the CLI of the checkout `repo` (its `pipeline` comes first on sys.path, and its stage processes
+    run the same code) with the stage cache `cache`; (CompletedProcess, wall seconds)."""
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["EDGEBUILD_CACHE"] = str(cache)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "--quiet", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "--quiet", *args], cwd=repo, env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
     if check and proc.returncode not in (0, 1):
@@ -166,43 +168,87 @@ def isa_reproducibility(work, targets_cache):
     return {"cpu": machine().get("cpu"), "runs": runs}
 
 
-def compile_cache(work, repeats, targets_cache):
-    """The default build to export with an empty stage cache, truly cold (JAX's persistent compilation
-    cache on, empty) vs with the compilation cache such a build left (what a CI runner restoring it
-    would have), alternated; artifacts checked byte-identical. edgebuild does not turn the cache on
-    itself: measured here, it saves nothing (the first epoch's extra time is tracing, not XLA)."""
-    names = ("float.keras", "qat.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx")
-    runs = {"cold": [], "compile_cache": []}
-    identical = True
-    for i in range(repeats):
-        shas = {}
-        for kind in ("cold", "compile_cache"):
-            cache, out = fresh_cache(work, f"jax-{kind}{i}", targets_cache), work / f"jax-{kind}{i}-out"
-            if kind == "compile_cache":
-                shutil.copytree(work / f"jax-cold{i}" / "jax", cache / "jax")
-            # JAX reads these in each stage process; entries of any compile time are kept
-            with _env({"JAX_COMPILATION_CACHE_DIR": str(cache / "jax"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}):
-                proc, wall = edgebuild(["build", "--until", "export", "--set", f'build.out_dir="{out}"'], cache)
-            records = {p.stem: json.loads(p.read_text()) for p in (out / "digits" / "records").glob("*.json")}
-            runs[kind].append({"wall": wall, "stages": {r["stage"]: r["wall_seconds"] for r in records.values()}})
-            shas[kind] = {n: sha256_file(out / "digits" / n) for n in names}
-            log(f"compile cache: {kind} {i + 1}/{repeats}: {wall:.1f} s")
-        identical = identical and shas["cold"] == shas["compile_cache"]
-    stages = [s for s in runs["cold"][0]["stages"] if s in ("train", "qat", "export", "data", "calibration")]
-    result = {k: {"wall_s": median_spread([r["wall"] for r in v]),
-                  "stages": {s: median_spread([r["stages"][s] for r in v]) for s in stages}} for k, v in runs.items()}
-    result["ratio"] = round(result["compile_cache"]["wall_s"]["median"] / result["cold"]["wall_s"]["median"], 3)
-    result["artifacts_identical"] = identical
+SPEED_KINDS = ("before", "cold", "compile_cache")
+
+
+def _epochs(record):
+    return record.get("epoch_seconds") or next((v["epoch_seconds"] for v in record.values()
+                                                if isinstance(v, dict) and "epoch_seconds" in v), [])
+
+
+def speed(work, repeats, targets_cache, before):
+    """The default build with an empty stage cache (targets set up), in one run: the code at `before`
+    (a git worktree, same venv) vs now truly cold (JAX's compilation cache empty) vs now with the
+    compilation cache the cold build left (a runner whose cache survives, or a config change that keeps
+    the computations), alternated. Per-stage and whole wall seconds, QAT/train seconds per epoch, and
+    every artifact compared byte for byte across all builds."""
+    tree = work / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), before], cwd=REPO, check=True,
+                   capture_output=True)
+    runs, digests = {k: [] for k in SPEED_KINDS}, []
+    try:
+        for i in range(repeats):
+            for kind in SPEED_KINDS:
+                cache, out = fresh_cache(work, f"speed-{kind}{i}", targets_cache), work / f"speed-{kind}{i}-out"
+                if kind == "compile_cache":
+                    shutil.copytree(work / f"speed-cold{i}" / "jax", cache / "jax")
+                proc, wall = edgebuild(["build", "--set", f'build.out_dir="{out}"'], cache,
+                                       repo=tree if kind == "before" else REPO)
+                build_dir = out / "digits"
+                records = {r["stage"]: r for r in (json.loads(p.read_text()) for p in (build_dir / "records").glob("*.json"))}
+                epochs = {s: _epochs(records[s]) for s in ("train", "qat")}
+                runs[kind].append({"wall": wall, "exit": proc.returncode, "epochs": epochs,
+                                   "stages": {name: r["wall_seconds"] for name, r in records.items()}})
+                digests.append({p.name: sha256_file(p) for p in sorted(build_dir.iterdir())
+                                if p.suffix in (".keras", ".tflite", ".onnx", ".npz") or p.name == "calibration.json"})
+                log(f"speed: {kind} {i + 1}/{repeats}: {wall:.1f} s, exit {proc.returncode}")
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    stages = list(runs["before"][0]["stages"])
+    result = {"before": before, "before_commit": _rev(before), "after_commit": _rev("HEAD")}
+    for kind, kind_runs in runs.items():
+        per_epoch = {s: statistics.median([statistics.median(r["epochs"][s][1:] or r["epochs"][s]) for r in kind_runs])
+                     for s in ("train", "qat")}
+        result[kind] = {
+            "wall_s": median_spread([r["wall"] for r in kind_runs]),
+            "stages": {s: median_spread([r["stages"][s] for r in kind_runs]) for s in stages},
+            "targets_s": median_spread([sum(v for k, v in r["stages"].items() if k.startswith("target:")) for r in kind_runs]),
+            "steady_epoch_s": {s: round(v, 3) for s, v in per_epoch.items()},
+            "qat_over_train_per_epoch": round(per_epoch["qat"] / per_epoch["train"], 2),
+            "gate_exit_codes": sorted({r["exit"] for r in kind_runs}),
+        }
+    result["artifacts_identical"] = all(d == digests[0] for d in digests)
+    result["artifacts"] = {name: digest[:16] for name, digest in digests[0].items()}
     return result
 
 
-def compile_cache_markdown(c):
-    lines = ["| build to export | truly cold (s) | with the JAX compilation cache (s) |", "|---|---|---|"]
-    for s in c["cold"]["stages"]:
-        lines.append(f"| {s} | {c['cold']['stages'][s]['median']:.1f} | {c['compile_cache']['stages'][s]['median']:.1f} |")
-    lines.append(f"| **whole (CLI)** | {c['cold']['wall_s']['median']:.1f} | {c['compile_cache']['wall_s']['median']:.1f} "
-                 f"(× {c['ratio']:.2f}) |")
-    lines += ["", f"Artifacts byte-identical with and without the compilation cache: {'yes' if c['artifacts_identical'] else 'NO'}."]
+def _rev(name):
+    return subprocess.run(["git", "rev-parse", "--short", name], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def speed_markdown(s):
+    heads = {"before": f"before ({s['before_commit']}), cold", "cold": "now, truly cold",
+             "compile_cache": "now, JAX compilation cache kept"}
+    lines = [f"| stage | {' | '.join(heads[k] for k in SPEED_KINDS)} | now cold / before |",
+             "|---|---|---|---|---|"]
+
+    def row(name, cells):
+        values = [c["median"] for c in cells]
+        shown = " | ".join(f"{c['median']:.1f} ({c['min']:.1f}–{c['max']:.1f})" for c in cells)
+        return f"| {name} | {shown} | {values[1] / values[0]:.2f} |"
+
+    for stage in s["before"]["stages"]:
+        lines.append(row(stage, [s[k]["stages"][stage] for k in SPEED_KINDS]))
+    lines.append(row("the three targets", [s[k]["targets_s"] for k in SPEED_KINDS]))
+    lines.append(row("**whole build (CLI)**", [s[k]["wall_s"] for k in SPEED_KINDS]))
+    lines += ["", "| | " + " | ".join(heads[k] for k in SPEED_KINDS) + " |", "|---|---|---|---|"]
+    for what in ("train", "qat"):
+        lines.append(f"| {what}: seconds per epoch after the first | "
+                     + " | ".join(f"{s[k]['steady_epoch_s'][what]:.2f}" for k in SPEED_KINDS) + " |")
+    lines.append("| QAT / train per epoch | " + " | ".join(f"{s[k]['qat_over_train_per_epoch']:.2f}" for k in SPEED_KINDS) + " |")
+    lines += ["", f"Artifacts (models, ONNX, predictions, target outputs, calibration set) byte-identical in all "
+                  f"{sum(len(s[k]['stages']['train']) and s[k]['wall_s']['n'] for k in SPEED_KINDS)} builds: "
+                  f"{'yes' if s['artifacts_identical'] else 'NO'}."]
     return "\n".join(lines)
 
 
@@ -670,8 +716,9 @@ def main(argv=None):
     parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
     parser.add_argument("--only-isa", action="store_true", help="run only the vector-ISA reproducibility check "
                         "and add it to the results file")
-    parser.add_argument("--only-compile-cache", action="store_true", help="only compare a cold build to export with "
-                        "and without a warm JAX compilation cache, and add it to the results file")
+    parser.add_argument("--only-speed", metavar="BEFORE", help="only time the default build per stage, cold, at git "
+                        "revision BEFORE vs now (truly cold, and with JAX's compilation cache kept), on the machine's "
+                        "target environments, and add it to the results file")
     parser.add_argument("--only-bytecode", metavar="BUILD_DIR", help="only time each emulated target of a finished "
                         "build with and without its ahead-of-time compiled bytecode, and add it to the results file")
     parser.add_argument("--only-ci", action="store_true", help="only time a fresh CI runner with a warm remote cache "
@@ -693,12 +740,15 @@ def main(argv=None):
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
             print(ci_markdown(result["ci"]))
             return
-        if args.only_compile_cache:
+        if args.only_speed:
+            from pipeline.cli import default_cache_dir
+
             result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result["compile_cache"] = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                                       "repeats": args.repeats, **compile_cache(work, args.repeats, targets_cache)}
+            result.pop("compile_cache", None)  # measured wrongly before (JAX kept no entries); part of speed now
+            result["speed"] = {"date": datetime.date.today().isoformat(), "machine": machine(), "repeats": args.repeats,
+                               **speed(work, args.repeats, default_cache_dir() / "targets", args.only_speed)}
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(compile_cache_markdown(result["compile_cache"]))
+            print(speed_markdown(result["speed"]))
             return
         if args.only_bytecode:
             from pipeline.cli import default_cache_dir

@@ -42,11 +42,13 @@ def edgebuild(*args, cwd=REPO, env=None, timeout=900):
 def cache_dir(tmp_path_factory):
     """A fresh stage cache per session, so every stage really runs; the emulated target environments
     are shared with the machine's own cache (set up cold once, in the first run on a machine:
-    each is keyed by its target file's hash and verified by a self-test when made)."""
+    each is keyed by its target file's hash and verified by a self-test when made), and so is JAX's
+    compilation cache (a speed-up only: the bench checks the artifacts byte-identical with and without)."""
     cache = tmp_path_factory.mktemp("cache")
     home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
-    (home / "targets").mkdir(parents=True, exist_ok=True)
-    (cache / "targets").symlink_to(home / "targets", target_is_directory=True)
+    for shared in ("targets", "jax"):
+        (home / shared).mkdir(parents=True, exist_ok=True)
+        (cache / shared).symlink_to(home / shared, target_is_directory=True)
     return cache
 
 

@@ -57,6 +57,37 @@ def test_a_cache_hit_does_not_run_the_stage_body(tmp_path, monkeypatch):
     assert counter.read_text().count("ran") == 3
 
 
+def test_the_next_stages_process_starts_while_a_stage_runs_and_one_not_needed_ends(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
+    build_dir = tmp_path / "b"
+    build_dir.mkdir()
+    cache = StageCache(tmp_path / "cache")
+    options = build_mod.RunOptions(cache_dir=tmp_path / "cache", quiet=True, log=lambda m: None)
+    config = config_mod.load(None, [])
+    first = _sentinel_stage(tmp_path / "counter1")
+    second = Stage("sentinel2", "sentinel_stage", config=("train.epochs",), outputs=("out2.txt",),
+                   params={"counter": str(tmp_path / "counter2"), "out": "out2.txt"})
+    ahead = build_mod.Ahead(options.cache_dir)
+    a = build_mod.run_stage(first, config, build_dir, cache, options, {}, {}, ahead=ahead, following=second)
+    waiting = ahead.waiting
+    assert waiting is not None and waiting.stage == second and waiting.proc.poll() is None
+    assert not (tmp_path / "counter2").exists()  # started, not run: it waits for its request
+    b = build_mod.run_stage(second, config, build_dir, cache, options, {}, {}, ahead=ahead)
+    assert a["process"]["started_ahead"] is False and b["process"]["started_ahead"] is True
+    assert ahead.waiting is None and waiting.proc.returncode == 0
+    assert (tmp_path / "counter2").read_text() == "ran\n" and (build_dir / "out2.txt").exists()
+
+    # a process whose stage turns out a cache hit gets no request and ends without running anything
+    ahead.start(second, build_mod.log_path(build_dir, second))
+    unused = ahead.waiting
+    hit = build_mod.run_stage(first, config, build_dir, cache, options, {}, {}, ahead=ahead)
+    assert hit["cached"]
+    unused.proc.stdin.close()
+    assert unused.proc.wait(timeout=30) == 0
+    ahead.close()
+    assert (tmp_path / "counter2").read_text() == "ran\n"
+
+
 def test_a_corrupt_cache_entry_is_a_miss_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
     counter, build_dir = tmp_path / "counter", tmp_path / "b"

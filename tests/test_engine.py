@@ -76,6 +76,24 @@ def test_an_edited_stage_or_upgraded_tool_reruns_that_stage_and_what_it_feeds(ti
     assert manifest["toolchain"]["keras"] == now["train"]["toolchain"]["keras"]
 
 
+def test_stage_processes_start_ahead_and_jax_stages_use_the_compilation_cache_without_tensorflow(tiny_build,
+                                                                                                  cache_dir):
+    records = _records(tiny_build["dir"])  # a stage restored from this session's cache: the record of its run
+    # each stage had its process started (and Keras imported) while the stage before it ran
+    for name in ("qat", "export", "evaluate"):
+        process = records[name]["process"]
+        assert process["started_ahead"] is True, (name, process)
+        assert process["import_s"] > 0 and process["waited_s"] >= 0
+    def tensorflow(name):  # the distribution (tensorflow-cpu here) of any module the stage's process imported
+        return [d for d in records[name]["toolchain"] if d.startswith("tensorflow")]
+
+    for name in ("train", "qat", "evaluate"):  # Keras on JAX: TensorFlow is never imported there
+        assert "jax" in records[name]["toolchain"] and not tensorflow(name), name
+    assert tensorflow("export")
+    entries = [p for p in (cache_dir / "jax").rglob("*") if p.is_file()]
+    assert len(entries) >= 10, "JAX's persistent compilation cache kept no computations"
+
+
 def test_stage_processes_run_the_installed_code_not_the_working_directorys(tmp_path):
     # A user project that has its own package called `pipeline` (with a build config in it).
     (tmp_path / "pipeline").mkdir()

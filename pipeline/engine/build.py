@@ -149,19 +149,93 @@ def package_root():
 # package root put first only when the interpreter would otherwise find another `pipeline` (or none):
 # the stage runs the same code as the build, and site-packages never moves ahead of the stdlib.
 BOOTSTRAP = """import importlib.util, os, sys
-root, request = sys.argv[1:3]
+root = sys.argv[1]
 spec = importlib.util.find_spec("pipeline")
 if spec is None or os.path.dirname(os.path.dirname(os.path.realpath(spec.origin))) != root:
     sys.path.insert(0, root)
-from pipeline.engine.runner import main
-main(request)
+from pipeline.engine.runner import serve
+serve(*sys.argv[2:4])
 """
 
 
-def run_in_process(stage, selected, inputs, out_dir, options, log_path, remote=""):
+def log_path(build_dir, stage):
+    return build_dir / "logs" / f"{stage.name.replace(':', '-')}.log"
+
+
+class StageProcess:
+    """A stage's process started before its request exists: it imports Keras with the stage's backend
+    (4 s with JAX, 12 s with TensorFlow, on one core) and then waits on stdin (`runner.serve`). The build
+    starts the next stage's process while a stage runs, on the core that stage leaves idle; closing one
+    that got no request ends it."""
+
+    def __init__(self, stage, log, cache_dir):
+        env = dict(os.environ)
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", GRPC_VERBOSITY="ERROR", PYTHONUNBUFFERED="1")
+        env.pop("KERAS_BACKEND", None)
+        if stage.backend:
+            env["KERAS_BACKEND"] = stage.backend
+        self.stage, self.log = stage, Path(log)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-P", "-c", BOOTSTRAP, package_root(), str(log), str(cache_dir)],
+                                     env=env, stdin=subprocess.PIPE, text=True)
+
+    def fits(self, stage, log):
+        return self.stage == stage and self.log == Path(log) and self.proc.poll() is None
+
+    def run(self, request_path):
+        """Hand the process its request and wait for it; its exit status."""
+        try:
+            self.proc.stdin.write(f"{request_path}\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died while importing: no result, reported by the caller
+        return self.proc.wait()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+
+class Ahead:
+    """The one stage process started ahead of its stage (none when JAX runs as several processes: their
+    training must join before anything imports JAX)."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir, self.waiting = cache_dir, None
+        self.enabled = os.environ.get("JAX_NUM_PROCESSES", "1") == "1"
+
+    def start(self, stage, log):
+        self.close()
+        if self.enabled and stage is not None:
+            self.waiting = StageProcess(stage, log, self.cache_dir)
+
+    def take(self, stage, log):
+        """The waiting process if it is `stage`'s, else None (and the waiting one is closed)."""
+        found, self.waiting = self.waiting, None
+        if found is not None and found.fits(stage, log):
+            return found
+        if found is not None:
+            found.close()
+        return None
+
+    def close(self):
+        if self.waiting is not None:
+            self.waiting.close()
+            self.waiting = None
+
+
+def run_in_process(stage, selected, inputs, out_dir, options, log_path, remote="", ahead=None, following=None):
     """Run one stage's `run` in a fresh Python process with its Keras backend; returns its record.
 
-    The child imports the same code as this process whatever the working directory holds (BOOTSTRAP)."""
+    The child imports the same code as this process whatever the working directory holds (BOOTSTRAP).
+    With `ahead` (an Ahead), the process already started for this stage is used, and the process of
+    `following` (stage, log path) is started while this one runs."""
     request = {
         "module": stage.module,
         "config": selected,
@@ -176,18 +250,20 @@ def run_in_process(stage, selected, inputs, out_dir, options, log_path, remote="
     }
     request_path = out_dir / ".request.json"
     request_path.write_text(json.dumps(request))
-    env = dict(os.environ)
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", GRPC_VERBOSITY="ERROR", PYTHONUNBUFFERED="1")
-    env.pop("KERAS_BACKEND", None)
-    if stage.backend:
-        env["KERAS_BACKEND"] = stage.backend
-    proc = subprocess.run([sys.executable, "-P", "-c", BOOTSTRAP, package_root(), str(request_path)], env=env)
+    taken = ahead.take(stage, log_path) if ahead else None
+    process = taken or StageProcess(stage, log_path, options.cache_dir)
+    try:
+        if ahead and following:
+            ahead.start(*following)
+        returncode = process.run(request_path)
+    finally:
+        process.close()
     result_path = out_dir / ".result.json"
     if not result_path.exists():
-        if proc.returncode == errno.ENOSPC:
+        if returncode == errno.ENOSPC:
             raise disk_full(OSError(errno.ENOSPC, "No space left on device", str(out_dir)))
         raise StageError(
-            f"stage {stage.name} died without a result (exit status {proc.returncode}); "
+            f"stage {stage.name} died without a result (exit status {returncode}); "
             f"its log is {log_path}."
         )
     result = json.loads(result_path.read_text())
@@ -197,7 +273,9 @@ def run_in_process(stage, selected, inputs, out_dir, options, log_path, remote="
         if result["exit_code"] is not None:
             raise (InputError if result["exit_code"] == InputError.exit_code else StageError)(result["message"])
         raise StageError(f"stage {stage.name} failed: {result['message']}. Log: {log_path}")
-    return result["record"]
+    record = result["record"]
+    record["process"]["started_ahead"] = taken is not None
+    return record
 
 
 def check_consistent(stage, selected, producers):
@@ -234,8 +312,9 @@ def prepare(stage, config, build_dir, external, records):
     return inputs, selected, key, parts
 
 
-def run_stage(stage, config, build_dir, cache, options, external, records):
-    """Run one stage (or restore it from the cache); returns its record."""
+def run_stage(stage, config, build_dir, cache, options, external, records, ahead=None, following=None):
+    """Run one stage (or restore it from the cache); returns its record. A stage that runs starts the
+    process of the `following` stage (with `ahead`)."""
     inputs, selected, key, parts = prepare(stage, config, build_dir, external, records)
     started = time.perf_counter()
     hit = cache.get(key, stage.outputs) if (cache and options.use_cache) else None
@@ -249,8 +328,9 @@ def run_stage(stage, config, build_dir, cache, options, external, records):
         staging = Path(tempfile.mkdtemp(dir=build_dir, prefix=f".stage-{tag}-"))
         (build_dir / "logs").mkdir(exist_ok=True)
         try:
-            record = run_in_process(stage, selected, inputs, staging, options, build_dir / "logs" / f"{tag}.log",
-                                    remote=config.cache.remote)
+            record = run_in_process(stage, selected, inputs, staging, options, log_path(build_dir, stage),
+                                    remote=config.cache.remote, ahead=ahead,
+                                    following=following and (following, log_path(build_dir, following)))
             publish_outputs(stage, staging, build_dir, cache, key, record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -349,16 +429,20 @@ def build(config, options, only=None, until=None, baseline=None):
             options.log(f"removed temporary files of an interrupted build from {build_dir}")
         records = load_records(build_dir)
         keep_previous(build_dir)
+        ahead = Ahead(options.cache_dir)
         try:
-            for stage in todo:
+            for i, stage in enumerate(todo):
                 records[stage.name] = result.records[stage.name] = run_stage(
-                    stage, config, build_dir, cache, options, external[stage.name], records)
+                    stage, config, build_dir, cache, options, external[stage.name], records,
+                    ahead=ahead, following=todo[i + 1] if i + 1 < len(todo) else None)
+            ahead.close()
             if only or plan[-1].group_name in steps:
                 _finish_run(result, plan, config, records, build_dir, only, steps, baseline)
             elif not manifest_still_true(build_dir):  # --until: the last manifest no longer matches
                 remove_manifest(build_dir)
                 result.note = "manifest removed: this run replaced artifacts it named"
         except BaseException:
+            ahead.close()
             if not restore_previous(build_dir) and result.records and not manifest_still_true(build_dir):
                 remove_manifest(build_dir)  # it would vouch for artifacts this failed run replaced
             raise

@@ -1,14 +1,18 @@
-"""Child-process entry point: `main(REQUEST.json)`, started by the engine's BOOTSTRAP (`python -P -c`).
+"""Child-process entry point: `serve(LOG, CACHE_DIR)`, started by the engine's BOOTSTRAP (`python -P -c`).
 
 Each stage runs in its own process so that it can choose its Keras backend (Keras fixes it at
-import): the parent sets KERAS_BACKEND, this process runs one stage and writes a JSON result.
-TensorFlow/XLA log spam goes to the stage's log file; progress bars go to the user's terminal.
+import): the parent sets KERAS_BACKEND, this process imports Keras, reads the path of its request
+(REQUEST.json) from stdin, runs one stage and writes a JSON result. The engine starts the process of
+the next stage while the current one runs, so that the import (4-12 s) overlaps the work; a process
+that gets no request (its stage was a cache hit) exits. TensorFlow/XLA log spam goes to the stage's
+log file; progress bars go to the user's terminal.
 """
 
 import importlib
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -39,6 +43,27 @@ def pin_xla_isa(environ):
     return environ["XLA_FLAGS"]
 
 
+def use_compile_cache(environ, cache_dir):
+    """Point JAX's persistent compilation cache (before JAX is imported) at <cache>/jax/<machine key>,
+    unless the user chose one (JAX_COMPILATION_CACHE_DIR). JAX keys each entry by the computation, the
+    compile options, jaxlib's version and XLA_FLAGS; the directory adds what JAX's key leaves out, the CPU
+    model and its widest vector ISA, so a cache shared between machines never hands one CPU code compiled
+    for another. A hit loads the executable a miss would have compiled: a speed-up only (bench
+    --only-compile-cache checks the artifacts byte-identical with and without it)."""
+    if not cache_dir or environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return environ.get("JAX_COMPILATION_CACHE_DIR")
+    import hashlib
+    import platform
+
+    machine = json.dumps([cpu_description(), platform.machine(), environ.get("XLA_FLAGS", "")], sort_keys=True)
+    path = Path(cache_dir) / "jax" / hashlib.sha256(machine.encode()).hexdigest()[:16]
+    environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    # a build compiles about 70 small computations (0.1-0.4 s each): JAX's defaults keep none of them
+    environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    return str(path)
+
+
 def cpu_description():
     """The CPU a stage ran on: model name and the widest x86 vector extension it has."""
     try:
@@ -52,12 +77,29 @@ def cpu_description():
     return {"model": model, "vector_isa": isa}
 
 
-def main(request_path):
-    request = json.loads(Path(request_path).read_text())
+def serve(log_path, cache_dir):
+    """Send output to the stage's log, set JAX's flags and compilation cache (before JAX is imported),
+    import Keras with the process's backend, then run the request whose path arrives on stdin; an empty
+    stdin (the stage turned out a cache hit, or the build stopped) ends the process."""
     if os.environ.get("KERAS_BACKEND") == "jax":
         pin_xla_isa(os.environ)
+        use_compile_cache(os.environ, cache_dir)
+    started = time.perf_counter()
+    progress_stream = _redirect_output(log_path)
+    if os.environ.get("KERAS_BACKEND"):
+        importlib.import_module("keras")
+    imported = time.perf_counter()
+    request_path = sys.stdin.readline().strip()
+    if request_path:
+        waited = time.perf_counter() - imported
+        main(request_path, progress_stream, {"import_s": round(imported - started, 2), "waited_s": round(waited, 2)})
+
+
+def main(request_path, progress_stream, process):
+    """Run the stage of the request; `process`: how long this process took to import Keras and then
+    waited for its request (a process started ahead of its stage waits when its import is done first)."""
+    request = json.loads(Path(request_path).read_text())
     result_path = Path(request["result"])
-    progress_stream = _redirect_output(request["log"])
 
     from pipeline.engine.codehash import loaded_toolchain
     from pipeline.engine.errors import EdgebuildError
@@ -72,6 +114,7 @@ def main(request_path):
                            request.get("remote", ""))
         record = module.run(cfg, inputs, Path(request["out_dir"]), ctx)
         record["toolchain"] = loaded_toolchain()
+        record["process"] = process
         if os.environ.get("KERAS_BACKEND") == "jax":
             record["xla_flags"] = os.environ.get("XLA_FLAGS", "")
             record["cpu"] = cpu_description()
@@ -102,4 +145,4 @@ def main(request_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    serve(*sys.argv[1:3])
