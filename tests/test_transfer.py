@@ -58,16 +58,16 @@ def test_transfer_digits_backbone_to_sign_language(mode, backbone_weights, tmp_p
         assert "lora" not in json.dumps(json.loads((d / "records" / "export.json").read_text())["int8"]["ops"]).lower()
 
 
-def test_a_mismatched_weights_file_names_the_expected_layers(backbone_weights, tmp_path):
-    proc, d = _build(tmp_path, tmp_path / "cache", f'train.weights="{backbone_weights}"', "train.width=4",
+def test_a_mismatched_weights_file_names_the_expected_layers(backbone_weights, tmp_path, cache_dir):
+    proc, d = _build(tmp_path, cache_dir, f'train.weights="{backbone_weights}"', "train.width=4",
                      "validate.targets=[]")
     assert proc.returncode == 3, proc.stderr
     assert "must hold every backbone layer" in proc.stderr and "conv0" in proc.stderr
     assert not (d / "float.keras").exists()
 
 
-def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path):
-    proc, d = _build(tmp_path, tmp_path / "cache", 'train.recipe="mobilenet_v3_small"', "data.image_size=48",
+def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path, cache_dir):
+    proc, d = _build(tmp_path, cache_dir, 'train.recipe="mobilenet_v3_small"', "data.image_size=48",
                      "data.channels=3", "data.max_samples=120", "data.calibration_samples=20", "train.epochs=1",
                      "qat.epochs=0", "qat.init_samples=32", "validate.targets=[]", until="export")
     assert proc.returncode == 0, proc.stderr
@@ -78,8 +78,8 @@ def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path):
     assert export["inputs"][0]["dtype"] == export["outputs"][0]["dtype"] == "int8"
 
 
-def test_data_parallel_over_two_cpu_devices_matches_one_device(tiny_build, tmp_path):
-    proc, d = _build(tmp_path, tmp_path / "cache", "train.data_parallel=true", "validate.targets=[]",
+def test_data_parallel_over_two_cpu_devices_matches_one_device(tiny_build, tmp_path, cache_dir):
+    proc, d = _build(tmp_path, cache_dir, "train.data_parallel=true", "validate.targets=[]",
                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, until="train")
     assert proc.returncode == 0, proc.stderr
     train = json.loads((d / "records" / "train.json").read_text())

@@ -61,6 +61,9 @@ def use_compile_cache(environ, cache_dir):
     # a build compiles about 70 small computations (0.1-0.4 s each): JAX's defaults keep none of them
     environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # JAX also turns on a GPU autotuning cache inside this directory and puts its path in every entry's
+    # key: a cache copied to another path (a CI runner's restored cache) would never hit. CPU has none.
+    environ.setdefault("JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES", "none")
     return str(path)
 
 
