@@ -78,8 +78,6 @@ def _process_part(x_train, y_train, x_val, y_val, cfg, devices):
 
 def run(stage_cfg, inputs, out_dir, ctx):
     _join_hosts()
-    import keras
-
     from pipeline.model import fitting, preflight, transfer
 
     cfg, pp, seed, progress = stage_cfg.train, stage_cfg.preprocess, stage_cfg.build.seed, ctx.progress
