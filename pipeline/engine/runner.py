@@ -49,22 +49,22 @@ def use_compile_cache(environ, cache_dir):
     compile options, jaxlib's version and XLA_FLAGS; the directory adds what JAX's key leaves out, the CPU
     model and its widest vector ISA, so a cache shared between machines never hands one CPU code compiled
     for another. A hit loads the executable a miss would have compiled: a speed-up only (bench
-    --only-compile-cache checks the artifacts byte-identical with and without it)."""
-    if not cache_dir or environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return environ.get("JAX_COMPILATION_CACHE_DIR")
-    import hashlib
-    import platform
+    --only-speed checks the artifacts byte-identical with and without it)."""
+    if not environ.get("JAX_COMPILATION_CACHE_DIR"):
+        if not cache_dir:
+            return None
+        import hashlib
+        import platform
 
-    machine = json.dumps([cpu_description(), platform.machine(), environ.get("XLA_FLAGS", "")], sort_keys=True)
-    path = Path(cache_dir) / "jax" / hashlib.sha256(machine.encode()).hexdigest()[:16]
-    environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+        machine = json.dumps([cpu_description(), platform.machine(), environ.get("XLA_FLAGS", "")], sort_keys=True)
+        environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(cache_dir) / "jax" / hashlib.sha256(machine.encode()).hexdigest()[:16])
     # a build compiles about 70 small computations (0.1-0.4 s each): JAX's defaults keep none of them
     environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     # JAX also turns on a GPU autotuning cache inside this directory and puts its path in every entry's
     # key: a cache copied to another path (a CI runner's restored cache) would never hit. CPU has none.
     environ.setdefault("JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES", "none")
-    return str(path)
+    return environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def cpu_description():
