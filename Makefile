@@ -1,8 +1,10 @@
 # `make build`: install everything (first time: a few minutes) and run the default build.
-# `make test`:  install everything (with podman and runc, for the container tests) and run the test suite.
+# `make test`:  install everything (with podman and runc, for the container tests) and run the test suite,
+#               one test file per worker process, TEST_WORKERS at a time (default 2).
 # `make test-fast`: the in-process unit tests only (tests/unit, about 10 seconds).
 EDGEBUILD_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgebuild
 VENV ?= $(EDGEBUILD_HOME)/venv
+TEST_WORKERS ?= 2
 export EDGEBUILD_HOME
 export EDGEBUILD_VENV := $(VENV)
 
@@ -15,7 +17,7 @@ build: install
 
 test:
 	@bash scripts/install.sh --container >/dev/null
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -1,9 +1,12 @@
 """Shared fixtures. The tests run the real chain (JAX, the TFLite converter, tf2onnx, qemu) on a
-tiny model; `tiny_build` runs it once per session through the real CLI and is shared.
+tiny model; `tiny_build` runs it once per run through the real CLI and is shared, also between the
+pytest-xdist workers of `make test` (`-n 2 --dist loadfile`: a test file's tests, and so its module
+fixtures, stay on one worker).
 
 Two tiers: tests/unit/ runs in-process in well under a minute (`make test-fast`, or
 `pytest -m "not slow"`); every other test is marked `slow` here. `make test` runs both."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -38,29 +41,47 @@ def edgebuild(*args, cwd=REPO, env=None, timeout=900):
     )
 
 
+def _shared(tmp_path_factory, name):
+    """A directory every pytest-xdist worker of this run shares (the run's own under one process), and
+    a lock on it: a session fixture is made once per run, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / name
+    lock = open(base / f"{name}.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return path, lock
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """A fresh stage cache per session, so every stage really runs; the emulated target environments
     are shared with the machine's own cache (set up cold once, in the first run on a machine:
     each is keyed by its target file's hash and verified by a self-test when made), and so is JAX's
     compilation cache (a speed-up only: the bench checks the artifacts byte-identical with and without)."""
-    cache = tmp_path_factory.mktemp("cache")
-    home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
-    for shared in ("targets", "jax"):
-        (home / shared).mkdir(parents=True, exist_ok=True)
-        (cache / shared).symlink_to(home / shared, target_is_directory=True)
+    cache, lock = _shared(tmp_path_factory, "cache")
+    with lock:
+        if not cache.exists():
+            cache.mkdir()
+            home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
+            for shared in ("targets", "jax"):
+                (home / shared).mkdir(parents=True, exist_ok=True)
+                (cache / shared).symlink_to(home / shared, target_is_directory=True)
     return cache
 
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("builds")
-    proc = edgebuild(
-        "--quiet", "build", "--config", str(TINY),
-        "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
-        "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", env={"EDGEBUILD_CACHE": str(cache_dir)},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out, lock = _shared(tmp_path_factory, "builds")
+    with lock:
+        if not (out / "tiny" / "manifest.json").exists():
+            proc = edgebuild(
+                "--quiet", "build", "--config", str(TINY),
+                "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
+                "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", env={"EDGEBUILD_CACHE": str(cache_dir)},
+            )
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            (out / "stdout.txt").write_text(proc.stdout)
     build_dir = out / "tiny"
     return {"dir": build_dir, "out": out, "manifest": json.loads((build_dir / "manifest.json").read_text()),
-            "stdout": proc.stdout}
+            "stdout": (out / "stdout.txt").read_text()}
