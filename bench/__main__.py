@@ -6,8 +6,9 @@ on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shar
 accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
 artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only-formats),
 and reproducibility (two clean builds, every sha256). Alone: --only-isa (vector-ISA reproducibility),
---only-bytecode (emulated targets with and without their compiled bytecode), --only-speed BEFORE (the default
-build per stage, cold, at an earlier revision vs now), --only-ci (a fresh CI runner with a warm remote cache vs
+--only-bytecode (emulated targets with and without their compiled bytecode), --only-suite (the test suite
+with 1 and 2 pytest-xdist workers), --only-speed BEFORE (the default build per stage, cold, at an earlier
+revision vs now), --only-ci (a fresh CI runner with a warm remote cache vs
 fully cold, and a large test set validated in 1 vs 2 shards run as separate invocations and merged).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
@@ -614,6 +615,48 @@ def ci_markdown(c):
     ])
 
 
+SUITE_WORKERS = (1, 2)  # pytest alone, and `make test`'s pytest-xdist workers
+
+
+def suite(workers=SUITE_WORKERS):
+    """The whole test suite, as `make test` runs it, with each number of pytest-xdist workers in one run
+    (1 = no xdist: one process, as before). The machine's $EDGEBUILD_HOME is used as it is (its target
+    environments and JAX compilation cache), the same for every run; each run gets a fresh stage cache.
+    Wall seconds, pytest's summary line and its own seconds."""
+    import re
+
+    home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "edgebuild")
+    jax_entries = sum(1 for p in (home / "jax").rglob("*") if p.is_file()) if (home / "jax").exists() else 0
+    runs = []
+    for n in workers:
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        if n > 1:
+            args += ["-n", str(n), "--dist", "loadfile"]
+        log(f"test suite, {n} worker(s): {' '.join(args[1:])}")
+        started = time.perf_counter()
+        proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+        wall = round(time.perf_counter() - started, 1)
+        summary = next((ln.strip("= ") for ln in reversed(proc.stdout.splitlines()) if " in " in ln and "passed" in ln),
+                       proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
+        pytest_s = re.search(r" in ([0-9.]+)s", summary)
+        runs.append({"workers": n, "wall_s": wall, "pytest_s": float(pytest_s.group(1)) if pytest_s else None,
+                     "summary": summary, "exit_code": proc.returncode})
+        log(f"  {wall} s: {summary}")
+    return {"home_jax_entries_at_start": jax_entries, "runs": runs,
+            "ratio_vs_1_worker": {str(r["workers"]): round(r["wall_s"] / runs[0]["wall_s"], 2) for r in runs}}
+
+
+def suite_markdown(s):
+    lines = [f"Test suite on {s['machine']['cpu']} ({s['machine']['cores']} cores), {s['date']}; "
+             f"$EDGEBUILD_HOME's JAX compilation cache held {s['home_jax_entries_at_start']} entries at the start.", "",
+             "| pytest workers | wall (min) | wall / 1 worker | result |", "|---|---|---|---|"]
+    for r in s["runs"]:
+        lines.append(f"| {r['workers']} | {r['wall_s'] / 60:.1f} | {s['ratio_vs_1_worker'][str(r['workers'])]:.2f} | "
+                     f"{r['summary']} |")
+    return "\n".join(lines)
+
+
 def machine():
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -718,6 +761,8 @@ def main(argv=None):
                         "build with and without its ahead-of-time compiled bytecode, and add it to the results file")
     parser.add_argument("--only-ci", action="store_true", help="only time a fresh CI runner with a warm remote cache "
                         "vs fully cold, and a large test set in 1 vs 2 shards, and add them to the results file")
+    parser.add_argument("--only-suite", action="store_true", help="only time the whole test suite with 1 and 2 "
+                        "pytest-xdist workers (make test uses 2), and add it to the results file")
     parser.add_argument("--only-formats", metavar="BUILD_DIR", help="only add the TFLite/ONNX side-by-side figures of "
                         "a finished build (make build: build/digits) to the results file")
     args = parser.parse_args(argv)
@@ -734,6 +779,12 @@ def main(argv=None):
             result["ci"] = ci
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
             print(ci_markdown(result["ci"]))
+            return
+        if args.only_suite:
+            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            result["suite"] = {"date": datetime.date.today().isoformat(), "machine": machine(), **suite()}
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(suite_markdown(result["suite"]))
             return
         if args.only_speed:
             from pipeline.cli import default_cache_dir

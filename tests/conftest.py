@@ -42,7 +42,7 @@ def edgebuild(*args, cwd=REPO, env=None, timeout=900):
 
 
 def _shared(tmp_path_factory, name):
-    """A directory every pytest-xdist worker of this run shares (the run's own under one process), and
+    """A directory every pytest-xdist worker of this run shares (without workers, the session's own), and
     a lock on it: a session fixture is made once per run, not once per worker."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -63,7 +63,8 @@ def cache_dir(tmp_path_factory):
     with lock:
         if not cache.exists():
             cache.mkdir()
-            home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
+            home = Path(os.environ.get("EDGEBUILD_HOME")
+                        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
             for shared in ("targets", "jax"):
                 (home / shared).mkdir(parents=True, exist_ok=True)
                 (cache / shared).symlink_to(home / shared, target_is_directory=True)

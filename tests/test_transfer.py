@@ -69,6 +69,7 @@ def test_a_mismatched_weights_file_names_the_expected_layers(backbone_weights, t
 def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path, cache_dir):
     proc, d = _build(tmp_path, cache_dir, 'train.recipe="mobilenet_v3_small"', "data.image_size=48",
                      "data.channels=3", "data.max_samples=120", "data.calibration_samples=20", "train.epochs=1",
+                     "train.batch_size=128",  # one batch an epoch: one compile of the train step (10 s cold)
                      "qat.epochs=0", "qat.init_samples=32", "validate.targets=[]", until="export")
     assert proc.returncode == 0, proc.stderr
     export = json.loads((d / "records" / "export.json").read_text())["int8"]
