@@ -618,42 +618,51 @@ def ci_markdown(c):
 SUITE_WORKERS = (1, 2)  # pytest alone, and `make test`'s pytest-xdist workers
 
 
-def suite(workers=SUITE_WORKERS):
+def suite(repeats, workers=SUITE_WORKERS, timeout_s=3600):
     """The whole test suite, as `make test` runs it, with each number of pytest-xdist workers in one run
-    (1 = no xdist: one process, as before). The machine's $EDGEBUILD_HOME is used as it is (its target
-    environments and JAX compilation cache), the same for every run; each run gets a fresh stage cache.
-    Wall seconds, pytest's summary line and its own seconds."""
-    import re
+    (1 = no xdist: one process, as before), the order alternated between repeats so neither always
+    runs on what the other left. The machine's cache is used as it is (target environments and JAX's
+    compilation cache; its entry count is recorded before each run); each run gets a fresh stage
+    cache. Wall seconds per run, pytest's summary line, and the median over the runs that passed."""
+    from pipeline.cli import default_cache_dir
 
-    home = Path(os.environ.get("EDGEBUILD_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "edgebuild")
-    jax_entries = sum(1 for p in (home / "jax").rglob("*") if p.is_file()) if (home / "jax").exists() else 0
+    jax_dir = default_cache_dir() / "jax"
     runs = []
-    for n in workers:
-        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        if n > 1:
-            args += ["-n", str(n), "--dist", "loadfile"]
-        log(f"test suite, {n} worker(s): {' '.join(args[1:])}")
-        started = time.perf_counter()
-        proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-        wall = round(time.perf_counter() - started, 1)
-        summary = next((ln.strip("= ") for ln in reversed(proc.stdout.splitlines()) if " in " in ln and "passed" in ln),
-                       proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
-        pytest_s = re.search(r" in ([0-9.]+)s", summary)
-        runs.append({"workers": n, "wall_s": wall, "pytest_s": float(pytest_s.group(1)) if pytest_s else None,
-                     "summary": summary, "exit_code": proc.returncode})
-        log(f"  {wall} s: {summary}")
-    return {"home_jax_entries_at_start": jax_entries, "runs": runs,
-            "ratio_vs_1_worker": {str(r["workers"]): round(r["wall_s"] / runs[0]["wall_s"], 2) for r in runs}}
+    for i in range(repeats):
+        for n in (workers if i % 2 == 0 else workers[::-1]):
+            args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+            if n > 1:
+                args += ["-n", str(n), "--dist", "loadfile"]
+            entries = sum(1 for p in jax_dir.rglob("*") if p.is_file()) if jax_dir.exists() else 0
+            log(f"test suite, {n} worker(s): {' '.join(args[1:])}")
+            started = time.perf_counter()
+            try:
+                proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+                lines, code = proc.stdout.strip().splitlines(), proc.returncode
+            except subprocess.TimeoutExpired:
+                lines, code = [f"killed after {timeout_s} s"], None
+            wall = round(time.perf_counter() - started, 1)
+            summary = next((ln.strip("= ") for ln in reversed(lines) if " in " in ln and "passed" in ln),
+                           lines[-1] if lines else "")
+            runs.append({"workers": n, "wall_s": wall, "summary": summary, "exit_code": code,
+                         "jax_entries_at_start": entries})
+            log(f"  {wall} s: {summary}")
+    passed = {str(n): [r["wall_s"] for r in runs if r["workers"] == n and r["exit_code"] == 0] for n in workers}
+    median = {n: statistics.median(walls) if walls else None for n, walls in passed.items()}
+    one = median[str(workers[0])]
+    return {"runs": runs, "median_wall_s": median,
+            "ratio_vs_1_worker": {n: round(v / one, 2) if one and v else None for n, v in median.items()}}
 
 
 def suite_markdown(s):
-    lines = [f"Test suite on {s['machine']['cpu']} ({s['machine']['cores']} cores), {s['date']}; "
-             f"$EDGEBUILD_HOME's JAX compilation cache held {s['home_jax_entries_at_start']} entries at the start.", "",
-             "| pytest workers | wall (min) | wall / 1 worker | result |", "|---|---|---|---|"]
+    lines = [f"Test suite on {s['machine']['cpu']} ({s['machine']['cores']} cores), {s['date']}, in the order run:", "",
+             "| pytest workers | wall (min) | JAX cache entries at start | exit | result |", "|---|---|---|---|---|"]
     for r in s["runs"]:
-        lines.append(f"| {r['workers']} | {r['wall_s'] / 60:.1f} | {s['ratio_vs_1_worker'][str(r['workers'])]:.2f} | "
+        lines.append(f"| {r['workers']} | {r['wall_s'] / 60:.1f} | {r['jax_entries_at_start']} | {r['exit_code']} | "
                      f"{r['summary']} |")
+    medians = [f"{n} worker(s) {v / 60:.1f} min (× {s['ratio_vs_1_worker'][n]} of 1 worker)"
+               for n, v in s["median_wall_s"].items() if v]
+    lines += ["", f"Median wall of the passing runs: {', '.join(medians) or 'none passed'}."]
     return "\n".join(lines)
 
 
@@ -762,7 +771,8 @@ def main(argv=None):
     parser.add_argument("--only-ci", action="store_true", help="only time a fresh CI runner with a warm remote cache "
                         "vs fully cold, and a large test set in 1 vs 2 shards, and add them to the results file")
     parser.add_argument("--only-suite", action="store_true", help="only time the whole test suite with 1 and 2 "
-                        "pytest-xdist workers (make test uses 2), and add it to the results file")
+                        "pytest-xdist workers (make test uses 2), alternated, --repeats times each (about 20 minutes a "
+                        "repeat on 2 cores), and add it to the results file")
     parser.add_argument("--only-formats", metavar="BUILD_DIR", help="only add the TFLite/ONNX side-by-side figures of "
                         "a finished build (make build: build/digits) to the results file")
     args = parser.parse_args(argv)
@@ -782,7 +792,8 @@ def main(argv=None):
             return
         if args.only_suite:
             result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result["suite"] = {"date": datetime.date.today().isoformat(), "machine": machine(), **suite()}
+            result["suite"] = {"date": datetime.date.today().isoformat(), "machine": machine(), "repeats": args.repeats,
+                               **suite(args.repeats)}
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
             print(suite_markdown(result["suite"]))
             return

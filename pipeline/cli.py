@@ -588,12 +588,19 @@ def cache():
 @config_option
 @set_option
 def cache_clear(config_path, sets):
-    """Delete every cached stage output (emulated target environments are kept)."""
+    """Delete every cached stage output and JAX's compilation cache (emulated target environments are kept)."""
+    import shutil
+
     from pipeline.engine.cache import StageCache
 
     where = default_cache_dir(_load_config(config_path, sets))
     n = StageCache(where).clear()
-    click.echo(f"removed {n} cached stage outputs from {where}")
+    jax = where / "jax"  # (a link to another cache's, as the tests make, is unlinked, not emptied)
+    size = sum(p.stat().st_size for p in jax.rglob("*") if p.is_file()) if jax.is_dir() and not jax.is_symlink() else 0
+    if jax.is_symlink():
+        jax.unlink()
+    shutil.rmtree(jax, ignore_errors=True)
+    click.echo(f"removed {n} cached stage outputs and JAX's compilation cache ({size / 2**20:.1f} MiB) from {where}")
 
 
 @main.command("config")

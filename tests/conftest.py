@@ -9,6 +9,7 @@ Two tiers: tests/unit/ runs in-process in well under a minute (`make test-fast`,
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,34 +56,47 @@ def _shared(tmp_path_factory, name):
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """A fresh stage cache per session, so every stage really runs; the emulated target environments
-    are shared with the machine's own cache (set up cold once, in the first run on a machine:
-    each is keyed by its target file's hash and verified by a self-test when made), and so is JAX's
-    compilation cache (a speed-up only: the bench checks the artifacts byte-identical with and without)."""
+    """A fresh stage cache per run (shared by its workers), so every stage runs once in the run; the
+    emulated target environments are shared with the machine's own cache (set up cold once, in the
+    first run on a machine: each is keyed by its target file's hash and verified by a self-test when
+    made), and so is JAX's compilation cache (a speed-up only: the bench checks the artifacts
+    byte-identical with and without). A test that needs a stage to run uses a config no other test
+    uses, or a cache of its own."""
+    from pipeline.cli import default_cache_dir
+
     cache, lock = _shared(tmp_path_factory, "cache")
     with lock:
         if not cache.exists():
-            cache.mkdir()
-            home = Path(os.environ.get("EDGEBUILD_HOME")
-                        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgebuild")
+            made = cache.with_name("cache.new")  # complete before any worker sees it
+            shutil.rmtree(made, ignore_errors=True)
+            made.mkdir()
             for shared in ("targets", "jax"):
-                (home / shared).mkdir(parents=True, exist_ok=True)
-                (cache / shared).symlink_to(home / shared, target_is_directory=True)
+                (default_cache_dir() / shared).mkdir(parents=True, exist_ok=True)
+                (made / shared).symlink_to(default_cache_dir() / shared, target_is_directory=True)
+            made.rename(cache)
     return cache
 
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, cache_dir):
+    """The tiny config built once per run on every target; a failed build fails each test that needs
+    it with the build's output (built once, not again by each worker)."""
     out, lock = _shared(tmp_path_factory, "builds")
+    done, failed = out / "stdout.txt", out / "failed.txt"
     with lock:
-        if not (out / "tiny" / "manifest.json").exists():
+        if not done.exists() and not failed.exists():
+            out.mkdir(exist_ok=True)
             proc = edgebuild(
                 "--quiet", "build", "--config", str(TINY),
                 "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
                 "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", env={"EDGEBUILD_CACHE": str(cache_dir)},
             )
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            (out / "stdout.txt").write_text(proc.stdout)
+            if proc.returncode == 0:
+                done.write_text(proc.stdout)
+            else:
+                failed.write_text(f"the tiny build failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    if failed.exists():
+        pytest.fail(failed.read_text(), pytrace=False)
     build_dir = out / "tiny"
     return {"dir": build_dir, "out": out, "manifest": json.loads((build_dir / "manifest.json").read_text()),
-            "stdout": (out / "stdout.txt").read_text()}
+            "stdout": done.read_text()}

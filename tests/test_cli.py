@@ -41,3 +41,14 @@ def test_unknown_section_and_bad_types_and_ranges(tmp_path):
 def test_missing_data_source_is_one_line(tmp_path):
     err = _bad(tmp_path, "--set", f'data.source="{tmp_path}/nope"', "--set", 'data.calibration_file="x.json"')
     assert "does not exist" in err
+
+
+def test_cache_clear_empties_the_stages_and_jaxs_compilation_cache_and_keeps_the_targets(tmp_path):
+    for part in ("stages/0a1b", "jax/cpu-key", "targets/rpi5-litert-0a1b"):
+        (tmp_path / part).mkdir(parents=True)
+        (tmp_path / part / "entry").write_bytes(b"x" * 2**20)
+    proc = edgebuild("cache", "clear", env={"EDGEBUILD_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"removed 1 cached stage outputs and JAX's compilation cache (1.0 MiB) from {tmp_path}" in proc.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["targets"]
+    assert (tmp_path / "targets" / "rpi5-litert-0a1b" / "entry").exists()
