@@ -1,6 +1,11 @@
 """On-target validation with the real emulated aarch64 interpreters (qemu user-mode), no mocks."""
 
+import os
 import re
+import select
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ from conftest import ALL_TARGETS, REPO
 from pipeline.device import onnx_info, targets
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused, StageError
+from pipeline.engine.fsutil import waiting_lock
 
 AARCH64 = ALL_TARGETS
 
@@ -159,8 +165,9 @@ def test_setup_names_a_wheel_that_does_not_exist_and_leaves_nothing(tmp_path):
                           hashes={"ai-edge-litert==0.0.1": "0" * 64, "numpy==2.2.6": "0" * 64})
     with pytest.raises(InputError, match=r"no such wheel for this platform and Python .*ai-edge-litert==0\.0\.1"):
         targets.setup(target, tmp_path / "cache", log=lambda _: None)
-    left = [p.name for p in (tmp_path / "cache" / "targets").iterdir()]
-    assert left == [f"{targets.env_dir(target, tmp_path / 'cache').name}.setup.log"], left
+    name = targets.env_dir(target, tmp_path / "cache").name
+    left = sorted(p.name for p in (tmp_path / "cache" / "targets").iterdir())
+    assert left == [f".{name}.lock", f"{name}.setup.log"], left  # (the set-up lock stays: it is reused)
 
 
 def test_a_wheel_that_does_not_match_its_pinned_sha256_is_refused(tmp_path):
@@ -181,3 +188,29 @@ def test_setup_says_when_the_registry_is_unreachable(tmp_path, monkeypatch):
     with pytest.raises(StageError, match="the package registry is unreachable"):
         targets.setup(target, tmp_path / "cache", log=lambda _: None)
     assert not targets.env_dir(target, tmp_path / "cache").exists()
+
+
+def test_a_second_setup_of_a_target_waits_for_the_first_and_builds_nothing(tiny_build, cache_dir, tmp_path):
+    """Two processes setting up one environment (two builds, two test workers): the second waits for the
+    first's lock, then finds the environment ready instead of building it again."""
+    target = targets.load_target("rpi5-litert")
+    made = targets.env_dir(target, cache_dir)  # set up for the session's tiny build
+    fresh = tmp_path / "cache"
+    root = targets.env_dir(target, fresh)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["EDGEBUILD_CACHE"] = str(fresh)
+    with waiting_lock(root.parent / f".{root.name}.lock", lambda: None):  # this test plays the first set-up
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "target", "setup", target.name], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said, deadline = "", time.time() + 120
+        while "waiting for another process" not in said and time.time() < deadline and proc.poll() is None:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                said += proc.stderr.readline()
+        if "waiting for another process" not in said:
+            proc.kill()
+        assert "waiting for another process" in said, said
+        root.symlink_to(made, target_is_directory=True)  # the first set-up publishes its environment
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"{target.name}: ready in" in out
+    assert not (root.parent / f"{root.name}.setup.log").exists(), "the waiting process built the environment too"

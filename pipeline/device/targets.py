@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.engine.errors import InputError, ModelRefused, StageError
-from pipeline.engine.fsutil import publishing_dir
+from pipeline.engine.fsutil import publishing_dir, waiting_lock
 
 TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
 CODE_FILES = ("ondevice.py", "selftest_int8.tflite", "selftest_int8.onnx")  # run on the device: in the code digest
@@ -240,6 +240,16 @@ def setup(target, cache_dir, log=print, remote=None):
         root.mkdir(parents=True, exist_ok=True)
         (root / "ready.json").write_text(json.dumps({"emulated": False}))
         return root
+    # one set-up per environment at a time: another build (or test worker) setting it up is waited for
+    with waiting_lock(root.parent / f".{root.name}.lock",
+                      lambda: log(f"target {target.name}: waiting for another process setting up {root}")):
+        if (root / "ready.json").is_file():
+            return root
+        return _setup_here(target, root, log, remote)
+
+
+def _setup_here(target, root, log, remote):
+    """Restore the environment from the remote (self-tested here) or build it; under set-up's lock."""
     if remote is not None and remote.fetch_tree(root.name, root, log):
         try:  # what the remote held is verified by sha256; that it runs here, by the self-test
             _selftest(target, root, root.parent / f"{root.name}.setup.log")

@@ -1,5 +1,6 @@
 """Atomic file writes and hashing: a reader sees the old file or the whole new one, never half."""
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -132,6 +133,21 @@ def publishing_dir(final):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def waiting_lock(path, on_wait):
+    """Hold an exclusive lock on the file `path` (made if missing) for the block, waiting for the
+    process that holds it; `on_wait()` is called once first when there is one. The lock goes with the
+    process, so a killed holder never leaves it held."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def atomic_create(src, dst):

@@ -1,12 +1,14 @@
 """engine.fsutil: atomic writes leave the old file or the new one, and .npz bytes depend on data only."""
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from pipeline.engine.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_text, sha256_file
+from pipeline.engine.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_text, sha256_file, waiting_lock
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -39,3 +41,22 @@ def test_atomic_create_never_replaces_a_file_that_is_there(tmp_path):
     assert atomic_create(tmp_path / "b", tmp_path / "pinned.json") is False
     assert (tmp_path / "pinned.json").read_text() == "first"
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "pinned.json"]
+
+
+def test_a_waiting_lock_waits_for_the_process_that_holds_it(tmp_path):
+    lock, released = tmp_path / "env.lock", tmp_path / "released"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, pathlib, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.0); "
+         "pathlib.Path(sys.argv[2]).touch(); fcntl.flock(f, fcntl.LOCK_UN); time.sleep(1.0)", str(lock), str(released)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waited = []
+    with waiting_lock(lock, lambda: waited.append(released.exists())):
+        got_it_after_release = released.exists()
+    holder.wait()
+    assert waited == [False], "on_wait is called once, while the other process holds the lock"
+    assert got_it_after_release, "the lock was taken before the holder let it go"
+    with waiting_lock(lock, lambda: waited.append("again")):
+        pass
+    assert waited == [False], "a free lock is taken without waiting"
