@@ -17,7 +17,7 @@ build: install
 
 test:
 	@bash scripts/install.sh --container >/dev/null
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -26,10 +26,22 @@ SIGNS = REPO / "tests" / "data" / "signs"  # 30 real photos per class (see its S
 UNIT = REPO / "tests" / "unit"
 
 
+# The longest test files first (their seconds in one run, 2026-11-26), so that `make test`'s two workers
+# do not end with one of them alone on a long file (`--no-loadscope-reorder`: the files are handed out in
+# this order, the others after them in collection order). test_applications.py needs no tiny build, so
+# one worker runs it while the other makes the tiny build.
+SLOWEST_FIRST = ("test_usermodel.py",  # 110 s
+                 "test_applications.py",  # 64 s
+                 "test_cache.py",  # 88 s
+                 "test_bad_input.py", "test_validate_model.py", "test_byo.py", "test_transfer.py")  # 54-59 s each
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if UNIT not in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
 
 
 def edgebuild(*args, cwd=REPO, env=None, timeout=900):

@@ -1,5 +1,5 @@
-"""Transfer learning (local pretrained weights, freeze and LoRA), keras.applications backbones
-through QAT to full-integer int8, and data-parallel training over two CPU devices."""
+"""Transfer learning (local pretrained weights, freeze and LoRA) and data-parallel training over two
+CPU devices (keras.applications backbones: test_applications.py)."""
 
 import json
 import os
@@ -64,19 +64,6 @@ def test_a_mismatched_weights_file_names_the_expected_layers(backbone_weights, t
     assert proc.returncode == 3, proc.stderr
     assert "must hold every backbone layer" in proc.stderr and "conv0" in proc.stderr
     assert not (d / "float.keras").exists()
-
-
-def test_mobilenet_v3_small_converts_to_full_integer_int8(tmp_path, cache_dir):
-    proc, d = _build(tmp_path, cache_dir, 'train.recipe="mobilenet_v3_small"', "data.image_size=48",
-                     "data.channels=3", "data.max_samples=120", "data.calibration_samples=20", "train.epochs=1",
-                     "train.batch_size=128",  # one batch an epoch: one compile of the train step (10 s cold)
-                     "qat.epochs=0", "qat.init_samples=32", "validate.targets=[]", until="export")
-    assert proc.returncode == 0, proc.stderr
-    export = json.loads((d / "records" / "export.json").read_text())["int8"]
-    ops = {op["name"] if isinstance(op, dict) else op for op in export["ops"]}
-    assert {"HARD_SWISH", "DEPTHWISE_CONV_2D", "MUL"} <= ops, ops  # hard-swish and squeeze-excite survived as int8
-    assert not export["float_ops"] and not export.get("custom_ops") and not export.get("flex_ops")
-    assert export["inputs"][0]["dtype"] == export["outputs"][0]["dtype"] == "int8"
 
 
 def test_data_parallel_over_two_cpu_devices_matches_one_device(tiny_build, tmp_path, cache_dir):
