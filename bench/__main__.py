@@ -632,7 +632,7 @@ def suite(repeats, workers=SUITE_WORKERS, timeout_s=3600):
         for n in (workers if i % 2 == 0 else workers[::-1]):
             args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
             if n > 1:
-                args += ["-n", str(n), "--dist", "loadfile"]
+                args += ["-n", str(n), "--dist", "loadfile", "--no-loadscope-reorder"]  # as the Makefile's test
             entries = sum(1 for p in jax_dir.rglob("*") if p.is_file()) if jax_dir.exists() else 0
             log(f"test suite, {n} worker(s): {' '.join(args[1:])}")
             started = time.perf_counter()

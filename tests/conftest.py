@@ -6,7 +6,6 @@ fixtures, stay on one worker).
 Two tiers: tests/unit/ runs in-process in well under a minute (`make test-fast`, or
 `pytest -m "not slow"`); every other test is marked `slow` here. `make test` runs both."""
 
-import fcntl
 import json
 import os
 import shutil
@@ -15,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline.engine.fsutil import waiting_lock
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -56,14 +57,11 @@ def edgebuild(*args, cwd=REPO, env=None, timeout=900):
 
 def _shared(tmp_path_factory, name):
     """A directory every pytest-xdist worker of this run shares (without workers, the session's own), and
-    a lock on it: a session fixture is made once per run, not once per worker."""
+    the lock that makes a session fixture once per run, not once per worker."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent
-    path = base / name
-    lock = open(base / f"{name}.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return path, lock
+    return base / name, waiting_lock(base / f"{name}.lock", lambda: None)
 
 
 @pytest.fixture(scope="session")
