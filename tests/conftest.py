@@ -87,6 +87,20 @@ def cache_dir(tmp_path_factory):
     return cache
 
 
+def own_cache(path):
+    """A stage cache of a test's own (every stage runs), made at `path`, whose JAX compilation cache starts
+    as a hard-linked copy of the machine's: the stages compile nothing the suite has compiled before,
+    and what this cache gains (or a build killed mid-write leaves half-written) stays in it. JAX writes
+    an entry once and never rewrites it, so the linked entries are never changed through either name."""
+    from pipeline.cli import default_cache_dir
+
+    machine = default_cache_dir() / "jax"
+    path.mkdir(parents=True)
+    if machine.is_dir():
+        shutil.copytree(machine, path / "jax", copy_function=os.link, ignore=shutil.ignore_patterns("*.tmp"))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, cache_dir):
     """The tiny config built once per run on every target; a failed build fails each test that needs

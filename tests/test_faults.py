@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, own_cache
 from pipeline.engine import build as build_mod
 
 
@@ -94,8 +94,8 @@ def test_a_full_disk_ends_with_exit_3_and_nothing_half_written(tmp_path):
 
 def test_a_hostile_build_name_beside_two_running_builds_harms_neither(tmp_path):
     out = tmp_path / "out"
-    a = _start(out, tmp_path / "cache-a", 'build.name="a"', "train.epochs=3", until="train")
-    b = _start(out, tmp_path / "cache-b", 'build.name="b"', "train.epochs=3", until="train")
+    a = _start(out, own_cache(tmp_path / "cache-a"), 'build.name="a"', "train.epochs=3", until="train")
+    b = _start(out, own_cache(tmp_path / "cache-b"), 'build.name="b"', "train.epochs=3", until="train")
     assert _wait_for("a/.stage-train-*", out, a) and _wait_for("b/.stage-train-*", out, b)
     for name in ('""', '"../out"', '"."'):  # each would have made the neighbours' directory its own
         hostile = _start(out, tmp_path / "cache-c", f"build.name={name}")

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, own_cache
 
 
 def test_two_processes_train_one_model_as_good_as_one_process(tiny_build, tmp_path):
@@ -19,7 +19,7 @@ def test_two_processes_train_one_model_as_good_as_one_process(tiny_build, tmp_pa
     procs = []
     for i in range(2):
         env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-               "JAX_PROCESS_ID": str(i), "EDGEBUILD_CACHE": str(tmp_path / f"cache{i}")}
+               "JAX_PROCESS_ID": str(i), "EDGEBUILD_CACHE": str(own_cache(tmp_path / f"cache{i}"))}
         env.pop("KERAS_BACKEND", None)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "pipeline", "build", "--config", str(TINY), "--until", "train",
