@@ -1,4 +1,9 @@
-"""The stage process's JAX settings: where the persistent compilation cache lives and what it keeps."""
+"""The stage process's start: where JAX's persistent compilation cache lives and what it keeps, and how
+Keras is imported."""
+
+import os
+import subprocess
+import sys
 
 from pipeline.engine import runner
 
@@ -22,3 +27,20 @@ def test_a_users_own_compilation_cache_and_settings_are_kept(tmp_path):
     assert env["JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES"] == "none"
     empty = {}
     assert runner.use_compile_cache(empty, "") is None and empty == {}
+
+
+def test_keras_is_imported_without_its_unused_integrations_which_stay_importable():
+    code = """
+import sys
+from pipeline.engine import runner
+keras = runner.import_keras()
+print(sorted(n for n in runner.KERAS_SKIPS if n in sys.modules))
+x = keras.ops.convert_to_numpy(keras.layers.Dense(2, kernel_initializer="ones")(keras.ops.ones((1, 3))))
+print(x.tolist())
+import sklearn.datasets, matplotlib.pyplot  # a user's recipe module may use either
+print(len(sklearn.datasets.load_digits().target))
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:3] == ["[]", "[[3.0, 3.0]]", "1797"], proc.stdout
