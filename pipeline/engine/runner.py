@@ -80,17 +80,20 @@ def cpu_description():
     return {"model": model, "vector_isa": isa}
 
 
-# Optional integrations Keras imports whenever they are installed, and no stage uses: scikit-learn (for
-# Keras's scikit-learn wrappers; it brings scipy.stats) and matplotlib.pyplot (for its image-gallery
-# plot). They are 0.9 s of the 1.9 s (JAX) or 3.4 s (TensorFlow) that importing Keras takes.
+# Optional integrations that importing Keras imports whenever they are installed, and no stage uses:
+# scikit-learn (for Keras's scikit-learn wrappers; it brings scipy.stats) and matplotlib.pyplot (for its
+# image-gallery plot), and, with TensorFlow, JAX (for the TFLite converter's from-JAX path; the export
+# converts Keras models). They were 0.9 of the 1.9 s (JAX) and 1.2 of the 3.4 s (TensorFlow) it took.
 KERAS_SKIPS = ("sklearn", "matplotlib.pyplot")
+KERAS_SKIPS_BUT_JAX = ("jax",)
 
 
 def import_keras():
-    """Import Keras (with the process's backend) as if KERAS_SKIPS were not installed; afterwards they
-    import as usual, for the stage's own code (a user's recipe module), and only Keras's references to
-    them stay unset."""
-    blocked = [name for name in KERAS_SKIPS if name not in sys.modules]
+    """Import Keras (with the process's backend) as if KERAS_SKIPS (and, but with JAX, KERAS_SKIPS_BUT_JAX)
+    were not installed; afterwards they import as usual, for the stage's own code (a user's recipe
+    module), and only the references taken while Keras was imported stay unset."""
+    skips = KERAS_SKIPS + (KERAS_SKIPS_BUT_JAX if os.environ.get("KERAS_BACKEND") != "jax" else ())
+    blocked = [name for name in skips if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # `import name` raises ImportError, which Keras handles as "not installed"
     try:

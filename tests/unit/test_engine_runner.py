@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.engine import runner
 
 
@@ -29,18 +31,20 @@ def test_a_users_own_compilation_cache_and_settings_are_kept(tmp_path):
     assert runner.use_compile_cache(empty, "") is None and empty == {}
 
 
-def test_keras_is_imported_without_its_unused_integrations_which_stay_importable():
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_keras_is_imported_without_its_unused_integrations_which_stay_importable(backend):
     code = """
 import sys
 from pipeline.engine import runner
 keras = runner.import_keras()
-print(sorted(n for n in runner.KERAS_SKIPS if n in sys.modules))
+print(sorted(n for n in runner.KERAS_SKIPS + runner.KERAS_SKIPS_BUT_JAX if n in sys.modules))
 x = keras.ops.convert_to_numpy(keras.layers.Dense(2, kernel_initializer="ones")(keras.ops.ones((1, 3))))
 print(x.tolist())
-import sklearn.datasets, matplotlib.pyplot  # a user's recipe module may use either
-print(len(sklearn.datasets.load_digits().target))
+import sklearn.datasets, matplotlib.pyplot, jax.numpy  # a user's recipe module may use any
+print(len(sklearn.datasets.load_digits().target), float(jax.numpy.ones(2).sum()))
 """
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "KERAS_BACKEND": backend}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[:3] == ["[]", "[[3.0, 3.0]]", "1797"], proc.stdout
+    imported = "['jax']" if backend == "jax" else "[]"
+    assert proc.stdout.split("\n")[:3] == [imported, "[[3.0, 3.0]]", "1797 2.0"], proc.stdout
