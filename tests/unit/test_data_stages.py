@@ -144,3 +144,19 @@ def test_a_16_bit_png_keeps_its_contrast(tmp_path):
     _data(config, tmp_path)
     x = load_dataset(tmp_path / "dataset.npz")["x"][0, ..., 0]
     assert x.min() == 0 and x.max() == 252 and len(np.unique(x)) == 64, "16-bit pixels must be scaled, not clipped"
+
+
+def test_the_digits_fingerprint_hashes_the_shipped_file_without_importing_scikit_learn(monkeypatch):
+    import subprocess
+    import sys
+
+    from pipeline.data import sources
+
+    code = ("import sys; from pipeline.data.sources import source_fingerprint; "
+            "print(source_fingerprint('digits'), 'sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    fingerprint, imported = proc.stdout.split()
+    assert proc.returncode == 0 and imported == "False", proc.stderr
+    assert sources.source_fingerprint("digits") == fingerprint
+    monkeypatch.setattr(sources, "DIGITS_FILE", "datasets/data/iris.csv")  # other bytes: another fingerprint
+    assert sources.source_fingerprint("digits") != fingerprint
