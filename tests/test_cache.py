@@ -183,13 +183,14 @@ def test_sigkill_mid_stage_leaves_nothing_half_written(tiny_build, tmp_path):
     build_dir = out / "tiny"
     kills = 0
     # kill points: in training, during export, while writing the float .tflite
-    for pattern, after in ((".stage-train-*", 2.0), (".stage-export-*", 2.0),
-                           (".stage-export-*/model_float.tflite", 0.0)):
-        proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
+    # (the kill in training trains 200 epochs, about 20 s, so that it lands there however fast the machine)
+    for pattern, after, more in ((".stage-train-*", 2.0, ["--set", "train.epochs=200"]), (".stage-export-*", 2.0, []),
+                                 (".stage-export-*/model_float.tflite", 0.0, [])):
+        proc = subprocess.Popen(args + more, cwd=REPO, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kills += _kill_when(proc, build_dir, pattern, after)
         _artifacts_are_whole(build_dir)
-        if pattern == ".stage-train-*":  # (the stages' JAX code is compiled already: train takes about 5 s)
+        if pattern == ".stage-train-*":
             assert not (build_dir / "records" / "train.json").exists(), "the kill meant for training came after it"
     assert kills >= 2, "the build finished before it could be killed"
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

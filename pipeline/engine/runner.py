@@ -83,7 +83,9 @@ def cpu_description():
 # Optional integrations that importing Keras imports whenever they are installed, and no stage uses:
 # scikit-learn (for Keras's scikit-learn wrappers; it brings scipy.stats) and matplotlib.pyplot (for its
 # image-gallery plot), and, with TensorFlow, JAX (for the TFLite converter's from-JAX path; the export
-# converts Keras models). They were 0.9 of the 1.9 s (JAX) and 1.2 of the 3.4 s (TensorFlow) it took.
+# converts Keras models). They were 0.9 of the 1.9 s (JAX) and 1.2 of the 3.4 s (TensorFlow) that
+# importing Keras took. In a stage process, Keras's scikit-learn wrappers and image-gallery plot (and
+# TFLite's from-JAX converter) therefore act as if those were not installed.
 KERAS_SKIPS = ("sklearn", "matplotlib.pyplot")
 KERAS_SKIPS_BUT_JAX = ("jax",)
 

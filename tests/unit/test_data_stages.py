@@ -155,8 +155,12 @@ def test_the_digits_fingerprint_hashes_the_shipped_file_without_importing_scikit
     code = ("import sys; from pipeline.data.sources import source_fingerprint; "
             "print(source_fingerprint('digits'), 'sklearn' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
     fingerprint, imported = proc.stdout.split()
-    assert proc.returncode == 0 and imported == "False", proc.stderr
+    assert imported == "False"
     assert sources.source_fingerprint("digits") == fingerprint
-    monkeypatch.setattr(sources, "DIGITS_FILE", "datasets/data/iris.csv")  # other bytes: another fingerprint
+    monkeypatch.setattr(sources, "DIGITS_FILE", "sklearn/datasets/data/iris.csv")  # other bytes: another fingerprint
     assert sources.source_fingerprint("digits") != fingerprint
+    monkeypatch.setattr(sources, "DIGITS_FILE", "sklearn/datasets/data/no-such-file.csv.gz")
+    with pytest.raises(InputError, match="scikit-learn ships"):
+        sources.source_fingerprint("digits")
