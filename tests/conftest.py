@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.fsutil import waiting_lock
+from pipeline.engine.fsutil import file_lock
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -61,7 +61,7 @@ def _shared(tmp_path_factory, name):
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent
-    return base / name, waiting_lock(base / f"{name}.lock", lambda: None)
+    return base / name, file_lock(base / f"{name}.lock", lambda holder: None)
 
 
 @pytest.fixture(scope="session")

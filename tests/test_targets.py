@@ -14,7 +14,7 @@ from conftest import ALL_TARGETS, REPO
 from pipeline.device import onnx_info, targets
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused, StageError
-from pipeline.engine.fsutil import waiting_lock
+from pipeline.engine.fsutil import file_lock
 
 AARCH64 = ALL_TARGETS
 
@@ -199,7 +199,7 @@ def test_a_second_setup_of_a_target_waits_for_the_first_and_builds_nothing(tiny_
     root = targets.env_dir(target, fresh)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["EDGEBUILD_CACHE"] = str(fresh)
-    with waiting_lock(root.parent / f".{root.name}.lock", lambda: None):  # this test plays the first set-up
+    with file_lock(root.parent / f".{root.name}.lock", lambda holder: None):  # this test plays the first set-up
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "target", "setup", target.name], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         said, deadline = "", time.time() + 120

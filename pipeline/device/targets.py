@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.engine.errors import InputError, ModelRefused, StageError
-from pipeline.engine.fsutil import publishing_dir, waiting_lock
+from pipeline.engine.fsutil import file_lock, publishing_dir
 
 TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
 CODE_FILES = ("ondevice.py", "selftest_int8.tflite", "selftest_int8.onnx")  # run on the device: in the code digest
@@ -241,8 +241,8 @@ def setup(target, cache_dir, log=print, remote=None):
         (root / "ready.json").write_text(json.dumps({"emulated": False}))
         return root
     # one set-up per environment at a time: another build (or test worker) setting it up is waited for
-    with waiting_lock(root.parent / f".{root.name}.lock",
-                      lambda: log(f"target {target.name}: waiting for another process setting up {root}")):
+    with file_lock(root.parent / f".{root.name}.lock",
+                   lambda holder: log(f"target {target.name}: waiting for another process setting up {root}")):
         if (root / "ready.json").is_file():
             return root
         return _setup_here(target, root, log, remote)

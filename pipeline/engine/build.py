@@ -7,7 +7,6 @@ same build directory at once.
 """
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -15,14 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import stages as stage_registry
 from pipeline.engine.cache import StageCache, stage_key
 from pipeline.engine.errors import InputError, StageError, disk_full
-from pipeline.engine.fsutil import atomic_copy, atomic_create, atomic_write_text, sha256_file
+from pipeline.engine.fsutil import atomic_copy, atomic_create, atomic_write_text, file_lock, sha256_file
 from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import select_config
 from pipeline.engine.text import first_few
@@ -50,28 +48,16 @@ class BuildResult:
     note: str = ""
 
 
-@contextmanager
 def build_lock(build_dir):
+    """One build writes a build directory at a time: a second is refused, naming the holder."""
+    def refuse(holder):
+        raise StageError(
+            f"only one build may write {build_dir} at a time; it is locked by {holder or 'another process'}. "
+            "Wait for that build to finish or set build.name to another name."
+        )
+
     build_dir.mkdir(parents=True, exist_ok=True)
-    path = build_dir / ".lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise StageError(
-                f"only one build may write {build_dir} at a time; it is locked by {holder}. "
-                "Wait for that build to finish or set build.name to another name."
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(build_dir / ".lock", refuse)
 
 
 def remove_leftovers(build_dir):

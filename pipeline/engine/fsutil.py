@@ -136,17 +136,26 @@ def publishing_dir(final):
 
 
 @contextmanager
-def waiting_lock(path, on_wait):
-    """Hold an exclusive lock on the file `path` (made if missing) for the block, waiting for the
-    process that holds it; `on_wait()` is called once first when there is one. The lock goes with the
-    process, so a killed holder never leaves it held."""
+def file_lock(path, when_held):
+    """Hold an exclusive lock on the file `path` (made if missing) for the block, with this process's
+    pid written in it. When another process holds it, `when_held(holder)` is called first with what the
+    holder wrote ("pid N", or "" if it wrote nothing): it raises to refuse, or returns to wait for the
+    lock. The lock goes with the process, so a killed holder never leaves it held."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with open(path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
         except BlockingIOError:
-            on_wait()
+            held = True
+        if held:
+            f.seek(0)
+            when_held(f.read().strip())
             fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
         yield
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.engine.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_text, sha256_file, waiting_lock
+from pipeline.engine.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_text, file_lock, sha256_file
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -43,7 +43,7 @@ def test_atomic_create_never_replaces_a_file_that_is_there(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "pinned.json"]
 
 
-def test_a_waiting_lock_waits_for_the_process_that_holds_it(tmp_path):
+def test_a_file_lock_waits_for_the_process_that_holds_it(tmp_path):
     lock, released = tmp_path / "env.lock", tmp_path / "released"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, pathlib, sys, time; f = open(sys.argv[1], 'a'); "
@@ -52,11 +52,11 @@ def test_a_waiting_lock_waits_for_the_process_that_holds_it(tmp_path):
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     waited = []
-    with waiting_lock(lock, lambda: waited.append(released.exists())):
+    with file_lock(lock, lambda holder: waited.append(released.exists())):
         got_it_after_release = released.exists()
     holder.wait()
     assert waited == [False], "on_wait is called once, while the other process holds the lock"
     assert got_it_after_release, "the lock was taken before the holder let it go"
-    with waiting_lock(lock, lambda: waited.append("again")):
+    with file_lock(lock, lambda holder: waited.append("again")):
         pass
     assert waited == [False], "a free lock is taken without waiting"
