@@ -8,7 +8,8 @@ artifact sizes and host/target agreement, TFLite and ONNX side by side (also alo
 and reproducibility (two clean builds, every sha256). Alone: --only-isa (vector-ISA reproducibility),
 --only-bytecode (emulated targets with and without their compiled bytecode), --only-suite (the test suite
 with 1 and 2 pytest-xdist workers), --only-speed BEFORE (the default build per stage, cold, at an earlier
-revision vs now), --only-ci (a fresh CI runner with a warm remote cache vs
+revision vs now), --only-fit (does each bundled model fit the devices: arena, MACs, Vela's figures, and
+each target stage's time), --only-ci (a fresh CI runner with a warm remote cache vs
 fully cold, and a large test set validated in 1 vs 2 shards run as separate invocations and merged).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
@@ -775,6 +776,8 @@ def main(argv=None):
                         "repeat on 2 cores), and add it to the results file")
     parser.add_argument("--only-formats", metavar="BUILD_DIR", help="only add the TFLite/ONNX side-by-side figures of "
                         "a finished build (make build: build/digits) to the results file")
+    parser.add_argument("--only-fit", action="store_true", help="only measure what each bundled model asks of the "
+                        "devices (arena, MACs, Vela's figures) and each target stage's time")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="edgebuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -789,6 +792,17 @@ def main(argv=None):
             result["ci"] = ci
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
             print(ci_markdown(result["ci"]))
+            return
+        if args.only_fit:
+            from bench.fit import fit, fit_markdown
+            from pipeline.cli import default_cache_dir
+
+            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+            result["fit"] = {"date": datetime.date.today().isoformat(), "machine": machine(),
+                             **fit(work, args.repeats, ACCURACY_CASES, edgebuild, sets, fresh_cache,
+                                   default_cache_dir() / "targets", log)}
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(fit_markdown(result["fit"]))
             return
         if args.only_suite:
             result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}

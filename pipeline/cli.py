@@ -470,7 +470,7 @@ def check_model(ctx, config_path, sets, recipe):
 
 @main.group(cls=Commands)
 def target():
-    """Emulated device targets (targets/<name>.toml)."""
+    """Device targets (targets/<name>.toml): emulated Linux boards, microcontrollers (TFLM) and NPUs (Vela)."""
 
 
 @target.command("list")
@@ -480,7 +480,7 @@ def target_list():
 
     for name in available_targets():
         t = load_target(name)
-        click.echo(f"{name:<24} {t.description}")
+        click.echo(f"{name:<24} {t.kind:<8} {t.description}")
 
 
 @target.command("setup")

@@ -22,7 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "tiny.toml"
-ALL_TARGETS = ["rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime"]  # tiny_build validates on each
+ALL_TARGETS = ["rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime", "cortex-m-tflm", "ethos-u55-128"]  # tiny_build
+# validates on each
 SIGNS = REPO / "tests" / "data" / "signs"  # 30 real photos per class (see its SOURCE.md and LICENSE)
 UNIT = REPO / "tests" / "unit"
 

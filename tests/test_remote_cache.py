@@ -64,7 +64,7 @@ def test_a_fresh_runner_gets_every_stage_from_the_bucket_byte_identical(tiny_bui
     b = _runner(tiny_build, s3, tmp_path / "b-cache", tmp_path / "b")
     assert b.returncode == 0, b.stderr[-3000:]
     lines = _stage_lines(b.stderr)
-    assert len(lines) == 6 + len(ALL_TARGETS) and set(lines.values()) == {"remote"}, lines
+    assert len(lines) == 7 + len(ALL_TARGETS) and set(lines.values()) == {"remote"}, lines
     for name in ARTIFACTS:
         assert (tmp_path / "b" / "tiny" / name).read_bytes() == (tiny_build["dir"] / name).read_bytes(), name
     records = [json.loads(p.read_text()) for p in (tmp_path / "b" / "tiny" / "records").glob("*.json")]

@@ -39,7 +39,7 @@ def test_model_file_validated_on_host_and_emulated_target(outside, cache_dir, tm
     manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
     assert manifest["kind"] == "validation" and manifest["built_here"] is False
     assert not {"train", "qat", "calibration"} & set(manifest) and set(manifest["stages"]) == {
-        "model", "testset", "host", "target:rpi5-litert"}
+        "model", "resources", "testset", "host", "target:rpi5-litert"}
     art = manifest["artifacts"]["model"]
     assert art["sha256"] == sha256_file(out / f"{model}.tflite") == sha256_file(tmp_path / "v" / art["path"])
     assert art["input"]["dtype"] == expected[model]["input_dtype"]
@@ -140,14 +140,27 @@ def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside,
     assert [(c["name"], c["passed"]) for c in checks] == [("runs on target (rpi5-litert)", False)]
 
 
+def _has_vnni():
+    flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 @pytest.mark.parametrize("model", ["float_nchw", "qdq_nchw"])
 def test_onnx_model_file_validated_on_host_and_the_onnxruntime_target(outside, cache_dir, tmp_path, model):
     """An .onnx made outside edgebuild (tf2onnx, channels first; then onnxruntime's own QDQ quantization):
     validate picks the targets that run ONNX (rpi5-onnxruntime, under qemu) and feeds NCHW inputs."""
     out, expected = outside
     proc = validate(out, cache_dir, f"{model}.onnx", "--out", str(tmp_path / "v"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Seen on an AVX2-only AMD EPYC (no VNNI): the host's onnxruntime and the Raspberry Pi's disagree on 5 of
+    # 300 test images of this QDQ model (also at the code before the device-fit work), most likely the known
+    # saturation of pre-VNNI x86 int8 dot products (16-bit pairwise sums), which aarch64 does not have. On
+    # such a host the gate must catch the disagreement; on a VNNI host both agree.
+    saturating = model == "qdq_nchw" and not _has_vnni()
+    assert proc.returncode == (1 if saturating else 0), proc.stdout + proc.stderr
     manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    if saturating:
+        failed = [c["name"] for c in manifest["gate"]["checks"] if not c["passed"]]
+        assert failed == ["host/target top-1 agreement (rpi5-onnxruntime)"], failed
     art = manifest["artifacts"]["model"]
     assert art["format"] == "onnx" and art["path"] == "model.onnx" and art["sha256"] == sha256_file(out / f"{model}.onnx")
     assert art["input"]["shape"] == [1, 1, 8, 8] and manifest["input_shape"] == [8, 8, 1]
@@ -157,8 +170,9 @@ def test_onnx_model_file_validated_on_host_and_the_onnxruntime_target(outside, c
     assert set(manifest["metrics"]["targets"]) == {"rpi5-onnxruntime"}
     target = manifest["metrics"]["targets"]["rpi5-onnxruntime"]
     assert target["machine"] == "aarch64" and target["model"] == "model.onnx" and target["samples"] == 300
-    assert target["accuracy"] == pytest.approx(expected[model]["accuracy"], abs=1e-6)
-    assert target["top1_agreement"] == 1.0 and manifest["gate"]["verdict"] == "pass"
+    if not saturating:
+        assert target["accuracy"] == pytest.approx(expected[model]["accuracy"], abs=1e-6)
+        assert target["top1_agreement"] == 1.0 and manifest["gate"]["verdict"] == "pass"
 
     if model == "qdq_nchw":  # a LiteRT target named explicitly refuses the format; the gate fails it
         proc = validate(out, cache_dir, f"{model}.onnx", "--target", "rpi5-litert", "--out", str(tmp_path / "w"))

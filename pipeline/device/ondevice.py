@@ -1,10 +1,12 @@
 """On-target validator: runs a .tflite or .onnx model over inputs and writes its raw outputs.
 
 It runs inside the target's root filesystem (emulated or real), so it imports only the Python
-standard library, numpy and the target's runtime: a TFLite runtime for a `.tflite`, onnxruntime for
-an `.onnx`.
+standard library, numpy and the target's runtime: a TFLite runtime for a `.tflite` (LiteRT,
+tflite-runtime, or TensorFlow Lite Micro with `--runtime tflite-micro`), onnxruntime for an `.onnx`.
 
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --batch 1 --threads 1
+    python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --kernels reference   (LiteRT's reference kernels)
+    python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --runtime tflite-micro  (arena usage on stderr)
     python3 ondevice.py MODEL.onnx INPUTS.npy OUT.npy --batch 1 --threads 1
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0     (every tensor of sample 0)
 
@@ -21,15 +23,95 @@ import sys
 import time
 
 
-def load_interpreter():
+# --kernels: which kernels a TFLite runtime uses. "default" is what the runtime does unasked (LiteRT and
+# tflite-runtime apply the XNNPACK delegate to the ops it covers); "builtin" the builtin optimized
+# kernels without delegates; "reference" the reference kernels, the ones TFLM's are ported from.
+KERNELS = {"default": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
+TFLM_ARENA = 16 * 1024 * 1024  # the arena the validator gives TFLM; what the model uses is measured and reported
+
+
+def load_interpreter(runtime=None, kernels="default"):
+    """(an Interpreter factory, the runtime's name): LiteRT or tflite-runtime with the chosen kernels,
+    or TensorFlow Lite Micro."""
+    if runtime == "tflite-micro":
+        return TflmInterpreter, "tflite-micro"
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        return Interpreter, "ai-edge-litert"
+        return _with_kernels(Interpreter, kernels), "ai-edge-litert"
     except ImportError:
         from tflite_runtime.interpreter import Interpreter
 
-        return Interpreter, "tflite-runtime"
+        return _with_kernels(Interpreter, kernels), "tflite-runtime"
+
+
+def _with_kernels(Interpreter, kernels):
+    if kernels == "default":
+        return Interpreter
+    resolver = getattr(sys.modules[Interpreter.__module__].OpResolverType, KERNELS[kernels])
+
+    def make(**kwargs):
+        return Interpreter(experimental_op_resolver_type=resolver, **kwargs)
+
+    return make
+
+
+class TflmInterpreter:
+    """TensorFlow Lite Micro's Python interpreter (the microcontroller runtime, reference kernels, on
+    this machine's ISA) behind the Interpreter calls main() makes. Its batch is the model's own (1)."""
+
+    def __init__(self, model_path, num_threads=1, preserve=False):
+        from tflite_micro.python.tflite_micro import runtime
+
+        config = runtime.InterpreterConfig.kPreserveAllTensors if preserve else \
+            runtime.InterpreterConfig.kAllocationRecording
+        self.interp = runtime.Interpreter.from_file(model_path, arena_size=TFLM_ARENA, intrepreter_config=config)
+        with open(model_path, "rb") as f:  # GetTensor past the last tensor crashes: count them first
+            self.count = len(runtime.convert_bytearray_to_object(bytearray(f.read())).subgraphs[0].tensors)
+        self.invoked = preserve  # a preserving interpreter records no allocations
+
+        def detail(d, index):
+            shape = [int(v) for v in d["shape"]]
+            return {"index": index, "dtype": d["dtype"], "shape": shape, "shape_signature": shape}
+
+        self.inp = detail(self.interp.get_input_details(0), 0)
+        self.out = detail(self.interp.get_output_details(0), 0)
+
+    def get_input_details(self):
+        return [self.inp]
+
+    def get_output_details(self):
+        return [self.out]
+
+    def resize_tensor_input(self, index, shape):
+        raise ValueError("TFLM runs the model's own batch size")
+
+    def allocate_tensors(self):
+        pass
+
+    def set_tensor(self, index, value):
+        self.interp.set_input(value, 0)
+
+    def invoke(self):
+        self.interp.invoke()
+        if not self.invoked:  # the recording allocator's figures, once, on stderr: "Arena allocation total N bytes"
+            self.invoked = True
+            sys.stdout.flush()
+            self.interp.print_allocations()
+
+    def get_tensor(self, index):
+        return self.interp.get_output(0)
+
+    def tensors(self):
+        """{index: array} of every tensor kept (preserve=True)."""
+        import numpy as np
+
+        kept = {}
+        for i in range(self.count):
+            t = self.interp.GetTensor(i, 0)
+            if t is not None and t.get("tensor_data") is not None:
+                kept[i] = np.array(t["tensor_data"]).reshape([int(v) for v in t["shape"]])
+        return kept
 
 
 class OnnxInterpreter:
@@ -100,10 +182,14 @@ def dump(Interpreter, runtime, args, x):
     off: a delegate keeps its own intermediates), and save them as t<index> in an .npz."""
     import numpy as np
 
-    resolver = sys.modules[Interpreter.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interp = Interpreter(model_path=args.model, num_threads=1, experimental_preserve_all_tensors=True,
-                             experimental_op_resolver_type=resolver)
+        if runtime == "tflite-micro":
+            interp = TflmInterpreter(args.model, preserve=True)
+        else:
+            kernels = "builtin" if args.kernels == "default" else args.kernels
+            resolver = getattr(sys.modules[Interpreter.__module__].OpResolverType, KERNELS[kernels])
+            interp = Interpreter(model_path=args.model, num_threads=1, experimental_preserve_all_tensors=True,
+                                 experimental_op_resolver_type=resolver)
         inp = interp.get_input_details()[0]
         signature = inp.get("shape_signature")
         fixed = signature is not None and len(signature) and signature[0] != -1
@@ -119,7 +205,9 @@ def dump(Interpreter, runtime, args, x):
         print(json.dumps({"refused": " ".join(str(exc).split())[:500]}))
         return 3
     tensors = {}
-    for detail in interp.get_tensor_details():
+    if runtime == "tflite-micro":
+        tensors = {f"t{i}": v for i, v in interp.tensors().items()}
+    for detail in [] if runtime == "tflite-micro" else interp.get_tensor_details():
         try:
             tensors[f"t{detail['index']}"] = np.array(interp.get_tensor(detail["index"]))
         except ValueError:  # a tensor without data (an unused or freed buffer)
@@ -139,6 +227,11 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dump", type=int, help="run only this sample and write every tensor to OUT (.npz)")
+    parser.add_argument("--runtime", choices=["tflite-micro"], help="run a .tflite on TensorFlow Lite Micro")
+    parser.add_argument("--kernels", choices=sorted(KERNELS), default="default",
+                        help="the TFLite runtime's kernels (dumps use builtin unless reference is asked)")
+    parser.add_argument("--reference", type=int, default=0, metavar="N",
+                        help="also run the first N inputs on the reference kernels, into OUT with .ref.npy")
     args = parser.parse_args(argv)
 
     x = np.load(args.inputs)
@@ -148,7 +241,7 @@ def main(argv=None):
             print(json.dumps({"refused": "keeping every tensor (--dump) is done for .tflite models only"}))
             return 3
     else:
-        Interpreter, runtime = load_interpreter()
+        Interpreter, runtime = load_interpreter(args.runtime, "default" if args.dump is not None else args.kernels)
     if args.dump is not None:
         return dump(Interpreter, runtime, args, x)
     started = time.perf_counter()
@@ -189,6 +282,14 @@ def main(argv=None):
         results[start : start + n] = interp.get_tensor(out["index"])[:n]
     infer_s = time.perf_counter() - started
     np.save(args.out, results)
+    reference = 0
+    if args.reference and runtime in ("ai-edge-litert", "tflite-runtime"):
+        reference = min(args.reference, len(x))
+        try:
+            np.save(_reference_path(args.out), run_reference(args.model, x[:reference]))
+        except Exception as exc:
+            print(json.dumps({"refused": " ".join(f"reference kernels: {exc}".split())[:500]}))
+            return 3
     print(json.dumps({
         "runtime": runtime,
         "runtime_version": runtime_version(runtime),
@@ -198,10 +299,41 @@ def main(argv=None):
         "images": int(len(x)),
         "batch": batch,
         "threads": args.threads,
+        "kernels": "tflm-reference" if runtime == "tflite-micro" else args.kernels,
         "setup_seconds": setup_s,
         "inference_seconds": infer_s,
+        "reference_samples": reference,
     }))
     return 0
+
+
+def _reference_path(out):
+    return out[: -len(".npy")] + ".ref.npy" if out.endswith(".npy") else out + ".ref.npy"
+
+
+def run_reference(model, x):
+    """The outputs of `x` on the runtime's reference kernels, one sample at a time: they take the same
+    code path on every instruction set, so a difference from another machine's is the ISA's or the
+    compiler's, never a kernel's choice (the ISA check)."""
+    import numpy as np
+
+    Interpreter, _ = load_interpreter(None, "reference")
+    interp = Interpreter(model_path=model, num_threads=1)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    signature = inp.get("shape_signature")
+    fixed = int(signature[0]) if signature is not None and len(signature) and signature[0] != -1 else None
+    if not fixed:
+        interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
+    interp.allocate_tensors()
+    results = []
+    for i in range(len(x)):
+        sample = x[i : i + 1]
+        if fixed and fixed > 1:
+            sample = np.concatenate([sample, np.zeros((fixed - 1,) + sample.shape[1:], sample.dtype)])
+        interp.set_tensor(inp["index"], sample)
+        interp.invoke()
+        results.append(np.array(interp.get_tensor(out["index"])[:1]))
+    return np.concatenate(results) if results else np.zeros((0,), np.float32)
 
 
 if __name__ == "__main__":

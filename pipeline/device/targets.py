@@ -1,7 +1,10 @@
-"""Targets are data: `targets/<name>.toml` says the architecture, CPU, distribution, runtime and its
-pinned wheels, threads, batch size and tolerances. This module builds an emulated aarch64 root
-filesystem for a target from Debian packages (mmdebstrap, extract variant) and PyPI aarch64 wheels,
-fetches Debian's statically linked qemu user-mode emulator, and runs the on-target validator in it.
+"""Targets are data: `targets/<name>.toml` says the target's kind, runtime and its pinned version, the
+kernels it runs, its budgets (RAM, flash, MACs, ...) and tolerances; a Linux board also its
+architecture, CPU, distribution, pinned wheels, threads and batch size. This module reads target files
+and, for the `linux` kind, builds an emulated aarch64 root filesystem from Debian packages (mmdebstrap,
+extract variant) and PyPI aarch64 wheels, fetches Debian's statically linked qemu user-mode emulator,
+and runs the on-target validator in it. Other kinds are one module each (KINDS): their set-up and
+validator command come from there, and `run_sharded` runs any of them the same way.
 
 Environments are cached under `<cache>/targets/<name>-<sha of the target file>/`, written under a
 temporary name and renamed into place, so a second setup is instant and a killed one leaves nothing.
@@ -10,8 +13,11 @@ temporary name and renamed into place, so a second setup is instant and a killed
 import dataclasses
 import glob
 import hashlib
+import importlib
 import json
+import math
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -26,6 +32,7 @@ from pathlib import Path
 
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import file_lock, publishing_dir
+from pipeline.engine.text import did_you_mean
 
 TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
 CODE_FILES = ("ondevice.py", "selftest_int8.tflite", "selftest_int8.onnx")  # run on the device: in the code digest
@@ -48,8 +55,53 @@ class Tolerances:
     min_top1_agreement: float = 0.99  # target vs the build host's runtime (runtime drift included)
     min_bitexact_fraction: float = 0.9  # target vs host, gated only for a target without an x86 twin
     max_abs_diff: int = 2
-    min_isa_bitexact_fraction: float = 1.0  # target vs its x86 twin (same runtime and version)
-    max_isa_abs_diff: int = 0
+    min_isa_bitexact_fraction: float = 1.0  # target vs its x86 twin (same runtime, version and kernels)
+    max_isa_abs_diff: int = 0  # with a reference-kernel ISA check: the production kernels' drift vs the twin
+    min_reference_bitexact_fraction: float = 1.0  # the ISA check on reference kernels (validate.isa_samples)
+
+
+# What a target can hold the model to: each figure is checked by the gate when the target file (or [gate])
+# sets it. (minimum, maximum, what is measured) per key; the maximum only refuses absurd values.
+BUDGETS = {
+    "sram_bytes": (1, 2**40, "the RAM the model needs: the TFLM arena (activations), plus the model on a Linux "
+                             "board, or Vela's SRAM on an NPU"),
+    "flash_bytes": (1, 2**40, "the storage the model needs: the .tflite, or Vela's off-chip flash on an NPU"),
+    "max_macs": (1, 10**15, "multiply-accumulates per inference"),
+    "max_cpu_fallback_ops": (0, 10**6, "NPU targets: operators Vela leaves to the CPU"),
+    "max_inference_ms": (1e-6, 1e7, "NPU targets: Vela's estimated time per inference at the configured clock"),
+}
+
+# The kinds of target: the module that sets one up and runs its validator (None: this module, for Linux
+# boards). A kind's module is the executor protocol: FIELDS (its target-file fields besides COMMON),
+# check(target), setup(target, cache_dir, log) -> the directory its runs use, launch(target, root, args,
+# twin) -> (command, environment) of one validator process (run_sharded runs any kind's), executor(target)
+# -> how it ran (recorded), outputs(target) -> files its stage publishes besides the outputs, and
+# finish(target, model, out_dir, work, log) -> (record additions, files written) after a run.
+KINDS = {
+    "linux": None,
+    "tflm": "pipeline.device.tflm",
+    "ethos-u": "pipeline.device.ethosu",
+}
+# The kernels a target's runtime may run, by kind and runtime (the twin and the tensor dumps use the same).
+KERNELS = {
+    ("linux", "ai-edge-litert"): ("xnnpack", "builtin", "reference"),
+    ("linux", "tflite-runtime"): ("xnnpack", "builtin", "reference"),
+    ("linux", "onnxruntime"): ("mlas",),
+    ("tflm", "tflite-micro"): ("tflm-reference",),
+    ("ethos-u", "tflite-micro"): ("ethos-u",),
+}
+KERNEL_FLAG = {"xnnpack": "default", "builtin": "builtin", "reference": "reference"}  # ondevice.py --kernels
+
+
+def outputs(target):
+    """A Linux target publishes nothing but its outputs (the kind protocol's hook)."""
+    return ()
+
+
+def kind_module(kind):
+    """The module of a kind of target (this module for `linux`)."""
+    name = KINDS[kind]
+    return sys.modules[__name__] if name is None else importlib.import_module(name)
 
 
 @dataclass(frozen=True)
@@ -76,9 +128,23 @@ class Target:
     path: str
     twin_platforms: tuple = ()  # x86_64 wheel platforms of the same runtime and numpy: the twin
     twin_wheel_sha256: dict = dataclasses.field(default_factory=dict)
+    kind: str = "linux"
+    kernels: str = "xnnpack"
+    budget: dict = dataclasses.field(default_factory=dict)  # BUDGETS key -> value (absent: no budget)
+    npu: dict = dataclasses.field(default_factory=dict)  # ethos-u: accelerator_config, system_config, ...
+
+    @property
+    def has_twin(self):
+        """Whether the target has an x86 twin: the same runtime and kernels beside it on the build host."""
+        return bool(self.twin_platforms) or self.kind != "linux"
 
 
 OPTIONAL = {"twin_platforms": (), "twin_wheel_sha256": {}}  # a target without them has no x86 twin
+COMMON = {"name", "description", "kind", "runtime", "runtime_version", "kernels"}  # every kind's fields
+# The Linux fields a microcontroller or NPU target does not have: what it runs on is the build host.
+HOSTED = dict(arch=platform.machine(), emulated=False, cpu="host", distribution="host", debian_packages=(),
+              python="host", wheels=(), wheel_platforms=(), qemu_suite="", qemu_version="", threads=1, batch_size=1,
+              wheel_sha256={})
 
 
 def available_targets(targets_dir=TARGETS_DIR):
@@ -91,8 +157,6 @@ def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
     check_name(name, "a target name")
     path = Path(targets_dir) / f"{name}.toml"
     if not path.is_file():
-        from pipeline.engine.text import did_you_mean
-
         names = available_targets(targets_dir)
         hint = did_you_mean(name, names)
         raise InputError(
@@ -104,22 +168,77 @@ def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
         raw = tomllib.loads(raw_bytes.decode())
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path} is not valid TOML: {exc}.") from None
-    fields = {f.name for f in dataclasses.fields(Target)} - {"sha256", "path", "tolerances"}
-    unknown = set(raw) - fields - {"tolerances"}
-    missing = fields - set(raw) - set(OPTIONAL) - (set() if check_hashes else {"wheel_sha256"})
+    kind = raw.setdefault("kind", "linux")
+    if kind not in KINDS:
+        raise InputError(f"kind in {path} must be one of {', '.join(KINDS)}; received {str(kind)[:40]!r}. Fix the "
+                         "target file.")
+    if kind == "linux":
+        fields = {f.name for f in dataclasses.fields(Target)} - {"sha256", "path", "tolerances", "budget", "npu"}
+        optional = set(OPTIONAL) | (set() if check_hashes else {"wheel_sha256"})
+    else:
+        fields = COMMON | set(kind_module(kind).FIELDS)
+        optional = set()
+    tables = {"tolerances", "budget"}
+    unknown = set(raw) - fields - tables
+    missing = fields - set(raw) - optional
     if unknown or missing:
+        example = "targets/rpi5-litert.toml" if kind == "linux" else f"the shipped {kind} target in targets/"
+        hint = "".join(did_you_mean(k, sorted(fields | tables)) for k in sorted(unknown)[:1])
         raise InputError(
-            f"{path} must define exactly the target fields; unknown: {sorted(unknown) or 'none'}, "
-            f"missing: {sorted(missing) or 'none'}. See targets/rpi5-litert.toml."
+            f"{path} must define exactly the fields of a {kind} target; unknown: {sorted(unknown) or 'none'}, "
+            f"missing: {sorted(missing) or 'none'}.{hint} See {example}."
         )
-    tol = Tolerances(**raw.pop("tolerances", {}))
+    if raw.get("name") != path.stem:
+        raise InputError(f"the name field of a target file must be its file name without .toml; {path} says name = "
+                         f"{str(raw.get('name'))[:80]!r}. Set name = \"{path.stem}\".")
+    tol = _tolerances(raw.pop("tolerances", {}), path)
+    budget = check_budget(raw.pop("budget", {}), f"[budget] in {path}")
+    if kind != "linux":
+        raw = {**HOSTED, **raw}
     for key, default in OPTIONAL.items():
         raw.setdefault(key, default)
     for key in ("debian_packages", "wheels", "wheel_platforms", "twin_platforms"):
         raw[key] = tuple(raw[key])
     raw.setdefault("wheel_sha256", {})
     _check_lists(raw, path, check_hashes)
-    return Target(**raw, tolerances=tol, sha256=hashlib.sha256(raw_bytes).hexdigest(), path=str(path))
+    allowed = KERNELS.get((kind, raw["runtime"]))
+    if allowed is None or raw["kernels"] not in allowed:
+        raise InputError(f"kernels in {path} must name kernels its runtime {raw['runtime']} runs "
+                         f"({', '.join(allowed or ['none known'])}); received {str(raw['kernels'])[:40]!r}. Fix the "
+                         "target file.")
+    target = Target(**raw, tolerances=tol, budget=budget, sha256=hashlib.sha256(raw_bytes).hexdigest(), path=str(path))
+    if kind != "linux":
+        kind_module(kind).check(target)
+    return target
+
+
+def _tolerances(values, path):
+    fields = {f.name: f for f in dataclasses.fields(Tolerances)}
+    if not isinstance(values, dict) or set(values) - set(fields):
+        unknown = sorted(set(values) - set(fields)) if isinstance(values, dict) else values
+        raise InputError(f"[tolerances] in {path} takes {', '.join(fields)}; received {unknown!r}. Fix the target file.")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise InputError(f"tolerances.{key} in {path} must be a finite number >= 0; received {value!r}. Fix the "
+                             "target file.")
+    return Tolerances(**values)
+
+
+def check_budget(values, origin):
+    """{key: value} of a [budget] table, each a finite number within BUDGETS' range; InputError naming the key."""
+    if not isinstance(values, dict):
+        raise InputError(f"{origin} must be a table of budgets; received {values!r}. See targets/cortex-m-tflm.toml.")
+    for key, value in values.items():
+        if key not in BUDGETS:
+            raise InputError(f"{origin} takes {', '.join(BUDGETS)}; received {key!r}.{did_you_mean(key, BUDGETS)} "
+                             "Fix the target file.")
+        low, high, what = BUDGETS[key]
+        integer = key != "max_inference_ms"
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or \
+                not math.isfinite(value) or not low <= value <= high:
+            raise InputError(f"budget {key} ({what}) must be {'an integer' if integer else 'a number'} from {low} to "
+                             f"{high:g}; received {value!r} in {origin}. Set the board's real figure.")
+    return dict(values)
 
 
 # What a target file's list entries may be: they reach pip, mmdebstrap and Dockerfile lines.
@@ -210,14 +329,19 @@ def _run(cmd, what, log, cwd=None, env=None):
     return proc.stdout
 
 
-# What set-up makes besides what the target file pins; raising it rebuilds every environment (2: the
-# Python modules compiled ahead of time).
-SETUP_REVISION = 2
+# What set-up makes besides what the target file pins; raising it rebuilds every environment (3: keyed
+# by the fields that build it, not by the whole target file).
+SETUP_REVISION = 3
+ENVIRONMENT_FIELDS = ("arch", "distribution", "debian_packages", "python", "runtime", "runtime_version",
+                      "wheels", "wheel_sha256", "wheel_platforms", "qemu_suite", "qemu_version", "twin_platforms",
+                      "twin_wheel_sha256")
 
 
 def env_key(target):
-    """The environment's digest: the target file (which pins everything in it) and how set-up builds it."""
-    return hashlib.sha256(f"{target.sha256}:{SETUP_REVISION}".encode()).hexdigest()[:12]
+    """The environment's digest: the target fields it is built from (a budget or a tolerance changes
+    nothing in it) and how set-up builds it."""
+    fields = {k: getattr(target, k) for k in ENVIRONMENT_FIELDS}
+    return hashlib.sha256(f"{json.dumps(fields, sort_keys=True)}:{SETUP_REVISION}".encode()).hexdigest()[:12]
 
 
 def env_dir(target, cache_dir):
@@ -231,6 +355,8 @@ def _qemu_path(root):
 def setup(target, cache_dir, log=print, remote=None):
     """Build (or reuse) the target's emulated environment; returns its directory. With `remote` (a
     RemoteCache), a missing environment is restored from it, and one built here is stored in it."""
+    if target.kind != "linux":
+        return kind_module(target.kind).setup(target, cache_dir, log)
     root = env_dir(target, cache_dir)
     if (root / "ready.json").is_file():
         if remote is not None and target.emulated:
@@ -433,8 +559,19 @@ def _env(target, root, twin=False):
     return env
 
 
+def launch(target, root, args, twin=False):
+    """(command line, environment) of one validator process with `args` on the target (or its x86 twin),
+    from the target's kind."""
+    if target.kind != "linux":
+        return kind_module(target.kind).launch(target, root, [str(a) for a in args], twin)
+    flag = KERNEL_FLAG.get(target.kernels, "default")
+    if flag != "default":
+        args = [*args, "--kernels", flag]
+    return command(target, root, args, twin), _env(target, root, twin)
+
+
 def command(target, root, args, twin=False):
-    """The command line that runs the validator with `args` on the target (or on its x86 twin)."""
+    """The command line that runs the validator with `args` on a Linux target (or on its x86 twin)."""
     args = [str(a) for a in args]
     if twin:
         return [sys.executable, "-S", str(ONDEVICE), *args]
@@ -446,11 +583,13 @@ def command(target, root, args, twin=False):
 
 
 def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False, container=None,
-                bytecode=True):
+                bytecode=True, reference=0):
     """Run the validator over `x` in `shards` parallel long-lived processes (on the target, or on its
     x86 twin with `twin`; in the target's OCI image with `container` = the cache directory that holds
     it); returns (outputs, info). `bytecode=False` ignores the environment's compiled modules (every
-    module compiled at start, as before set-up compiled them: for the benchmark)."""
+    module compiled at start, as before set-up compiled them: for the benchmark). With `reference` = N,
+    the same processes also run the first N inputs on the runtime's reference kernels and write those
+    outputs to work/reference.npy (a TFLite runtime only; info["reference_samples"] says how many)."""
     import numpy as np
 
     work = Path(work)
@@ -462,36 +601,37 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
         np.save(work / f"x{i}.npy", x[idx])
         args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
                 "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
+        ref = max(0, min(len(idx), reference - int(idx[0])))
+        if ref:
+            args += ["--reference", str(ref)]
         if container is not None:
             from pipeline.device import image
 
             cmd, env = image.command(target, container, args), image.host_env()
         else:
-            cmd, env = command(target, root, args, twin), _env(target, root, twin)
+            cmd, env = launch(target, root, args, twin)
             if not bytecode:  # .pyc files are looked up under an empty prefix: none is found
                 env["PYTHONPYCACHEPREFIX"] = str(work / "no-bytecode")
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    infos = []
-    for i, proc in enumerate(procs):
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            refused = _refusal(out)
-            if refused is not None:
-                for other in procs:
-                    other.kill()
-                    other.wait()
-                m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", refused + (err or ""))
-                fix = (f"Use a runtime that has op {m.group(1)} version {m.group(2)} in the target file, or avoid "
-                       "that op." if m else "")
-                where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
-                raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", refused, fix)
-            msg = (err or out).strip().splitlines()[-1:] or ["no output"]
-            raise StageError(
-                f"the on-target validator failed on {target.name} (exit {proc.returncode}): {msg[0][:300]}"
-            )
-        infos.append(json.loads(out.strip().splitlines()[-1]))
+    infos, arena = [], None
+    try:
+        for proc in procs:
+            out, err = proc.communicate()
+            used = ARENA.search(err or "")
+            arena = int(used.group(1)) if used else arena
+            if proc.returncode != 0:
+                _failed(target, proc.returncode, out, err, twin)
+            infos.append(json.loads(out.strip().splitlines()[-1]))
+    finally:  # on any failure, no validator is left running
+        for other in procs:
+            if other.poll() is None:
+                other.kill()
+            other.wait()
     wall = time.perf_counter() - started
     outputs = np.concatenate([np.load(work / f"y{i}.npy") for i in range(len(parts))])
+    refs = [work / f"y{i}.ref.npy" for i, info in enumerate(infos) if info.get("reference_samples")]
+    if refs:
+        np.save(work / "reference.npy", np.concatenate([np.load(r) for r in refs]))
     slowest = max(i["inference_seconds"] for i in infos)
     return outputs, {
         "runtime": infos[0]["runtime"],
@@ -504,7 +644,34 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
         "wall_seconds": round(wall, 3),
         "inference_seconds": round(slowest, 4),
         "images_per_s": round(len(x) / slowest, 1) if slowest > 0 else None,
+        "kernels": infos[0].get("kernels", "default"),
+        "reference_samples": sum(i.get("reference_samples", 0) for i in infos),
+        **({"arena_bytes": arena} if arena is not None else {}),
     }
+
+
+# What TFLM's recording allocator prints after the first invoke (ondevice.py asks it to).
+ARENA = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+def _failed(target, returncode, out, err, twin):
+    """Raise what a validator's non-zero exit means: the runtime refused the model (ModelRefused, naming
+    the op the runtime lacks when it said so on stderr), or the validator itself failed (StageError)."""
+    refused = _refusal(out)
+    if refused is not None:
+        named = re.search(r"(Didn't find op for builtin opcode '\w+'[^\n]*|Failed to get registration from op "
+                          r"code [^\n]*)", err or "")
+        if named and named.group(1) not in refused:
+            refused = f"{named.group(1).strip()}; {refused}"
+        m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", refused)
+        fix = (f"Use a runtime that has op {m.group(1)} version {m.group(2)} in the target file, or avoid "
+               "that op." if m else "")
+        where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
+        raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", refused, fix)
+    msg = (err or out).strip().splitlines()[-1:] or ["no output"]
+    if returncode < 0:
+        msg = [f"killed by signal {-returncode}" + (f" after: {msg[0]}" if msg[0] != "no output" else "")]
+    raise StageError(f"the on-target validator failed on {target.name} (exit {returncode}): {msg[0][:300]}")
 
 
 def dump_tensors(target, root, model, x, work, side):
@@ -521,7 +688,7 @@ def dump_tensors(target, root, model, x, work, side):
         cmd = [sys.executable, str(ONDEVICE), *map(str, args)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
     else:
-        cmd, env = command(target, root, args, twin=side == "twin"), _env(target, root, twin=side == "twin")
+        cmd, env = launch(target, root, args, twin=side == "twin")
     try:
         _run(cmd, f"keeping every tensor on {side}", work / "dump.log", env=env)
     except (StageError, InputError):

@@ -326,12 +326,15 @@ def run_stage(stage, config, build_dir, cache, options, external, records, ahead
 def publish_outputs(stage, staging, build_dir, cache, key, record):
     """Store a stage's finished outputs in the cache and move them into the build directory."""
     missing = [n for n in stage.outputs if not (staging / n).exists()]
-    if missing:
+    if set(missing) - set(stage.optional):
         raise StageError(f"stage {stage.name} finished without writing {', '.join(missing)}.")
-    if cache:
+    if cache and not missing:
         cache.put(key, staging, stage.outputs, record)
     for name in stage.outputs:
-        os.replace(staging / name, build_dir / name)
+        if name in missing:  # an optional output not made this time: no older one stays beside the new record
+            (build_dir / name).unlink(missing_ok=True)
+        else:
+            os.replace(staging / name, build_dir / name)
 
 
 def write_record(stage, config, build_dir, options, key, parts, record, source, started, ran="ran"):
@@ -346,7 +349,7 @@ def write_record(stage, config, build_dir, options, key, parts, record, source, 
         "cache_source": source,
         "pins": pin_outputs(stage, config, build_dir),
         "wall_seconds": round(time.perf_counter() - started, 2),
-        "outputs": {n: sha256_file(build_dir / n) for n in stage.outputs},
+        "outputs": {n: sha256_file(build_dir / n) for n in stage.outputs if (build_dir / n).exists()},
     }
     atomic_write_text(build_dir / "records" / f"{stage.name.replace(':', '-')}.json", json.dumps(record, indent=1))
     said = {"local": "cached", "remote": "remote"}.get(source, ran)
@@ -520,7 +523,8 @@ def why_not_publishable(plan, config, records, build_dir):
     current = {}
     for stage in plan:
         record = records.get(stage.name)
-        missing = [o for o in stage.outputs if not (build_dir / o).exists()]
+        missing = [o for o in stage.outputs if not (build_dir / o).exists() and
+                   (o not in stage.optional or o in (record or {}).get("outputs", {}))]
         if record is None or missing:
             return f"stage {stage.name} has not finished in {build_dir}"
         if "key_parts" not in record:

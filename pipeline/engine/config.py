@@ -104,10 +104,13 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert"], "emulated targets (targets/<name>.toml) to validate on",
-                       items=str, name=True)
+    targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert", "cortex-m-tflm", "ethos-u55-128"],
+                       "targets (targets/<name>.toml) to validate on: emulated Linux boards, microcontrollers (TFLM), "
+                       "NPUs (Vela)", items=str, name=True)
     sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0)
     shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
+    isa_samples: int = _f(64, "test samples each Linux board with a TFLite runtime and its x86 twin also run on the "
+                          "runtime's reference kernels: the ISA check, held bit-exact (0 = off)", min=0, max=100_000)
     executor: str = _f("qemu", "how the emulated targets run: 'qemu' (user-mode qemu on the target's root filesystem, "
                        "the fastest) or 'container' (the target's OCI image under podman: edgebuild target image)",
                        choices=("qemu", "container"))
@@ -133,6 +136,16 @@ class GateConfig:
     min_onnx_agreement: float = _f(0.99, "minimum top-1 agreement of the int8 ONNX with the int8 .tflite on the host",
                                    min=0.0, max=1.0)
     max_int8_bytes: int = _f(1_000_000, "maximum int8 .tflite size in bytes", min=1)
+    sram_bytes: int = _f(0, "RAM budget of every target, overriding its file's [budget] (0 = each target's own)",
+                         min=0, max=2**40)
+    flash_bytes: int = _f(0, "flash budget of every target, overriding its file's [budget] (0 = each target's own)",
+                          min=0, max=2**40)
+    max_macs: int = _f(0, "MACs per inference on every target, overriding its file's [budget] (0 = each target's own)",
+                       min=0, max=10**15)
+    max_cpu_fallback_ops: int = _f(-1, "NPU targets: operators Vela may leave to the CPU, overriding the target's "
+                                   "[budget] (-1 = each target's own)", min=-1, max=10**6)
+    max_inference_ms: float = _f(0.0, "NPU targets: Vela's estimated ms per inference, overriding the target's "
+                                 "[budget] (0 = each target's own)", min=0.0, max=1e7)
 
 
 @dataclass(frozen=True)

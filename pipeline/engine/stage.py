@@ -14,6 +14,8 @@ it never knows a stage by name.
   file that is there, which it declares as an external input.
 - `toolchain`: the distributions whose versions change the stage's bytes. Part of the cache key,
   with the digest of the stage's code (computed by `pipeline.engine.codehash`).
+- `optional`: outputs the stage may leave unwritten (a compiled model that its compiler refused); a
+  run without them is not cached.
 - `shardable`: the stage can run in parts on separate machines. Its `run` then receives
   ctx.params["shard"] = [i, n] and writes its part's arrays to shard.npz; its module's
   `merge(cfg, inputs, parts, out_dir, ctx)` makes the stage's outputs and record from the parts
@@ -40,6 +42,7 @@ class Stage:
     group: str = ""  # the name --only / --until use (one "targets" group for every target); default: name
     params: dict = field(default_factory=dict)  # per-instance values passed to run as ctx.params
     shardable: bool = False
+    optional: tuple = ()  # outputs that may be absent (see the module's docstring)
 
     @property
     def group_name(self):

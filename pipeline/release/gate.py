@@ -127,6 +127,18 @@ def _target_checks(m, cfg, prefix):
         if isa.get("refused"):
             checks.append(_check(f"runs on the x86 twin ({name})", "refused", "loads and runs", False,
                                  detail=text.clip(isa["refused"], 200)))
+        elif isa.get("reference"):  # the ISA on reference kernels, bit-exact; the production kernels as drift
+            ref = isa["reference"]
+            need = tol.get("min_reference_bitexact_fraction", 1.0)
+            checks.append(_check(f"ISA: bit-exact vs x86 twin, reference kernels ({name})", ref["bitexact_fraction"],
+                                 f">= {need}", ref["bitexact_fraction"] >= need and (need < 1.0 or ref["max_abs_diff"] == 0),
+                                 detail=f"{ref['samples']} samples, max |diff| {ref['max_abs_diff']:.4g}"))
+            top1, most = max(cfg.min_target_agreement, tol["min_top1_agreement"]), tol.get("max_isa_abs_diff", 0)
+            checks.append(_check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["top1_agreement"],
+                                 f">= {top1}, max |diff| <= {most}",
+                                 isa["top1_agreement"] >= top1 and isa["max_abs_diff"] <= most,
+                                 detail=f"drift of the kernels' own code paths per ISA: {isa['bitexact_fraction']:.4f} "
+                                        f"bit-exact, max |diff| {isa['max_abs_diff']:.4g}"))
         elif isa.get("twin"):  # ISA agreement is gated strictly; drift vs the host is reported (and top-1 above)
             need, most = tol.get("min_isa_bitexact_fraction", 1.0), tol.get("max_isa_abs_diff", 0)
             checks.append(_check(f"bit-exact vs x86 twin ({name})", isa["bitexact_fraction"], f">= {need}",
@@ -140,6 +152,69 @@ def _target_checks(m, cfg, prefix):
                                  detail=f"max |diff| {t['max_abs_diff']} (<= {tol['max_abs_diff']}); no x86 twin"))
             checks.append(_check(f"max int8 |diff| ({name})", t["max_abs_diff"], f"<= {tol['max_abs_diff']}",
                                  t["max_abs_diff"] <= tol["max_abs_diff"]))
+    return checks
+
+
+# [gate] keys that override every target's [budget]: the value that means "each target's own".
+BUDGET_OVERRIDES = {"sram_bytes": 0, "flash_bytes": 0, "max_macs": 0, "max_cpu_fallback_ops": -1, "max_inference_ms": 0}
+
+
+def budgets(target, cfg):
+    """The target's budgets, with [gate]'s overrides applied."""
+    merged = dict(target.get("budget") or {})
+    for key, unset in BUDGET_OVERRIDES.items():
+        value = getattr(cfg, key, unset)
+        if value != unset:
+            merged[key] = value
+    return merged
+
+
+def fit(manifest, name, t):
+    """What the model asks of target `name`: {figure: (value or None, how it was measured)} for RAM,
+    flash, MACs and, on an NPU, CPU-fallback operators and inference time."""
+    models = {r.get("file"): r for r in (manifest.get("resources") or {}).values()}
+    model = models.get(t.get("model"), {})
+    arena = (models.get(t.get("model")) or {}).get("arena_bytes") or next(
+        (r.get("arena_bytes") for r in models.values() if r.get("arena_bytes")), None)
+    macs = model.get("macs") or next((r.get("macs") for r in models.values() if r.get("macs")), None)
+    kind, npu = t.get("kind", "linux"), t.get("npu") or {}
+    if kind == "ethos-u":
+        flash = None if npu.get("refused") else npu["off_chip_flash_bytes"] + npu["on_chip_flash_bytes"]
+        return {"sram_bytes": (npu.get("sram_bytes"), "Vela's SRAM for the feature maps"),
+                "flash_bytes": (flash, "Vela's flash for the compiled model"),
+                "max_macs": (macs, "MACs per inference, from the model file"),
+                "max_cpu_fallback_ops": (npu.get("cpu_ops"), ", ".join(npu.get("cpu_fallback") or []) or
+                                         "operators Vela leaves to the CPU"),
+                "max_inference_ms": (npu.get("inference_ms"), f"Vela's estimate at {npu.get('clock_hz', 0) / 1e6:g} MHz")}
+    size = model.get("model_bytes")
+    if kind == "tflm":
+        ram = (t.get("arena_bytes") or arena, "the tensor arena TFLM's recording allocator measured")
+    else:
+        ram = (size + arena if size and arena else None,
+               "model + TFLM-measured activations: a lower bound (the runtime and Python need more)")
+    return {"sram_bytes": ram, "flash_bytes": (size, "the model file (the runtime's code is not counted)"),
+            "max_macs": (macs, "MACs per inference, from the model file")}
+
+
+FIT_NAMES = {"sram_bytes": "RAM", "flash_bytes": "flash", "max_macs": "MACs", "max_cpu_fallback_ops": "CPU-fallback ops",
+             "max_inference_ms": "NPU inference ms"}
+
+
+def _budget_checks(manifest, cfg):
+    """One check per target and budget it has: the measured figure against the budget, both named."""
+    checks = []
+    for name, t in sorted((manifest["metrics"].get("targets") or {}).items()):
+        if (t.get("npu") or {}).get("refused"):
+            checks.append(_check(f"compiles for the NPU ({name})", "refused", "Vela compiles it", False,
+                                 detail=text.clip(t["npu"]["refused"], 200)))
+        figures = fit(manifest, name, t)
+        for key, limit in sorted(budgets(t, cfg).items()):
+            if key not in figures:
+                continue
+            got, how = figures[key]
+            if got is None:  # a refused model (failed above), or no TFLM arena for a model given only as .onnx
+                continue
+            checks.append(_check(f"{FIT_NAMES[key]} ({name})", got, f"<= {limit:,}", got <= limit, detail=how))
     return checks
 
 
@@ -187,6 +262,7 @@ def evaluate_validation(manifest, cfg, baseline=None):
     checks = [_check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
                      host["accuracy"] >= cfg.min_int8_accuracy)]
     checks += _target_checks(manifest["metrics"], cfg, "")
+    checks += _budget_checks(manifest, cfg)
     if art["input"]["dtype"] in ("int8", "uint8"):
         checks += _integer_model_checks(manifest, art, cfg)
     if baseline is not None:
@@ -210,6 +286,7 @@ def evaluate(manifest, cfg, baseline=None):
     labels = (manifest.get("test_split") or {}).get("labels")
     checks.append(_regressed_check("float->int8", m["float"]["top1"], int8["top1"], labels, cfg, float_acc))
     checks += _target_checks(m, cfg, "int8 ")
+    checks += _budget_checks(manifest, cfg)
     art = manifest["artifacts"]["int8_tflite"]
     checks += _integer_model_checks(manifest, art, cfg)
     io = f"{art['input']['dtype']}/{art['output']['dtype']}"

@@ -68,7 +68,16 @@ def _targets(config, records, build_dir, artifacts):
         if name.startswith("target:") and rec["target"] in config.validate.targets:
             targets[rec["target"]] = {k: v for k, v in rec.items() if k not in ("stage", "key", "outputs")}
             artifacts[f"target_{rec['target']}"] = _artifact(build_dir, f"target-{rec['target']}.npz")
+            for made in rec.get("outputs") or {}:  # a target's own artifact: an NPU's compiled model
+                if made != f"target-{rec['target']}.npz":
+                    artifacts[f"compiled_{rec['target']}"] = {**_artifact(build_dir, made), "for_target": rec["target"]}
     return targets
+
+
+def _resources(records):
+    """What each model asks of a device (the resources stage's record), by artifact."""
+    rec = records.get("resources") or {}
+    return {k: v for k, v in rec.items() if isinstance(v, dict) and "model_bytes" in v}
 
 
 def _stages(records):
@@ -118,6 +127,7 @@ def assemble_validation(config, records, build_dir):
         "test_set": data["test_set"],
         "artifacts": artifacts,
         "metrics": metrics,
+        "resources": _resources(records),
         "test_split": host["test_split"],
         "stages": _stages(records),
         "toolchain": toolchain_versions(records),
@@ -169,6 +179,7 @@ def assemble(config, records, build_dir):
         "calibration": {k: calibration[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]},
         "artifacts": artifacts,
         "metrics": metrics,
+        "resources": _resources(records),
         "test_split": evaluate["test_split"],
         "stages": _stages(records),
         "train": {k: records["train"].get(k) for k in (

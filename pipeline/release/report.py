@@ -47,6 +47,37 @@ def first_difference_line(d):
     return line
 
 
+def resource_lines(manifest):
+    """What the model asks of a device, per artifact, and each NPU target's compiled figures."""
+    lines = []
+    for key, r in sorted((manifest.get("resources") or {}).items()):
+        arena = ("" if r.get("arena_bytes") is None and "refused" not in r else
+                 f", TFLM arena {r['arena_bytes']:,} B" if r.get("arena_bytes") else
+                 f", TFLM cannot run it ({text.clip(r['refused'], 80)})")
+        top = (r.get("largest_by_macs") or [{}])[0]
+        largest = f"; most MACs: {text.clip(top['name'], 40)} ({top['op']}, {100 * top['share']:.0f}%)" if top else ""
+        lines.append(f"{r['file']}: {r['parameters']:,} parameters, {r['weight_bytes']:,} B of weights, "
+                     f"{r['model_bytes']:,} B file, {r['macs']:,} MACs{arena}{largest}")
+    for name, t in sorted((manifest["metrics"].get("targets") or {}).items()):
+        line = npu_line(t.get("npu"))
+        if line:
+            lines.append(f"{name}: {line}")
+    return lines
+
+
+def npu_line(npu):
+    """"Vela 5.2.0, ethos-u55-128: SRAM ... B, ..." or '' for a target without an NPU."""
+    if not npu:
+        return ""
+    if npu.get("refused"):
+        return f"Vela refused the model: {text.clip(npu['refused'], 120)}"
+    cpu = f" ({', '.join(npu['cpu_fallback'])})" if npu["cpu_fallback"] else ""
+    return (f"Vela {npu['vela_version']}, {npu['accelerator_config']}: SRAM {npu['sram_bytes']:,} B, off-chip flash "
+            f"{npu['off_chip_flash_bytes']:,} B, {npu['macs']:,} MACs, {npu['cycles']:,} cycles = {npu['inference_ms']:.4g} "
+            f"ms at {npu['clock_hz'] / 1e6:g} MHz (estimated, not run), {npu['npu_ops']} ops on the NPU, "
+            f"{npu['cpu_ops']} on the CPU{cpu}")
+
+
 def _gate_lines(manifest):
     if not manifest.get("gate"):
         return []
@@ -72,6 +103,7 @@ def validation_summary(manifest):
         lines.append("")
         lines += _target_table(m["targets"])
     lines += ["", _tensor_line("input ", art["input"]), _tensor_line("output", art["output"])]
+    lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
     return "\n".join(lines + _gate_lines(manifest))
 
 
@@ -109,6 +141,7 @@ def summary(manifest):
     lines.append("")
     lines.append(f"int8 input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
     lines.append(f"int8 output scale {q['output']['scale']:.8g} zero_point {q['output']['zero_point']}  shape {q['output']['shape']}")
+    lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
     return "\n".join(lines + _gate_lines(manifest))
 
 
@@ -333,6 +366,7 @@ def html(manifest, build_dir):
                     f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
                    for name, t in sorted(targets.items())]
     size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
+    fit_html = _fit_html(manifest, table_html, escape)
     gate = manifest.get("gate")
     gate_html = "<p>not gated</p>"
     if gate:
@@ -373,7 +407,8 @@ figure img {{ image-rendering: pixelated; border: 1px solid #ccc; }}
 std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
 <h2>Gate</h2>{gate_html}
 <h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
-<h2>Targets (emulated aarch64) vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime)", "first difference", "images/s", "samples"))}
+<h2>Targets vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime and kernels)", "first difference", "images/s", "samples"))}
+{fit_html}
 <h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
 <h2>Per-class accuracy change</h2>{delta_html}
@@ -383,6 +418,44 @@ std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_remov
 {origin}
 </body></html>
 """
+
+
+def _fit_html(manifest, table_html, escape):
+    """Does it fit: each target's budgets against what was measured, what each target really ran, and
+    the largest layers of each model."""
+    from types import SimpleNamespace
+
+    from pipeline.release.gate import FIT_NAMES, budgets, fit
+
+    targets = manifest["metrics"].get("targets") or {}
+    overrides = SimpleNamespace(**((manifest.get("config") or {}).get("gate") or {}))
+    rows, runs = [], []
+    for name, t in sorted(targets.items()):
+        figures = fit(manifest, name, t)
+        limits = budgets(t, overrides)
+        for key, (got, how) in figures.items():
+            limit = limits.get(key)
+            verdict = "-" if limit is None or got is None else ("fits" if got <= limit else "does NOT fit")
+            rows.append((name, FIT_NAMES[key], "-" if got is None else f"{got:,}",
+                         "no budget" if limit is None else f"{limit:,}", verdict, how))
+        what = (t.get("executor") or {}).get("runs")
+        if what:
+            runs.append(f"<li><b>{escape(name)}</b>: {escape(what)}</li>")
+        line = npu_line(t.get("npu"))
+        if line:
+            runs.append(f"<li><b>{escape(name)}</b>: {escape(line)}</li>")
+    out = ["<h2>Does it fit the device?</h2>"]
+    if rows:
+        out.append(table_html(rows, ("target", "figure", "measured", "budget", "", "how it is measured")))
+    if runs:
+        out.append("<ul>" + "".join(runs) + "</ul>")
+    from pipeline.device.resources import layer_table
+
+    for key, r in sorted((manifest.get("resources") or {}).items()):
+        out.append(f"<p>{escape(next(iter(resource_lines({'resources': {key: r}, 'metrics': {}})), ''))}</p>")
+        head, *body = layer_table(r)
+        out.append(table_html(body, head))
+    return "".join(out)
 
 
 def write_html(manifest, build_dir):

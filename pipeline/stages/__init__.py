@@ -6,8 +6,8 @@ the file's own tensors, the same target stages."""
 
 import importlib
 
-ORDER = ("data", "calibration", "train", "qat", "export", "evaluate", "target")
-VALIDATION_ORDER = ("model_file", "testset", "host", "target")
+ORDER = ("data", "calibration", "train", "qat", "export", "resources", "evaluate", "target")
+VALIDATION_ORDER = ("model_file", "resources", "testset", "host", "target")
 
 
 def plan(config):
@@ -19,4 +19,4 @@ def plan(config):
     return stages
 
 
-GROUPS = ("data", "calibration", "train", "qat", "export", "evaluate", "targets")  # --only / --until names, in order (a test checks plan)
+GROUPS = ("data", "calibration", "train", "qat", "export", "resources", "evaluate", "targets")  # --only / --until names, in order (a test checks plan)

@@ -10,6 +10,7 @@ recorded with the runtime's reason (the gate fails that target; the other target
 
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -41,15 +42,24 @@ def stages(config):
     Each can run in shards (`edgebuild validate BUILD --target T --shard i/N`, merged by `edgebuild merge`)."""
     out = []
     for name in config.validate.targets:
-        model, reference = deployed_model(config, targets_mod.load_target(name))
+        target = targets_mod.load_target(name)
+        model, reference = deployed_model(config, target)
+        made = targets_mod.kind_module(target.kind).outputs(target)  # a compiled model, for an NPU
         out.append(Stage(
             f"target:{name}", __name__,
-            config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor"),
-            inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz",),
-            toolchain=("numpy",), external=lambda config, name=name: _environment(name),
-            group="targets", params={"target": name, "model": model, "reference": reference}, shardable=True,
+            config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
+                    "validate.isa_samples"),
+            inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
+            toolchain=("numpy", *KIND_TOOLCHAIN.get(target.kind, ())),
+            external=lambda config, name=name: _environment(name),
+            group="targets", params={"target": name, "model": model, "reference": reference,
+                                     "validation": bool(config.validate.model)}, shardable=True,
         ))
     return out
+
+
+# what the kinds that run on the build host load there (a Linux target's runtime is pinned by its file)
+KIND_TOOLCHAIN = {"tflm": ("tflite-micro", "ai-edge-litert"), "ethos-u": ("tflite-micro", "ai-edge-litert", "ethos-u-vela")}
 
 
 def _environment(name):
@@ -104,21 +114,33 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
         x = onnx_info.model_input(data["x"][idx], cfg.preprocess, info["inputs"][0])
         record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
                                        log=lambda msg: bar.set_postfix_str(msg[:60]))
-        container = ctx.cache_dir if cfg.validate.executor == "container" and target.emulated else None
-        outputs, record["run"] = _run(target, root, model_path, x, out_dir, cfg.validate.shards, container=container)
+        container = ctx.cache_dir if record["executor"]["kind"] == "container" else None
+        reference = _reference_samples(cfg, target, info)
+        outputs, record["run"], ref_out = _run(target, root, model_path, x, out_dir, cfg.validate.shards,
+                                               container=container, reference=reference)
     except ModelRefused as exc:
         ctx.progress.warn(str(exc))
         return {**record, "refused": exc.reason}, {"ids": ids, "outputs": np.zeros((0,), np.float32)}
     finally:
         bar.close()
-    isa, twin_out = _isa_run(target, root, model_path, x, out_dir)
+    isa, twin_out, twin_ref = _isa_run(target, root, model_path, x, out_dir, cfg.validate.shards, reference)
     record["isa"] = isa
     record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
                                                    out_dir)
     arrays = {"ids": ids, "outputs": outputs}
     if twin_out is not None:
         arrays["twin_outputs"] = twin_out
+    if ref_out is not None and twin_ref is not None:
+        arrays.update(reference_outputs=ref_out, twin_reference_outputs=twin_ref)
     return record, arrays
+
+
+def _reference_samples(cfg, target, info):
+    """How many samples the ISA check runs on reference kernels: validate.isa_samples on a Linux board
+    whose TFLite runtime has other production kernels and that has an x86 twin (0 otherwise: onnxruntime
+    has no reference kernels, and a microcontroller's kernels are the reference ones already)."""
+    production = target.kind == "linux" and target.kernels != "reference" and targets_mod.model_format(target) == "tflite"
+    return cfg.validate.isa_samples if production and target.has_twin and info.get("format") == "tflite" else 0
 
 
 def merge(cfg, inputs, parts, out_dir, ctx):
@@ -135,10 +157,23 @@ def merge(cfg, inputs, parts, out_dir, ctx):
         raise InputError(
             f"the shards of target {target.name} must cover its {len(ids)} test samples exactly once, in order; "
             f"they hold {len(got)} ({len(missing)} missing, {extra} repeated). Run every shard i/N of one N.")
-    record = {"target": target.name, "model": ctx.params["model"], "arch": target.arch, "cpu": target.cpu,
-              "emulated": target.emulated, "target_sha256": target.sha256, "runtime": target.runtime,
-              "runtime_version": target.runtime_version, "tolerances": target.tolerances.__dict__,
+    record = {"target": target.name, "kind": target.kind, "model": ctx.params["model"], "arch": target.arch,
+              "cpu": target.cpu, "emulated": target.emulated, "target_sha256": target.sha256, "runtime": target.runtime,
+              "runtime_version": target.runtime_version, "kernels": target.kernels,
+              "tolerances": target.tolerances.__dict__, "budget": dict(target.budget),
               "samples": int(len(idx)), "sampled": bool(len(idx) < len(data["test"]))}
+    if target.kind != "linux":
+        work = Path(tempfile.mkdtemp(dir=out_dir, prefix="finish-"))
+        try:
+            extra, _ = targets_mod.kind_module(target.kind).finish(target, inputs[ctx.params["model"]], out_dir, work,
+                                                                   ctx.progress.line)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        refused = (extra.get("npu") or {}).get("refused")
+        if refused and ctx.params.get("validation"):  # a file given to validate: the user's input is refused
+            raise InputError(f"target {target.name}: Vela refuses the model: {refused}. Change the model or the "
+                             "target's NPU configuration.")
+        record.update(extra)
     if len(parts) > 1:
         record["parts"] = [{"samples": r["samples"], **{k: r["run"][k] for k in ("wall_seconds", "inference_seconds",
                                                                                   "images_per_s")}}
@@ -156,6 +191,7 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     record.update(compare(outputs, host_out, labels, ids, names))
     record["executor"] = first["executor"]
     record.update(_merged_run([r["run"] for r, _ in parts], len(idx)))
+    record["kernels"] = target.kernels  # (the run's own "kernels" is the validator's flag)
     record["isa"] = dict(first["isa"])
     twin_out = None
     if all("twin_outputs" in arrays for _, arrays in parts):
@@ -163,6 +199,14 @@ def merge(cfg, inputs, parts, out_dir, ctx):
         agreement = compare(outputs, twin_out, labels, ids, names)
         record["isa"].update({k: agreement[k] for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement",
                                                         "flipped_ids")})
+    if all("reference_outputs" in arrays for _, arrays in parts):
+        mine = np.concatenate([arrays["reference_outputs"] for _, arrays in parts])
+        theirs = np.concatenate([arrays["twin_reference_outputs"] for _, arrays in parts])
+        same = mine.reshape(len(mine), -1) == theirs.reshape(len(theirs), -1)
+        wide = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
+        record["isa"]["reference"] = {"kernels": "reference", "samples": int(len(mine)),
+                                      "bitexact_fraction": round(float(same.mean()), 6) if same.size else 1.0,
+                                      "max_abs_diff": float(wide.max()) if wide.size else 0.0}
     record["first_difference"] = _first_of([r["first_difference"] for r, _ in parts], outputs, twin_out, host_out)
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
     return record
@@ -174,6 +218,9 @@ def _merged_run(runs, samples):
     if len(runs) == 1:
         return runs[0]
     merged = {k: runs[0][k] for k in ("runtime", "runtime_version", "machine", "python", "batch", "threads")}
+    arenas = [r["arena_bytes"] for r in runs if "arena_bytes" in r]
+    if arenas:
+        merged["arena_bytes"] = max(arenas)
     merged.update(shards=sum(r["shards"] for r in runs), shard_runs=len(runs),
                   wall_seconds=max(r["wall_seconds"] for r in runs),
                   inference_seconds=max(r["inference_seconds"] for r in runs),
@@ -214,8 +261,10 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
         theirs = targets_mod.dump_tensors(target, root, model_path, x[i : i + 1], work, against)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    kernels = ("TFLM vs LiteRT reference kernels, every tensor kept" if target.kind != "linux" else
+               "builtin (default delegates off, every tensor kept)")
     found = {"against": against, "sample": str(ids[i]), "samples_differing": int(len(rows)),
-             "kernels": "builtin (default delegates off, every tensor kept)", "float_outputs": outputs.dtype.kind == "f"}
+             "kernels": kernels, "float_outputs": outputs.dtype.kind == "f"}
     if mine is None or theirs is None:
         return {**found, "op": None, "note": "the tensors could not be kept on one side"}
     for index, op, tensors in tflite_info.op_outputs(model_path):
@@ -231,17 +280,24 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
                                          "from a delegate's kernels (XNNPACK)"}
 
 
-def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None):
-    work = tempfile.mkdtemp(dir=out_dir, prefix="work-")
+def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None, reference=0):
+    """(outputs, run info, the reference kernels' outputs of the first `reference` samples or None)."""
+    work = Path(tempfile.mkdtemp(dir=out_dir, prefix="work-"))
     try:
-        return targets_mod.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin, container=container)
+        outputs, info = targets_mod.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin,
+                                                container=container, reference=reference)
+        ref = np.load(work / "reference.npy") if info.get("reference_samples") else None
+        return outputs, info, ref
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _executor(target, kind, cache_dir, log):
     """How the target ran: qemu user-mode on its root filesystem, or its OCI image under podman (the
-    image name and id). The twin and the tensor dumps always run outside a container."""
+    image name and id), or a kind's own executor (TFLM, Vela). The twin and the tensor dumps always run
+    outside a container."""
+    if target.kind != "linux":
+        return targets_mod.kind_module(target.kind).executor(target)
     if not target.emulated:
         return {"kind": "host"}
     if kind == "container":
@@ -251,15 +307,19 @@ def _executor(target, kind, cache_dir, log):
     return {"kind": "qemu-user", "cpu": target.cpu}
 
 
-def _isa_run(target, root, model_path, x, out_dir):
-    """Run the target's x86_64 twin (the same runtime, version and numpy, on the build host) on the same
-    inputs, to tell what the ARM instruction set changes apart from runtime-version drift: (what is
-    recorded of it, its outputs or None)."""
-    if not target.twin_platforms:
+def _isa_run(target, root, model_path, x, out_dir, shards, reference=0):
+    """Run the target's x86_64 twin (the same runtime, version, numpy and kernels, on the build host) on the
+    same inputs, to tell what the ARM instruction set changes apart from runtime-version drift: (what is
+    recorded of it, its outputs or None, its reference kernels' outputs or None)."""
+    if not target.has_twin:
         return {"twin": None, "note": f"no x86_64 twin: {target.path} pins no twin wheels (twin_platforms), so ISA "
-                                      "and runtime-version differences are not told apart"}, None
+                                      "and runtime-version differences are not told apart"}, None, None
     try:
-        twin_out, twin_info = _run(target, root, model_path, x, out_dir, 1, twin=True)
+        # a Linux board's twin runs its optimized kernels natively (one process is fastest); a microcontroller's
+        # twin runs reference kernels, as slow as the target's own, so it gets the target's shards
+        twin_out, twin_info, twin_ref = _run(target, root, model_path, x, out_dir,
+                                             1 if target.kind == "linux" else shards, twin=True, reference=reference)
     except ModelRefused as exc:
-        return {"twin": None, "refused": exc.reason}, None
-    return {"twin": {k: twin_info[k] for k in ("runtime", "runtime_version", "machine", "python")}}, twin_out
+        return {"twin": None, "refused": exc.reason}, None, None
+    twin = {k: twin_info.get(k) for k in ("runtime", "runtime_version", "machine", "python", "kernels")}
+    return {"twin": twin}, twin_out, twin_ref

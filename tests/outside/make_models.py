@@ -10,6 +10,8 @@ The models take the [-1, 1] input convention (pixel / 127.5 - 1), 8x8x1. Writes:
   uint8.tflite        full integer, uint8 in/out, a graph fixed to batch 1
   worse_int8.tflite   the same recipe, stopped after a few steps (a deliberately worse model)
   flex.tflite         float, with a select-TF op (FlexMatrixDeterminant)
+  gelu_int8.tflite    full integer, int8 in/out, with a GELU on the logits: a builtin op LiteRT runs and
+                      TensorFlow Lite Micro does not have
   float_nchw.onnx     the float model through tf2onnx with its input channels first (N, 1, 8, 8), as a
                       PyTorch export has it
   qdq_nchw.onnx       that .onnx quantized by onnxruntime's own quantize_static: QDQ inside, float in/out
@@ -90,6 +92,7 @@ models = {
     "int8": convert(tf.function(good.logits, input_signature=[spec]), tf.int8),
     "uint8": convert(tf.function(good.logits_batch1, input_signature=[spec]), tf.uint8),
     "worse_int8": convert(tf.function(worse.logits, input_signature=[spec]), tf.int8),
+    "gelu_int8": convert(tf.function(lambda x: tf.nn.gelu(good.logits(x)), input_signature=[spec]), tf.int8),
 }
 
 

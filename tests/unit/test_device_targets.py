@@ -44,3 +44,58 @@ def test_the_shipped_targets_pin_every_wheel_and_the_dockerfile_quotes_and_check
             assert f"'{pin} --hash=sha256:{t.wheel_sha256[pin]}'" in text or not t.emulated
     assert text.count("--require-hashes") == len([n for n in targets.available_targets() if targets.load_target(n).emulated])
     assert not re.search(r"pip install [^\n]*--index-url", text)
+
+
+def _kind_target(tmp_path, shipped, old, new):
+    text = (targets.TARGETS_DIR / f"{shipped}.toml").read_text()
+    assert old in text, old
+    (tmp_path / "t.toml").write_text(text.replace(old, new).replace(f'name = "{shipped}"', 'name = "t"'))
+    return lambda: targets.load_target("t", tmp_path)
+
+
+@pytest.mark.parametrize("shipped, old, new, message", [
+    ("cortex-m-tflm", "sram_bytes = 262144", "sram_bytes = -1",
+     r"budget sram_bytes \(.*\) must be an integer from 1 to .*; received -1 in \[budget\]"),
+    ("cortex-m-tflm", "sram_bytes = 262144", "sram_bytes = 1e300", r"budget sram_bytes .* received 1e\+300"),
+    ("cortex-m-tflm", "flash_bytes = 1048576", "flash_bytes = 2000000000000000",
+     r"budget flash_bytes .* from 1 to 1\.09951e\+12; received 2000000000000000"),
+    ("cortex-m-tflm", "flash_bytes = 1048576", "flash_byte = 1048576",
+     r"\[budget\] in .* takes sram_bytes.*; received 'flash_byte'\. Did you mean 'flash_bytes'\?"),
+    ("ethos-u55-128", "max_inference_ms = 10.0", "max_inference_ms = nan", r"budget max_inference_ms .* received nan"),
+    ("ethos-u55-128", "max_cpu_fallback_ops = 0", 'max_cpu_fallback_ops = "0"',
+     r"budget max_cpu_fallback_ops .* must be an integer"),
+    ("ethos-u55-128", 'accelerator_config = "ethos-u55-128"', 'accelerator_config = "ethos-u55-100"',
+     r"npu.accelerator_config in .* must be one Vela knows .*; received 'ethos-u55-100'"),
+    ("ethos-u55-128", "clock_hz = 500000000", "clock_hz = 0", r"npu.clock_hz in .* received 0"),
+    ("ethos-u55-128", 'memory_mode = "Shared_Sram"', 'memory_mode = "Shared_Sram; rm -rf /"', r"npu.memory_mode .* must be a name"),
+    ("cortex-m-tflm", 'kernels = "tflm-reference"', 'kernels = "xnnpack"',
+     r"kernels in .* must name kernels its runtime tflite-micro runs \(tflm-reference\); received 'xnnpack'"),
+    ("cortex-m-tflm", 'kind = "tflm"', 'kind = "fpga"', r"kind in .* must be one of linux, tflm, ethos-u; received 'fpga'"),
+    ("cortex-m-tflm", 'kind = "tflm"', 'kind = "tflm"\ncpu = "cortex-m4"',
+     r"must define exactly the fields of a tflm target; unknown: \['cpu'\]"),
+    ("rpi5-litert", 'kernels = "xnnpack"', 'kernels = "mlas"', r"kernels in .* \(xnnpack, builtin, reference\); received 'mlas'"),
+    ("rpi5-litert", "min_top1_agreement = 0.99", 'min_top1_agreement = "high"', r"tolerances.min_top1_agreement .* received 'high'"),
+])
+def test_budgets_kernels_and_npu_settings_are_checked_naming_the_key(tmp_path, shipped, old, new, message):
+    with pytest.raises(InputError, match=message):
+        _kind_target(tmp_path, shipped, old, new)()
+
+
+def test_a_target_files_name_field_must_be_its_file_name(tmp_path):
+    """The name field reaches file names in the cache and the build directory: it is never a path."""
+    text = (targets.TARGETS_DIR / "rpi5-litert.toml").read_text()
+    (tmp_path / "t.toml").write_text(text.replace('name = "rpi5-litert"', 'name = "x/../../ESC3"'))
+    with pytest.raises(InputError, match=r"the name field of a target file must be its file name without \.toml; "
+                                         r".*t\.toml says name = 'x/\.\./\.\./ESC3'\. Set name = \"t\""):
+        targets.load_target("t", tmp_path)
+
+
+def test_every_shipped_target_names_its_kernels_and_the_environment_key_ignores_budgets(tmp_path):
+    for name in targets.available_targets():
+        t = targets.load_target(name)
+        assert t.kernels in targets.KERNELS[(t.kind, t.runtime)]
+    rpi = targets.load_target("rpi5-litert")
+    changed = _kind_target(tmp_path, "rpi5-litert", "sram_bytes = 2147483648", "sram_bytes = 1073741824")()
+    assert changed.sha256 != rpi.sha256 and targets.env_key(changed) == targets.env_key(rpi)
+    other_qemu = _kind_target(tmp_path, "rpi5-litert", 'qemu_version = "10.0"', 'qemu_version = "10.1"')()
+    assert targets.env_key(other_qemu) != targets.env_key(rpi)

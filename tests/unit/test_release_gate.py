@@ -144,3 +144,56 @@ def test_the_manifest_toolchain_is_the_one_the_stages_recorded():
     assert (versions["python"], versions["keras"], versions["tensorflow"], versions["tf2onnx"]) == \
         ("3.11.0", "3.0.0", "2.0.0", "9.9")
     assert versions["onnxruntime"] is None  # no stage ran it
+
+
+def test_the_isa_is_held_bit_exact_on_reference_kernels_and_the_production_kernels_are_drift():
+    """The EfficientNet case: XNNPACK takes other code paths on aarch64 than on x86, so target vs twin on
+    the production kernels is only 34% bit-exact (one step apart) while every prediction agrees; the same
+    samples on the reference kernels are bit-exact. Only a reference-kernel difference is an ISA defect."""
+    m = copy.deepcopy(MANIFEST)
+    t = m["metrics"]["targets"]["rpi4-bookworm-tflite"]
+    twin = {"runtime": t["runtime"], "runtime_version": t["runtime_version"], "machine": "x86_64", "python": "3.11"}
+    t["kernels"], t["tolerances"]["max_isa_abs_diff"] = "xnnpack", 2
+    t["isa"] = {"twin": twin, "bitexact_fraction": 0.34, "max_abs_diff": 1, "top1_agreement": 1.0, "flipped_ids": [],
+                "reference": {"kernels": "reference", "samples": 64, "bitexact_fraction": 1.0, "max_abs_diff": 0.0}}
+    manifest_mod.validate(m)
+    result = gate.evaluate(m, CFG)
+    assert result["verdict"] == "pass", failed(result)
+    names = {c["name"] for c in result["checks"]}
+    assert {"ISA: bit-exact vs x86 twin, reference kernels (rpi4-bookworm-tflite)",
+            "xnnpack kernels vs x86 twin (rpi4-bookworm-tflite)"} <= names
+    t["isa"]["reference"].update(bitexact_fraction=0.999, max_abs_diff=1.0)  # the reference kernels differ: a defect
+    assert failed(gate.evaluate(m, CFG)) == {"ISA: bit-exact vs x86 twin, reference kernels (rpi4-bookworm-tflite)"}
+    t["isa"]["reference"].update(bitexact_fraction=1.0, max_abs_diff=0.0)
+    t["isa"].update(max_abs_diff=3)  # drift beyond the target's tolerance
+    assert failed(gate.evaluate(m, CFG)) == {"xnnpack kernels vs x86 twin (rpi4-bookworm-tflite)"}
+
+
+def _with_device_fit(m):
+    """The manifest with what a build now records for device fit: the resource report and a TFLM target."""
+    m["resources"] = {"int8_tflite": {"file": "model_int8.tflite", "model_bytes": 12192, "parameters": 2900,
+                                      "weight_bytes": 3100, "macs": 250_000, "arena_bytes": 7168, "layers": []}}
+    tflm = copy.deepcopy(m["metrics"]["targets"]["rpi5-litert"])
+    tflm.update(kind="tflm", model="model_int8.tflite", arena_bytes=7168,
+                budget={"sram_bytes": 262144, "flash_bytes": 1048576, "max_macs": 32_000_000})
+    m["metrics"]["targets"]["cortex-m-tflm"] = tflm
+    manifest_mod.validate(m)
+    return m
+
+
+def test_budgets_are_checked_per_target_and_gate_keys_override_them():
+    m = _with_device_fit(copy.deepcopy(MANIFEST))
+    result = gate.evaluate(m, CFG)
+    assert result["verdict"] == "pass", failed(result)
+    checks = {c["name"]: c for c in result["checks"]}
+    assert checks["RAM (cortex-m-tflm)"]["got"] == 7168 and checks["RAM (cortex-m-tflm)"]["limit"] == "<= 262,144"
+    assert checks["flash (cortex-m-tflm)"]["got"] == 12192 and checks["MACs (cortex-m-tflm)"]["got"] == 250_000
+    m["metrics"]["targets"]["cortex-m-tflm"]["budget"]["sram_bytes"] = 4096  # a board with 4 KB for the arena
+    result = gate.evaluate(m, CFG)
+    assert failed(result) == {"RAM (cortex-m-tflm)"}
+    row = gate.table(result).splitlines()
+    assert any("✗" in line and "RAM (cortex-m-tflm)" in line and "7168" in line and "<= 4,096" in line for line in row)
+    strict = config_mod.load(HERE.parent / "tiny.toml", ["gate.max_macs=1000", "gate.sram_bytes=1000000"]).gate
+    # [gate] overrides every target's budget: each target running the 250,000-MAC model fails
+    assert failed(gate.evaluate(m, strict)) == {f"MACs ({n})" for n in ("cortex-m-tflm", "rpi4-bookworm-tflite",
+                                                                          "rpi5-litert")}
