@@ -132,3 +132,42 @@ def tiny_build(tmp_path_factory, cache_dir):
     build_dir = out / "tiny"
     return {"dir": build_dir, "out": out, "manifest": json.loads((build_dir / "manifest.json").read_text()),
             "stdout": done.read_text()}
+
+
+MINUS_ONE_TO_ONE = "preprocess.pixel_range=[-1, 1]"  # the input convention of the models made outside
+
+
+@pytest.fixture(scope="session")
+def outside(tmp_path_factory):
+    """Model files made the way a team outside edgebuild makes them (tests/outside/make_models.py: plain
+    TensorFlow and its converter), made once per run and shared by the workers: (directory, expected)."""
+    out, lock = _shared(tmp_path_factory, "outside")
+    with lock:
+        if not (out / "expected.json").exists():
+            proc = subprocess.run([sys.executable, str(REPO / "tests" / "outside" / "make_models.py"), str(out)],
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "expected.json").read_text())
+
+
+def validate(outside_dir, cache_dir, model, *args):
+    """`edgebuild validate` of one of the models made outside, on its test set."""
+    return edgebuild("validate", str(outside_dir / model), "--data", str(outside_dir / "test.npz"),
+                     "--set", MINUS_ONE_TO_ONE, *args, env={"EDGEBUILD_CACHE": str(cache_dir)})
+
+
+def has_vnni():
+    """Whether this x86 CPU has VNNI. Without it, onnxruntime's x86 int8 kernels multiply-add pairs of
+    8-bit values into saturating 16-bit sums (VPMADDUBSW, the "saturation issue" of pre-VNNI x86): on an
+    AVX2-only AMD EPYC, a QDQ model with large int8 inputs then disagrees with the same file run by
+    LiteRT or by onnxruntime on aarch64, and the gate rightly fails it."""
+    flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def gate_failed_only(proc, manifest_path, names):
+    """On a host whose runtime is known to differ (see has_vnni): the build published its manifest, and its
+    gate failed with exactly the checks `names`."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failed = [c["name"] for c in json.loads(Path(manifest_path).read_text())["gate"]["checks"] if not c["passed"]]
+    assert failed == list(names), failed

@@ -141,7 +141,7 @@ def test_warm_rebuild_runs_nothing_and_a_changed_field_reruns_downstream(tiny_bu
     proc = _tiny(out, cache_dir, "qat.init_samples=131")
     assert proc.returncode == 0, proc.stderr
     ran = {name for name, r in _records(warm).items() if not r["cached"]}
-    assert ran == {"qat", "export", "evaluate", "target:rpi4-bookworm-tflite", "target:rpi5-litert"}
+    assert ran == {"qat", "export", "resources", "evaluate", "target:rpi4-bookworm-tflite", "target:rpi5-litert"}
     # gate thresholds are not a stage's input: nothing re-runs, the verdict is recomputed
     proc = _tiny(out, cache_dir, "qat.init_samples=131", "gate.min_int8_accuracy=0.999")
     assert proc.returncode == 1 and all(r["cached"] for r in _records(warm).values())

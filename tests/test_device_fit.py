@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import edgebuild
+from conftest import edgebuild, validate
 from pipeline.device import onnx_info, tflite_info
 from pipeline.engine.fsutil import sha256_file
-from test_validate_model import outside, validate  # noqa: F401 (the session fixture of models made outside)
 
 TFLM, NPU = "cortex-m-tflm", "ethos-u55-128"
 
@@ -113,7 +112,7 @@ def test_a_budget_the_model_exceeds_fails_the_gate_naming_both_numbers(tiny_buil
 
 
 def test_a_model_file_built_elsewhere_gets_the_resource_report_and_runs_on_both_new_targets(
-        outside, cache_dir, tmp_path):  # noqa: F811
+        outside, cache_dir, tmp_path):
     out, expected = outside
     proc = validate(out, cache_dir, "int8.tflite", "--set", f'validate.targets=["{TFLM}", "{NPU}"]',
                     "--out", str(tmp_path / "v"))
@@ -131,7 +130,7 @@ def test_a_model_file_built_elsewhere_gets_the_resource_report_and_runs_on_both_
     assert m["artifacts"][f"compiled_{NPU}"]["sha256"] == sha256_file(tmp_path / "v" / f"vela-{NPU}.tflite")
 
 
-def test_an_op_tflm_lacks_is_named_and_fails_runs_on_target(outside, cache_dir, tmp_path):  # noqa: F811
+def test_an_op_tflm_lacks_is_named_and_fails_runs_on_target(outside, cache_dir, tmp_path):
     out, expected = outside
     proc = validate(out, cache_dir, "gelu_int8.tflite", "--set", f'validate.targets=["{TFLM}", "rpi5-litert"]',
                     "--out", str(tmp_path / "v"))
@@ -158,3 +157,44 @@ def test_vela_scratch_files_stay_in_the_stage_s_staging_directory(tiny_build, tm
     assert compiled.parent.parent == work and figures["cpu_ops"] == 0
     assert list(here.iterdir()) == []
     assert {p.name for p in work.iterdir()} == {"vela-out", "vela.ini", "vela.log"}
+
+
+def test_vela_refusing_a_model_is_one_line_with_vela_s_reason(tmp_path):
+    """The real Vela on a file it cannot read: ModelRefused naming Vela and its own reason (a failing check
+    in a build, exit 3 for edgebuild validate)."""
+    from pipeline.device import ethosu, targets
+    from pipeline.engine.errors import ModelRefused
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"TFL3" * 8)
+    with pytest.raises(ModelRefused, match=r"^Vela 5\.2\.0 for ethos-u55-128 refuses the model: .+\. Change the model"):
+        ethosu.compile_model(targets.load_target(NPU), bad, tmp_path)
+    figures, written = ethosu.finish(targets.load_target(NPU), bad, tmp_path / "out", tmp_path, print)
+    assert written == [] and "refused" in figures["npu"] and "\n" not in figures["npu"]["refused"]
+
+
+def test_a_float_model_on_the_npu_names_every_operator_left_to_the_cpu(outside, cache_dir, tmp_path):
+    out, expected = outside
+    proc = validate(out, cache_dir, "float.tflite", "--set", f'validate.targets=["{NPU}"]', "--out", str(tmp_path / "v"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    m = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    npu = m["metrics"]["targets"][NPU]["npu"]
+    assert npu["cpu_ops"] == len(npu["cpu_fallback"]) > 0, npu
+    check = next(c for c in m["gate"]["checks"] if c["name"] == f"CPU-fallback ops ({NPU})")
+    assert not check["passed"] and check["got"] == npu["cpu_ops"] and check["limit"] == "<= 0"
+    assert npu["cpu_fallback"][0] in check["detail"]
+
+
+def test_a_flag_selects_the_kernels_where_the_device_build_differs(tiny_build, cache_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
+    proc = edgebuild("--quiet", "validate", str(d), "--set", 'validate.targets=["rpi5-litert"]',
+                     "--set", 'validate.kernels="builtin"', env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = json.loads((d / "manifest.json").read_text())
+    t = m["metrics"]["targets"]["rpi5-litert"]
+    assert t["kernels"] == "builtin" and t["isa"]["twin"]["kernels"] == "builtin" and t["isa"]["reference"]
+    names = {c["name"] for c in m["gate"]["checks"]}
+    assert "builtin kernels vs x86 twin (rpi5-litert)" in names and "xnnpack kernels vs x86 twin (rpi5-litert)" not in names

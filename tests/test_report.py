@@ -85,7 +85,7 @@ def test_report_renders_in_headless_chromium(tiny_build, tmp_path):
     shot = tmp_path / "report.png"
     proc = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--screenshot={shot}", "--window-size=1200,2400", (tiny_build["dir"] / "report.html").as_uri()],
+         f"--screenshot={shot}", "--window-size=1200,6000", (tiny_build["dir"] / "report.html").as_uri()],
         capture_output=True, text=True, timeout=120,
     )
     assert shot.is_file(), proc.stderr[-2000:]

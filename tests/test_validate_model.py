@@ -4,31 +4,12 @@ TensorFlow trained on digits and converted with tf.lite.TFLiteConverter by tests
 and gated against each other."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, edgebuild
+from conftest import MINUS_ONE_TO_ONE, edgebuild, gate_failed_only, has_vnni, validate
 from pipeline.engine.fsutil import sha256_file
-
-MINUS_ONE_TO_ONE = "preprocess.pixel_range=[-1, 1]"
-
-
-@pytest.fixture(scope="session")
-def outside(tmp_path_factory):
-    out = tmp_path_factory.mktemp("outside")
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "outside" / "make_models.py"), str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads((out / "expected.json").read_text())
-
-
-def validate(outside_dir, cache_dir, model, *args):
-    return edgebuild("validate", str(outside_dir / model), "--data", str(outside_dir / "test.npz"),
-                     "--set", MINUS_ONE_TO_ONE, *args, env={"EDGEBUILD_CACHE": str(cache_dir)})
-
 
 @pytest.mark.parametrize("model", ["int8", "uint8", "float"])
 def test_model_file_validated_on_host_and_emulated_target(outside, cache_dir, tmp_path, model):
@@ -140,27 +121,20 @@ def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside,
     assert [(c["name"], c["passed"]) for c in checks] == [("runs on target (rpi5-litert)", False)]
 
 
-def _has_vnni():
-    flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 @pytest.mark.parametrize("model", ["float_nchw", "qdq_nchw"])
 def test_onnx_model_file_validated_on_host_and_the_onnxruntime_target(outside, cache_dir, tmp_path, model):
     """An .onnx made outside edgebuild (tf2onnx, channels first; then onnxruntime's own QDQ quantization):
     validate picks the targets that run ONNX (rpi5-onnxruntime, under qemu) and feeds NCHW inputs."""
     out, expected = outside
     proc = validate(out, cache_dir, f"{model}.onnx", "--out", str(tmp_path / "v"))
-    # Seen on an AVX2-only AMD EPYC (no VNNI): the host's onnxruntime and the Raspberry Pi's disagree on 5 of
-    # 300 test images of this QDQ model (also at the code before the device-fit work), most likely the known
-    # saturation of pre-VNNI x86 int8 dot products (16-bit pairwise sums), which aarch64 does not have. On
-    # such a host the gate must catch the disagreement; on a VNNI host both agree.
-    saturating = model == "qdq_nchw" and not _has_vnni()
-    assert proc.returncode == (1 if saturating else 0), proc.stdout + proc.stderr
-    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    # On an x86 host without VNNI the host's onnxruntime and the Raspberry Pi's disagree on 5 of 300 test
+    # images of this QDQ model (conftest.has_vnni): the gate must catch it. On a VNNI host both agree.
+    saturating = model == "qdq_nchw" and not has_vnni()
     if saturating:
-        failed = [c["name"] for c in manifest["gate"]["checks"] if not c["passed"]]
-        assert failed == ["host/target top-1 agreement (rpi5-onnxruntime)"], failed
+        gate_failed_only(proc, tmp_path / "v" / "manifest.json", ["host/target top-1 agreement (rpi5-onnxruntime)"])
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
     art = manifest["artifacts"]["model"]
     assert art["format"] == "onnx" and art["path"] == "model.onnx" and art["sha256"] == sha256_file(out / f"{model}.onnx")
     assert art["input"]["shape"] == [1, 1, 8, 8] and manifest["input_shape"] == [8, 8, 1]

@@ -137,7 +137,7 @@ def compile_model(target, model_path, work):
         reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else
                       f"exit {proc.returncode}")
         raise ModelRefused(f"Vela {target.npu['vela_version']} for {target.npu['accelerator_config']}",
-                           reason[:400], "Change the model or the NPU configuration.")
+                           reason[:400].rstrip(".") + ".", "Change the model or the NPU configuration.")
     stem = Path(model_path).stem
     compiled = out / f"{stem}_vela.tflite"
     summaries = sorted(out.glob(f"{stem}_summary_*.csv"))

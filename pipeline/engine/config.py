@@ -109,6 +109,9 @@ class ValidateConfig:
                        "NPUs (Vela)", items=str, name=True)
     sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0)
     shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
+    kernels: str = _f("", "the kernels of every Linux board with a TFLite runtime, when its device build differs from "
+                      "its target file: 'xnnpack', 'builtin' or 'reference' ('' = each target file's own; others keep "
+                      "theirs); its twin runs the same", choices=("", "xnnpack", "builtin", "reference"))
     isa_samples: int = _f(64, "test samples each Linux board with a TFLite runtime and its x86 twin also run on the "
                           "runtime's reference kernels: the ISA check, held bit-exact (0 = off)", min=0, max=100_000)
     executor: str = _f("qemu", "how the emulated targets run: 'qemu' (user-mode qemu on the target's root filesystem, "

@@ -27,12 +27,12 @@ def _target_table(targets):
         trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
                       _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", _twin_cell(t),
                       f"{t['images_per_s']:.0f}", f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
-    lines = text.table(trows)
-    for name, t in sorted(targets.items()):
-        line = first_difference_line(t.get("first_difference"))
-        if line:
-            lines.append(f"{name} {line}")
-    return lines
+    return text.table(trows) + _per_target(targets, lambda t: first_difference_line(t.get("first_difference")))
+
+
+def _per_target(targets, describe, sep=" "):
+    """'NAME<sep>text' for each target that `describe` has something to say about, by name."""
+    return [f"{name}{sep}{line}" for name, t in sorted(targets.items()) if (line := describe(t))]
 
 
 def first_difference_line(d):
@@ -58,11 +58,7 @@ def resource_lines(manifest):
         largest = f"; most MACs: {text.clip(top['name'], 40)} ({top['op']}, {100 * top['share']:.0f}%)" if top else ""
         lines.append(f"{r['file']}: {r['parameters']:,} parameters, {r['weight_bytes']:,} B of weights, "
                      f"{r['model_bytes']:,} B file, {r['macs']:,} MACs{arena}{largest}")
-    for name, t in sorted((manifest["metrics"].get("targets") or {}).items()):
-        line = npu_line(t.get("npu"))
-        if line:
-            lines.append(f"{name}: {line}")
-    return lines
+    return lines + _per_target(manifest["metrics"].get("targets") or {}, lambda t: npu_line(t.get("npu")), ": ")
 
 
 def npu_line(npu):

@@ -48,7 +48,7 @@ def stages(config):
         out.append(Stage(
             f"target:{name}", __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
-                    "validate.isa_samples"),
+                    "validate.isa_samples", "validate.kernels"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
             toolchain=("numpy", *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
@@ -60,6 +60,16 @@ def stages(config):
 
 # what the kinds that run on the build host load there (a Linux target's runtime is pinned by its file)
 KIND_TOOLCHAIN = {"tflm": ("tflite-micro", "ai-edge-litert"), "ethos-u": ("tflite-micro", "ai-edge-litert", "ethos-u-vela")}
+
+
+def _with_kernels(target, kernels):
+    """The target with validate.kernels in place of its file's kernels, on a board whose TFLite runtime
+    has them (a device build that uses other kernels than the target file says); others keep theirs."""
+    import dataclasses
+
+    if kernels and kernels in targets_mod.KERNELS.get((target.kind, target.runtime), ()):
+        return dataclasses.replace(target, kernels=kernels)
+    return target
 
 
 def _environment(name):
@@ -78,7 +88,7 @@ def _samples(cfg, data):
 def run(cfg, inputs, out_dir, ctx):
     """The whole test set (merged from one part), or with ctx.params["shard"] = [i, n] the i-th of n
     contiguous parts, written to shard.npz for `merge`."""
-    target = targets_mod.load_target(ctx.params["target"])
+    target = _with_kernels(targets_mod.load_target(ctx.params["target"]), cfg.validate.kernels)
     data = load_dataset(inputs["dataset.npz"])
     idx, subset = _samples(cfg, data)
     shard = ctx.params.get("shard")
@@ -146,7 +156,7 @@ def _reference_samples(cfg, target, info):
 def merge(cfg, inputs, parts, out_dir, ctx):
     """The target's record and output file from its parts [(record, arrays)], in order: they must
     cover the test samples exactly once. Agreement is computed over the whole set, as one run would."""
-    target = targets_mod.load_target(ctx.params["target"])
+    target = _with_kernels(targets_mod.load_target(ctx.params["target"]), cfg.validate.kernels)
     data = load_dataset(inputs["dataset.npz"])
     idx, subset = _samples(cfg, data)
     ids = data["ids"][idx]
@@ -171,7 +181,7 @@ def merge(cfg, inputs, parts, out_dir, ctx):
             shutil.rmtree(work, ignore_errors=True)
         refused = (extra.get("npu") or {}).get("refused")
         if refused and ctx.params.get("validation"):  # a file given to validate: the user's input is refused
-            raise InputError(f"target {target.name}: Vela refuses the model: {refused}. Change the model or the "
+            raise InputError(f"target {target.name}: Vela refuses the model: {refused} Change the model or the "
                              "target's NPU configuration.")
         record.update(extra)
     if len(parts) > 1:
