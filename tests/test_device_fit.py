@@ -190,7 +190,7 @@ def test_a_flag_selects_the_kernels_where_the_device_build_differs(tiny_build, c
 
     d = tmp_path / "tiny"
     shutil.copytree(tiny_build["dir"], d, ignore=shutil.ignore_patterns(".lock"))
-    proc = edgebuild("--quiet", "validate", str(d), "--set", 'validate.targets=["rpi5-litert"]',
+    proc = edgebuild("--quiet", "validate", str(d), "--target", "rpi5-litert", "--set", 'validate.targets=["rpi5-litert"]',
                      "--set", 'validate.kernels="builtin"', env={"EDGEBUILD_CACHE": str(cache_dir)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     m = json.loads((d / "manifest.json").read_text())

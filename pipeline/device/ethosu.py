@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline.device import tflm
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 
-FIELDS = ("tolerances", "budget", "npu")
+FIELDS = ("npu",)  # besides targets.COMMON: the [npu] table
 NPU_KEYS = ("vela_version", "accelerator_config", "system_config", "memory_mode", "clock_hz")
 ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512",
                 "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024", "ethos-u85-2048")

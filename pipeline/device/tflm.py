@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.engine.errors import InputError
 
-FIELDS = ("tolerances", "budget")  # besides targets.COMMON; [budget] and [tolerances] may be empty
+FIELDS = ()  # its target-file fields besides targets.COMMON ([budget] and [tolerances] are optional tables)
 PACKAGE = "tflite-micro"
 WHAT_RUNS = ("TensorFlow Lite Micro's interpreter and reference kernels on the build host's CPU: the microcontroller's "
              "runtime and kernels, not its instruction set (the Cortex-M ISA is not emulated; CMSIS-NN kernels need a "
