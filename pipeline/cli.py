@@ -118,10 +118,12 @@ def _quiet_env():
 @click.pass_context
 def main(ctx, debug, quiet):
     """Build a Keras 3 image model into int8 TFLite and ONNX artifacts, validated on emulated ARM
-    devices, gated against accuracy thresholds, described by manifest.json.
+    boards, a microcontroller's runtime (TFLM) and an NPU's compiler (Vela), gated against accuracy
+    thresholds and each device's budgets, described by manifest.json.
 
     Start with `edgebuild build` (uses ./edgebuild.toml if present, else built-in defaults:
-    scikit-learn's digits, a small CNN, targets rpi4-bookworm-tflite and rpi5-litert)."""
+    scikit-learn's digits, a small CNN, targets rpi4-bookworm-tflite, rpi5-litert, cortex-m-tflm and
+    ethos-u55-128)."""
     _quiet_env()
     signal.signal(signal.SIGTERM, _raise_interrupted)
     ctx.obj = Context(debug, quiet)
@@ -179,7 +181,8 @@ def gate_options(json_help):
 @click.pass_context
 def build(ctx, config_path, sets, seed, name, only, until, no_cache, no_remote, baseline, junit, as_json):
     """Run the build: data -> train (JAX) -> qat -> export (int8 TFLite, float TFLite, ONNX) ->
-    evaluate (host) -> targets (emulated aarch64) -> manifest -> gate.
+    resources (MACs, bytes, TFLM arena) -> evaluate (host) -> targets (emulated aarch64, TFLM, Vela) ->
+    manifest -> gate.
 
     Writes build/<name>/manifest.json and the artifacts beside it. Exits 1 if the gate fails.
     Stage outputs are cached in $EDGEBUILD_CACHE (or cache.dir); cache.remote = "s3://bucket/prefix"

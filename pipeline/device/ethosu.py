@@ -142,8 +142,8 @@ def compile_model(target, model_path, work):
     compiled = out / f"{stem}_vela.tflite"
     summaries = sorted(out.glob(f"{stem}_summary_*.csv"))
     if not compiled.is_file() or not summaries:
-        raise StageError(f"Vela exited 0 but wrote no compiled model or summary in {out}; its log is in the stage's "
-                         "staging directory.")
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])[:300]
+        raise StageError(f"Vela exited 0 but wrote no compiled model or summary; it said: {tail or 'nothing'}")
     with open(summaries[0]) as f:
         row = next(csv.DictReader(f))
     return _figures(target, row, proc.stdout), compiled
@@ -151,9 +151,10 @@ def compile_model(target, model_path, work):
 
 def _figures(target, row, stdout):
     ops = [{"placement": m.group(1), "op": m.group(2), "name": m.group(3).strip()}
-           for m in re.finditer(r"^\s*(NPU|CPU): (\w+) = (.*?)(?: \(outputs .*\))?$", stdout, re.M)]
+           for m in re.finditer(r"^\s*(NPU|CPU): (\w+) = (.*?)(?: \((?:inputs|outputs) .*\))?$", stdout, re.M)]
     cpu = [o for o in ops if o["placement"] == "CPU"]
     counted = re.search(r"CPU operators = (\d+)", stdout)
+    on_npu = re.search(r"NPU operators = (\d+)", stdout)
     cycles = int(float(row["cycles_total"]))
     return {
         "vela_version": target.npu["vela_version"],
@@ -169,7 +170,7 @@ def _figures(target, row, stdout):
         "cycles": cycles,
         "npu_cycles": int(float(row["cycles_npu"])),
         "inference_ms": round(cycles / target.npu["clock_hz"] * 1000, 6),
-        "npu_ops": len(ops) - len(cpu),
+        "npu_ops": int(on_npu.group(1)) if on_npu else len(ops) - len(cpu),
         "cpu_ops": int(counted.group(1)) if counted else len(cpu),
         "cpu_fallback": [f"{o['op']} ({o['name']})" for o in cpu],
         "runs_here": False,

@@ -6,7 +6,7 @@ extract variant) and PyPI aarch64 wheels, fetches Debian's statically linked qem
 and runs the on-target validator in it. Other kinds are one module each (KINDS): their set-up and
 validator command come from there, and `run_sharded` runs any of them the same way.
 
-Environments are cached under `<cache>/targets/<name>-<sha of the target file>/`, written under a
+Environments are cached under `<cache>/targets/<name>-<key of the fields that build them>/`, written under a
 temporary name and renamed into place, so a second setup is instant and a killed one leaves nothing.
 """
 
@@ -192,7 +192,7 @@ def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
         raise InputError(f"the name field of a target file must be its file name without .toml; {path} says name = "
                          f"{str(raw.get('name'))[:80]!r}. Set name = \"{path.stem}\".")
     tol = _tolerances(raw.pop("tolerances", {}), path)
-    budget = check_budget(raw.pop("budget", {}), f"[budget] in {path}")
+    budget = check_budget(raw.pop("budget", {}), f"[budget] in {path}", kind)
     if kind != "linux":
         raw = {**HOSTED, **raw}
     for key, default in OPTIONAL.items():
@@ -224,14 +224,21 @@ def _tolerances(values, path):
     return Tolerances(**values)
 
 
-def check_budget(values, origin):
-    """{key: value} of a [budget] table, each a finite number within BUDGETS' range; InputError naming the key."""
+# The budgets each kind of target measures (the NPU's own figures only on an NPU).
+KIND_BUDGETS = {"linux": ("sram_bytes", "flash_bytes", "max_macs"), "tflm": ("sram_bytes", "flash_bytes", "max_macs"),
+                "ethos-u": tuple(BUDGETS)}
+
+
+def check_budget(values, origin, kind="ethos-u"):
+    """{key: value} of a [budget] table, each a budget the kind measures, a finite number within BUDGETS'
+    range; InputError naming the key."""
     if not isinstance(values, dict):
         raise InputError(f"{origin} must be a table of budgets; received {values!r}. See targets/cortex-m-tflm.toml.")
+    allowed = KIND_BUDGETS[kind]
     for key, value in values.items():
-        if key not in BUDGETS:
-            raise InputError(f"{origin} takes {', '.join(BUDGETS)}; received {key!r}.{did_you_mean(key, BUDGETS)} "
-                             "Fix the target file.")
+        if key not in allowed:
+            raise InputError(f"{origin} takes {', '.join(allowed)} (what a {kind} target measures); received "
+                             f"{key!r}.{did_you_mean(key, allowed)} Fix the target file.")
         low, high, what = BUDGETS[key]
         integer = key != "max_inference_ms"
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or \
@@ -332,7 +339,7 @@ def _run(cmd, what, log, cwd=None, env=None):
 # What set-up makes besides what the target file pins; raising it rebuilds every environment (3: keyed
 # by the fields that build it, not by the whole target file).
 SETUP_REVISION = 3
-ENVIRONMENT_FIELDS = ("arch", "distribution", "debian_packages", "python", "runtime", "runtime_version",
+ENVIRONMENT_FIELDS = ("kind", "emulated", "cpu", "arch", "distribution", "debian_packages", "python", "runtime", "runtime_version",
                       "wheels", "wheel_sha256", "wheel_platforms", "qemu_suite", "qemu_version", "twin_platforms",
                       "twin_wheel_sha256")
 
@@ -564,10 +571,14 @@ def launch(target, root, args, twin=False):
     from the target's kind."""
     if target.kind != "linux":
         return kind_module(target.kind).launch(target, root, [str(a) for a in args], twin)
-    flag = KERNEL_FLAG.get(target.kernels, "default")
-    if flag != "default":
-        args = [*args, "--kernels", flag]
     return command(target, root, args, twin), _env(target, root, twin)
+
+
+def kernel_args(target):
+    """The validator's flag for a Linux target's kernels (none for its runtime's default): every executor
+    of the target (qemu, the container, the twin, the tensor dumps) runs the same kernels."""
+    flag = KERNEL_FLAG.get(target.kernels, "default") if target.kind == "linux" else "default"
+    return [] if flag == "default" else ["--kernels", flag]
 
 
 def command(target, root, args, twin=False):
@@ -602,8 +613,7 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
         args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
                 "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
         ref = max(0, min(len(idx), reference - int(idx[0])))
-        if ref:
-            args += ["--reference", str(ref)]
+        args += kernel_args(target) + (["--reference", str(ref)] if ref else [])
         if container is not None:
             from pipeline.device import image
 
@@ -657,12 +667,8 @@ ARENA = re.compile(r"Arena allocation total (\d+) bytes")
 def _failed(target, returncode, out, err, twin):
     """Raise what a validator's non-zero exit means: the runtime refused the model (ModelRefused, naming
     the op the runtime lacks when it said so on stderr), or the validator itself failed (StageError)."""
-    refused = _refusal(out)
+    refused = refusal_reason(out, err)
     if refused is not None:
-        named = re.search(r"(Didn't find op for builtin opcode '\w+'[^\n]*|Failed to get registration from op "
-                          r"code [^\n]*)", err or "")
-        if named and named.group(1) not in refused:
-            refused = f"{named.group(1).strip()}; {refused}"
         m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", refused)
         fix = (f"Use a runtime that has op {m.group(1)} version {m.group(2)} in the target file, or avoid "
                "that op." if m else "")
@@ -683,7 +689,8 @@ def dump_tensors(target, root, model, x, work, side):
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / f"{side}-x.npy", x)
-    args = [model, work / f"{side}-x.npy", work / f"{side}.npz", "--dump", "0"]
+    args = [model, work / f"{side}-x.npy", work / f"{side}.npz", "--dump", "0",
+            *([] if side == "host" else kernel_args(target))]
     if side == "host":
         cmd = [sys.executable, str(ONDEVICE), *map(str, args)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
@@ -695,6 +702,17 @@ def dump_tensors(target, root, model, x, work, side):
         return None
     with np.load(work / f"{side}.npz") as f:
         return {int(k[1:]): f[k] for k in f.files}
+
+
+def refusal_reason(stdout, stderr):
+    """The runtime's reason for refusing a model, from the validator's {"refused": ...} line, led by the
+    line naming the op it lacks when the runtime said so only on stderr (TFLM does); None if not refused."""
+    refused = _refusal(stdout)
+    if refused is None:
+        return None
+    named = re.search(r"(Didn't find op for builtin opcode '\w+'[^\n]*|Failed to get registration from op "
+                      r"code [^\n]*)", stderr or "")
+    return f"{named.group(1).strip()}; {refused}" if named and named.group(1) not in refused else refused
 
 
 def _refusal(stdout):

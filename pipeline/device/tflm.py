@@ -81,13 +81,12 @@ def measure_arena(model_path, work):
     """The tensor arena TFLM needs for the model, as its recording allocator measures it over one
     inference of a zero input: {"arena_bytes": N} or {"arena_bytes": None, "refused": TFLM's reason}.
     It runs in a child process: TFLM ends the process on some failures instead of raising."""
-    import re
     import subprocess
 
     import numpy as np
 
     from pipeline.device import tflite_info
-    from pipeline.device.targets import ARENA, ONDEVICE
+    from pipeline.device.targets import ARENA, ONDEVICE, refusal_reason
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -100,14 +99,6 @@ def measure_arena(model_path, work):
     used = ARENA.search(proc.stderr)
     if proc.returncode == 0 and used:
         return {"arena_bytes": int(used.group(1))}
-    reason = None
-    for line in reversed(proc.stdout.strip().splitlines()):
-        try:
-            reason = json.loads(line).get("refused")
-            break
-        except (ValueError, AttributeError):
-            continue
-    named = re.search(r"Didn't find op for builtin opcode '\w+'[^\n]*", proc.stderr)
-    reason = "; ".join(r for r in (named and named.group(0).strip(), reason) if r) or \
+    reason = refusal_reason(proc.stdout, proc.stderr) or \
         f"the TFLM interpreter exited {proc.returncode}: {' '.join(proc.stderr.split())[-200:]}"
     return {"arena_bytes": None, "refused": reason[:500]}

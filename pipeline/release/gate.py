@@ -173,27 +173,29 @@ def fit(manifest, name, t):
     """What the model asks of target `name`: {figure: (value or None, how it was measured)} for RAM,
     flash, MACs and, on an NPU, CPU-fallback operators and inference time."""
     models = {r.get("file"): r for r in (manifest.get("resources") or {}).values()}
-    model = models.get(t.get("model"), {})
-    arena = (models.get(t.get("model")) or {}).get("arena_bytes") or next(
-        (r.get("arena_bytes") for r in models.values() if r.get("arena_bytes")), None)
-    macs = model.get("macs") or next((r.get("macs") for r in models.values() if r.get("macs")), None)
+    model = models.get(t.get("model")) or {}
+    macs = (model.get("macs"), "MACs per inference, from the model file")
     kind, npu = t.get("kind", "linux"), t.get("npu") or {}
     if kind == "ethos-u":
-        flash = None if npu.get("refused") else npu["off_chip_flash_bytes"] + npu["on_chip_flash_bytes"]
+        flash = None if npu.get("refused") else npu.get("off_chip_flash_bytes", 0) + npu.get("on_chip_flash_bytes", 0)
         return {"sram_bytes": (npu.get("sram_bytes"), "Vela's SRAM for the feature maps"),
-                "flash_bytes": (flash, "Vela's flash for the compiled model"),
-                "max_macs": (macs, "MACs per inference, from the model file"),
+                "flash_bytes": (flash, "Vela's flash (off-chip and on-chip) for the compiled model"),
+                "max_macs": macs,
                 "max_cpu_fallback_ops": (npu.get("cpu_ops"), ", ".join(npu.get("cpu_fallback") or []) or
                                          "operators Vela leaves to the CPU"),
                 "max_inference_ms": (npu.get("inference_ms"), f"Vela's estimate at {npu.get('clock_hz', 0) / 1e6:g} MHz")}
     size = model.get("model_bytes")
     if kind == "tflm":
-        ram = (t.get("arena_bytes") or arena, "the tensor arena TFLM's recording allocator measured")
-    else:
+        ram = (t.get("arena_bytes") or model.get("arena_bytes"), "the tensor arena TFLM's recording allocator measured")
+    else:  # an int8 ONNX has no TFLM arena: the int8 .tflite it was converted from has the same activations
+        arena, of = model.get("arena_bytes"), "TFLM-measured activations"
+        if arena is None and str(t.get("model", "")).endswith(".onnx"):
+            arena = next((r.get("arena_bytes") for r in models.values() if r.get("arena_bytes")), None)
+            of = "the int8 .tflite's TFLM-measured activations"
         ram = (size + arena if size and arena else None,
-               "model + TFLM-measured activations: a lower bound (the runtime and Python need more)")
+               f"model + {of}: a lower bound (the runtime and Python need more)")
     return {"sram_bytes": ram, "flash_bytes": (size, "the model file (the runtime's code is not counted)"),
-            "max_macs": (macs, "MACs per inference, from the model file")}
+            "max_macs": macs}
 
 
 FIT_NAMES = {"sram_bytes": "RAM", "flash_bytes": "flash", "max_macs": "MACs", "max_cpu_fallback_ops": "CPU-fallback ops",
@@ -204,7 +206,8 @@ def _budget_checks(manifest, cfg):
     """One check per target and budget it has: the measured figure against the budget, both named."""
     checks = []
     for name, t in sorted((manifest["metrics"].get("targets") or {}).items()):
-        if (t.get("npu") or {}).get("refused"):
+        npu_refused = (t.get("npu") or {}).get("refused")
+        if npu_refused:
             checks.append(_check(f"compiles for the NPU ({name})", "refused", "Vela compiles it", False,
                                  detail=text.clip(t["npu"]["refused"], 200)))
         figures = fit(manifest, name, t)
@@ -212,7 +215,12 @@ def _budget_checks(manifest, cfg):
             if key not in figures:
                 continue
             got, how = figures[key]
-            if got is None:  # a refused model (failed above), or no TFLM arena for a model given only as .onnx
+            if got is None:
+                if t.get("refused") or npu_refused:  # failed above: nothing was measured
+                    continue
+                # recorded, not silently skipped: e.g. no TFLM arena for a model TFLM cannot run
+                checks.append(_check(f"{FIT_NAMES[key]} ({name})", "not measured", f"<= {limit:,}", True,
+                                     detail=f"{how}: not measurable for this model, so not checked"))
                 continue
             checks.append(_check(f"{FIT_NAMES[key]} ({name})", got, f"<= {limit:,}", got <= limit, detail=how))
     return checks

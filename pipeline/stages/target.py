@@ -1,4 +1,5 @@
-"""target stage: run the deployed model on an emulated device and compare it with the host.
+"""target stage: run the deployed model on a device target (an emulated Linux board, a microcontroller's
+runtime, an NPU's compiler) and compare it with the host.
 
 Agreement is measured, not assumed: bit-exact fraction of the raw output elements, max |diff| (in
 quantization steps for integer outputs), top-1 agreement and the ids of the samples whose top-1
@@ -172,7 +173,7 @@ def merge(cfg, inputs, parts, out_dir, ctx):
               "runtime_version": target.runtime_version, "kernels": target.kernels,
               "tolerances": target.tolerances.__dict__, "budget": dict(target.budget),
               "samples": int(len(idx)), "sampled": bool(len(idx) < len(data["test"]))}
-    if target.kind != "linux":
+    if target.kind != "linux" and targets_mod.model_format(target) == Path(ctx.params["model"]).suffix.lstrip("."):
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix="finish-"))
         try:
             extra, _ = targets_mod.kind_module(target.kind).finish(target, inputs[ctx.params["model"]], out_dir, work,
@@ -271,8 +272,10 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
         theirs = targets_mod.dump_tensors(target, root, model_path, x[i : i + 1], work, against)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    kernels = ("TFLM vs LiteRT reference kernels, every tensor kept" if target.kind != "linux" else
-               "builtin (default delegates off, every tensor kept)")
+    if target.kind != "linux":
+        kernels = f"TFLM vs LiteRT {'reference' if against == 'twin' else 'builtin'} kernels, every tensor kept"
+    else:
+        kernels = f"{'reference' if target.kernels == 'reference' else 'builtin'} (default delegates off, every tensor kept)"
     found = {"against": against, "sample": str(ids[i]), "samples_differing": int(len(rows)),
              "kernels": kernels, "float_outputs": outputs.dtype.kind == "f"}
     if mine is None or theirs is None:
@@ -331,5 +334,6 @@ def _isa_run(target, root, model_path, x, out_dir, shards, reference=0):
                                              1 if target.kind == "linux" else shards, twin=True, reference=reference)
     except ModelRefused as exc:
         return {"twin": None, "refused": exc.reason}, None, None
-    twin = {k: twin_info.get(k) for k in ("runtime", "runtime_version", "machine", "python", "kernels")}
+    twin = {k: twin_info.get(k) for k in ("runtime", "runtime_version", "machine", "python")}
+    twin["kernels"] = target.kernels if target.kind == "linux" else twin_info.get("kernels")  # (the file's name)
     return {"twin": twin}, twin_out, twin_ref

@@ -99,3 +99,37 @@ def test_every_shipped_target_names_its_kernels_and_the_environment_key_ignores_
     assert changed.sha256 != rpi.sha256 and targets.env_key(changed) == targets.env_key(rpi)
     other_qemu = _kind_target(tmp_path, "rpi5-litert", 'qemu_version = "10.0"', 'qemu_version = "10.1"')()
     assert targets.env_key(other_qemu) != targets.env_key(rpi)
+
+
+def test_a_budget_the_kind_does_not_measure_is_refused_by_name(tmp_path):
+    """Vela's time and CPU-fallback figures exist only on an NPU: such a budget on a microcontroller would
+    never be checked, so it is refused."""
+    with pytest.raises(InputError, match=r"takes sram_bytes, flash_bytes, max_macs \(what a tflm target measures\); "
+                                         r"received 'max_inference_ms'"):
+        _kind_target(tmp_path, "cortex-m-tflm", "max_macs = 32000000", "max_inference_ms = 5.0")()
+
+
+def test_every_executor_of_a_linux_board_gets_its_kernels_flag():
+    import dataclasses
+
+    rpi5 = targets.load_target("rpi5-litert")
+    assert targets.kernel_args(rpi5) == []  # xnnpack: the runtime's default
+    assert targets.kernel_args(dataclasses.replace(rpi5, kernels="builtin")) == ["--kernels", "builtin"]
+    assert targets.kernel_args(targets.load_target("cortex-m-tflm")) == []  # its kind's launch says TFLM itself
+
+
+def test_vela_s_operator_listing_is_read_in_its_5_2_format():
+    """Vela 5.2 prints each operator with its input and output shapes (ethosu/vela/vela.py); the names the
+    gate's detail and the report show carry neither."""
+    from pipeline.device import ethosu
+
+    stdout = ("CPU operators = 1 (33.3%)\nNPU operators = 2 (66.7%)\n"
+              "   NPU: Conv2DBias = conv/Relu (inputs [1, 8, 8, 1], outputs [1, 6, 6, 4])\n"
+              "   CPU: Gelu = head/gelu (inputs [1, 10], outputs [1, 10])\n"
+              "   NPU: FullyConnected = logits (outputs [1, 10])\n")
+    row = {"cycles_total": "1709", "cycles_npu": "1477", "sram_memory_used": "0.296875", "off_chip_flash_memory_used":
+           "0.359375", "on_chip_flash_memory_used": "0", "dram_memory_used": "0", "nn_macs": "1600"}
+    figures = ethosu._figures(targets.load_target("ethos-u55-128"), row, stdout)
+    assert figures["cpu_fallback"] == ["Gelu (head/gelu)"] and (figures["npu_ops"], figures["cpu_ops"]) == (2, 1)
+    assert (figures["sram_bytes"], figures["off_chip_flash_bytes"], figures["macs"]) == (304, 368, 1600)
+    assert figures["inference_ms"] == pytest.approx(1709 / 500e6 * 1e3)
