@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from pipeline.device import tflm
@@ -66,15 +65,8 @@ def setup(target, cache_dir, log=print):
     """TFLM (for the accuracy run) and Vela must be the pinned versions, and Vela must know the system
     config and memory mode the target names."""
     root = tflm.setup(target, cache_dir, log)
-    try:
-        have = metadata.version("ethos-u-vela")
-    except metadata.PackageNotFoundError:
-        have = None
     want = target.npu["vela_version"]
-    if have != want:
-        raise InputError(f"target {target.name} pins ethos-u-vela {want}; the build environment has {have or 'none'}. "
-                         "Run `make install` (it installs the pinned version), or set npu.vela_version = "
-                         f"\"{have}\" in {target.path} if that one is intended.")
+    tflm.check_pinned(target, "ethos-u-vela", want, "npu.vela_version")
     config = configparser.ConfigParser()
     config.read(_vela_ini())
     for key, prefix in (("system_config", "System_Config"), ("memory_mode", "Memory_Mode")):

@@ -34,14 +34,7 @@ def check(target):
 def setup(target, cache_dir, log=print):
     """The pinned TFLM must be the one installed beside edgebuild (the README's install step pins it).
     Returns the directory the target's runs use (nothing is built there)."""
-    try:
-        have = metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        have = None
-    if have != target.runtime_version:
-        raise InputError(f"target {target.name} pins {PACKAGE} {target.runtime_version}; the build environment has "
-                         f"{have or 'none'}. Run `make install` (it installs the pinned version), or set "
-                         f"runtime_version = \"{have}\" in {target.path} if that one is intended.")
+    have = check_pinned(target, PACKAGE, target.runtime_version, "runtime_version")
     root = Path(cache_dir) / "targets" / target.name
     root.mkdir(parents=True, exist_ok=True)
     ready = {"runtime": PACKAGE, "runtime_version": have, "machine": platform.machine(), "emulated": False}
@@ -49,14 +42,31 @@ def setup(target, cache_dir, log=print):
     return root
 
 
+def check_pinned(target, package, want, key):
+    """The version of `package` installed beside edgebuild, which must be the one the target pins at `key`."""
+    try:
+        have = metadata.version(package)
+    except metadata.PackageNotFoundError:
+        have = None
+    if have != want:
+        raise InputError(f"target {target.name} pins {package} {want}; the build environment has {have or 'none'}. "
+                         f"Run `make install` (it installs the pinned version), or set {key} = \"{have}\" in "
+                         f"{target.path} if that one is intended.")
+    return have
+
+
+def _env():
+    """A validator process's environment on the build host: one BLAS thread (shards run side by side)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
 def launch(target, root, args, twin=False):
     """(command, environment) of one validator process: TFLM, or LiteRT's reference kernels (the twin)."""
     from pipeline.device.targets import ONDEVICE
 
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     extra = ["--kernels", "reference"] if twin else ["--runtime", PACKAGE]
-    return [sys.executable, str(ONDEVICE), *args, *extra], env
+    return [sys.executable, str(ONDEVICE), *args, *extra], _env()
 
 
 def executor(target):
@@ -94,8 +104,7 @@ def measure_arena(model_path, work):
     np.save(work / "arena-x.npy", np.zeros([1, *inp["shape"][1:]], np.dtype(inp["dtype"])))
     cmd = [sys.executable, str(ONDEVICE), str(model_path), str(work / "arena-x.npy"), str(work / "arena-y.npy"),
            "--runtime", PACKAGE]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     used = ARENA.search(proc.stderr)
     if proc.returncode == 0 and used:
         return {"arena_bytes": int(used.group(1))}
