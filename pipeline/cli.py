@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.engine.errors import EXIT_STAGE, EdgebuildError, disk_full
+from pipeline.engine.errors import EXIT_STAGE, EdgebuildError, disk_full, unwritable
 from pipeline.stages import GROUPS
 
 EXIT_CODES_HELP = "Exit codes: 0 pass, 1 gate failed, 2 usage, 3 bad config or data, 4 a stage failed."
@@ -49,7 +49,7 @@ class Commands(click.Group):
             click.echo("interrupted; nothing half-written was published.", err=True)
             sys.exit(130)
         except Exception as exc:
-            exc = disk_full(exc) or exc
+            exc = disk_full(exc) or unwritable(exc) or exc
             if "--debug" in sys.argv[1:]:
                 import traceback
 
@@ -233,8 +233,12 @@ def _emit_gate_outputs(gate, junit):
         atomic_write_text(junit, gate_mod.junit(gate))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with open(summary, "a") as f:
-            f.write(gate_mod.markdown(gate))
+        try:
+            with open(summary, "a") as f:
+                f.write(gate_mod.markdown(gate))
+        except OSError as exc:  # the verdict stands; only the step summary is lost
+            click.echo(f"warning: could not append the gate to GITHUB_STEP_SUMMARY={summary} ({exc.strerror}); "
+                       "the verdict and exit code are unchanged", err=True)
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -277,6 +281,10 @@ def _model_overrides(model, data, out):
     path = model_path(model).resolve()
     tensor = onnx_info.describe(path)["inputs"][0]
     shape = onnx_info.image_shape(tensor)
+    if any(d <= 0 for d in tensor["shape"][1:]):
+        raise InputError(f"edgebuild validates a model with a fixed input size (only the batch may be dynamic); "
+                         f"{model}'s input {tensor['name']!r} has shape {tensor.get('shape_signature', tensor['shape'])} "
+                         "(-1 = dynamic). Export it with a fixed height, width and channels.")
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
         raise InputError(f"edgebuild validates image classifiers with a square (batch, size, size, 1 or 3) input "
                          f"(or (batch, 1 or 3, size, size) for an .onnx); {model}'s input shape is {tensor['shape']}.")
@@ -481,9 +489,18 @@ def target_list():
     """List the available targets."""
     from pipeline.device.targets import available_targets, load_target
 
+    from pipeline.engine.errors import InputError
+
+    broken = []
     for name in available_targets():
-        t = load_target(name)
+        try:
+            t = load_target(name)
+        except InputError as exc:  # one broken file is named; the others are still listed
+            broken.append(str(exc))
+            continue
         click.echo(f"{name:<24} {t.kind:<8} {t.description}")
+    if broken:
+        raise InputError(f"{len(broken)} target file(s) cannot be used: {broken[0]}")
 
 
 @target.command("setup")

@@ -118,10 +118,12 @@ def tiny_build(tmp_path_factory, cache_dir):
     with lock:
         if not done.exists() and not failed.exists():
             out.mkdir(exist_ok=True)
+            (out / "tmp").mkdir(exist_ok=True)  # its TMPDIR: a build leaves nothing there (test_chain checks)
             proc = edgebuild(
                 "--quiet", "build", "--config", str(TINY),
                 "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
-                "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", env={"EDGEBUILD_CACHE": str(cache_dir)},
+                "--set", f"validate.targets={json.dumps(ALL_TARGETS)}",
+                env={"EDGEBUILD_CACHE": str(cache_dir), "TMPDIR": str(out / "tmp")},
             )
             if proc.returncode == 0:
                 done.write_text(proc.stdout)
@@ -131,7 +133,7 @@ def tiny_build(tmp_path_factory, cache_dir):
         pytest.fail(failed.read_text(), pytrace=False)
     build_dir = out / "tiny"
     return {"dir": build_dir, "out": out, "manifest": json.loads((build_dir / "manifest.json").read_text()),
-            "stdout": done.read_text()}
+            "stdout": done.read_text(), "tmp": out / "tmp"}
 
 
 MINUS_ONE_TO_ONE = "preprocess.pixel_range=[-1, 1]"  # the input convention of the models made outside

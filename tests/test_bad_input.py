@@ -145,7 +145,7 @@ CASES = [
     ("non-image file", text_file_in_folder, "README.txt"),
     ("mixed sizes refused", mixed_sizes_refused, "big.png"),
     ("one class only", single_class_folder, "at least 2"),
-    ("npz labels out of range", lambda t: _data(_npz(t, y=np.arange(60) % 3 - 1)), "must be in 0..1"),
+    ("npz labels out of range", lambda t: _data(_npz(t, y=np.arange(60) % 3 - 1)), "must be class ids 0.."),
     ("npz NaN labels", lambda t: _data(_npz(t, y=np.where(np.arange(60) == 5, np.nan, np.arange(60) % 3))), "NaN"),
     ("npz NaN pixels", lambda t: _data(_npz(t, x=np.where(np.arange(60 * 64).reshape(60, 8, 8) == 7, np.nan, 0.5))), "NaN or inf"),
     ("npz missing y", lambda t: _data(_npz(t, y=False)), "needs arrays 'x' and 'y'"),
@@ -177,7 +177,7 @@ CASES = [
     ("target name is a path", lambda t: ["--set", 'validate.targets=["../targets/rpi5-litert"]'], "must be a name"),
     ("allowed ops not strings", lambda t: ["--set", "export.allowed_float_ops=[1, 2]"], "must be a list of str"),
     ("labels up to 2,000,000", lambda t: _data(_npz(t, y=np.where(np.arange(60) == 5, 2_000_000, np.arange(60) % 3))),
-     "more have no samples"),
+     "must be class ids 0..99999"),
     ("build name too long", lambda t: ["--set", f'build.name="{"x" * 65}"'], "1 to 64 letters"),
     ("target name with a slash", lambda t: ["--set", 'validate.targets=["rpi5/litert"]'], "must be a name"),
     ("targets not a list of names", lambda t: ["--set", "validate.targets=[5]"], "must be a list of str"),
@@ -294,6 +294,30 @@ def test_validation_refuses_a_broken_tflite(tiny_build, tmp_path, cache_dir, con
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert (d / "manifest.json").read_bytes() == manifest_before
+
+
+@pytest.mark.parametrize("change, command, expected", [
+    ("alter", "gate", "predictions.npz has other content"),
+    ("remove", "report", "predictions.npz is missing"),
+    ("alter", "report", "dataset.npz has other content"),
+])
+def test_the_files_the_gate_and_report_read_are_verified(tiny_build, tmp_path, change, command, expected):
+    """Issue 35 item 12: predictions.npz (and dataset.npz) are artifacts like the models: an altered or missing
+    one is exit 3 naming it, never a verdict or a report on other numbers than the manifest's."""
+    d = _copy_build(tiny_build, tmp_path)
+    name = expected.split()[0]
+    if change == "remove":
+        (d / name).unlink()
+    else:
+        with np.load(d / name) as f:
+            arrays = {k: f[k] for k in f.files}
+        key = "int8_top1" if name == "predictions.npz" else "y"
+        arrays[key] = arrays[key].copy()
+        arrays[key][:24] = (arrays[key][:24] + 1) % 10
+        np.savez(d / name, **arrays)
+    proc = edgebuild(command, str(d), *(["--config", str(TINY)] if command == "gate" else []))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("edit, sealed, expected", [

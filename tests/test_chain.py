@@ -52,6 +52,14 @@ def test_manifest_has_the_public_contract(tiny_build):
     assert "int8" in tiny_build["stdout"] and "gate: PASS" in tiny_build["stdout"]
 
 
+def test_a_build_leaves_nothing_in_its_temporary_directory(tiny_build):
+    """The whole tiny build on every target (onnxruntime, whose import writes $TMPDIR/.ses, under qemu and
+    on the host; TFLM; Vela) ran with a TMPDIR of its own: every temporary file stayed in the build's
+    staging directories."""
+    assert sorted(str(p) for p in tiny_build["tmp"].rglob("*")) == []
+    assert "predictions" in tiny_build["manifest"]["artifacts"] and "dataset" in tiny_build["manifest"]["artifacts"]
+
+
 def test_accuracies_agree_across_runtimes(tiny_build):
     m = tiny_build["manifest"]["metrics"]
     assert m["float"]["accuracy"] > 0.8  # the tiny model really learned

@@ -16,6 +16,9 @@ SAME_AS_ONE_RUN = ("accuracy", "per_class", "bitexact_fraction", "max_abs_diff",
                    "samples", "model", "runtime_version")
 
 
+SECRET = "a CI secret the shard and merge jobs share"
+
+
 def _args(tiny_build, out):
     calib = tiny_build["out"] / "calib.json"
     return ["--config", str(TINY), "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{calib}"',
@@ -26,7 +29,7 @@ def _args(tiny_build, out):
 def sharded(tiny_build, cache_dir, tmp_path_factory):
     """The tiny build up to evaluate (cache hits), then every shard of each target as its own process."""
     out = tmp_path_factory.mktemp("sharded")
-    env = {"EDGEBUILD_CACHE": str(cache_dir)}
+    env = {"EDGEBUILD_CACHE": str(cache_dir), "EDGEBUILD_SHARD_KEY": SECRET}
     proc = edgebuild("build", *_args(tiny_build, out), "--until", "evaluate", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for target, n in SPLITS.items():
@@ -56,7 +59,9 @@ def test_merged_shards_equal_one_run_of_the_whole_test_set(tiny_build, sharded):
         assert merged["first_difference"] == whole[target]["first_difference"], target
         assert merged["shard_runs"] == n and len(merged["parts"]) == n and len(merged["merged_from"]) == n
         assert sum(p["samples"] for p in merged["parts"]) == merged["samples"]
-    # the merged results went into the stage cache: a build of the same config gets them as hits
+    assert all(merged["shards_signed"] for merged in
+               (json.loads((sharded["dir"] / "records" / f"target-{t}.json").read_text()) for t in SPLITS))
+    # signed, the merged results went into the stage cache: a build of the same config gets them as hits
     again = edgebuild("build", *_args(tiny_build, sharded["out"]), env=sharded["env"])
     assert again.returncode == 0, again.stderr[-2000:]
     lines = [line.split() for line in again.stderr.splitlines() if line.split()[1:2] and
@@ -97,3 +102,34 @@ def test_merge_refuses_missing_repeated_changed_or_foreign_shards(tiny_build, sh
     assert other.returncode == 3 and "must be made from this build" in other.stderr, other.stderr
     for proc in (missing, repeated, bad, other):
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
+
+
+def test_a_forged_shard_is_refused_with_the_secret_and_never_cached_without_it(tiny_build, sharded, tmp_path):
+    """A shard whose outputs were replaced and its sha256s recomputed (all a forger needs without the secret):
+    refused by a merge that holds the secret; merged as given by one that does not, but never stored in the
+    stage cache, so no later build replays it as `cached`."""
+    from pipeline.engine import shards
+    from pipeline.engine.fsutil import atomic_save_npz
+
+    files = sorted((sharded["dir"] / "shards").glob("target-rpi4-bookworm-tflite.*.npz"))
+    with np.load(files[1]) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    arrays["outputs"] = np.zeros_like(arrays["outputs"])
+    meta["sha256"] = {k: shards._array_sha256(v) for k, v in arrays.items()}
+    forged = tmp_path / files[1].name
+    atomic_save_npz(forged, meta=np.array(json.dumps(meta)), **arrays)
+    refused = _merge_files(tiny_build, sharded, [files[0], forged, files[2]])
+    assert refused.returncode == 3 and "unsigned or signed with another" in refused.stderr, refused.stderr
+
+    work = tmp_path / "copy"
+    shutil.copytree(sharded["dir"], work / "tiny", ignore=shutil.ignore_patterns("shards", ".lock"))
+    cache = tmp_path / "cache"
+    env = {"EDGEBUILD_CACHE": str(cache)}  # no secret
+    proc = edgebuild("merge", str(work / "tiny"), *map(str, [files[0], forged, files[2]]),
+                     *(str(p) for p in sorted((sharded["dir"] / "shards").glob("target-rpi5-onnxruntime.*.npz"))),
+                     *_args(tiny_build, work), env=env)
+    assert proc.returncode in (0, 1) and "are not signed" in proc.stderr, proc.stderr[-2000:]
+    record = json.loads((work / "tiny" / "records" / "target-rpi4-bookworm-tflite.json").read_text())
+    assert record["shards_signed"] is False and not record["cached"]
+    assert not (cache / "stages").is_dir() or not any((cache / "stages").iterdir()), "an unsigned merge was cached"

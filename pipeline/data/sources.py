@@ -4,6 +4,7 @@ fingerprint of a source for cache keys."""
 
 import hashlib
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,20 @@ def _digits_fingerprint():
     return f"sklearn-digits-{dist.version}-{hashlib.sha256(data).hexdigest()}"
 
 
+def files_under(root):
+    """Every file under `root`, sorted, following symlinked folders as the loader reads them (each real
+    folder once, so a link loop ends): the fingerprint and the loader see the same files."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder) / f for f in files if (Path(folder) / f).is_file()]
+    return sorted(found)
+
+
 def source_fingerprint(source, key="data.source"):
     """A content hash of the data source, so the stage cache notices changed data."""
     kind = source_kind(source, key)
@@ -71,7 +86,7 @@ def source_fingerprint(source, key="data.source"):
         raise InputError(
             f"{key} must be 'digits', an image folder or an .npz file; {source} does not exist."
         )
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else files_under(path)
     for p in files:
         h.update(str(p.relative_to(path) if p != path else p.name).encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())
@@ -158,9 +173,7 @@ def _load_folder(source, cfg):
         )
     images, labels, ids, bad, other_size = [], [], [], [], []
     for label, name in enumerate(classes):
-        files = sorted(
-            p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
+        files = [p for p in files_under(root / name) if not p.name.startswith(".")]
         if not files:
             raise InputError(
                 f"every class needs at least one image; class folder {root / name} is empty. "
@@ -205,14 +218,19 @@ def _require_finite(a, name, path, fix):
 def _load_npz(source, cfg):
     path = Path(source)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(f"an .npz data source is a zip of named arrays (np.savez); {path} holds a single "
+                             f"{type(loaded).__name__} (an .npy file renamed?). Save it with "
+                             "np.savez(path, x=images, y=labels).")
+        with loaded as f:
             if "x" not in f.files or "y" not in f.files:
                 raise InputError(
                     f"an .npz data source needs arrays 'x' and 'y'; {path} has {sorted(f.files)}. "
                     "Save it with np.savez(path, x=images, y=labels)."
                 )
             x, y = f["x"], f["y"]
-            names = [str(n) for n in f["class_names"]] if "class_names" in f.files else None
+            names = f["class_names"] if "class_names" in f.files else None
             split = f["split"] if "split" in f.files else None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} is not a readable .npz file ({exc}). Re-save it with np.savez.") from None
@@ -242,14 +260,27 @@ def _load_npz(source, cfg):
             raise InputError(f"y in {path} must hold integer class ids; received fractional values. Fix the labels.")
     elif not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"y in {path} must hold integer class ids; received dtype {y.dtype}.")
-    y = y.astype(np.int64)
-    num_classes = len(names) if names else int(y.max()) + 1
-    if y.min() < 0 or y.max() >= num_classes:
+    names = _class_names(names, path)
+    if y.min() < 0 or y.max() >= (len(names) if names else MAX_CLASSES):
+        top = len(names) - 1 if names else MAX_CLASSES - 1
         raise InputError(
-            f"labels in {path} must be in 0..{num_classes - 1}; received range [{y.min()}, {y.max()}]. "
-            "Fix the labels or the class_names array."
+            f"labels in {path} must be class ids 0..{top}{' (one per class_names entry)' if names else ''}; "
+            f"received range [{_number(y.min())}, {_number(y.max())}]. Fix the labels or the class_names array."
         )
-    names = names or [str(i) for i in range(num_classes)]
+    y = y.astype(np.int64)
+    if names is None:
+        present = np.unique(y)
+        if len(present) != int(y.max()) + 1:
+            raise InputError(
+                f"labels in {path} must be the class ids 0..K-1 with samples in every class; they reach "
+                f"{int(y.max())}, but {int(y.max()) + 1 - len(present)} of those {int(y.max()) + 1} ids have no samples. "
+                "Renumber the labels, or give a class_names array."
+            )
+        names = [str(i) for i in range(int(y.max()) + 1)]
+    present = len(np.unique(y))
+    if present < 2:
+        raise InputError(f"a classifier needs samples of at least 2 classes; {path} has samples of {present} "
+                         f"({names[int(y[0])]!r}). Add the other classes' samples.")
     from PIL import Image
 
     out = []
@@ -269,6 +300,28 @@ def _load_npz(source, cfg):
             )
         split = np.asarray(values)
     return np.stack(out), y, ids, names, split
+
+
+MAX_CLASSES = 100_000  # labels of an .npz without class_names: refused beyond this, before any list is made
+
+
+def _number(v):
+    return f"{float(v):.3g}" if isinstance(v, (float, np.floating)) else str(int(v))
+
+
+def _class_names(raw, path):
+    """The class_names array of an .npz as a list of distinct strings (None when absent)."""
+    if raw is None:
+        return None
+    if raw.ndim != 1 or raw.dtype.kind not in "USO" or not 2 <= len(raw) <= MAX_CLASSES:
+        raise InputError(f"class_names in {path} must be a 1-D array of 2 to {MAX_CLASSES:,} strings, one per class id; "
+                         f"received shape {raw.shape}, dtype {raw.dtype}. Save np.array(['cat', 'dog', ...]).")
+    names = [str(n) for n in raw]
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise InputError(f"class_names in {path} must be distinct, one per class; {first_few(map(repr, repeated), 3)} "
+                         "occurs more than once. Give each class its own name.")
+    return names
 
 
 def load_source(source, cfg, key="data.source"):

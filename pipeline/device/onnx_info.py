@@ -26,6 +26,47 @@ def describe(path):
     return describe_onnx(path)
 
 
+def external_data(path):
+    """{location: file} of the external data files an .onnx names (its tensors stored beside it, as models
+    over 2 GB and some exporters write them); each must be a relative path inside the model's directory."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file at all: read_model says so in one line
+        return {}
+    tensors = [t for t in _all_tensors(model.graph) if uses_external_data(t)]
+    found = {}
+    for tensor in tensors:
+        location = ExternalDataInfo(tensor).location
+        target = (path.parent / location).resolve()
+        if Path(location).is_absolute() or ".." in Path(location).parts or path.parent.resolve() not in target.parents:
+            raise InputError(f"an .onnx may keep its tensors in files beside it, by a relative path inside its folder; "
+                             f"{path} names {location[:120]!r} for tensor {tensor.name[:60]!r}. Re-save the model with "
+                             "its external data beside it (onnx.save(..., save_as_external_data=True)).")
+        if not target.is_file():
+            raise InputError(f"{path} keeps tensor {tensor.name[:60]!r} in the external data file {location[:120]!r}, "
+                             f"which is not beside it ({target} does not exist). Copy it next to the model.")
+        found[location] = target
+    return found
+
+
+def _all_tensors(graph):
+    """The initializers and constant tensors of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)
+
+
 def read_model(path):
     import onnx
 

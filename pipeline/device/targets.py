@@ -166,10 +166,13 @@ def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
     raw_bytes = path.read_bytes()
     try:
         raw = tomllib.loads(raw_bytes.decode())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path} is not valid TOML: {exc}.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid TOML: {exc}. Fix the target file.") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to read as TOML. A target file is plain keys and the "
+                         "[tolerances] and [budget] tables; remove the deep nesting.") from None
     kind = raw.setdefault("kind", "linux")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InputError(f"kind in {path} must be one of {', '.join(KINDS)}; received {str(kind)[:40]!r}. Fix the "
                          "target file.")
     if kind == "linux":
@@ -200,6 +203,7 @@ def load_target(name, targets_dir=TARGETS_DIR, check_hashes=True):
     for key in ("debian_packages", "wheels", "wheel_platforms", "twin_platforms"):
         raw[key] = tuple(raw[key])
     raw.setdefault("wheel_sha256", {})
+    _check_scalars(raw, path)
     _check_lists(raw, path, check_hashes)
     allowed = KERNELS.get((kind, raw["runtime"]))
     if allowed is None or raw["kernels"] not in allowed:
@@ -246,6 +250,36 @@ def check_budget(values, origin, kind="ethos-u"):
             raise InputError(f"budget {key} ({what}) must be {'an integer' if integer else 'a number'} from {low} to "
                              f"{high:g}; received {value!r} in {origin}. Set the board's real figure.")
     return dict(values)
+
+
+# What a target file's plain fields may be: they reach command lines, podman labels and Dockerfile lines,
+# so none may carry a newline, a quote or a shell word break. (type, pattern or None, what it is)
+WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+SCALARS = {
+    "description": (str, re.compile(r"[^\x00-\x1f\x7f\"'`$\\]{1,200}"), "one line of up to 200 characters without "
+                    "quotes, '$', '`' or '\\'"),
+    "arch": (str, WORD, "a machine name like aarch64"),
+    "cpu": (str, WORD, "a CPU name like cortex-a76"),
+    "distribution": (str, re.compile(r"[a-z][a-z0-9-]{0,31}"), "a Debian suite like bookworm"),
+    "python": (str, re.compile(r"\d+\.\d+|host"), "a Python version like 3.11"),
+    "runtime": (str, WORD, "a runtime package name"),
+    "runtime_version": (str, WORD, "a version like 2.3.0"),
+    "qemu_suite": (str, re.compile(r"|[a-z][a-z0-9-]{0,63}"), "a Debian suite like bookworm-backports"),
+    "qemu_version": (str, re.compile(r"|[0-9][0-9.]{0,15}"), "a version like 10.0"),
+    "kernels": (str, WORD, "a kernel name"),
+    "emulated": (bool, None, "true or false"),
+    "threads": (int, range(1, 257), "an integer from 1 to 256"),
+    "batch_size": (int, range(1, 4097), "an integer from 1 to 4096"),
+}
+
+
+def _check_scalars(raw, path):
+    for key, (kind, rule, what) in SCALARS.items():
+        value = raw.get(key)
+        wrong_type = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if wrong_type or (rule is not None and (value not in rule if isinstance(rule, range)
+                                                else not rule.fullmatch(value))):
+            raise InputError(f"{key} in {path} must be {what}; received {str(value)[:80]!r}. Fix the target file.")
 
 
 # What a target file's list entries may be: they reach pip, mmdebstrap and Dockerfile lines.
@@ -620,6 +654,10 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
             cmd, env = image.command(target, container, args), image.host_env()
         else:
             cmd, env = launch(target, root, args, twin)
+            # a runtime's own temporary files (onnxruntime's telemetry writes $TMPDIR/.ses at import) stay
+            # in the stage's work directory, never in the machine's /tmp
+            (work / f"tmp{i}").mkdir(exist_ok=True)
+            env["TMPDIR"] = str(work / f"tmp{i}")
             if not bytecode:  # .pyc files are looked up under an empty prefix: none is found
                 env["PYTHONPYCACHEPREFIX"] = str(work / "no-bytecode")
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -674,10 +712,35 @@ def _failed(target, returncode, out, err, twin):
                "that op." if m else "")
         where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
         raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", refused, fix)
+    where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
+    crash = crashed(returncode, err)
+    if crash:  # the runtime died running the model: that target's failure, and the other targets go on
+        raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", crash,
+                           "Report it to the runtime with the model, or try other kernels (validate.kernels).")
     msg = (err or out).strip().splitlines()[-1:] or ["no output"]
-    if returncode < 0:
-        msg = [f"killed by signal {-returncode}" + (f" after: {msg[0]}" if msg[0] != "no output" else "")]
     raise StageError(f"the on-target validator failed on {target.name} (exit {returncode}): {msg[0][:300]}")
+
+
+# qemu user-mode's words when the emulated program dies of a signal (it then dies of the same signal)
+QEMU_SIGNAL = re.compile(r"qemu: uncaught target signal (\d+) \(([^)]*)\)")
+
+
+def crashed(returncode, stderr):
+    """'the runtime crashed ...' when a validator died of a signal (natively, or under qemu), else None."""
+    import signal as signals
+
+    m = QEMU_SIGNAL.search(stderr or "")
+    number = int(m.group(1)) if m else (-returncode if returncode < 0 else None)
+    if number is None:
+        return None
+    try:
+        name = signals.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    if number == signals.SIGKILL and not m:  # the kernel's OOM killer, or someone killed it
+        return f"the validator was killed (SIGKILL: out of memory, or stopped from outside) while running the model"
+    return (f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) while running the model; the op is not "
+            "named (the interpreter gives no per-op trace)")
 
 
 def dump_tensors(target, root, model, x, work, side):
@@ -696,6 +759,7 @@ def dump_tensors(target, root, model, x, work, side):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
     else:
         cmd, env = launch(target, root, args, twin=side == "twin")
+    env["TMPDIR"] = str(work)
     try:
         _run(cmd, f"keeping every tensor on {side}", work / "dump.log", env=env)
     except (StageError, InputError):

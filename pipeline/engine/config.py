@@ -9,6 +9,7 @@ them as read-only. A stage receives only the entries it declares (`pipeline.engi
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ def _f(default, doc, **kw):
 class BuildSection:
     name: str = _f("digits", "build name (letters, digits, '.', '_', '-'); outputs go to <out_dir>/<name>/",
                    name=True)
-    seed: int = _f(0, "seed for the split, initialisation and shuffling")
+    seed: int = _f(0, "seed for the split, initialisation and shuffling", min=0, max=2**32 - 1)
     out_dir: str = _f("build", "directory that receives one folder per build")
 
 
@@ -49,9 +50,9 @@ class DataConfig:
                      choices=("pillow", "keras"))
     val_fraction: float = _f(0.15, "fraction of samples for validation", min=0.0, max=0.5)
     test_fraction: float = _f(0.2, "fraction of samples for the test split", min=0.05, max=0.5)
-    max_samples: int = _f(0, "use at most this many samples, stratified (0 = all)", min=0)
+    max_samples: int = _f(0, "use at most this many samples, stratified (0 = all)", min=0, max=10**9)
     calibration_file: str = _f("calibration/digits-v1.json", "versioned calibration set (created if missing)")
-    calibration_samples: int = _f(200, "calibration samples, stratified by class, from the train split", min=10)
+    calibration_samples: int = _f(200, "calibration samples, stratified by class, from the train split", min=10, max=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -68,36 +69,36 @@ class TrainConfig:
                      "efficientnet_v2_b0, 'module.path:function' (your (input_shape, num_classes) -> keras.Model, "
                      "imported from the working directory) or a trained .keras file (fine-tuned for "
                      "train.epochs; 0 = as is)", recipe=True)
-    width: int = _f(16, "filters in the first block", min=1)
+    width: int = _f(16, "filters in the first block", min=1, max=4096)
     blocks: int = _f(3, "conv blocks", min=1, max=6)
     weights: str = _f("", "pretrained weights, a local .weights.h5 or .keras file, loaded by layer name into every "
                           "layer but the 'logits' head ('' = random init; nothing is downloaded)")
     finetune: str = _f("full", "what trains: 'full', 'freeze' (head only, plus unfreeze_top layers) or 'lora' "
                                "(low-rank adapters on the backbone's Conv2D/Dense, merged before QAT)",
                        choices=("full", "freeze", "lora"))
-    unfreeze_top: int = _f(0, "with finetune = 'freeze': also train the last N weighted backbone layers", min=0)
-    lora_rank: int = _f(4, "rank of the LoRA adapters", min=1)
+    unfreeze_top: int = _f(0, "with finetune = 'freeze': also train the last N weighted backbone layers", min=0, max=10_000)
+    lora_rank: int = _f(4, "rank of the LoRA adapters", min=1, max=4096)
     data_parallel: bool = _f(False, "keras.distribution.DataParallel over all local JAX devices (and hosts, see README)")
-    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe or train.weights)", min=0)
-    batch_size: int = _f(64, "batch size", min=1)
-    learning_rate: float = _f(3e-3, "Adam learning rate", min=0.0)
+    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe or train.weights)", min=0, max=10_000)
+    batch_size: int = _f(64, "batch size", min=1, max=1_000_000)
+    learning_rate: float = _f(3e-3, "Adam learning rate", min=0.0, max=10.0)
 
 
 @dataclass(frozen=True)
 class QatConfig:
-    epochs: int = _f(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0)
-    batch_size: int = _f(64, "batch size", min=1)
+    epochs: int = _f(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0, max=10_000)
+    batch_size: int = _f(64, "batch size", min=1, max=1_000_000)
     learning_rate: float = _f(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
-                             "model is adjusted to int8, not retrained", min=0.0)
+                             "model is adjusted to int8, not retrained", min=0.0, max=10.0)
     max_val_drop: float = _f(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
     ema_momentum: float = _f(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
-    init_samples: int = _f(256, "training samples that initialise the activation ranges", min=1)
+    init_samples: int = _f(256, "training samples that initialise the activation ranges", min=1, max=1_000_000)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    onnx_opset: int = _f(17, "ONNX opset for tf2onnx", min=9)
+    onnx_opset: int = _f(17, "ONNX opset for tf2onnx", min=9, max=30)
     allowed_float_ops: list = _f([], "op names allowed to stay float in the int8 model (recorded in the manifest)",
                                  items=str)
 
@@ -107,7 +108,7 @@ class ValidateConfig:
     targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert", "cortex-m-tflm", "ethos-u55-128"],
                        "targets (targets/<name>.toml) to validate on: emulated Linux boards, microcontrollers (TFLM), "
                        "NPUs (Vela)", items=str, name=True)
-    sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0)
+    sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0, max=10**9)
     shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
     kernels: str = _f("", "the kernels of every Linux board with a TFLite runtime, when its device build differs from "
                       "its target file: 'xnnpack', 'builtin' or 'reference' ('' = each target file's own; others keep "
@@ -129,16 +130,16 @@ class GateConfig:
     max_baseline_drop: float = _f(0.01, "maximum int8 accuracy drop vs the baseline", min=0.0, max=1.0)
     max_class_drop: float = _f(0.05, "maximum accuracy drop of any single class, vs float and vs baseline", min=0.0, max=1.0)
     class_drop_samples: int = _f(2, "a class drop of at most this many test samples plus sqrt(the class's errors "
-                                 "before) is noise and never fails", min=0)
+                                 "before) is noise and never fails", min=0, max=10**9)
     max_flip_rate: float = _f(0.02, "maximum fraction of test samples that regress (right in float -> wrong in "
                               "int8, right in the baseline -> wrong now; at least, see flip_error_ratio)",
                               min=0.0, max=1.0)
     flip_error_ratio: float = _f(0.3, "the flip budget is at least this times the reference model's error rate "
-                                 "(a 57%-accurate model flips more than a 99% one)", min=0.0)
+                                 "(a 57%-accurate model flips more than a 99% one)", min=0.0, max=100.0)
     min_target_agreement: float = _f(0.99, "minimum host/target top-1 agreement", min=0.0, max=1.0)
     min_onnx_agreement: float = _f(0.99, "minimum top-1 agreement of the int8 ONNX with the int8 .tflite on the host",
                                    min=0.0, max=1.0)
-    max_int8_bytes: int = _f(1_000_000, "maximum int8 .tflite size in bytes", min=1)
+    max_int8_bytes: int = _f(1_000_000, "maximum int8 .tflite size in bytes", min=1, max=2**40)
     sram_bytes: int = _f(0, "RAM budget of every target, overriding its file's [budget] (0 = each target's own)",
                          min=0, max=2**40)
     flash_bytes: int = _f(0, "flash budget of every target, overriding its file's [budget] (0 = each target's own)",
@@ -231,6 +232,9 @@ def _check_value(where, f, value):
         from pipeline.model.usermodel import check_recipe
 
         check_recipe(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"config key '{where}' must be a finite number between {meta.get('min')} and "
+                         f"{meta.get('max')}; received {value!r}. Set a number in that range.")
     if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
         raise InputError(
             f"config key '{where}' must be between {meta.get('min', '-inf')} and "
@@ -303,6 +307,9 @@ def parse_override(text):
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise InputError(f"--set {dotted}: the value is nested too deeply to read ({len(raw)} characters). "
+                         "Give a plain number, string or list.") from None
     return section, key, value
 
 
@@ -322,6 +329,9 @@ def load(path=None, overrides=(), base=None, base_origin="", sections=None):
             from_file = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path} is not valid TOML: {exc}. Fix the syntax.") from None
+        except RecursionError:
+            raise InputError(f"{path} is nested too deeply to read as TOML. An edgebuild config is sections of "
+                             "plain keys; remove the deep nesting.") from None
         for section, values in from_file.items():
             if sections is not None and section not in sections:
                 continue

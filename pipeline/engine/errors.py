@@ -40,3 +40,14 @@ def disk_full(exc):
         return InputError(f"a build needs free disk space; the disk is full{where}. Free space, or point "
                           "build.out_dir (and $EDGEBUILD_CACHE) at a disk with room; nothing half-written was published.")
     return None
+
+
+def unwritable(exc):
+    """An InputError for a write the system refused (permissions, a read-only file system), else None."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        where = exc.filename or "a file"
+        return InputError(f"edgebuild writes its results beside the build; the system refused to write {where} "
+                          f"({exc.strerror}). Make that directory writable, or copy the build to a writable place.")
+    return None

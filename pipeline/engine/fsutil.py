@@ -4,6 +4,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,27 +22,56 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _destination(path):
+    """(where a write to `path` goes, whether it is written in place). As `tee` does: a path that is not a
+    regular file (a terminal, a pipe, /dev/stdout) is opened and written in place, never replaced by a
+    file, and a symlink to a file is followed (the file it points to is replaced, the link stays)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)  # follows links, /proc/self/fd/1 included
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return path, True
+    return (Path(os.path.realpath(path)) if path.is_symlink() else path), False
+
+
 @contextmanager
 def _replacing(path):
     """Yield a temporary path in `path`'s directory; when the block finishes, fsync it and
     os.replace it onto `path`; if the block fails, remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual file mode
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual file mode
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a refused write names the file being written, not its temporary
+        _remove(tmp)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
 
 
+def _remove(tmp):
+    if tmp and os.path.exists(tmp):
+        os.unlink(tmp)
+
+
 def atomic_write_bytes(path, data):
+    path, in_place = _destination(path)
+    if in_place:
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     with _replacing(path) as tmp:
         Path(tmp).write_bytes(data)
 
@@ -52,6 +82,11 @@ def atomic_write_text(path, text):
 
 def atomic_copy(src, dst):
     """Copy src to dst through a temporary file in dst's directory, then os.replace."""
+    dst, in_place = _destination(dst)
+    if in_place:
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            shutil.copyfileobj(f, g)
+        return
     with _replacing(dst) as tmp:
         shutil.copyfile(src, tmp)
 
@@ -64,6 +99,8 @@ def atomic_save_model(model, path):
         model.save(tmp)
         _make_reproducible(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # name the model being written, not its temporary
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

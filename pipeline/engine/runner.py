@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -129,6 +130,12 @@ def main(request_path, progress_stream, process):
     waited for its request (a process started ahead of its stage waits when its import is done first)."""
     request = json.loads(Path(request_path).read_text())
     result_path = Path(request["result"])
+    # every temporary file of the stage and of the processes it starts (onnxruntime writes $TMPDIR/.ses
+    # when imported) goes to its staging directory, removed with it
+    scratch = Path(request["out_dir"]) / ".tmp"
+    scratch.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None
 
     from pipeline.engine.codehash import loaded_toolchain
     from pipeline.engine.errors import EdgebuildError

@@ -11,6 +11,8 @@ the remote one) under the stage's key: a later build gets them as a hit.
 
 import dataclasses
 import hashlib
+import hmac
+import os
 import importlib
 import json
 import re
@@ -31,6 +33,10 @@ from pipeline.engine.stage import StageContext, config_view
 from pipeline.engine.text import first_few
 
 SHARD_DIR = "shards"
+# The secret shard and merge jobs share (a CI secret): a shard signed with it proves it came from a job
+# that holds it. Without it merge trusts the files as given, and keeps the merged result out of the caches.
+KEY_ENV = "EDGEBUILD_SHARD_KEY"
+KEY = re.compile(r"[0-9a-f]{64}")
 NAME = re.compile(r"^(?P<stage>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.npz$")
 
 
@@ -92,12 +98,38 @@ def run(config, options, names, i, n):
                 arrays = {k: f[k] for k in f.files}
             meta = {"stage": stage.name, "params": stage.params, "key": key, "shard": [i, n], "record": record,
                     "sha256": {k: _array_sha256(v) for k, v in arrays.items()}}
+            secret = _secret()
+            if secret:
+                meta["hmac"] = _signature(meta, secret)
             atomic_save_npz(dest, meta=np.array(json.dumps(meta)), **arrays)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         options.log(f"{'ran':>6}  {stage.name:<28} {time.perf_counter() - started:>7.1f} s  shard {i}/{n} -> {dest}")
         written.append(dest)
     return written
+
+
+def _secret():
+    value = os.environ.get(KEY_ENV, "")
+    return value.encode() if value else None
+
+
+def _signature(meta, secret):
+    """HMAC-SHA256 of the shard's meta (which holds every array's sha256) under the jobs' secret."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "hmac"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
+
+
+def _check_meta(meta):
+    """The fields merge reads, with their types: a crafted or damaged shard is refused by name."""
+    shard = meta.get("shard") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("stage"), str) or not isinstance(meta.get("params"), dict) \
+            or not isinstance(meta.get("key"), str) or not KEY.fullmatch(meta["key"]) \
+            or not isinstance(meta.get("record"), dict) or not isinstance(meta.get("sha256"), dict) \
+            or not (isinstance(shard, list) and len(shard) == 2 and all(type(v) is int for v in shard)
+                    and 1 <= shard[0] <= shard[1]):
+        raise ValueError("its meta entry lacks stage, params, key, shard [i, N], record or sha256, or has one of "
+                         "another type")
 
 
 def read(path):
@@ -108,14 +140,30 @@ def read(path):
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(str(arrays.pop("meta")))
+        _check_meta(meta)
         bad = [k for k, v in arrays.items() if meta["sha256"].get(k) != _array_sha256(v)]
         if bad or set(meta["sha256"]) != set(arrays):
             raise ValueError(f"its arrays {first_few(bad or sorted(set(meta['sha256']) ^ set(arrays)), 3)} do not "
                              "match the sha256 it records")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"a shard file must be one edgebuild wrote, unchanged; {path} is not ({exc}). Run that "
                          "shard again.") from None
     return meta, arrays
+
+
+def _signed(pieces):
+    """Whether every shard carries a valid signature under the jobs' secret (EDGEBUILD_SHARD_KEY): False
+    when merge has no secret; with one, a shard not signed with it is refused."""
+    secret = _secret()
+    if secret is None:
+        return False
+    forged = [str(p) for p, m, _ in pieces
+              if not (isinstance(m.get("hmac"), str) and hmac.compare_digest(m["hmac"], _signature(m, secret)))]
+    if forged:
+        raise InputError(f"merge runs with {KEY_ENV} set, so it takes only shards signed with that secret; "
+                         f"{first_few(forged, 3)} {'is' if len(forged) == 1 else 'are'} unsigned or signed with "
+                         f"another. Run the shard jobs with the same {KEY_ENV}.")
+    return True
 
 
 def find(build_dir, paths):
@@ -161,15 +209,26 @@ def merge(config, options, paths, baseline=None):
             external = stage.external(config) if stage.external else {}
             inputs, selected, key, parts = engine.prepare(stage, config, build_dir, external, records)
             pieces = _complete(stage, by_stage[stage.name], key)
+            signed = _signed(pieces)
+            if not signed:
+                warn(f"the shards of {stage.name} are not signed ({KEY_ENV} is not set), so merge trusts them as "
+                     "given and keeps the merged result out of the stage cache; set the same secret in the shard "
+                     "and merge jobs")
             staging = Path(tempfile.mkdtemp(dir=build_dir, prefix=f".stage-{stage.name.replace(':', '-')}-"))
             try:
                 module = importlib.import_module(stage.module)
                 ctx = StageContext(Progress(None, quiet=True), str(options.cache_dir), stage.params,
                                    config.cache.remote)
-                record = module.merge(config_view(selected), inputs, [(m["record"], a) for _, m, a in pieces],
-                                      staging, ctx)
+                try:
+                    record = module.merge(config_view(selected), inputs, [(m["record"], a) for _, m, a in pieces],
+                                          staging, ctx)
+                except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+                    raise InputError(f"the shards of {stage.name} must hold what edgebuild's shard runs write; "
+                                     f"{first_few([str(p) for p, _, _ in pieces], 2)} do not ({type(exc).__name__}: "
+                                     f"{str(exc)[:120]}). Run the shards again.") from None
                 record["merged_from"] = [str(p) for p, _, _ in pieces]
-                engine.publish_outputs(stage, staging, build_dir, cache, key, record)
+                record["shards_signed"] = signed
+                engine.publish_outputs(stage, staging, build_dir, cache if signed else None, key, record)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             records[stage.name] = result.records[stage.name] = engine.write_record(

@@ -108,6 +108,41 @@ def _keras_version():
     return keras.__version__
 
 
+# A .keras file is a zip; what it may expand to before Keras reads it (as Pillow limits an image's pixels):
+# a model description of at most 64 MiB, at most 8 GiB in all, and a member over 64 MiB compressed at most
+# 100 to 1 (Keras stores its members uncompressed).
+KERAS_DESCRIPTION_BYTES = 64 << 20
+KERAS_TOTAL_BYTES = 8 << 30
+KERAS_MAX_RATIO = 100
+
+
+def check_keras_archive(path):
+    """Refuse a .keras file that is no zip, or whose members would expand beyond the limits above (a zip
+    bomb), before anything is decompressed."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise InputError(f"a .keras model file is the zip archive model.save('model.keras') writes; {path} is not a "
+                         f"zip ({exc}; it starts with {head!r}). Pass the file Keras saved.") from None
+    total = sum(m.file_size for m in members)
+    worst = max(members, key=lambda m: m.file_size / max(m.compress_size, 1), default=None)
+    too_big = [m for m in members if m.filename in ("config.json", "metadata.json")
+               and m.file_size > KERAS_DESCRIPTION_BYTES]
+    if too_big or total > KERAS_TOTAL_BYTES or (worst is not None and worst.file_size > KERAS_DESCRIPTION_BYTES
+                                                 and worst.file_size > KERAS_MAX_RATIO * max(worst.compress_size, 1)):
+        m = too_big[0] if too_big else worst
+        raise InputError(
+            f"a .keras file may expand to a model description of at most {KERAS_DESCRIPTION_BYTES >> 20} MiB and "
+            f"{KERAS_TOTAL_BYTES >> 30} GiB in all, no member over {KERAS_DESCRIPTION_BYTES >> 20} MiB compressed more "
+            f"than {KERAS_MAX_RATIO}:1; {path} ({path.stat().st_size:,} bytes) would expand {m.filename} to "
+            f"{m.file_size:,} bytes ({total:,} in all). It is not a model Keras saved; pass the real file.")
+
+
 def load_keras_file(path):
     """Load a user's `.keras` (or Keras 2 full-model `.h5`) file with safe_mode on: a Lambda layer
     (arbitrary code) is refused."""
@@ -116,6 +151,8 @@ def load_keras_file(path):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"train.recipe names the model file {path}, which does not exist. Check the path.")
+    if path.suffix == ".keras":
+        check_keras_archive(path)
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - every load failure is the user's file; say which and why

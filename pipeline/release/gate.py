@@ -108,6 +108,16 @@ def _loading_differences(manifest, baseline):
     return f" Loaded differently: {'; '.join(diffs)}." if diffs else ""
 
 
+def _finite_check(where, metrics):
+    """A model with float outputs must output numbers: any NaN or inf fails, with the count (none with
+    integer outputs, which cannot hold one)."""
+    if not str(metrics.get("output_dtype", "int8")).startswith("float"):
+        return []
+    bad = int(metrics.get("nonfinite_outputs", 0))
+    return [_check(f"finite outputs ({where})", bad, "0 NaN or inf", bad == 0,
+                   detail=f"{bad} output values are NaN or inf" if bad else "")]
+
+
 def _target_checks(m, cfg, prefix):
     checks = []
     for name, t in sorted(m.get("targets", {}).items()):
@@ -115,6 +125,7 @@ def _target_checks(m, cfg, prefix):
             checks.append(_check(f"runs on target ({name})", "refused", "loads and runs", False,
                                  detail=text.clip(t["refused"], 200)))
             continue
+        checks += _finite_check(name, t)
         checks.append(_check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
                              t["accuracy"] >= cfg.min_int8_accuracy,
                              detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
@@ -267,8 +278,9 @@ def evaluate_validation(manifest, cfg, baseline=None):
     """The gate of a model file built elsewhere: its host accuracy, every target, the int8 checks when
     its input is integer, and the baseline (a build's or a validation's manifest on the same test set)."""
     host, art = manifest["metrics"]["host"], manifest["artifacts"]["model"]
-    checks = [_check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
-                     host["accuracy"] >= cfg.min_int8_accuracy)]
+    checks = _finite_check("host", host)
+    checks.append(_check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
+                         host["accuracy"] >= cfg.min_int8_accuracy))
     checks += _target_checks(manifest["metrics"], cfg, "")
     checks += _budget_checks(manifest, cfg)
     if art["input"]["dtype"] in ("int8", "uint8"):

@@ -37,6 +37,9 @@ ARTIFACTS = {
     "keras": "qat.keras",
     "float_keras": "float.keras",
     "calibration": "calibration.json",
+    # what the gate and the report read besides the models: hashed and verified like them
+    "dataset": "dataset.npz",
+    "predictions": "predictions.npz",
 }
 
 
@@ -111,7 +114,8 @@ def assemble_validation(config, records, build_dir):
     model, data, host = records["model"], records["testset"], records["host"]
     info, contract = model["info"], host["preprocess"]
     fmt = info.get("format", "tflite")
-    artifacts = {"model": _artifact(build_dir, f"model.{fmt}")}
+    artifacts = {"model": _artifact(build_dir, f"model.{fmt}"), "dataset": _artifact(build_dir, "dataset.npz"),
+                 "predictions": _artifact(build_dir, "predictions.npz")}
     qin = info["inputs"][0]
     artifacts["model"].update(
         format=fmt, source=model["source"],

@@ -11,17 +11,25 @@ def accuracy_record(top1, labels, class_names):
     return {"accuracy": round(float((top1 == labels).mean()), 6), "per_class": per_class, "samples": int(len(labels))}
 
 
+def nonfinite(outputs):
+    """How many output values are NaN or inf (0 for integer outputs)."""
+    return 0 if np.issubdtype(outputs.dtype, np.integer) else int((~np.isfinite(outputs)).sum())
+
+
 def compare(target_out, host_out, labels, ids, class_names):
     """Target vs host on the same inputs. Integer outputs differ in quantization steps; float outputs
     in their own units (bit-exact is then exact float equality)."""
     integer = np.issubdtype(host_out.dtype, np.integer)
     wide = np.int32 if integer else np.float64
-    diff = np.abs(target_out.astype(wide) - host_out.astype(wide))
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf outputs: counted below, never a warning
+        diff = np.abs(target_out.astype(wide) - host_out.astype(wide))
+    finite = diff if integer else diff[np.isfinite(diff)]
     t1, h1 = target_out.argmax(1), host_out.argmax(1)
     rec = accuracy_record(t1, labels, class_names)
     rec.update(
         bitexact_fraction=round(float((diff == 0).mean()), 6),
-        max_abs_diff=(int(diff.max()) if integer else float(diff.max())) if diff.size else 0,
+        max_abs_diff=(int(finite.max()) if integer else float(finite.max())) if finite.size else 0,
+        nonfinite_outputs=nonfinite(target_out),
         output_dtype=str(host_out.dtype),
         top1_agreement=round(float((t1 == h1).mean()), 6),
         flipped_ids=[str(s) for s in ids[t1 != h1]],

@@ -141,6 +141,18 @@ def summary(manifest):
     return "\n".join(lines + _gate_lines(manifest))
 
 
+def _pyplot():
+    """matplotlib.pyplot drawing to files, with every text literal: a class name such as '$x$' or 'a_b^c' is
+    shown as written, never parsed as mathtext (which fails on some names)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig):
     import base64
     import io
@@ -162,10 +174,7 @@ def _confusion(labels, top1, n):
 
 
 def _confusion_figure(cms, class_names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(cms), figsize=(4.6 * len(cms), 4.2), squeeze=False)
     for ax, (title, cm) in zip(axes[0], cms.items()):
@@ -185,10 +194,7 @@ def _confusion_figure(cms, class_names):
 
 
 def _delta_figure(metrics, class_names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     series = {"int8 host": metrics["int8_host"]["per_class"]}
     for name, t in sorted(metrics.get("targets", {}).items()):
@@ -210,10 +216,7 @@ def _delta_figure(metrics, class_names):
 
 def _history_figure(manifest):
     """Per-epoch accuracy and val accuracy of train and QAT, the kept epochs marked; None without history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     stages = [(name, manifest.get(name) or {}) for name in ("train", "qat")]
     stages = [(n, r) for n, r in stages if (r.get("history") or {}).get("accuracy")]

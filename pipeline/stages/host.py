@@ -16,7 +16,7 @@ from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
 from pipeline.engine.text import clip
 from pipeline.model import usermodel
-from pipeline.release.metrics import accuracy_record
+from pipeline.release.metrics import accuracy_record, nonfinite
 
 
 
@@ -68,11 +68,12 @@ def run(cfg, inputs, out_dir, ctx):
     # A model fed the wrong input convention scores near chance: stop with the setting that fits
     # (measured on at most 500 test images, stratified, under each common convention).
     few = stratified_subset(labels, 500, 0)
-    usermodel.check_input_convention(
-        lambda c: run_model(model, onnx_info.model_input(images[few], c, info["inputs"][0])),
-        images[few], labels[few], pp, images.shape[-1], "the model")
+    if not nonfinite(raw):  # NaN or inf outputs fail the gate's finite check, whatever the convention
+        usermodel.check_input_convention(
+            lambda c: run_model(model, onnx_info.model_input(images[few], c, info["inputs"][0])),
+            images[few], labels[few], pp, images.shape[-1], "the model")
     metrics = accuracy_record(top1, labels, class_names)
-    metrics.update(top1=[int(v) for v in top1], runtime=runtime,
+    metrics.update(top1=[int(v) for v in top1], runtime=runtime, nonfinite_outputs=nonfinite(raw),
                    runtime_version=version, output_dtype=str(raw.dtype), input_layout=onnx_info.layout(info["inputs"][0]))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
     id_list = [str(s) for s in ids]

@@ -36,8 +36,16 @@ def stages(config):
     return [Stage(
         "model", __name__, config=("validate.model",), outputs=(name,),
         toolchain=("ai-edge-litert", "onnx") if name.endswith(".tflite") else ("onnx",),
-        external=lambda config: {"model": sha256_file(model_path(config.validate.model))}, params={"copy": name},
+        external=_external, params={"copy": name},
     )]
+
+
+def _external(config):
+    """What the stage reads from outside: the model file, and the external data files an .onnx names."""
+    path = model_path(config.validate.model)
+    data = onnx_info.external_data(path) if onnx_info.is_onnx(path) else {}
+    return {"model": sha256_file(path), **({"external_data": {k: sha256_file(v) for k, v in sorted(data.items())}}
+                                           if data else {})}
 
 
 def run(cfg, inputs, out_dir, ctx):
@@ -46,5 +54,24 @@ def run(cfg, inputs, out_dir, ctx):
     if len(info["inputs"]) != 1 or len(info["outputs"]) != 1:
         raise InputError(f"edgebuild validates image classifiers with one input and one output tensor; {source} has "
                          f"{len(info['inputs'])} inputs and {len(info['outputs'])} outputs.")
-    shutil.copyfile(source, out_dir / ctx.params["copy"])
-    return {"source": str(source), "info": info}
+    data = onnx_info.external_data(source) if onnx_info.is_onnx(source) else {}
+    if data:
+        _embed_external_data(source, out_dir / ctx.params["copy"])
+    else:
+        shutil.copyfile(source, out_dir / ctx.params["copy"])
+    return {"source": str(source), "info": info,
+            **({"external_data": {k: sha256_file(v) for k, v in sorted(data.items())},
+                "embedded": "the external data is embedded in the copy, so the build's model.onnx is one file"}
+               if data else {})}
+
+
+def _embed_external_data(source, dest):
+    """Save the .onnx with its external data read in, as one file (ONNX's protobuf holds up to 2 GB)."""
+    import onnx
+
+    model = onnx.load(str(source))  # reads the external data files beside it
+    try:
+        onnx.save(model, str(dest))
+    except ValueError as exc:
+        raise InputError(f"edgebuild validates an .onnx with external data by embedding it, which ONNX allows up to "
+                         f"2 GB; {source} with its data is larger ({exc}). Validate a smaller model.") from None

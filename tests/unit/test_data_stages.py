@@ -118,8 +118,8 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 
 
 @pytest.mark.parametrize("y, message", [
-    (np.array([0, 1, 2, 5] * 10), None),
-    (np.array([0, 1, -1, 2] * 10), "must be in"),
+    (np.array([0, 1, 2, 5] * 10), "2 of those 6 ids have no samples"),
+    (np.array([0, 1, -1, 2] * 10), "must be class ids"),
     (np.array([0, 1, np.nan, 2] * 10), "NaN"),
     (np.array([0.5, 1, 2, 0] * 10), "integer"),
 ])
@@ -127,8 +127,8 @@ def test_npz_labels(tmp_path, y, message):
     x = np.random.RandomState(0).randint(0, 255, (40, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     config = _config(tmp_path, f'data.source="{tmp_path / "d.npz"}"', "data.image_size=8")
-    with pytest.raises(InputError, match=message or "split must contain every class"):
-        _data(config, tmp_path)  # (without an error in y: classes 3 and 4 have no samples)
+    with pytest.raises(InputError, match=message):
+        _data(config, tmp_path)
 
 
 def test_a_16_bit_png_keeps_its_contrast(tmp_path):
