@@ -131,7 +131,7 @@ CASES = [
     ("unknown key", lambda t: ["--set", "train.epoch=3"], "Did you mean 'epochs'?"),
     ("unknown section", lambda t: ["--set", "trian.epochs=3"], "Did you mean 'train'?"),
     ("wrong type", lambda t: ["--set", 'train.epochs="ten"'], "must be of type int"),
-    ("below range", lambda t: ["--set", "train.batch_size=0"], "must be between 1 and inf; received 0"),
+    ("below range", lambda t: ["--set", "train.batch_size=0"], "must be between 1 and 1000000; received 0"),
     ("untrained model", lambda t: ["--set", "train.epochs=0"], "train.epochs = 0 keeps the model untrained"),
     ("above range", lambda t: ["--set", "data.val_fraction=0.9"], "must be between 0.0 and 0.5"),
     ("not a choice", lambda t: ["--set", "data.channels=2"], "must be one of 1, 3"),
@@ -212,7 +212,8 @@ def test_bad_input_exits_3_with_one_line(case, make, expected, tmp_path):
     around = _snapshot(tmp_path)
     if not any(a.startswith("validate.targets") for a in args):
         args += ["--set", "validate.targets=[]"]
-    proc = edgebuild("build", *args, "--set", f'build.out_dir="{out}"')
+    (tmp_path / "tmproot").mkdir()  # the run's TMPDIR, inside the snapshot: a temporary file left there fails
+    proc = edgebuild("build", *args, "--set", f'build.out_dir="{out}"', env={"TMPDIR": str(tmp_path / "tmproot")})
     assert proc.returncode == 3, proc.stdout + proc.stderr
     # stderr: the stage lines of the stages that finished, then the error in one line (two at most)
     lines = proc.stderr.strip().splitlines()

@@ -157,6 +157,10 @@ class StageProcess:
     def __init__(self, stage, log, cache_dir):
         env = dict(os.environ)
         env.update(TF_CPP_MIN_LOG_LEVEL="3", GRPC_VERBOSITY="ERROR", PYTHONUNBUFFERED="1")
+        # Keras writes ~/.keras/keras.json when it is first imported, and reads its settings from there: a
+        # stage's Keras uses one of edgebuild's cache instead, so a build writes nothing in the user's home
+        # and a user's own keras.json (floatx, image_data_format) cannot change an artifact
+        env["KERAS_HOME"] = str(Path(cache_dir) / "keras")
         env.pop("KERAS_BACKEND", None)
         if stage.backend:
             env["KERAS_BACKEND"] = stage.backend

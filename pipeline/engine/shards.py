@@ -5,16 +5,18 @@ from all the parts and publishes the manifest and gate as a whole run would.
 A shard file (`<build>/shards/<stage>.shard-<i>-of-<N>.npz`) holds the part's arrays and a `meta`
 entry: the stage, its cache key, i and N, the part's record and each array's sha256. The key covers the
 stage's code, toolchain, config and input files, so merge refuses a part made from another build, and
-the sha256s let a part be verified on its own. The merged outputs are stored in the stage cache (and
-the remote one) under the stage's key: a later build gets them as a hit.
+the sha256s let a part be verified on its own. With EDGEBUILD_SHARD_KEY (a secret the shard and merge
+jobs share) a part is signed, and a merge that holds the secret takes only signed parts and stores the
+merged outputs in the stage cache (and the remote one) under the stage's key: a later build gets them as
+a hit. An unsigned merge is trusted as given and never cached.
 """
 
 import dataclasses
 import hashlib
 import hmac
-import os
 import importlib
 import json
+import os
 import re
 import shutil
 import sys
