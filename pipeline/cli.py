@@ -554,8 +554,10 @@ def target_pin(name):
 @target.command("image")
 @click.argument("name")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also copy the image archive here.")
+@config_option
+@set_option
 @click.pass_context
-def target_image(ctx, name, output):
+def target_image(ctx, name, output, config_path, sets):
     """Build the target as an OCI image (podman, from the same arm64 root filesystem, runtime and
     validator the emulated target runs; no registry) and save it as an archive that `docker load` and
     `podman load` accept. Needs podman and runc (bash scripts/install.sh --container).
@@ -572,7 +574,8 @@ def target_image(ctx, name, output):
     from pipeline.device.targets import load_target
 
     log = (lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True))
-    built = image.build(load_target(name), default_cache_dir(), log=log)
+    config = _load_config(config_path, sets)  # cache.dir: where validate.executor = "container" looks too
+    built = image.build(load_target(name), default_cache_dir(config), log=log)
     if output:
         from pipeline.engine.fsutil import atomic_copy
 

@@ -34,7 +34,7 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path):
 def test_unknown_section_and_bad_types_and_ranges(tmp_path):
     assert "Did you mean 'train'?" in _bad(tmp_path, "--set", "trian.epochs=3")
     assert "must be of type int; received 'three'" in _bad(tmp_path, "--set", 'train.epochs="three"')
-    assert "must be between 1 and inf; received 0" in _bad(tmp_path, "--set", "train.batch_size=0")
+    assert "must be between 1 and 1000000; received 0" in _bad(tmp_path, "--set", "train.batch_size=0")
     assert "must be one of 1, 3" in _bad(tmp_path, "--set", "data.channels=2")
 
 

@@ -22,8 +22,10 @@ COMMON = {
 
 
 def _numbers(name, value):
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise InputError(f"config key 'preprocess.{name}' must be a list of numbers; received {value!r}.")
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and np.isfinite(v) and abs(v) <= 1e6 for v in value):
+        raise InputError(f"config key 'preprocess.{name}' must be a list of finite numbers (at most 1e6 in size); "
+                         f"received {value!r}."[:300])
     return [float(v) for v in value]
 
 

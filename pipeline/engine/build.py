@@ -150,7 +150,7 @@ def log_path(build_dir, stage):
 
 class StageProcess:
     """A stage's process started before its request exists: it imports Keras with the stage's backend
-    (4 s with JAX, 12 s with TensorFlow, on one core) and then waits on stdin (`runner.serve`). The build
+    (about 1 s with JAX, 4 s with TensorFlow, on one core) and then waits on stdin (`runner.serve`). The build
     starts the next stage's process while a stage runs, on the core that stage leaves idle; closing one
     that got no request ends it."""
 

@@ -18,7 +18,7 @@ _BASE_ARGS = {"self", "name", "dtype", "trainable", "autocast", "input_shape", "
 
 
 def _is_keras_own(cls):
-    return cls.__module__.startswith(("keras.", "keras_", "pipeline.qat"))
+    return cls.__module__.startswith(("keras.", "keras_", "pipeline.model.qat"))
 
 
 def _sample_inputs(layer, rng):

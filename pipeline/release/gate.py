@@ -5,7 +5,7 @@ manifest (the last release). The result is a list of {name, got, limit, baseline
 verdict "pass"/"fail"; renderers turn it into a terminal table, JUnit XML and Markdown.
 """
 
-from xml.sax.saxutils import escape
+import re
 
 from pipeline.engine import text
 from pipeline.engine.errors import InputError
@@ -357,24 +357,38 @@ def table(gate):
     return "\n".join(lines)
 
 
+def _cell(value):
+    """A Markdown table cell: one line, its '|' escaped (a check or class name may hold either)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def markdown(gate, title="edgebuild gate"):
     lines = [f"### {title}: {'✅ pass' if gate['verdict'] == 'pass' else '❌ fail'}", "",
              "| | check | baseline | got | limit | detail |", "|---|---|---|---|---|---|"]
     for c in gate["checks"]:
-        lines.append(f"| {'✓' if c['passed'] else '✗'} | {c['name']} | {_fmt(c['baseline'])} | {_fmt(c['got'])} | {c['limit']} | {c['detail']} |")
+        cells = ["✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"]]
+        lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+# characters XML 1.0 cannot hold at all (ElementTree escapes the rest)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def junit(gate, suite="edgebuild.gate"):
-    failures = sum(not c["passed"] for c in gate["checks"])
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuite name="{suite}" tests="{len(gate["checks"])}" failures="{failures}">']
-    for c in gate["checks"]:
-        name = escape(c["name"], {'"': "&quot;"})
-        out.append(f'  <testcase classname="{suite}" name="{name}">')
+    """JUnit XML, one testcase per check (a failing one with its figures), written by ElementTree."""
+    from xml.etree import ElementTree
+
+    def clean(text):
+        return _NOT_XML.sub("?", str(text))
+
+    checks = gate["checks"]
+    root = ElementTree.Element("testsuite", name=suite, tests=str(len(checks)),
+                               failures=str(sum(not c["passed"] for c in checks)))
+    for c in checks:
+        case = ElementTree.SubElement(root, "testcase", classname=suite, name=clean(c["name"]))
         if not c["passed"]:
-            msg = escape(f"got {_fmt(c['got'])}, limit {c['limit']}, baseline {_fmt(c['baseline'])} {c['detail']}".strip(), {'"': "&quot;"})
-            out.append(f'    <failure message="{msg}">{msg}</failure>')
-        out.append("  </testcase>")
-    out.append("</testsuite>")
-    return "\n".join(out) + "\n"
+            msg = clean(f"got {_fmt(c['got'])}, limit {c['limit']}, baseline {_fmt(c['baseline'])} {c['detail']}".strip())
+            ElementTree.SubElement(case, "failure", message=msg).text = msg
+    ElementTree.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="unicode") + "\n"

@@ -296,8 +296,11 @@ def test_16_a_random_keras_file_is_named_as_not_a_keras_archive(tmp_path):
     ("build.seed=-1", "between 0 and 4294967295"),
     ("build.seed=4294967296", "between 0 and 4294967295"),
     ("train.epochs=" + "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    ("preprocess.mean=[nan]", "list of finite numbers"),
+    ("preprocess.std=[inf]", "list of finite numbers"),
+    ("preprocess.pixel_range=[0, 1e300]", "list of finite numbers"),
 ], ids=["lr nan", "val_fraction nan", "max_int8_drop nan", "flip_error_ratio inf", "-inf", "epochs 1e23",
-        "lr 1e23", "seed -1", "seed 2**32", "nested 50k deep"])
+        "lr 1e23", "seed -1", "seed 2**32", "nested 50k deep", "mean nan", "std inf", "pixel range 1e300"])
 def test_9_14_15_every_number_is_finite_and_in_range(override, expected):
     with pytest.raises(InputError) as info:
         config_mod.load(None, [override])

@@ -4,7 +4,9 @@ the manifest of a real tiny build (tests/unit/data/tiny-manifest.json; refresh i
 
 import copy
 import json
+import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -122,8 +124,21 @@ def test_renderers_show_every_check():
     result = gate.evaluate(MANIFEST, CFG)
     table, markdown, junit = gate.table(result), gate.markdown(result), gate.junit(result)
     for check in result["checks"]:
-        assert check["name"] in table and check["name"] in markdown
+        assert check["name"] in table and check["name"].replace("|", "\\|") in markdown
     assert table.splitlines()[-1].startswith("gate: PASS") and junit.count("<testcase") == len(result["checks"])
+    # every Markdown row has the header's 6 cells: a '|' in a name ("max int8 |diff|") is escaped
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert {len(re.split(r"(?<!\\)\|", row)) for row in rows} == {8}, rows
+    ElementTree.fromstring(junit.split("\n", 1)[1])  # well-formed XML
+
+
+def test_junit_holds_any_check_name_as_well_formed_xml():
+    names = ['a "quoted" <tag> & amp', "control \x01\x1f chars", "class | pipe"]
+    result = {"verdict": "fail", "checks": [{"name": n, "got": 0.5, "limit": ">= 1", "baseline": None, "passed": False,
+                                             "detail": "d\ne"} for n in names]}
+    suite = ElementTree.fromstring(gate.junit(result).split("\n", 1)[1])
+    assert suite.get("failures") == "3" and [c.get("name") for c in suite] == [
+        'a "quoted" <tag> & amp', "control ?? chars", "class | pipe"]
 
 
 def test_a_manifest_that_breaks_the_schema_names_the_field(tmp_path):
