@@ -121,6 +121,24 @@ def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside,
     assert [(c["name"], c["passed"]) for c in checks] == [("runs on target (rpi5-litert)", False)]
 
 
+def test_a_target_runtime_that_crashes_is_that_targets_failure_and_the_others_run(outside, cache_dir, tmp_path):
+    """Issue 35 item 18, on the real runtimes: tflite-runtime 2.14 (rpi4, under qemu) segfaults running a
+    token/FC-style int8 model made in plain TensorFlow (FULLY_CONNECTED on a 3-D input, with its XNNPACK and
+    its builtin kernels alike); LiteRT 2.3 (rpi5) runs it. The crash is rpi4's failing check, with the
+    signal and what its reference kernels do; rpi5 is validated as usual; exit 1, not 4."""
+    out, expected = outside
+    proc = validate(out, cache_dir, "tokens_int8.tflite", "--out", str(tmp_path / "v"), "--set",
+                    'validate.targets=["rpi4-bookworm-tflite", "rpi5-litert"]', "--set", "gate.min_int8_accuracy=0")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    m = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    failed = [c for c in m["gate"]["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["runs on target (rpi4-bookworm-tflite)"], failed
+    refused = m["metrics"]["targets"]["rpi4-bookworm-tflite"]["refused"]
+    assert refused.startswith("the runtime crashed (SIGSEGV") and "its reference kernels run it" in refused, refused
+    rpi5 = m["metrics"]["targets"]["rpi5-litert"]
+    assert rpi5["top1_agreement"] == 1.0 and rpi5["accuracy"] == pytest.approx(m["metrics"]["host"]["accuracy"])
+
+
 @pytest.mark.parametrize("model", ["float_nchw", "qdq_nchw"])
 def test_onnx_model_file_validated_on_host_and_the_onnxruntime_target(outside, cache_dir, tmp_path, model):
     """An .onnx made outside edgebuild (tf2onnx, channels first; then onnxruntime's own QDQ quantization):

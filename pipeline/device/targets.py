@@ -716,7 +716,8 @@ def _failed(target, returncode, out, err, twin):
     crash = crashed(returncode, err)
     if crash:  # the runtime died running the model: that target's failure, and the other targets go on
         raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", crash,
-                           "Report it to the runtime with the model, or try other kernels (validate.kernels).")
+                           "Report it to the runtime with the model, or try other kernels (validate.kernels).",
+                           crashed=True)
     msg = (err or out).strip().splitlines()[-1:] or ["no output"]
     raise StageError(f"the on-target validator failed on {target.name} (exit {returncode}): {msg[0][:300]}")
 
@@ -738,9 +739,8 @@ def crashed(returncode, stderr):
     except ValueError:
         name = f"signal {number}"
     if number == signals.SIGKILL and not m:  # the kernel's OOM killer, or someone killed it
-        return f"the validator was killed (SIGKILL: out of memory, or stopped from outside) while running the model"
-    return (f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) while running the model; the op is not "
-            "named (the interpreter gives no per-op trace)")
+        return "the validator was killed (SIGKILL: out of memory, or stopped from outside) while running the model"
+    return f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) running the model (no op named: no per-op trace)"
 
 
 def dump_tensors(target, root, model, x, work, side):

@@ -26,9 +26,9 @@ class StageError(EdgebuildError):
 class ModelRefused(InputError):
     """A runtime refused to load, allocate or run the model; `reason` is the runtime's own, one line."""
 
-    def __init__(self, runtime, reason, fix=""):
-        self.runtime, self.reason = runtime, reason
-        super().__init__(f"{runtime} refuses the model: {reason}" + (f" {fix}" if fix else ""))
+    def __init__(self, runtime, reason, fix="", crashed=False):
+        self.runtime, self.reason, self.crashed = runtime, reason, crashed  # crashed: died running it
+        super().__init__(f"{runtime}{': ' if crashed else ' refuses the model: '}{reason}" + (f" {fix}" if fix else ""))
 
 
 def disk_full(exc):

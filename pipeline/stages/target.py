@@ -19,7 +19,7 @@ from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
 from pipeline.device import targets as targets_mod
 from pipeline.device import onnx_info, tflite_info
-from pipeline.engine.errors import InputError, ModelRefused
+from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import Stage
@@ -131,7 +131,8 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
                                                container=container, reference=reference)
     except ModelRefused as exc:
         ctx.progress.warn(str(exc))
-        return {**record, "refused": exc.reason}, {"ids": ids, "outputs": np.zeros((0,), np.float32)}
+        reason = exc.reason + (_crash_note(target, root, model_path, x, out_dir) if exc.crashed else "")
+        return {**record, "refused": reason}, {"ids": ids, "outputs": np.zeros((0,), np.float32)}
     finally:
         bar.close()
     isa, twin_out, twin_ref = _isa_run(target, root, model_path, x, out_dir, cfg.validate.shards, reference)
@@ -144,6 +145,22 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
     if ref_out is not None and twin_ref is not None:
         arrays.update(reference_outputs=ref_out, twin_reference_outputs=twin_ref)
     return record, arrays
+
+
+def _crash_note(target, root, model_path, x, out_dir):
+    """After the runtime crashed on a Linux board: whether its reference kernels run the same model (one
+    sample), which tells a crash in the optimized kernels from one in the interpreter, and gives the user a
+    way to validate meanwhile."""
+    import dataclasses
+
+    if target.kind != "linux" or target.kernels == "reference" or \
+            "reference" not in targets_mod.KERNELS.get((target.kind, target.runtime), ()):
+        return ""
+    try:
+        _run(dataclasses.replace(target, kernels="reference"), root, model_path, x[:1], out_dir, 1)
+    except (ModelRefused, StageError):
+        return "; it crashes on the runtime's reference kernels too"
+    return f"; its reference kernels run it, its {target.kernels} kernels do not (validate.kernels = \"reference\")"
 
 
 def _reference_samples(cfg, target, info):

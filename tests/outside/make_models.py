@@ -12,6 +12,9 @@ The models take the [-1, 1] input convention (pixel / 127.5 - 1), 8x8x1. Writes:
   flex.tflite         float, with a select-TF op (FlexMatrixDeterminant)
   gelu_int8.tflite    full integer, int8 in/out, with a GELU on the logits: a builtin op LiteRT runs and
                       TensorFlow Lite Micro does not have
+  tokens_int8.tflite  full integer, int8 in/out, token/FC style: the 8 image rows as 8 tokens, one dense
+                      layer per token (FULLY_CONNECTED on a 3-D input), mean over tokens, logits (untrained:
+                      a model tflite-runtime 2.14's optimized kernels crash on under qemu, issue 35 item 18)
   float_nchw.onnx     the float model through tf2onnx with its input channels first (N, 1, 8, 8), as a
                       PyTorch export has it
   qdq_nchw.onnx       that .onnx quantized by onnxruntime's own quantize_static: QDQ inside, float in/out
@@ -85,6 +88,18 @@ def convert(fn, integer=None):
     return conv.convert()
 
 
+class Tokens(tf.Module):
+    def __init__(self):
+        init = tf.random_normal_initializer(stddev=0.3, seed=5)
+        self.w1, self.b1 = tf.Variable(init([8, 16])), tf.Variable(tf.zeros([16]))
+        self.w2, self.b2 = tf.Variable(init([16, 10])), tf.Variable(tf.zeros([10]))
+
+    def logits(self, x):
+        tokens = tf.reshape(x, [-1, 8, 8])  # 8 tokens (the rows) of 8 features
+        hidden = tf.nn.relu(tf.matmul(tokens, self.w1) + self.b1)  # one dense layer applied to every token
+        return tf.matmul(tf.reduce_mean(hidden, axis=1), self.w2) + self.b2
+
+
 spec = tf.TensorSpec([1, 8, 8, 1], tf.float32)
 good, worse = fit(300), fit(4)
 models = {
@@ -93,6 +108,7 @@ models = {
     "uint8": convert(tf.function(good.logits_batch1, input_signature=[spec]), tf.uint8),
     "worse_int8": convert(tf.function(worse.logits, input_signature=[spec]), tf.int8),
     "gelu_int8": convert(tf.function(lambda x: tf.nn.gelu(good.logits(x)), input_signature=[spec]), tf.int8),
+    "tokens_int8": convert(tf.function(Tokens().logits, input_signature=[spec]), tf.int8),
 }
 
 

@@ -443,7 +443,7 @@ def test_18_a_crashed_validator_is_that_targets_failure_naming_the_signal():
     qemu = "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n"
     with pytest.raises(ModelRefused) as info:
         targets._failed(target, -11, "", qemu, twin=False)
-    assert "crashed (SIGSEGV, Segmentation fault)" in info.value.reason
+    assert "crashed (SIGSEGV, Segmentation fault) running the model" in info.value.reason and info.value.crashed
     with pytest.raises(ModelRefused, match="x86_64 twin"):
         targets._failed(target, -6, "", "free(): invalid pointer\n", twin=True)
     from pipeline.engine.errors import StageError
