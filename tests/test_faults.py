@@ -2,6 +2,7 @@
 builds. Each ends with a clear exit code, nothing half-written, the lock released."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import REPO, TINY, own_cache
+from conftest import REPO, TINY, edgebuild, own_cache
 from pipeline.engine import build as build_mod
 
 
@@ -118,3 +119,25 @@ def test_a_read_only_cache_is_a_warning_and_the_build_goes_on(tmp_path):
         assert proc.returncode == 0, err
         assert "warning: could not store stage outputs in the cache" in err and "Read-only file system" in err, err
         assert (tmp_path / "out" / "tiny" / "calibration.json").exists()
+
+
+def test_a_read_only_build_directory_is_exit_3_for_build_gate_and_report(tiny_build, tmp_path):
+    """A read-only file system (root ignores permission bits, and CI runs as root, so a chmod proves
+    nothing): building into it, re-gating or reporting a finished build there is exit 3 in one line
+    naming what could not be written, never a traceback."""
+    with _tmpfs(tmp_path / "ro", "size=20m") as ro:
+        shutil.copytree(tiny_build["dir"], ro / "tiny", ignore=shutil.ignore_patterns(".lock", "logs"))
+        remounted = subprocess.run(["mount", "-o", "remount,ro", str(ro)], capture_output=True, text=True)
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot remount a tmpfs read-only here ({remounted.stderr.strip()[:100]})")
+        runs = {
+            "gate": edgebuild("gate", str(ro / "tiny"), "--config", str(TINY)),
+            "report": edgebuild("report", str(ro / "tiny")),
+            "build": edgebuild("build", "--config", str(TINY), "--set", f'build.out_dir="{ro}"', "--set",
+                               "build.name=\"other\"", "--set", "validate.targets=[]"),
+        }
+        for what, proc in runs.items():
+            err = proc.stderr.strip()
+            assert proc.returncode == 3, (what, proc.stdout + err)
+            assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, (what, err)
+            assert "Read-only file system" in err, (what, err)
