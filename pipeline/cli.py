@@ -226,11 +226,11 @@ def _finish(result, junit, as_json):
 def _emit_gate_outputs(gate, junit):
     if gate is None:
         return
+    from pipeline.engine.fsutil import write_output
     from pipeline.release import gate as gate_mod
-    from pipeline.engine.fsutil import atomic_write_text
 
     if junit:
-        atomic_write_text(junit, gate_mod.junit(gate))
+        write_output(junit, gate_mod.junit(gate).encode())
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         try:
@@ -577,9 +577,9 @@ def target_image(ctx, name, output, config_path, sets):
     config = _load_config(config_path, sets)  # cache.dir: where validate.executor = "container" looks too
     built = image.build(load_target(name), default_cache_dir(config), log=log)
     if output:
-        from pipeline.engine.fsutil import atomic_copy
+        from pipeline.engine.fsutil import copy_output
 
-        atomic_copy(built["archive"], output)
+        copy_output(built["archive"], output)
         built["archive"] = str(Path(output).resolve())
     click.echo(f"{name}: image {built['tag']} ({built['id'][:12]}), archive {built['archive']} "
                f"({built['bytes'] / 2**20:.0f} MiB)")
@@ -590,15 +590,15 @@ def target_image(ctx, name, output, config_path, sets):
 @click.option("--output", "-o", default="Dockerfile.edge", show_default=True, type=click.Path(dir_okay=False))
 def target_dockerfile(check, output):
     """Write Dockerfile.edge (arm64 images with each target's runtime and the same validator)."""
-    from pipeline.engine.fsutil import atomic_write_text
     from pipeline.device.targets import available_targets, dockerfile, load_target
+    from pipeline.engine.fsutil import write_output
 
     text = dockerfile([load_target(n) for n in available_targets()])
     if check:
         same = Path(output).is_file() and Path(output).read_text() == text
         click.echo(f"{output} is {'up to date' if same else 'out of date: run edgebuild target dockerfile'}")
         sys.exit(0 if same else 1)
-    atomic_write_text(output, text)
+    write_output(output, text.encode())
     click.echo(f"wrote {output}")
 
 

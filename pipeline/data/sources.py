@@ -61,17 +61,24 @@ def _digits_fingerprint():
 
 
 def files_under(root):
-    """Every file under `root`, sorted, following symlinked folders as the loader reads them (each real
-    folder once, so a link loop ends): the fingerprint and the loader see the same files."""
-    found, seen = [], set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    """Every file under `root`, sorted, following symlinked folders as the loader reads them (a folder
+    linked twice is read twice; only a link back to a folder it is inside is not followed, so a loop
+    ends): the fingerprint and the loader see the same files, in the same order, on every machine."""
+    found = []
+
+    def walk(folder, inside):
         real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        found += [Path(folder) / f for f in files if (Path(folder) / f).is_file()]
-    return sorted(found)
+        if real in inside:
+            return
+        for entry in sorted(os.listdir(folder)):
+            path = Path(folder) / entry
+            if path.is_dir():
+                walk(path, inside | {real})
+            elif path.is_file():
+                found.append(path)
+
+    walk(Path(root), frozenset())
+    return found
 
 
 def source_fingerprint(source, key="data.source"):

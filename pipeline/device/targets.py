@@ -719,6 +719,8 @@ def _failed(target, returncode, out, err, twin):
                            "Report it to the runtime with the model, or try other kernels (validate.kernels).",
                            crashed=True)
     msg = (err or out).strip().splitlines()[-1:] or ["no output"]
+    if returncode < 0:  # stopped from outside (SIGKILL, SIGTERM): not the model's doing, and never cached
+        msg = [f"killed by signal {-returncode}" + (f" after: {msg[0]}" if msg[0] != "no output" else "")]
     raise StageError(f"the on-target validator failed on {target.name} (exit {returncode}): {msg[0][:300]}")
 
 
@@ -726,20 +728,24 @@ def _failed(target, returncode, out, err, twin):
 QEMU_SIGNAL = re.compile(r"qemu: uncaught target signal (\d+) \(([^)]*)\)")
 
 
+# The signals a program dies of when its own code faults (a crash), not when it is stopped from outside
+# (SIGKILL by the out-of-memory killer, SIGTERM or SIGINT by a cancelled job: the validator's failure).
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
+
+
 def crashed(returncode, stderr):
-    """'the runtime crashed ...' when a validator died of a signal (natively, or under qemu), else None."""
+    """'the runtime crashed (SIGSEGV, ...) ...' when a validator died of a fault (natively, or under qemu),
+    else None."""
     import signal as signals
 
     m = QEMU_SIGNAL.search(stderr or "")
     number = int(m.group(1)) if m else (-returncode if returncode < 0 else None)
-    if number is None:
-        return None
     try:
-        name = signals.Signals(number).name
+        name = signals.Signals(number).name if number is not None else None
     except ValueError:
-        name = f"signal {number}"
-    if number == signals.SIGKILL and not m:  # the kernel's OOM killer, or someone killed it
-        return "the validator was killed (SIGKILL: out of memory, or stopped from outside) while running the model"
+        name = None
+    if name not in CRASH_SIGNALS:
+        return None
     return f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) running the model (no op named: no per-op trace)"
 
 

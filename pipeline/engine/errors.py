@@ -31,6 +31,11 @@ class ModelRefused(InputError):
         super().__init__(f"{runtime}{': ' if crashed else ' refuses the model: '}{reason}" + (f" {fix}" if fix else ""))
 
 
+class WriteError(OSError):
+    """A write edgebuild attempted failed (a full disk, a read-only file system, a refused permission); its
+    filename is the file being written, not a temporary beside it (pipeline.engine.fsutil raises it)."""
+
+
 def disk_full(exc):
     """An InputError for a write that failed because the disk (or quota) is full, else None."""
     import errno
@@ -43,10 +48,11 @@ def disk_full(exc):
 
 
 def unwritable(exc):
-    """An InputError for a write the system refused (permissions, a read-only file system), else None."""
+    """An InputError for a write that was refused (a read-only file system, or a permission on a file
+    edgebuild writes: fsutil.WriteError), else None. A refused read stays what it is."""
     import errno
 
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+    if isinstance(exc, OSError) and (exc.errno == errno.EROFS or isinstance(exc, WriteError)):
         where = exc.filename or "a file"
         return InputError(f"edgebuild writes its results beside the build; the system refused to write {where} "
                           f"({exc.strerror}). Make that directory writable, or copy the build to a writable place.")

@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.engine.errors import WriteError
+
 
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
@@ -22,26 +24,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _destination(path):
-    """(where a write to `path` goes, whether it is written in place). As `tee` does: a path that is not a
-    regular file (a terminal, a pipe, /dev/stdout) is opened and written in place, never replaced by a
-    file, and a symlink to a file is followed (the file it points to is replaced, the link stays)."""
-    path = Path(path)
-    try:
-        st = os.stat(path)  # follows links, /proc/self/fd/1 included
-    except OSError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(21, "Is a directory", str(path))
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        return path, True
-    return (Path(os.path.realpath(path)) if path.is_symlink() else path), False
-
-
 @contextmanager
 def _replacing(path):
     """Yield a temporary path in `path`'s directory; when the block finishes, fsync it and
-    os.replace it onto `path`; if the block fails, remove it."""
+    os.replace it onto `path`; if the block fails, remove it. A failure of the write itself (one that
+    names the temporary, or no file) is a WriteError naming `path`; others (a missing source) pass as
+    they are."""
     path = Path(path)
     tmp = None
     try:
@@ -53,9 +41,11 @@ def _replacing(path):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:  # a full disk or a refused write names the file being written, not its temporary
+    except OSError as exc:
         _remove(tmp)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        if exc.filename in (None, tmp, str(path), str(path.parent)) and not isinstance(exc, WriteError):
+            raise WriteError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
@@ -67,11 +57,6 @@ def _remove(tmp):
 
 
 def atomic_write_bytes(path, data):
-    path, in_place = _destination(path)
-    if in_place:
-        with open(path, "wb") as f:
-            f.write(data)
-        return
     with _replacing(path) as tmp:
         Path(tmp).write_bytes(data)
 
@@ -82,13 +67,63 @@ def atomic_write_text(path, text):
 
 def atomic_copy(src, dst):
     """Copy src to dst through a temporary file in dst's directory, then os.replace."""
-    dst, in_place = _destination(dst)
-    if in_place:
-        with open(src, "rb") as f, open(dst, "wb") as g:
-            shutil.copyfileobj(f, g)
-        return
     with _replacing(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def _stream_fd(path):
+    """The file descriptor of this process that `path` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N,
+    through any links on the way), else None."""
+    import re
+
+    p = str(path)
+    for _ in range(40):
+        m = re.fullmatch(rf"/dev/(stdout|stderr)|/dev/fd/(\d+)|/proc/(?:self|{os.getpid()})/fd/(\d+)", p)
+        if m:
+            return {"stdout": 1, "stderr": 2}.get(m.group(1)) or int(m.group(2) or m.group(3))
+        if not os.path.islink(p):
+            return None
+        p = os.path.join(os.path.dirname(p), os.readlink(p))
+    return None
+
+
+def write_output(path, data):
+    """Write `data` (bytes) to a file the user named (--junit, --output), as `tee` would, only safer: one of
+    this process's streams (/dev/stdout, even redirected to a file) is written through its own descriptor,
+    so it lands where the process's output stands; a path that is not a regular file (a pipe, a terminal)
+    is written in place, never replaced by a file; a symlink to a file is followed (that file is replaced
+    atomically, the link stays); a directory is refused."""
+    import sys
+
+    path = Path(path)
+    fd = _stream_fd(path)
+    try:
+        if fd is not None:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            return
+        st = os.stat(path) if path.exists() else None  # follows links
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror, str(path)) from None
+    atomic_write_bytes(Path(os.path.realpath(path)) if path.is_symlink() else path, data)
+
+
+def copy_output(src, path):
+    """Copy src to a file the user named (see write_output), without reading it whole when it is a file."""
+    path = Path(path)
+    if _stream_fd(path) is not None or (path.exists() and not path.is_file()):
+        write_output(path, Path(src).read_bytes())
+    else:
+        atomic_copy(src, Path(os.path.realpath(path)) if path.is_symlink() else path)
 
 
 def atomic_save_model(model, path):
@@ -99,8 +134,10 @@ def atomic_save_model(model, path):
         model.save(tmp)
         _make_reproducible(tmp)
         os.replace(tmp, path)
-    except OSError as exc:  # name the model being written, not its temporary
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except OSError as exc:  # a failed write names the model being written, not its temporary
+        if exc.filename in (None, str(tmp), str(path)):
+            raise WriteError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -164,9 +164,9 @@ def main(request_path, progress_stream, process):
                   "traceback": traceback.format_exc()}
     except Exception as exc:  # reported by the parent as a stage failure, traceback behind --debug
         from pipeline.engine.diagnose import explain
-        from pipeline.engine.errors import disk_full
+        from pipeline.engine.errors import disk_full, unwritable
 
-        full = disk_full(exc)
+        full = disk_full(exc) or unwritable(exc)
         result = {"ok": False, "exit_code": full.exit_code if full else None, "message": str(full or explain(exc)),
                   "traceback": traceback.format_exc()}
     traceback_text = result.get("traceback")

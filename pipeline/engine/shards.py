@@ -129,9 +129,11 @@ def _check_meta(meta):
             or not isinstance(meta.get("key"), str) or not KEY.fullmatch(meta["key"]) \
             or not isinstance(meta.get("record"), dict) or not isinstance(meta.get("sha256"), dict) \
             or not (isinstance(shard, list) and len(shard) == 2 and all(type(v) is int for v in shard)
-                    and 1 <= shard[0] <= shard[1]):
-        raise ValueError("its meta entry lacks stage, params, key, shard [i, N], record or sha256, or has one of "
-                         "another type")
+                    and 1 <= shard[0] <= shard[1]) \
+            or not isinstance(meta["params"].get("target"), str) \
+            or not (meta.get("hmac") is None or (isinstance(meta["hmac"], str) and KEY.fullmatch(meta["hmac"]))):
+        raise ValueError("its meta entry lacks stage, params (with its target), key, shard [i, N], record or "
+                         "sha256, or has one of another type")
 
 
 def read(path):
@@ -221,13 +223,8 @@ def merge(config, options, paths, baseline=None):
                 module = importlib.import_module(stage.module)
                 ctx = StageContext(Progress(None, quiet=True), str(options.cache_dir), stage.params,
                                    config.cache.remote)
-                try:
-                    record = module.merge(config_view(selected), inputs, [(m["record"], a) for _, m, a in pieces],
-                                          staging, ctx)
-                except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
-                    raise InputError(f"the shards of {stage.name} must hold what edgebuild's shard runs write; "
-                                     f"{first_few([str(p) for p, _, _ in pieces], 2)} do not ({type(exc).__name__}: "
-                                     f"{str(exc)[:120]}). Run the shards again.") from None
+                record = module.merge(config_view(selected), inputs, [(m["record"], a) for _, m, a in pieces],
+                                      staging, ctx)
                 record["merged_from"] = [str(p) for p, _, _ in pieces]
                 record["shards_signed"] = signed
                 engine.publish_outputs(stage, staging, build_dir, cache if signed else None, key, record)

@@ -372,7 +372,7 @@ def markdown(gate, title="edgebuild gate"):
 
 
 # characters XML 1.0 cannot hold at all (ElementTree escapes the rest)
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def junit(gate, suite="edgebuild.gate"):

@@ -221,7 +221,7 @@ def write(path, manifest):
     manifest.pop("seal", None)
     validate(manifest, f"the manifest for {path}")
     manifest["seal"] = seal(manifest)
-    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read(path):

@@ -178,6 +178,7 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     data = load_dataset(inputs["dataset.npz"])
     idx, subset = _samples(cfg, data)
     ids = data["ids"][idx]
+    _check_parts(target, parts)
     got = np.concatenate([arrays["ids"] for _, arrays in parts])
     if len(got) != len(ids) or not np.array_equal(got, ids):
         have = {str(i) for i in got}
@@ -214,6 +215,9 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     first = parts[0][0]
     outputs = np.concatenate([arrays["outputs"] for _, arrays in parts])
     host_out = np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset]
+    if outputs.shape != host_out.shape:
+        raise InputError(f"the shards of target {target.name} must hold one output per class for each test sample "
+                         f"{host_out.shape}; they hold {outputs.shape}. Run the shards again.")
     names = [str(c) for c in data["class_names"]]
     labels = data["y"][idx]
     record.update(compare(outputs, host_out, labels, ids, names))
@@ -234,10 +238,60 @@ def merge(cfg, inputs, parts, out_dir, ctx):
         wide = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
         record["isa"]["reference"] = {"kernels": "reference", "samples": int(len(mine)),
                                       "bitexact_fraction": round(float(same.mean()), 6) if same.size else 1.0,
-                                      "max_abs_diff": float(wide.max()) if wide.size else 0.0}
+                                      "max_abs_diff": _finite_max(wide)}
     record["first_difference"] = _first_of([r["first_difference"] for r, _ in parts], outputs, twin_out, host_out)
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
     return record
+
+
+RUN_NUMBERS = ("shards", "batch", "threads", "wall_seconds", "inference_seconds")
+RUN_TEXT = ("runtime", "runtime_version", "machine", "python")
+
+
+def _check_parts(target, parts):
+    """Each part holds what a shard run writes, with the types and shapes merge reads: a crafted or damaged
+    part is refused in one line (exit 3), never a traceback."""
+    def part_ok(record, arrays):
+        ids, outputs = arrays.get("ids"), arrays.get("outputs")
+        if not (isinstance(record.get("samples"), int) and isinstance(ids, np.ndarray) and ids.ndim == 1
+                and ids.dtype.kind in "US" and isinstance(outputs, np.ndarray)):
+            return False
+        if "refused" in record:
+            return isinstance(record["refused"], str)
+        run = record.get("run")
+        if not (isinstance(run, dict) and all(isinstance(run.get(k), (int, float)) and not isinstance(run.get(k), bool)
+                                              for k in RUN_NUMBERS) and all(isinstance(run.get(k), str) for k in RUN_TEXT)
+                and isinstance(record.get("executor"), dict) and isinstance(record.get("isa"), dict)
+                and isinstance(record.get("first_difference"), (dict, type(None)))):
+            return False
+        same = [arrays[k] for k in ("twin_outputs", "reference_outputs", "twin_reference_outputs") if k in arrays]
+        return outputs.ndim == 2 and len(outputs) == len(ids) == record["samples"] and all(
+            isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[1] == outputs.shape[1] for a in same)
+
+    bad = [i for i, (record, arrays) in enumerate(parts, 1) if not part_ok(record, arrays)]
+    shapes = {(arrays["outputs"].dtype.str, arrays["outputs"].shape[1:]) for i, (record, arrays) in enumerate(parts, 1)
+              if "refused" not in record and i not in bad}
+    if bad or len(shapes) > 1:
+        raise InputError(f"every shard of target {target.name} must hold what edgebuild's shard runs write (ids, "
+                         f"outputs of one dtype and shape, the run's record); part {bad[0] if bad else 'shapes'} does "
+                         "not. Run the shards again.")
+
+
+def _rows_differing(a, b):
+    """Per sample, whether any output differs (a NaN where the other side has NaN too is no difference)."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    differ = a != b
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        differ &= ~(np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64)))
+    return differ.any(1)
+
+
+def _finite_max(values):
+    """The largest finite value (0.0 when there is none): the manifest never holds a NaN."""
+    if values.dtype.kind in "iu":
+        return int(values.max()) if values.size else 0
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def _merged_run(runs, samples):
@@ -262,7 +316,7 @@ def _first_of(found, outputs, twin_out, host_out):
     for against, reference in (("twin", twin_out), ("host", host_out)):
         candidates = [f for f in found if f and f["against"] == against]
         if candidates:
-            rows = (outputs.reshape(len(outputs), -1) != reference.reshape(len(reference), -1)).any(1)
+            rows = _rows_differing(outputs, reference)
             return {**candidates[0], "samples_differing": int(rows.sum())}
     return None
 
@@ -271,13 +325,13 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
     """Where the target first departs from its twin (an ISA difference) or, when it matches its twin,
     from the build host (runtime drift): the first sample whose outputs differ, run again on both sides
     with every tensor kept, and the first op (in execution order) whose output tensor differs."""
-    if twin_out is not None and not np.array_equal(outputs, twin_out):
+    if twin_out is not None and _rows_differing(outputs, twin_out).any():
         against, reference = "twin", twin_out
-    elif not np.array_equal(outputs, host_out):
+    elif _rows_differing(outputs, host_out).any():
         against, reference = "host", host_out
     else:
         return None
-    rows = np.flatnonzero((outputs.reshape(len(outputs), -1) != reference.reshape(len(reference), -1)).any(1))
+    rows = np.flatnonzero(_rows_differing(outputs, reference))
     i = int(rows[0])
     if onnx_info.is_onnx(model_path):
         return {"against": against, "sample": str(ids[i]), "samples_differing": int(len(rows)), "op": None,
@@ -300,11 +354,11 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
     for index, op, tensors in tflite_info.op_outputs(model_path):
         for t, name in tensors:
             a, b = mine.get(t), theirs.get(t)
-            if a is None or b is None or a.shape != b.shape or np.array_equal(a, b):
+            if a is None or b is None or a.shape != b.shape or not _rows_differing(a[None], b[None]).any():
                 continue
             wide = np.int64 if np.issubdtype(a.dtype, np.integer) else np.float64
             diff = np.abs(a.astype(wide) - b.astype(wide))
-            return {**found, "op_index": index, "op": op, "tensor": name, "max_abs_diff": diff.max().item(),
+            return {**found, "op_index": index, "op": op, "tensor": name, "max_abs_diff": _finite_max(diff),
                     "fraction_differing": round(float((diff > 0).mean()), 6)}
     return {**found, "op": None, "note": "with the builtin kernels every tensor is equal: the difference comes "
                                          "from a delegate's kernels (XNNPACK)"}
