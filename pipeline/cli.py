@@ -419,19 +419,24 @@ def merge(ctx, build_dir, shard_paths, config_path, sets, no_remote, baseline, j
         Checks that the shards of each target were made from this build (model, test set, config
         and edgebuild), hold every part I of one N exactly once and together cover the test set
         exactly once; computes each target's agreement over the whole set, as one run would;
-        stores the result in the cache (and cache.remote); writes the manifest and report and
-        gates them. Shards default to BUILD_DIR/shards. The build needs its stages up to
+        stores the result in the cache (and cache.remote) only when every shard is signed with
+        the secret in $EDGEBUILD_SHARD_KEY (set it in the shard and merge jobs; with it, an
+        unsigned shard is refused); writes the manifest and report and gates them. Shards default to BUILD_DIR/shards. The build needs its stages up to
         evaluate, with the same config (--config / --set) as when the shards ran.
 
     Exits 1 if the gate fails, 3 if a shard is missing, repeated, changed or from another build."""
     from pipeline.engine import build as build_mod
     from pipeline.engine import shards
+    from pipeline.engine.errors import InputError
 
     build_dir = Path(build_dir)
     sets = _local_only(sets, no_remote)
     at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
     config = _finished_build_config(build_dir, config_path, list(sets) + at)
-    sharded = [p["target"] for p in shards.params_of(build_dir, shard_paths)]
+    sharded = [p.get("target") for p in shards.params_of(build_dir, shard_paths)]
+    if not all(isinstance(name, str) for name in sharded):  # a crafted shard: its target is what merge adds
+        raise InputError("a shard file names the target it ran on; one of the shards given names none. Run the "
+                         "shards again with edgebuild validate BUILD_DIR --target NAME --shard I/N.")
     names = list(dict.fromkeys(list(config.validate.targets) + sharded))
     config = _finished_build_config(build_dir, config_path, list(sets) + at + [f"validate.targets={json.dumps(names)}"])
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)

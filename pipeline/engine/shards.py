@@ -130,10 +130,9 @@ def _check_meta(meta):
             or not isinstance(meta.get("record"), dict) or not isinstance(meta.get("sha256"), dict) \
             or not (isinstance(shard, list) and len(shard) == 2 and all(type(v) is int for v in shard)
                     and 1 <= shard[0] <= shard[1]) \
-            or not isinstance(meta["params"].get("target"), str) \
             or not (meta.get("hmac") is None or (isinstance(meta["hmac"], str) and KEY.fullmatch(meta["hmac"]))):
-        raise ValueError("its meta entry lacks stage, params (with its target), key, shard [i, N], record or "
-                         "sha256, or has one of another type")
+        raise ValueError("its meta entry lacks stage, params, key, shard [i, N], record or sha256, or has one of "
+                         "another type")
 
 
 def read(path):
