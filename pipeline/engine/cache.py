@@ -10,6 +10,8 @@ never a wrong hit.
 
 import hashlib
 import json
+import os
+import platform
 import shutil
 import warnings
 from pathlib import Path
@@ -30,19 +32,31 @@ def keyed_config(stage, selected):
     return keyed
 
 
+def host_platform():
+    """What the stage's process runs on besides its Python packages: the machine, the OS and the C library
+    (a wheel's compiled code, and so an output's bytes, may differ between them)."""
+    libc = platform.libc_ver()
+    return {"machine": platform.machine(), "system": platform.system(), "libc": "-".join(v for v in libc if v)}
+
+
 def stage_key(stage, selected, input_hashes, external):
-    """(key, parts): the cache key of one run of `stage` and what it is made of."""
+    """(key, parts): the cache key of one run of `stage` and what it is made of. A JAX stage's key covers
+    the XLA_FLAGS the user set (they change the compiled code: the ISA cap the stage process adds is in the
+    runner's code, which every key covers)."""
     digest, modules = code_digest(stage.module, RUNNER)
     parts = {
         "stage": stage.name,
         "code": digest,
         "modules": modules,
         "toolchain": versions(stage.toolchain),
+        "host": host_platform(),
         "config": keyed_config(stage, selected),
         "params": stage.params,
         "inputs": input_hashes,
         "external": external,
     }
+    if stage.backend == "jax":
+        parts["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     return hashlib.sha256(canonical_json(parts)).hexdigest(), parts
 
 

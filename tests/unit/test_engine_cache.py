@@ -52,6 +52,21 @@ def test_the_key_changes_with_config_inputs_external_and_params_only():
     json.dumps(parts)  # recorded with the stage: plain JSON
 
 
+def test_the_key_covers_the_host_platform_and_a_jax_stages_xla_flags(monkeypatch):
+    import platform
+
+    jax_stage = Stage("t", "pipeline.stages.train", config=("train.epochs",), outputs=("o",), backend="jax")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    key, parts = stage_key(jax_stage, {"train": {"epochs": 3}}, {}, {})
+    plain, _ = stage_key(STAGE, {"train": {"epochs": 3}}, {}, {})
+    assert parts["host"]["machine"] == platform.machine() and parts["host"]["system"] == platform.system()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
+    assert stage_key(jax_stage, {"train": {"epochs": 3}}, {}, {})[0] != key
+    assert stage_key(STAGE, {"train": {"epochs": 3}}, {}, {})[0] == plain  # no XLA in a numpy stage
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64" if parts["host"]["machine"] != "aarch64" else "x86_64")
+    assert stage_key(STAGE, {"train": {"epochs": 3}}, {}, {})[0] != plain
+
+
 def test_entries_a_stage_declares_unkeyed_do_not_change_the_key():
     stage = Stage("s", "pipeline.stages.data", config=("data.calibration_file", "data.calibration_samples"),
                   key_ignores=("data.calibration_file",))
