@@ -1,7 +1,7 @@
 # `make build`: install everything (first time: a few minutes) and run the default build.
 # `make test`:  install everything (with podman and runc, for the container tests) and run the test suite,
 #               one test file per pytest-xdist worker, TEST_WORKERS at a time (default 2; 0: one process).
-# `make test-fast`: the in-process unit tests only (tests/unit, about 10 seconds).
+# `make test-fast`: the in-process unit tests only (tests/unit, about 30 seconds).
 EDGEBUILD_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgebuild
 VENV ?= $(EDGEBUILD_HOME)/venv
 TEST_WORKERS ?= 2
