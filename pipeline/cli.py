@@ -421,10 +421,12 @@ def merge(ctx, build_dir, shard_paths, config_path, sets, no_remote, baseline, j
         exactly once; computes each target's agreement over the whole set, as one run would;
         stores the result in the cache (and cache.remote) only when every shard is signed with
         the secret in $EDGEBUILD_SHARD_KEY (set it in the shard and merge jobs; with it, an
-        unsigned shard is refused); writes the manifest and report and gates them. Shards default to BUILD_DIR/shards. The build needs its stages up to
-        evaluate, with the same config (--config / --set) as when the shards ran.
+        unsigned shard is refused); writes the manifest and report and gates them. Shards
+        default to BUILD_DIR/shards. The build needs its stages up to evaluate, with the same
+        config (--config / --set) as when the shards ran.
 
-    Exits 1 if the gate fails, 3 if a shard is missing, repeated, changed or from another build."""
+    Exits 1 if the gate fails, 3 if a shard is missing, repeated, changed, crafted, unsigned (with
+    $EDGEBUILD_SHARD_KEY set) or from another build."""
     from pipeline.engine import build as build_mod
     from pipeline.engine import shards
     from pipeline.engine.errors import InputError
@@ -493,7 +495,6 @@ def target():
 def target_list():
     """List the available targets."""
     from pipeline.device.targets import available_targets, load_target
-
     from pipeline.engine.errors import InputError
 
     broken = []
