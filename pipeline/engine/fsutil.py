@@ -3,8 +3,8 @@
 import fcntl
 import hashlib
 import os
+import re
 import shutil
-import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +74,6 @@ def atomic_copy(src, dst):
 def _stream_fd(path):
     """The file descriptor of this process that `path` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N,
     through any links on the way), else None."""
-    import re
-
     p = str(path)
     for _ in range(40):
         m = re.fullmatch(rf"/dev/(stdout|stderr)|/dev/fd/(\d+)|/proc/(?:self|{os.getpid()})/fd/(\d+)", p)
@@ -87,43 +85,50 @@ def _stream_fd(path):
     return None
 
 
-def write_output(path, data):
-    """Write `data` (bytes) to a file the user named (--junit, --output), as `tee` would, only safer: one of
-    this process's streams (/dev/stdout, even redirected to a file) is written through its own descriptor,
-    so it lands where the process's output stands; a path that is not a regular file (a pipe, a terminal)
-    is written in place, never replaced by a file; a symlink to a file is followed (that file is replaced
-    atomically, the link stays); a directory is refused."""
-    import sys
-
+def _output(path):
+    """How a file the user named (--junit, --output) is written, as `tee` would, only safer: ("fd", n) for one
+    of this process's streams (/dev/stdout, even redirected to a file: written through its own descriptor,
+    so it lands where the process's output stands); ("in place", path) for what is no regular file (a pipe,
+    a terminal: never replaced by a file); ("replace", file) otherwise, a symlink followed to its file (the
+    link stays). A directory is refused."""
     path = Path(path)
     fd = _stream_fd(path)
+    if fd is not None:
+        return "fd", fd
+    if path.is_dir():
+        raise WriteError(21, "Is a directory", str(path))
+    if path.exists() and not path.is_file():
+        return "in place", path
+    return "replace", Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def write_output(path, data):
+    """Write `data` (bytes) to a file the user named (see _output)."""
+    import sys
+
+    how, where = _output(path)
+    if how == "replace":
+        return atomic_write_bytes(where, data)
     try:
-        if fd is not None:
+        if how == "fd":
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
-            return
-        st = os.stat(path) if path.exists() else None  # follows links
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(21, "Is a directory", str(path))
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            with open(path, "wb") as f:
+                view = view[os.write(where, view):]
+        else:
+            with open(where, "wb") as f:
                 f.write(data)
-            return
     except OSError as exc:
         raise WriteError(exc.errno, exc.strerror, str(path)) from None
-    atomic_write_bytes(Path(os.path.realpath(path)) if path.is_symlink() else path, data)
 
 
 def copy_output(src, path):
-    """Copy src to a file the user named (see write_output), without reading it whole when it is a file."""
-    path = Path(path)
-    if _stream_fd(path) is not None or (path.exists() and not path.is_file()):
-        write_output(path, Path(src).read_bytes())
-    else:
-        atomic_copy(src, Path(os.path.realpath(path)) if path.is_symlink() else path)
+    """Copy src to a file the user named (see _output), without reading it whole when it is a file."""
+    how, where = _output(path)
+    if how == "replace":
+        return atomic_copy(src, where)
+    write_output(path, Path(src).read_bytes())
 
 
 def atomic_save_model(model, path):

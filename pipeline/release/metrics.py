@@ -11,6 +11,15 @@ def accuracy_record(top1, labels, class_names):
     return {"accuracy": round(float((top1 == labels).mean()), 6), "per_class": per_class, "samples": int(len(labels))}
 
 
+def finite_max(values):
+    """The largest finite value (an int for integer values; 0 when there is none): a manifest never holds
+    a NaN."""
+    if np.issubdtype(values.dtype, np.integer):
+        return int(values.max()) if values.size else 0
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
+
+
 def nonfinite(outputs):
     """How many output values are NaN or inf (0 for integer outputs)."""
     return 0 if np.issubdtype(outputs.dtype, np.integer) else int((~np.isfinite(outputs)).sum())
@@ -23,12 +32,11 @@ def compare(target_out, host_out, labels, ids, class_names):
     wide = np.int32 if integer else np.float64
     with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf outputs: counted below, never a warning
         diff = np.abs(target_out.astype(wide) - host_out.astype(wide))
-    finite = diff if integer else diff[np.isfinite(diff)]
     t1, h1 = target_out.argmax(1), host_out.argmax(1)
     rec = accuracy_record(t1, labels, class_names)
     rec.update(
         bitexact_fraction=round(float((diff == 0).mean()), 6),
-        max_abs_diff=(int(finite.max()) if integer else float(finite.max())) if finite.size else 0,
+        max_abs_diff=finite_max(diff),
         nonfinite_outputs=nonfinite(target_out),
         output_dtype=str(host_out.dtype),
         top1_agreement=round(float((t1 == h1).mean()), 6),

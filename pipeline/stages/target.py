@@ -23,7 +23,7 @@ from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import Stage
-from pipeline.release.metrics import compare
+from pipeline.release.metrics import compare, finite_max
 
 
 def deployed_model(config, target):
@@ -238,7 +238,7 @@ def merge(cfg, inputs, parts, out_dir, ctx):
         wide = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
         record["isa"]["reference"] = {"kernels": "reference", "samples": int(len(mine)),
                                       "bitexact_fraction": round(float(same.mean()), 6) if same.size else 1.0,
-                                      "max_abs_diff": _finite_max(wide)}
+                                      "max_abs_diff": finite_max(wide)}
     record["first_difference"] = _first_of([r["first_difference"] for r, _ in parts], outputs, twin_out, host_out)
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
     return record
@@ -284,14 +284,6 @@ def _rows_differing(a, b):
     if a.dtype.kind == "f" or b.dtype.kind == "f":
         differ &= ~(np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64)))
     return differ.any(1)
-
-
-def _finite_max(values):
-    """The largest finite value (0.0 when there is none): the manifest never holds a NaN."""
-    if values.dtype.kind in "iu":
-        return int(values.max()) if values.size else 0
-    finite = values[np.isfinite(values)]
-    return float(finite.max()) if finite.size else 0.0
 
 
 def _merged_run(runs, samples):
@@ -358,7 +350,7 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
                 continue
             wide = np.int64 if np.issubdtype(a.dtype, np.integer) else np.float64
             diff = np.abs(a.astype(wide) - b.astype(wide))
-            return {**found, "op_index": index, "op": op, "tensor": name, "max_abs_diff": _finite_max(diff),
+            return {**found, "op_index": index, "op": op, "tensor": name, "max_abs_diff": finite_max(diff),
                     "fraction_differing": round(float((diff > 0).mean()), 6)}
     return {**found, "op": None, "note": "with the builtin kernels every tensor is equal: the difference comes "
                                          "from a delegate's kernels (XNNPACK)"}
