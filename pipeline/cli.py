@@ -13,8 +13,14 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.engine.errors import EXIT_STAGE, EdgebuildError, disk_full, unwritable
-from pipeline.stages import GROUPS
+from pipeline.engine.errors import EXIT_STAGE, EdgebuildError, InputError, disk_full, unwritable
+
+try:
+    from pipeline.stages import GROUPS
+
+    BROKEN_STAGE = None
+except InputError as exc:  # a declared stage module that breaks the contract: every command says so (exit 3)
+    GROUPS, BROKEN_STAGE = (), exc
 
 EXIT_CODES_HELP = "Exit codes: 0 pass, 1 gate failed, 2 usage, 3 bad config or data, 4 a stage failed."
 STAGE_CHOICES = click.Choice([*GROUPS, "manifest", "gate"])
@@ -80,7 +86,9 @@ class Context:
 
 def _finished_build_config(build_dir, config_path, sets):
     """The config to re-gate or extend a finished build with: the one its manifest recorded (what it was
-    built with), then [gate], [validate] and [cache] of --config when given, then --set."""
+    built with), then [gate], [validate], [cache] and the declared stages' sections (their thresholds) of
+    --config when given, then --set."""
+    from pipeline import stages
     from pipeline.engine import config as config_mod
     from pipeline.release import manifest as manifest_mod
 
@@ -89,7 +97,7 @@ def _finished_build_config(build_dir, config_path, sets):
         return _load_config(config_path, sets)
     recorded = manifest_mod.read(path)["config"]
     return config_mod.load(config_path, sets, base=recorded, base_origin=f"{path} (the build's own config)",
-                           sections=("gate", "validate", "cache"))
+                           sections=("gate", "validate", "cache", *stages.DECLARED))
 
 
 def _load_config(config_path, sets, seed=None, name=None):
@@ -124,6 +132,8 @@ def main(ctx, debug, quiet):
     Start with `edgebuild build` (uses ./edgebuild.toml if present, else built-in defaults:
     scikit-learn's digits, a small CNN, targets rpi4-bookworm-tflite, rpi5-litert, cortex-m-tflm and
     ethos-u55-128)."""
+    if BROKEN_STAGE is not None:
+        raise BROKEN_STAGE
     _quiet_env()
     signal.signal(signal.SIGTERM, _raise_interrupted)
     ctx.obj = Context(debug, quiet)
@@ -188,7 +198,7 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, no_remote, 
     Stage outputs are cached in $EDGEBUILD_CACHE (or cache.dir); cache.remote = "s3://bucket/prefix"
     shares them, and the emulated targets' environments, between CI runners (README: Running in CI)."""
 
-    from pipeline.engine import build as build_mod
+    from pipeline.orchestrate import build as build_mod
     from pipeline.release import manifest as manifest_mod
 
     config = _load_config(config_path, _local_only(sets, no_remote), seed, name)
@@ -210,13 +220,14 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, no_remote, 
 def _finish(result, junit, as_json):
     """Print a finished build's or validation's summary (or manifest JSON), write the gate's JUnit
     and step summary, and exit 1 when the gate failed."""
+    from pipeline import stages
     from pipeline.release import report
 
     _emit_gate_outputs(result.gate, junit)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=1))
     else:
-        click.echo(report.summary(result.manifest))
+        click.echo(report.summary(result.manifest, stages.report_sections(result.manifest)))
         click.echo(f"manifest: {result.build_dir / 'manifest.json'}")
         click.echo(f"report:   {result.build_dir / 'report.html'}")
     if result.gate and result.gate["verdict"] == "fail":
@@ -256,8 +267,8 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json, no_baselin
     baseline it was last gated against is used again (--no-baseline drops it). Prints every check,
     records the verdict in the manifest, exits 0 pass / 1 fail."""
 
-    from pipeline.engine import build as build_mod
-    from pipeline.engine.build import regate
+    from pipeline.orchestrate import build as build_mod
+    from pipeline.orchestrate.build import regate
     from pipeline.release import gate as gate_mod
 
     if not build_dir:
@@ -353,13 +364,14 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
     fails its gate check; the other targets still run)."""
 
-    from pipeline.engine import build as build_mod
+    from pipeline import stages
+    from pipeline.orchestrate import build as build_mod
     from pipeline.release import manifest as manifest_mod
 
     sets = _local_only(sets, no_remote)
     model_file = path is not None and not Path(path).is_dir()
     if shard is not None:
-        from pipeline.engine import shards
+        from pipeline.orchestrate import shards
         from pipeline.engine.errors import InputError
 
         if model_file or not target_names:
@@ -391,14 +403,14 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
                                    debug=ctx.obj.debug, log=log)
     if shard is not None:
-        written = shards.run(config, options, [f"target:{t}" for t in target_names], *part)
+        written = shards.run(config, options, stages.target_stage_names(target_names), *part)
         click.echo("\n".join(str(p) for p in written))
         return
     if model_file:
         base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
     else:
         base = build_mod.resolve_baseline(config.build_dir, baseline, no_baseline, _warn)
-    result = build_mod.build(config, options, only=None if model_file else "targets", baseline=base)
+    result = build_mod.build(config, options, only=None if model_file else stages.TARGETS, baseline=base)
     _finish(result, junit, as_json)
 
 
@@ -427,8 +439,8 @@ def merge(ctx, build_dir, shard_paths, config_path, sets, no_remote, baseline, j
 
     Exits 1 if the gate fails, 3 if a shard is missing, repeated, changed, crafted, unsigned (with
     $EDGEBUILD_SHARD_KEY set) or from another build."""
-    from pipeline.engine import build as build_mod
-    from pipeline.engine import shards
+    from pipeline.orchestrate import build as build_mod
+    from pipeline.orchestrate import shards
     from pipeline.engine.errors import InputError
 
     build_dir = Path(build_dir)
@@ -457,7 +469,7 @@ def report_cmd(ctx, build_dir, config_path, sets):
     """Write build/<name>/report.html again from the build's manifest (self-contained, opens offline).
     The artifacts must still match the manifest (else exit 3)."""
 
-    from pipeline.engine.build import verify_finished
+    from pipeline.orchestrate.build import verify_finished
     from pipeline.release import report
 
     bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
@@ -475,7 +487,7 @@ def check_model(ctx, config_path, sets, recipe):
     that the build removes, and, for a trained model file (.keras or Keras 2 .h5), which input
     convention it scores with (exit 3 naming the preprocess setting that fits).
     Exits 0 if the model is fine, 3 with every problem if not."""
-    from pipeline.engine.build import run_alone
+    from pipeline.orchestrate.build import run_alone
     from pipeline.engine.errors import InputError
     from pipeline.stages.check_model import STAGE
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 from conftest import REPO, TINY, edgebuild, own_cache
-from pipeline.engine import build as build_mod
+from pipeline.orchestrate import build as build_mod
 from pipeline.engine import config as config_mod
 from pipeline.engine.cache import StageCache
 from pipeline.engine.fsutil import sha256_file

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import REPO, TINY, edgebuild, own_cache
-from pipeline.engine import build as build_mod
+from pipeline.orchestrate import build as build_mod
 
 
 def _start(out, cache, *sets, until=None):

@@ -108,7 +108,7 @@ def test_a_forged_shard_is_refused_with_the_secret_and_never_cached_without_it(t
     """A shard whose outputs were replaced and its sha256s recomputed (all a forger needs without the secret):
     refused by a merge that holds the secret; merged as given by one that does not, but never stored in the
     stage cache, so no later build replays it as `cached`."""
-    from pipeline.engine import shards
+    from pipeline.orchestrate import shards
     from pipeline.engine.fsutil import atomic_save_npz
 
     files = sorted((sharded["dir"] / "shards").glob("target-rpi4-bookworm-tflite.*.npz"))

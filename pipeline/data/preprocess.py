@@ -21,29 +21,6 @@ COMMON = {
 }
 
 
-def _numbers(name, value):
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              and np.isfinite(v) and abs(v) <= 1e6 for v in value):
-        raise InputError(f"config key 'preprocess.{name}' must be a list of finite numbers (at most 1e6 in size); "
-                         f"received {value!r}."[:300])
-    return [float(v) for v in value]
-
-
-def check(cfg, channels):
-    """Refuse a preprocessing config that cannot describe an input of `channels` channels."""
-    rng = _numbers("pixel_range", cfg.pixel_range)
-    if len(rng) != 2 or not rng[0] < rng[1]:
-        raise InputError(f"config key 'preprocess.pixel_range' must be [lo, hi] with lo < hi (what pixels 0 and 255 "
-                         f"become); received {cfg.pixel_range!r}. Example: [0, 255] or [-1, 1].")
-    for name in ("mean", "std"):
-        values = _numbers(name, getattr(cfg, name))
-        if len(values) not in (0, 1, channels):
-            raise InputError(f"config key 'preprocess.{name}' needs one value or one per channel ({channels}, "
-                             f"data.channels); received {len(values)}: {values}.")
-    if any(v <= 0 for v in _numbers("std", cfg.std)):
-        raise InputError(f"config key 'preprocess.std' must be positive; received {cfg.std!r}.")
-
-
 def _per_channel(values, default, channels):
     values = [float(v) for v in values] or [default]
     return np.asarray(values * channels if len(values) == 1 else values, np.float64)

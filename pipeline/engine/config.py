@@ -171,12 +171,20 @@ class BuildConfig:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    declared: dict = field(default_factory=dict, repr=False)  # {name: section} of the sections stages declare
+
+    def __getattr__(self, name):  # only reached for names that are not fields: a stage-declared section
+        declared = self.__dict__.get("declared") or {}
+        if name in declared:
+            return declared[name]
+        raise AttributeError(f"BuildConfig has no section {name!r}")
 
     def section(self, name):
         return dataclasses.asdict(getattr(self, name))
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        fixed = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "declared"}
+        return fixed | {name: dataclasses.asdict(value) for name, value in self.declared.items()}
 
     def sha256(self):
         return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
@@ -190,7 +198,78 @@ def canonical_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(BuildConfig)}
+BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0")
+
+
+def recipe_kind(recipe):
+    """'builtin', 'keras_file' or 'function': the form of a train.recipe string (None: none of them)."""
+    if recipe in BUILTIN:
+        return "builtin"
+    if recipe.endswith(".weights.h5"):
+        return None
+    if recipe.endswith((".keras", ".h5")):
+        return "keras_file"
+    if ":" in recipe:
+        return "function"
+    return None
+
+
+def check_recipe(recipe):
+    """Raise a one-line InputError for a recipe string that is none of the three forms."""
+    if recipe_kind(recipe) is None:
+        hint = did_you_mean(recipe, BUILTIN)
+        if recipe.endswith(".weights.h5"):
+            hint = " A .weights.h5 file holds weights only: set it as train.weights with a recipe that builds the model."
+        raise InputError(
+            f"train.recipe must be a built-in recipe ({', '.join(BUILTIN)}), 'module.path:function' or a "
+            f"trained model file (.keras, or a Keras 2 full-model .h5); received {recipe!r}.{hint}"
+        )
+
+
+def _numbers(name, value):
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) and abs(v) <= 1e6 for v in value):
+        raise InputError(f"config key 'preprocess.{name}' must be a list of finite numbers (at most 1e6 in size); "
+                         f"received {value!r}."[:300])
+    return [float(v) for v in value]
+
+
+def check_preprocess(cfg, channels):
+    """Refuse a preprocessing config that cannot describe an input of `channels` channels."""
+    rng = _numbers("pixel_range", cfg.pixel_range)
+    if len(rng) != 2 or not rng[0] < rng[1]:
+        raise InputError(f"config key 'preprocess.pixel_range' must be [lo, hi] with lo < hi (what pixels 0 and 255 "
+                         f"become); received {cfg.pixel_range!r}. Example: [0, 255] or [-1, 1].")
+    for name in ("mean", "std"):
+        values = _numbers(name, getattr(cfg, name))
+        if len(values) not in (0, 1, channels):
+            raise InputError(f"config key 'preprocess.{name}' needs one value or one per channel ({channels}, "
+                             f"data.channels); received {len(values)}: {values}.")
+    if any(v <= 0 for v in _numbers("std", cfg.std)):
+        raise InputError(f"config key 'preprocess.std' must be positive; received {cfg.std!r}.")
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(BuildConfig) if f.name != "declared"}  # and the declared ones
+BUILT_IN = frozenset(SECTIONS)
+
+
+def setting(default, doc, **checks):
+    """A config key of a section: its default, its one-line description (`edgebuild config`) and its
+    checks (min, max, choices, items: the item type of a list, name: a build or target name)."""
+    return _f(default, doc, **checks)
+
+
+def declare_section(name, cls, owner):
+    """A stage module's own config section (`pipeline.stages` declares each when it is imported): it is
+    read from edgebuild.toml and --set, checked and described like a built-in one."""
+    if name in BUILT_IN or SECTIONS.get(name, cls) is not cls:
+        raise InputError(f"{owner} declares the config section [{name}], which another part of edgebuild already "
+                         "owns. Give the stage module another name.")
+    for f in dataclasses.fields(cls):
+        if "doc" not in f.metadata:
+            raise InputError(f"{owner}'s config key '{name}.{f.name}' has no description. Declare it with "
+                             "pipeline.engine.config.setting(default, 'what it does').")
+    SECTIONS[name] = cls
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -229,8 +308,6 @@ def _check_value(where, f, value):
             f"received {value!r}."
         )
     if meta.get("recipe"):
-        from pipeline.model.usermodel import check_recipe
-
         check_recipe(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"config key '{where}' must be a finite number between {meta.get('min')} and "
@@ -263,17 +340,15 @@ def from_dict(raw, origin="edgebuild.toml"):
                 )
             checked[key] = _check_value(f"{name}.{key}", fields[key], value)
         sections[name] = SECTIONS[name](**checked)
-    config = BuildConfig(**sections)
+    declared = {name: sections.pop(name, None) or cls() for name, cls in SECTIONS.items() if name not in BUILT_IN}
+    config = BuildConfig(**sections, declared=declared)
     _check_together(config, origin)
     return config
 
 
 def _check_together(config, origin):
     """Rules that tie several keys together."""
-    from pipeline.data import preprocess
-    from pipeline.model.usermodel import BUILTIN
-
-    preprocess.check(config.preprocess, config.data.channels)
+    check_preprocess(config.preprocess, config.data.channels)
     t = config.train
     pp = config.preprocess
     if t.recipe in ("mobilenet_v3_small", "efficientnet_v2_b0") and (

@@ -143,8 +143,8 @@ def main(request_path, progress_stream, process):
     from pipeline.engine.stage import StageContext, config_view
 
     try:
+        module = importlib.import_module(request["module"])  # first: its package registers stage-declared sections
         cfg = config_view(request["config"])
-        module = importlib.import_module(request["module"])
         inputs = {k: Path(v) for k, v in request["inputs"].items()}
         ctx = StageContext(Progress(progress_stream, request["quiet"]), request["cache_dir"], request["params"],
                            request.get("remote", ""))

@@ -19,7 +19,7 @@ it never knows a stage by name.
 - `shardable`: the stage can run in parts on separate machines. Its `run` then receives
   ctx.params["shard"] = [i, n] and writes its part's arrays to shard.npz; its module's
   `merge(cfg, inputs, parts, out_dir, ctx)` makes the stage's outputs and record from the parts
-  [(record, arrays)] (`pipeline.engine.shards`).
+  [(record, arrays)] (`pipeline.orchestrate.shards`).
 """
 
 from dataclasses import dataclass, field
@@ -47,6 +47,12 @@ class Stage:
     @property
     def group_name(self):
         return self.group or self.name
+
+
+def check(name, got, limit, passed, baseline=None, detail=""):
+    """One gate check: what was measured (`got`), the rule (`limit`, as text), whether it passed, the
+    baseline's figure and a detail line. Every check of the gate has this form."""
+    return {"name": name, "got": got, "limit": limit, "baseline": baseline, "passed": bool(passed), "detail": detail}
 
 
 @dataclass

@@ -8,35 +8,11 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline.engine.config import BUILTIN, check_recipe, recipe_kind as kind  # noqa: F401 (re-exported)
 from pipeline.engine.errors import InputError
 from pipeline.engine.text import did_you_mean
 
-BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0")
 JAX_TOOLCHAIN = ("keras", "jax", "jaxlib", "numpy")  # what a Keras stage on JAX runs
-
-
-def kind(recipe):
-    if recipe in BUILTIN:
-        return "builtin"
-    if recipe.endswith(".weights.h5"):
-        return None
-    if recipe.endswith((".keras", ".h5")):
-        return "keras_file"
-    if ":" in recipe:
-        return "function"
-    return None
-
-
-def check_recipe(recipe):
-    """Raise a one-line InputError for a recipe string that is none of the three forms."""
-    if kind(recipe) is None:
-        hint = did_you_mean(recipe, BUILTIN)
-        if recipe.endswith(".weights.h5"):
-            hint = " A .weights.h5 file holds weights only: set it as train.weights with a recipe that builds the model."
-        raise InputError(
-            f"train.recipe must be a built-in recipe ({', '.join(BUILTIN)}), 'module.path:function' or a "
-            f"trained model file (.keras, or a Keras 2 full-model .h5); received {recipe!r}.{hint}"
-        )
 
 
 def _project_on_path():

@@ -9,11 +9,11 @@ import re
 
 from pipeline.engine import text
 from pipeline.engine.errors import InputError
+from pipeline.engine.stage import check
 from pipeline.release.manifest import released_metrics
 
 
-def _check(name, got, limit, passed, baseline=None, detail=""):
-    return {"name": name, "got": got, "limit": limit, "baseline": baseline, "passed": bool(passed), "detail": detail}
+_check = check
 
 
 def _class_drop(before, after, counts, cfg):
@@ -290,10 +290,12 @@ def evaluate_validation(manifest, cfg, baseline=None):
     return _verdict(checks, baseline)
 
 
-def evaluate(manifest, cfg, baseline=None):
-    """Run every check; return {"verdict", "checks", "baseline"}."""
+def evaluate(manifest, cfg, baseline=None, declared=()):
+    """Run every check (and the `declared` ones: the checks of stages declared outside the built-in
+    ones); return {"verdict", "checks", "baseline"}."""
     if manifest.get("kind") == "validation":
-        return evaluate_validation(manifest, cfg, baseline)
+        verdict = evaluate_validation(manifest, cfg, baseline)
+        return _verdict(verdict["checks"] + list(declared), baseline)
     m = manifest["metrics"]
     checks = []
     float_acc, int8 = m["float"]["accuracy"], m["int8_host"]
@@ -320,7 +322,7 @@ def evaluate(manifest, cfg, baseline=None):
             d = round(bo["accuracy"] - mo["accuracy"], 6)
             checks.append(_check("int8 ONNX drop vs baseline", d, f"<= {cfg.max_baseline_drop}",
                                  d <= cfg.max_baseline_drop, baseline=bo["accuracy"]))
-    return _verdict(checks, baseline)
+    return _verdict(checks + list(declared), baseline)
 
 
 def _onnx_int8_checks(m, cfg, labels, counts):

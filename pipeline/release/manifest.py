@@ -18,6 +18,10 @@ from pipeline.engine.fsutil import atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+SECTIONS = frozenset((  # the top-level keys edgebuild itself writes: a declared stage's section takes none of them
+    "schema_version", "kind", "name", "config_sha256", "config", "seed", "class_names", "input_shape", "preprocessing",
+    "preprocess", "built_here", "splits", "test_set", "calibration", "artifacts", "metrics", "resources", "test_split",
+    "stages", "train", "qat", "toolchain", "gate", "seal"))
 TOOLCHAIN = {
     "keras": "keras",
     "tensorflow": ("tensorflow", "tensorflow-cpu"),  # whichever distribution provides it
@@ -198,11 +202,13 @@ def assemble(config, records, build_dir):
     return manifest
 
 
-def validate(manifest, origin="manifest"):
-    """Check a manifest against the published JSON Schema; raise InputError naming the field."""
+def validate(manifest, origin="manifest", sections=None):
+    """Check a manifest against the published JSON Schema, with `sections` ({name: schema fragment}: the
+    sections of declared stages) as its properties too; raise InputError naming the field."""
     import jsonschema
 
     schema = json.loads(SCHEMA_PATH.read_text())
+    schema["properties"].update(sections or {})
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
@@ -217,9 +223,9 @@ def seal(manifest):
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write(path, manifest):
+def write(path, manifest, sections=None):
     manifest.pop("seal", None)
-    validate(manifest, f"the manifest for {path}")
+    validate(manifest, f"the manifest for {path}", sections)
     manifest["seal"] = seal(manifest)
     atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=False, allow_nan=False) + "\n")
 

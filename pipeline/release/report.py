@@ -103,9 +103,15 @@ def validation_summary(manifest):
     return "\n".join(lines + _gate_lines(manifest))
 
 
-def summary(manifest):
+def declared_lines(sections):
+    """The report lines of declared stages ([(name, lines)]), one block each."""
+    return [line for name, lines in sections for line in ("", f"{name}:", *(f"  {x}" for x in lines))]
+
+
+def summary(manifest, sections=()):
+    """The terminal summary; `sections`: [(name, lines)] of declared stages."""
     if manifest.get("kind") == "validation":
-        return validation_summary(manifest)
+        return validation_summary(manifest)  # declared stages run in full builds only
     m = manifest["metrics"]
     art = manifest["artifacts"]
     rows = [("model", "runtime", "accuracy", "agree w/ float", "size")]
@@ -138,7 +144,7 @@ def summary(manifest):
     lines.append(f"int8 input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
     lines.append(f"int8 output scale {q['output']['scale']:.8g} zero_point {q['output']['zero_point']}  shape {q['output']['shape']}")
     lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
-    return "\n".join(lines + _gate_lines(manifest))
+    return "\n".join(lines + declared_lines(sections) + _gate_lines(manifest))
 
 
 def _pyplot():
@@ -310,8 +316,9 @@ def _flips_html(groups, escape):
     return "".join(out)
 
 
-def html(manifest, build_dir):
-    """A self-contained HTML report (plots inlined as base64 PNG, no external resources)."""
+def html(manifest, build_dir, sections=()):
+    """A self-contained HTML report (plots inlined as base64 PNG, no external resources); `sections`:
+    [(name, lines)] of declared stages, one heading each."""
     from html import escape
     from pathlib import Path
 
@@ -366,6 +373,8 @@ def html(manifest, build_dir):
                    for name, t in sorted(targets.items())]
     size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
     fit_html = _fit_html(manifest, table_html, escape)
+    declared_html = "".join(f"<h2>{escape(name)}</h2><ul>" + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>"
+                            for name, lines in sections)
     gate = manifest.get("gate")
     gate_html = "<p>not gated</p>"
     if gate:
@@ -408,6 +417,7 @@ std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_remov
 <h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
 <h2>Targets vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime and kernels)", "first difference", "images/s", "samples"))}
 {fit_html}
+{declared_html}
 <h2>Training and QAT</h2>{history_html}
 <h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
 <h2>Per-class accuracy change</h2>{delta_html}
@@ -457,11 +467,11 @@ def _fit_html(manifest, table_html, escape):
     return "".join(out)
 
 
-def write_html(manifest, build_dir):
+def write_html(manifest, build_dir, sections=()):
     from pathlib import Path
 
     from pipeline.engine.fsutil import atomic_write_text
 
     path = Path(build_dir) / "report.html"
-    atomic_write_text(path, html(manifest, build_dir))
+    atomic_write_text(path, html(manifest, build_dir, sections))
     return path

@@ -38,6 +38,10 @@ def deployed_model(config, target):
     return "model_int8.tflite", "host_output"
 
 
+def stage_name(target):
+    return f"target:{target}"
+
+
 def stages(config):
     """One stage per target of validate.targets; the target profile's content is an external input.
     Each can run in shards (`edgebuild validate BUILD --target T --shard i/N`, merged by `edgebuild merge`)."""
@@ -47,7 +51,7 @@ def stages(config):
         model, reference = deployed_model(config, target)
         made = targets_mod.kind_module(target.kind).outputs(target)  # a compiled model, for an NPU
         out.append(Stage(
-            f"target:{name}", __name__,
+            stage_name(name), __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
                     "validate.isa_samples", "validate.kernels"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.device.targets import available_targets
-from pipeline.engine import shards
+from pipeline.orchestrate import shards
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "examples" / "ci" / "github-actions.yml"
 

@@ -89,7 +89,7 @@ def test_an_upgraded_toolchain_changes_the_key(tmp_path, monkeypatch):
 def test_a_manifest_is_true_only_while_every_artifact_it_names_is_unchanged(tmp_path):
     import hashlib
 
-    from pipeline.engine.build import manifest_still_true
+    from pipeline.orchestrate.build import manifest_still_true
 
     (tmp_path / "model.tflite").write_bytes(b"int8 model")
     digest = hashlib.sha256(b"int8 model").hexdigest()

@@ -54,7 +54,7 @@ def _target_file(tmp_path, edit, base="rpi5-litert", name=None):
 
 
 def _shard(tmp_path, meta, **arrays):
-    from pipeline.engine import shards
+    from pipeline.orchestrate import shards
     from pipeline.engine.fsutil import atomic_save_npz
 
     arrays = arrays or {"ids": np.array(["a", "b"]), "outputs": np.zeros((2, 3), np.int8)}
@@ -77,7 +77,7 @@ GOOD_META = {"stage": "target:rpi5-litert", "params": {"target": "rpi5-litert"},
 ], ids=["no key", "string index", "i beyond N", "record not a table", "stage not a name", "params not a table",
         "a non-hex signature"])
 def test_15_a_crafted_shard_is_refused_in_one_line(tmp_path, change):
-    from pipeline.engine import shards
+    from pipeline.orchestrate import shards
 
     meta = {k: v for k, v in {**GOOD_META, **change}.items() if v is not None}
     with pytest.raises(InputError, match="must be one edgebuild wrote"):
@@ -109,7 +109,7 @@ def test_15_a_shard_part_merge_cannot_read_is_refused_in_one_line(record, arrays
 
 
 def test_1_a_shard_is_signed_with_the_jobs_secret_and_a_resigned_forgery_is_not(tmp_path, monkeypatch):
-    from pipeline.engine import shards
+    from pipeline.orchestrate import shards
 
     meta = {**GOOD_META, "sha256": {}}
     monkeypatch.setenv(shards.KEY_ENV, "s3cret")

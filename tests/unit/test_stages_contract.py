@@ -7,7 +7,8 @@ from pathlib import Path
 from pipeline import stages
 from pipeline.engine import config as config_mod
 
-ENGINE = Path(stages.__file__).resolve().parent.parent / "engine"
+PACKAGE = Path(stages.__file__).resolve().parent.parent
+ENGINE = PACKAGE / "engine"
 
 
 def _plan(*sets):
@@ -35,20 +36,71 @@ def test_the_cli_groups_are_the_plan_groups_in_order():
     assert not [s for s in _plan("validate.targets=[]") if s.group_name == "targets"]
 
 
-def test_the_engine_names_no_stage():
+def test_the_engine_and_orchestrator_name_no_stage():
     names = {s.name for s in _plan()} | set(stages.GROUPS) | {"target"}
-    for path in ENGINE.glob("*.py"):
+    for path in [*ENGINE.glob("*.py"), *(PACKAGE / "orchestrate").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert node.value not in names, f"{path.name} names the stage {node.value!r}"
 
 
-def test_library_modules_never_import_stages():
-    package = ENGINE.parent
-    for path in package.rglob("*.py"):
-        if "stages" in path.relative_to(package).parts or path.name in ("cli.py", "__main__.py"):
-            continue
-        text = path.read_text()
-        if path.parent.name == "engine" and path.name in ("build.py", "shards.py"):
-            continue  # the engine runs the registry (pipeline.stages.plan), by module, never by name
-        assert "pipeline.stages" not in text and "from pipeline import stages" not in text, path
+LAYERS = ("engine", "data", "device", "model", "release", "stages", "orchestrate", "cli", "__main__")  # the README's order
+
+
+def _module_name(path):
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(source, module, package_init=False):
+    """Every module a file imports, wherever the statement stands (functions, branches, try blocks)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing module's package
+                package = module.split(".")[: len(module.split(".")) - node.level + package_init]
+                base = ".".join(package + ([node.module] if node.module else []))
+            yield base
+            yield from (f"{base}.{a.name}" for a in node.names)
+
+
+def _layer(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def import_graph():
+    """{(importer layer, imported layer): [where]} over every module of the package."""
+    edges = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        for name in _imports(path.read_text(), module, path.name == "__init__.py"):
+            if name.split(".")[0] != "pipeline" or name in ("pipeline", "pipeline.__version__"):
+                continue
+            a, b = _layer(module), _layer(name)
+            if a and b and a != b:
+                edges.setdefault((a, b), []).append(f"{module} imports {name}")
+    return edges
+
+
+def test_every_import_follows_the_layer_order_so_the_package_graph_has_no_cycle():
+    edges = import_graph()
+    assert {layer for edge in edges for layer in edge} <= set(LAYERS), "a package the README's layer order lacks"
+    upward = [w for (a, b), where in edges.items() if LAYERS.index(b) > LAYERS.index(a) for w in where]
+    assert not upward, f"imports against the layer order: {upward}"
+    # and the order is what makes the graph acyclic: a topological sort of the edges exists
+    remaining = {layer: {b for (a, b) in edges if a == layer} for layer in LAYERS}
+    while remaining:
+        free = [layer for layer, deps in remaining.items() if not deps & set(remaining)]
+        assert free, f"a cycle among {sorted(remaining)}"
+        for layer in free:
+            del remaining[layer]
+
+
+def test_the_lint_sees_imports_inside_functions_and_relative_ones():
+    source = ("def f():\n    from pipeline.orchestrate import build\n    if True:\n        import pipeline.stages.data\n"
+              "try:\n    from ..release import gate\nexcept ImportError:\n    pass\n")
+    found = set(_imports(source, "pipeline.engine.x"))
+    assert {"pipeline.orchestrate.build", "pipeline.stages.data", "pipeline.release.gate"} <= found

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from pipeline import stages as stage_registry
-from pipeline.engine import build as engine
+from pipeline.orchestrate import build as engine
 from pipeline.engine.cache import StageCache
 from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_save_npz

@@ -554,12 +554,14 @@ def publish(config, records, build_dir, baseline=None, run_gate=True, manifest=N
 
     if manifest is None:
         manifest = manifest_mod.assemble(config, records, build_dir)
+        manifest.update(stage_registry.manifest_sections(config, records))
     verdict = None
     if run_gate:
-        verdict = gate_mod.evaluate(manifest, config.gate, baseline)
+        verdict = gate_mod.evaluate(manifest, config.gate, baseline,
+                                    declared=stage_registry.gate_checks(manifest, config, baseline))
         manifest["gate"] = verdict
-    manifest_mod.write(build_dir / "manifest.json", manifest)
-    report.write_html(manifest, build_dir)
+    manifest_mod.write(build_dir / "manifest.json", manifest, stage_registry.schemas())
+    report.write_html(manifest, build_dir, stage_registry.report_sections(manifest))
     return manifest, verdict
 
 
