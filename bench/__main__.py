@@ -266,6 +266,7 @@ def _env(values):
 def validation_cost(build_dir, repeats, targets_cache, work):
     from pipeline.data import preprocess
     from pipeline.device import tflite_info
+    from pipeline.device import environment, fanout
     from pipeline.device import targets as targets_mod
     from pipeline.engine.config import PreprocessConfig
     from pipeline.data.splits import load_dataset
@@ -279,12 +280,12 @@ def validation_cost(build_dir, repeats, targets_cache, work):
     result = {"test_images": int(len(x))}
     for name in ("host", "rpi4-bookworm-tflite", "rpi5-litert"):
         target = targets_mod.load_target(name)
-        root = targets_mod.setup(target, targets_cache.parent, log=lambda m: None)
+        root = environment.setup(target, targets_cache.parent, log=lambda m: None)
         row = {"runtime": f"{target.runtime} {target.runtime_version}", "cpu": target.cpu}
         for shards in (1, 2):
             ips, walls = [], []
             for r in range(repeats):
-                _, run_info = targets_mod.run_sharded(target, root, model, x, work / f"v-{name}-{shards}-{r}", shards)
+                _, run_info = fanout.run_sharded(target, root, model, x, work / f"v-{name}-{shards}-{r}", shards)
                 ips.append(run_info["images_per_s"])
                 walls.append(run_info["wall_seconds"])
             row[f"shards{shards}_images_per_s"] = median_spread(ips)
@@ -426,7 +427,7 @@ def emulated_bytecode(build_dir, repeats, cache_dir):
     import numpy as np
 
     from pipeline.data.splits import load_dataset
-    from pipeline.device import onnx_info, targets
+    from pipeline.device import environment, fanout, onnx_info, targets
     from pipeline.engine import config as config_mod
     from pipeline.release import manifest as manifest_mod
 
@@ -440,7 +441,7 @@ def emulated_bytecode(build_dir, repeats, cache_dir):
         target = targets.load_target(name)
         if not target.emulated or rec.get("refused") or rec.get("sampled"):
             continue
-        root = targets.setup(target, cache_dir, log=log)
+        root = environment.setup(target, cache_dir, log=log)
         model = build_dir / rec.get("model", "model_int8.tflite")
         x = onnx_info.model_input(images, cfg.preprocess, onnx_info.describe(model)["inputs"][0])
         runs = {True: [], False: []}
@@ -448,7 +449,7 @@ def emulated_bytecode(build_dir, repeats, cache_dir):
         for _ in range(repeats):
             for bytecode in (False, True):
                 with tempfile.TemporaryDirectory() as work:
-                    out, info = targets.run_sharded(target, root, model, x, work, cfg.validate.shards, bytecode=bytecode)
+                    out, info = fanout.run_sharded(target, root, model, x, work, cfg.validate.shards, bytecode=bytecode)
                 runs[bytecode].append(info)
                 outputs.setdefault(bytecode, out)
                 assert np.array_equal(out, outputs[bytecode])

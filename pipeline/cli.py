@@ -534,7 +534,8 @@ def target_setup(ctx, names, config_path, sets, no_remote):
 
     import time
 
-    from pipeline.device.targets import env_dir, load_target, setup
+    from pipeline.device.environment import env_dir, setup
+    from pipeline.device.targets import load_target
     from pipeline.engine.remote import remote_for
 
     config = _load_config(config_path, _local_only(sets, no_remote))
@@ -558,7 +559,8 @@ def target_pin(name):
     or changing a pin."""
     import tempfile
 
-    from pipeline.device.targets import load_target, pin_wheels
+    from pipeline.device.environment import pin_wheels
+    from pipeline.device.targets import load_target
 
     target = load_target(name, check_hashes=False)
     for twin in (False, True) if target.twin_platforms else (False,):
@@ -608,7 +610,8 @@ def target_image(ctx, name, output, config_path, sets):
 @click.option("--output", "-o", default="Dockerfile.edge", show_default=True, type=click.Path(dir_okay=False))
 def target_dockerfile(check, output):
     """Write Dockerfile.edge (arm64 images with each target's runtime and the same validator)."""
-    from pipeline.device.targets import available_targets, dockerfile, load_target
+    from pipeline.device.image import dockerfile
+    from pipeline.device.targets import available_targets, load_target
     from pipeline.engine.fsutil import write_output
 
     text = dockerfile([load_target(n) for n in available_targets()])

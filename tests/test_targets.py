@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ALL_TARGETS, REPO
-from pipeline.device import onnx_info, targets
+from pipeline.device import environment, fanout, image, onnx_info, oplint, targets
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import file_lock
@@ -24,11 +24,11 @@ def test_emulated_interpreter_runs_a_tiny_int8_model(name, tiny_build, cache_dir
     """tiny_build set the targets up cold in this session's cache; run the validator again here, on the
     self-test model in the target's format, against the same file run by the host's runtime."""
     target = targets.load_target(name)
-    root = targets.setup(target, cache_dir)
+    root = environment.setup(target, cache_dir)
     model = targets.selftest_model(target)
     shape = onnx_info.describe(model)["inputs"][0]["shape"]
     x = np.random.RandomState(0).randint(-128, 128, size=[7, *shape[1:]]).astype(np.int8)
-    out, info = targets.run_sharded(target, root, model, x, tmp_path, shards=2)
+    out, info = fanout.run_sharded(target, root, model, x, tmp_path, shards=2)
     assert info["machine"] == "aarch64"
     assert (info["runtime"], info["runtime_version"]) == (target.runtime, target.runtime_version)
     assert info["shards"] == 2 and out.shape[0] == 7 and out.dtype == np.int8
@@ -41,9 +41,9 @@ def test_emulated_interpreter_runs_a_tiny_int8_model(name, tiny_build, cache_dir
 def test_a_target_refuses_a_model_in_the_other_format(tiny_build):
     """An onnxruntime target is given a .tflite (and a LiteRT one an .onnx): refused by name, not run."""
     with pytest.raises(ModelRefused, match=r"runs \.onnx models; this one is \.tflite"):
-        targets.lint(targets.load_target("rpi5-onnxruntime"), onnx_info.describe(tiny_build["dir"] / "model_int8.tflite"))
+        oplint.lint(targets.load_target("rpi5-onnxruntime"), onnx_info.describe(tiny_build["dir"] / "model_int8.tflite"))
     with pytest.raises(ModelRefused, match=r"runs \.tflite models; this one is \.onnx"):
-        targets.lint(targets.load_target("rpi5-litert"), onnx_info.describe(tiny_build["dir"] / "model_int8.onnx"))
+        oplint.lint(targets.load_target("rpi5-litert"), onnx_info.describe(tiny_build["dir"] / "model_int8.onnx"))
 
 
 def test_default_style_build_records_every_target(tiny_build):
@@ -106,7 +106,7 @@ def test_lint_refuses_flex_and_custom_ops_by_name():
     target = targets.load_target("rpi4-bookworm-tflite")
     info = {"flex_ops": ["FlexMatrixDeterminant"], "custom_ops": ["FlexMatrixDeterminant", "MyOp"]}
     with pytest.raises(InputError, match="FlexMatrixDeterminant, MyOp"):
-        targets.lint(target, info)
+        oplint.lint(target, info)
 
 
 def test_unknown_target_names_the_closest():
@@ -116,7 +116,7 @@ def test_unknown_target_names_the_closest():
 
 def test_dockerfile_matches_the_target_files():
     text = (REPO / "Dockerfile.edge").read_text()
-    expected = targets.dockerfile([targets.load_target(n) for n in targets.available_targets()])
+    expected = image.dockerfile([targets.load_target(n) for n in targets.available_targets()])
     assert text == expected, "run: edgebuild target dockerfile"
     copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
     assert copied and all((REPO / src).is_file() for src in copied), copied  # what it copies exists
@@ -135,7 +135,7 @@ def test_mirror_comes_from_the_machines_apt_sources(tmp_path):
         "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n\n"
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
     )
-    assert targets.debian_mirror(str(tmp_path)) == "http://mirror.example/debian"
+    assert environment.debian_mirror(str(tmp_path)) == "http://mirror.example/debian"
 
 
 def test_validate_command_adds_a_target_and_regates(tiny_build, cache_dir, tmp_path):
@@ -177,8 +177,8 @@ def test_setup_names_a_wheel_that_does_not_exist_and_leaves_nothing(tmp_path):
     target = _target_file(tmp_path, wheels='["ai-edge-litert==0.0.1", "numpy==2.2.6"]',
                           hashes={"ai-edge-litert==0.0.1": "0" * 64, "numpy==2.2.6": "0" * 64})
     with pytest.raises(InputError, match=r"no such wheel for this platform and Python .*ai-edge-litert==0\.0\.1"):
-        targets.setup(target, tmp_path / "cache", log=lambda _: None)
-    name = targets.env_dir(target, tmp_path / "cache").name
+        environment.setup(target, tmp_path / "cache", log=lambda _: None)
+    name = environment.env_dir(target, tmp_path / "cache").name
     left = sorted(p.name for p in (tmp_path / "cache" / "targets").iterdir())
     assert left == [f".{name}.lock", f"{name}.setup.log"], left  # (the set-up lock stays: it is reused)
 
@@ -188,8 +188,8 @@ def test_a_wheel_that_does_not_match_its_pinned_sha256_is_refused(tmp_path):
     pinned = targets.load_target("rpi5-litert").wheel_sha256
     target = _target_file(tmp_path, hashes={**pinned, "numpy==2.2.6": "0" * 64})
     with pytest.raises(InputError, match=r"must match its wheel_sha256 .*; numpy==2\.2\.6 does not"):
-        targets.setup(target, tmp_path / "cache", log=lambda _: None)
-    assert not targets.env_dir(target, tmp_path / "cache").exists()
+        environment.setup(target, tmp_path / "cache", log=lambda _: None)
+    assert not environment.env_dir(target, tmp_path / "cache").exists()
 
 
 def test_setup_says_when_the_registry_is_unreachable(tmp_path, monkeypatch):
@@ -199,17 +199,17 @@ def test_setup_says_when_the_registry_is_unreachable(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", "")
     target = _target_file(tmp_path)
     with pytest.raises(StageError, match="the package registry is unreachable"):
-        targets.setup(target, tmp_path / "cache", log=lambda _: None)
-    assert not targets.env_dir(target, tmp_path / "cache").exists()
+        environment.setup(target, tmp_path / "cache", log=lambda _: None)
+    assert not environment.env_dir(target, tmp_path / "cache").exists()
 
 
 def test_a_second_setup_of_a_target_waits_for_the_first_and_builds_nothing(tiny_build, cache_dir, tmp_path):
     """Two processes setting up one environment (two builds, two test workers): the second waits for the
     first's lock, then finds the environment ready instead of building it again."""
     target = targets.load_target("rpi5-litert")
-    made = targets.env_dir(target, cache_dir)  # set up for the session's tiny build
+    made = environment.env_dir(target, cache_dir)  # set up for the session's tiny build
     fresh = tmp_path / "cache"
-    root = targets.env_dir(target, fresh)
+    root = environment.env_dir(target, fresh)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["EDGEBUILD_CACHE"] = str(fresh)
     with file_lock(root.parent / f".{root.name}.lock", lambda holder: None):  # this test plays the first set-up

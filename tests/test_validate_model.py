@@ -91,7 +91,7 @@ def test_models_a_runtime_refuses_are_one_line_errors(outside, cache_dir, tmp_pa
 def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside, cache_dir, tmp_path):
     """The Flex model under qemu: the emulated LiteRT's own refusal comes back as one line; the target
     stage records it (its gate check fails) instead of failing the validation."""
-    from pipeline.device import targets
+    from pipeline.device import environment, fanout, targets
     from pipeline.engine import config as config_mod
     from pipeline.engine.errors import ModelRefused
     from pipeline.engine.stage import run_here
@@ -101,10 +101,10 @@ def test_a_target_runtime_that_refuses_the_model_is_recorded_not_raised(outside,
 
     out, _ = outside
     rpi5 = targets.load_target("rpi5-litert")
-    root = targets.setup(rpi5, cache_dir, log=lambda _: None)
+    root = environment.setup(rpi5, cache_dir, log=lambda _: None)
     x = np.zeros((3, 8, 8, 1), np.float32)
     with pytest.raises(ModelRefused, match="FlexMatrixDeterminant") as refused:
-        targets.run_sharded(rpi5, root, out / "flex.tflite", x, tmp_path / "work", shards=1)
+        fanout.run_sharded(rpi5, root, out / "flex.tflite", x, tmp_path / "work", shards=1)
     assert "target rpi5-litert (ai-edge-litert 2.3.0)" in str(refused.value) and "\n" not in refused.value.reason
 
     config = config_mod.load(None, [f"validate.model={str(out / 'flex.tflite')!r}", "data.image_size=8",

@@ -96,7 +96,8 @@ def measure_arena(model_path, work):
     import numpy as np
 
     from pipeline.device import tflite_info
-    from pipeline.device.targets import ARENA, ONDEVICE, refusal_reason
+    from pipeline.device.fanout import ARENA, refusal_reason
+    from pipeline.device.targets import ONDEVICE
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

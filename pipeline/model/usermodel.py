@@ -8,9 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.engine.config import BUILTIN, check_recipe, recipe_kind as kind  # noqa: F401 (re-exported)
+from pipeline.engine.config import recipe_kind as kind  # the form of a recipe string: the train section declares them
 from pipeline.engine.errors import InputError
-from pipeline.engine.text import did_you_mean
 
 JAX_TOOLCHAIN = ("keras", "jax", "jaxlib", "numpy")  # what a Keras stage on JAX runs
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
+from pipeline.device import environment, fanout, oplint
 from pipeline.device import targets as targets_mod
 from pipeline.device import onnx_info, tflite_info
 from pipeline.engine.errors import InputError, ModelRefused, StageError
@@ -78,9 +79,9 @@ def _with_kernels(target, kernels):
 
 
 def _environment(name):
-    """The target file's content and how its environment is built (targets.SETUP_REVISION)."""
+    """The target file's content and how its environment is built (environment.SETUP_REVISION)."""
     target = targets_mod.load_target(name)
-    return {"target": target.sha256, "environment": targets_mod.env_key(target)}
+    return {"target": target.sha256, "environment": environment.env_key(target)}
 
 
 def _samples(cfg, data):
@@ -119,12 +120,12 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
     record = {"samples": int(len(idx))}
     bar = ctx.progress.bar(2, f"target {target.name}", unit="step")
     try:
-        targets_mod.lint(target, info)
+        oplint.lint(target, info)
         def said(msg):  # set-up steps (a root filesystem built, an environment restored) are lines in a CI log
             bar.set_postfix_str(msg[:60])
             ctx.progress.line(msg)
 
-        root = targets_mod.setup(target, ctx.cache_dir, log=said, remote=remote_for(ctx.remote, ctx.progress.warn))
+        root = environment.setup(target, ctx.cache_dir, log=said, remote=remote_for(ctx.remote, ctx.progress.warn))
         bar.update(1)
         x = onnx_info.model_input(data["x"][idx], cfg.preprocess, info["inputs"][0])
         record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
@@ -335,8 +336,8 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
                 "note": "tensors are kept for .tflite models only; the first op is not named for .onnx"}
     work = tempfile.mkdtemp(dir=out_dir, prefix="dump-")
     try:
-        mine = targets_mod.dump_tensors(target, root, model_path, x[i : i + 1], work, "target")
-        theirs = targets_mod.dump_tensors(target, root, model_path, x[i : i + 1], work, against)
+        mine = fanout.dump_tensors(target, root, model_path, x[i : i + 1], work, "target")
+        theirs = fanout.dump_tensors(target, root, model_path, x[i : i + 1], work, against)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if target.kind != "linux":
@@ -364,7 +365,7 @@ def _run(target, root, model_path, x, out_dir, shards, twin=False, container=Non
     """(outputs, run info, the reference kernels' outputs of the first `reference` samples or None)."""
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix="work-"))
     try:
-        outputs, info = targets_mod.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin,
+        outputs, info = fanout.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin,
                                                 container=container, reference=reference)
         ref = np.load(work / "reference.npy") if info.get("reference_samples") else None
         return outputs, info, ref
@@ -373,18 +374,10 @@ def _run(target, root, model_path, x, out_dir, shards, twin=False, container=Non
 
 
 def _executor(target, kind, cache_dir, log):
-    """How the target ran: qemu user-mode on its root filesystem, or its OCI image under podman (the
-    image name and id), or a kind's own executor (TFLM, Vela). The twin and the tensor dumps always run
-    outside a container."""
-    if target.kind != "linux":
-        return targets_mod.kind_module(target.kind).executor(target)
-    if not target.emulated:
-        return {"kind": "host"}
-    if kind == "container":
-        from pipeline.device import image
-
-        return image.describe(target, cache_dir, log)
-    return {"kind": "qemu-user", "cpu": target.cpu}
+    """What the manifest records about how the target ran (its executor's own description): qemu user-mode
+    on its root filesystem, its OCI image under podman (the image name and id), or a kind's own executor
+    (TFLM, Vela). The twin and the tensor dumps always run outside a container."""
+    return fanout.executor_for(target, None, container=cache_dir if kind == "container" else None, log=log).describe()
 
 
 def _isa_run(target, root, model_path, x, out_dir, shards, reference=0):

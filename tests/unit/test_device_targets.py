@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from pipeline.device import targets
+from pipeline.device import environment, image, targets
+from pipeline.device.executors import base as executors
 from pipeline.engine.errors import InputError
 
 
@@ -36,7 +37,7 @@ def test_a_target_name_is_never_a_path(name):
 
 
 def test_the_shipped_targets_pin_every_wheel_and_the_dockerfile_quotes_and_checks_them():
-    text = targets.dockerfile([targets.load_target(n) for n in targets.available_targets()])
+    text = image.dockerfile([targets.load_target(n) for n in targets.available_targets()])
     for name in targets.available_targets():
         t = targets.load_target(name)
         assert set(t.wheel_sha256) == set(t.wheels)
@@ -96,9 +97,9 @@ def test_every_shipped_target_names_its_kernels_and_the_environment_key_ignores_
         assert t.kernels in targets.KERNELS[(t.kind, t.runtime)]
     rpi = targets.load_target("rpi5-litert")
     changed = _kind_target(tmp_path, "rpi5-litert", "sram_bytes = 2147483648", "sram_bytes = 1073741824")()
-    assert changed.sha256 != rpi.sha256 and targets.env_key(changed) == targets.env_key(rpi)
+    assert changed.sha256 != rpi.sha256 and environment.env_key(changed) == environment.env_key(rpi)
     other_qemu = _kind_target(tmp_path, "rpi5-litert", 'qemu_version = "10.0"', 'qemu_version = "10.1"')()
-    assert targets.env_key(other_qemu) != targets.env_key(rpi)
+    assert environment.env_key(other_qemu) != environment.env_key(rpi)
 
 
 def test_a_budget_the_kind_does_not_measure_is_refused_by_name(tmp_path):
@@ -113,9 +114,9 @@ def test_every_executor_of_a_linux_board_gets_its_kernels_flag():
     import dataclasses
 
     rpi5 = targets.load_target("rpi5-litert")
-    assert targets.kernel_args(rpi5) == []  # xnnpack: the runtime's default
-    assert targets.kernel_args(dataclasses.replace(rpi5, kernels="builtin")) == ["--kernels", "builtin"]
-    assert targets.kernel_args(targets.load_target("cortex-m-tflm")) == []  # its kind's launch says TFLM itself
+    assert executors.kernel_args(rpi5) == []  # xnnpack: the runtime's default
+    assert executors.kernel_args(dataclasses.replace(rpi5, kernels="builtin")) == ["--kernels", "builtin"]
+    assert executors.kernel_args(targets.load_target("cortex-m-tflm")) == []  # its kind's launch says TFLM itself
 
 
 def test_vela_s_operator_listing_is_read_in_its_5_2_format():

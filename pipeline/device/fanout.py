@@ -1,0 +1,215 @@
+"""Running the on-device validator over a test set: `run_sharded` starts one long-lived validator
+process per shard through the target's executor (`pipeline.device.executors`), gathers the outputs and
+tells a refused model, a crashed runtime and a failed validator apart; `dump_tensors` keeps every tensor
+of one sample (for the first difference between host and target)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.device import targets
+from pipeline.device.executors import container as in_container
+from pipeline.device.executors import local, qemu
+from pipeline.device.executors.base import Executor, kernel_args
+from pipeline.device.environment import run_logged
+from pipeline.engine.errors import InputError, ModelRefused, StageError
+
+
+def linux(target, root, twin=False):
+    """The executor of a Linux target: its twin, the host itself, or qemu user-mode."""
+    if twin:
+        return local.twin(target, root)
+    return qemu.executor(target, root) if target.emulated else local.host(target, root)
+
+
+def executor_for(target, root, twin=False, container=None, log=print):
+    """The executor of `target` (or of its x86_64 twin): in its OCI image with `container` = the cache
+    directory that holds the image (a Linux board's own runs only; the twin runs on the host)."""
+    if target.kind != "linux":
+        module = targets.kind_module(target.kind)
+        return Executor(target.kind, lambda args: module.launch(target, root, [str(a) for a in args], twin),
+                        lambda: module.executor(target))
+    if container is not None and not twin and target.emulated:
+        return in_container.executor(target, container, log)
+    return linux(target, root, twin)
+
+
+def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False, container=None,
+                bytecode=True, reference=0):
+    """Run the validator over `x` in `shards` parallel long-lived processes (on the target, or on its
+    x86 twin with `twin`; in the target's OCI image with `container` = the cache directory that holds
+    it); returns (outputs, info). `bytecode=False` ignores the environment's compiled modules (every
+    module compiled at start, as before set-up compiled them: for the benchmark). With `reference` = N,
+    the same processes also run the first N inputs on the runtime's reference kernels and write those
+    outputs to work/reference.npy (a TFLite runtime only; info["reference_samples"] says how many)."""
+    import numpy as np
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    parts = [p for p in np.array_split(np.arange(len(x)), max(1, min(shards, len(x)))) if len(p)]
+    executor = executor_for(target, root, twin=twin, container=container)
+    procs, infos, arena = [], [], None
+    started = time.perf_counter()
+    try:  # every failure, starting the processes included, ends with none of them left running
+        for i, idx in enumerate(parts):
+            np.save(work / f"x{i}.npy", x[idx])
+            args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
+                    "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
+            ref = max(0, min(len(idx), reference - int(idx[0])))
+            args += kernel_args(target) + (["--reference", str(ref)] if ref else [])
+            cmd, env = executor.command(args)
+            if executor.name != "container":
+                # a runtime's own temporary files (onnxruntime's telemetry writes $TMPDIR/.ses at import) stay
+                # in the stage's work directory, never in the machine's /tmp
+                (work / f"tmp{i}").mkdir(exist_ok=True)
+                env["TMPDIR"] = str(work / f"tmp{i}")
+                if not bytecode:  # .pyc files are looked up under an empty prefix: none is found
+                    env["PYTHONPYCACHEPREFIX"] = str(work / "no-bytecode")
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for proc in procs:
+            out, err = proc.communicate()
+            used = ARENA.search(err or "")
+            arena = int(used.group(1)) if used else arena
+            if proc.returncode != 0:
+                _failed(target, proc.returncode, out, err, twin)
+            infos.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        stop(procs)
+    wall = time.perf_counter() - started
+    outputs = np.concatenate([np.load(work / f"y{i}.npy") for i in range(len(parts))])
+    refs = [work / f"y{i}.ref.npy" for i, info in enumerate(infos) if info.get("reference_samples")]
+    if refs:
+        np.save(work / "reference.npy", np.concatenate([np.load(r) for r in refs]))
+    slowest = max(i["inference_seconds"] for i in infos)
+    return outputs, {
+        "runtime": infos[0]["runtime"],
+        "runtime_version": infos[0]["runtime_version"],
+        "machine": infos[0]["machine"],
+        "python": infos[0]["python"],
+        "shards": len(parts),
+        "batch": infos[0]["batch"],
+        "threads": infos[0]["threads"],
+        "wall_seconds": round(wall, 3),
+        "inference_seconds": round(slowest, 4),
+        "images_per_s": round(len(x) / slowest, 1) if slowest > 0 else None,
+        "kernels": infos[0].get("kernels", "default"),
+        "reference_samples": sum(i.get("reference_samples", 0) for i in infos),
+        **({"arena_bytes": arena} if arena is not None else {}),
+    }
+
+
+def stop(procs):
+    """Terminate every process still running (SIGTERM, then SIGKILL after 5 s) and wait for each."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# What TFLM's recording allocator prints after the first invoke (ondevice.py asks it to).
+ARENA = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+def _failed(target, returncode, out, err, twin):
+    """Raise what a validator's non-zero exit means: the runtime refused the model (ModelRefused, naming
+    the op the runtime lacks when it said so on stderr), or the validator itself failed (StageError)."""
+    refused = refusal_reason(out, err)
+    if refused is not None:
+        m = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", refused)
+        fix = (f"Use a runtime that has op {m.group(1)} version {m.group(2)} in the target file, or avoid "
+               "that op." if m else "")
+        where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
+        raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", refused, fix)
+    where = f"the x86_64 twin of target {target.name}" if twin else f"target {target.name}"
+    crash = crashed(returncode, err)
+    if crash:  # the runtime died running the model: that target's failure, and the other targets go on
+        raise ModelRefused(f"{where} ({target.runtime} {target.runtime_version})", crash,
+                           "Report it to the runtime with the model, or try other kernels (validate.kernels).",
+                           crashed=True)
+    msg = (err or out).strip().splitlines()[-1:] or ["no output"]
+    if returncode < 0:  # stopped from outside (SIGKILL, SIGTERM): not the model's doing, and never cached
+        msg = [f"killed by signal {-returncode}" + (f" after: {msg[0]}" if msg[0] != "no output" else "")]
+    raise StageError(f"the on-target validator failed on {target.name} (exit {returncode}): {msg[0][:300]}")
+
+
+# qemu user-mode's words when the emulated program dies of a signal (it then dies of the same signal)
+QEMU_SIGNAL = re.compile(r"qemu: uncaught target signal (\d+) \(([^)]*)\)")
+
+
+# The signals a program dies of when its own code faults (a crash), not when it is stopped from outside
+# (SIGKILL by the out-of-memory killer, SIGTERM or SIGINT by a cancelled job: the validator's failure).
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
+
+
+def crashed(returncode, stderr):
+    """'the runtime crashed (SIGSEGV, ...) ...' when a validator died of a fault (natively, or under qemu),
+    else None."""
+    import signal as signals
+
+    m = QEMU_SIGNAL.search(stderr or "")
+    number = int(m.group(1)) if m else (-returncode if returncode < 0 else None)
+    try:
+        name = signals.Signals(number).name if number is not None else None
+    except ValueError:
+        name = None
+    if name not in CRASH_SIGNALS:
+        return None
+    return f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) running the model (no op named: no per-op trace)"
+
+
+def dump_tensors(target, root, model, x, work, side):
+    """Every tensor of the single sample `x` (shape (1, ...)) on the target, its x86 twin or the build
+    host ('target', 'twin', 'host'), builtin kernels; returns {tensor index: array}, or None when that
+    side cannot run the dump (the reason is in work/dump.log)."""
+    import numpy as np
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / f"{side}-x.npy", x)
+    args = [model, work / f"{side}-x.npy", work / f"{side}.npz", "--dump", "0",
+            *([] if side == "host" else kernel_args(target))]
+    if side == "host":
+        cmd = [sys.executable, str(targets.ONDEVICE), *map(str, args)]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
+    else:
+        cmd, env = executor_for(target, root, twin=side == "twin").command(args)
+    env["TMPDIR"] = str(work)
+    try:
+        run_logged(cmd, f"keeping every tensor on {side}", work / "dump.log", env=env)
+    except (StageError, InputError):
+        return None
+    with np.load(work / f"{side}.npz") as f:
+        return {int(k[1:]): f[k] for k in f.files}
+
+
+def refusal_reason(stdout, stderr):
+    """The runtime's reason for refusing a model, from the validator's {"refused": ...} line, led by the
+    line naming the op it lacks when the runtime said so only on stderr (TFLM does); None if not refused."""
+    refused = _refusal(stdout)
+    if refused is None:
+        return None
+    named = re.search(r"(Didn't find op for builtin opcode '\w+'[^\n]*|Failed to get registration from op "
+                      r"code [^\n]*)", stderr or "")
+    return f"{named.group(1).strip()}; {refused}" if named and named.group(1) not in refused else refused
+
+
+def _refusal(stdout):
+    """The runtime's reason from the validator's {"refused": ...} line, or None."""
+    for line in reversed((stdout or "").strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "refused" in value:
+            return str(value["refused"])
+    return None
+
