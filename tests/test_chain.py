@@ -60,6 +60,21 @@ def test_a_build_leaves_nothing_in_its_temporary_directory(tiny_build):
     assert "predictions" in tiny_build["manifest"]["artifacts"] and "dataset" in tiny_build["manifest"]["artifacts"]
 
 
+def test_every_distribution_a_stage_loads_is_declared_in_its_toolchain(tiny_build):
+    """A stage's cache key covers the versions of its declared toolchain; a distribution its process
+    loaded outside that (and outside what the declared ones require, and the documented UNKEYED set)
+    could change its bytes without changing its key."""
+    from pipeline.engine.codehash import undeclared
+
+    found = {}
+    for path in sorted((tiny_build["dir"] / "records").glob("*.json")):
+        record = json.loads(path.read_text())
+        extra = undeclared(record["toolchain"], record["key_parts"]["toolchain"])
+        if extra:
+            found[record["stage"]] = extra
+    assert not found, f"loaded but not declared in the stage's toolchain: {found}"
+
+
 def test_accuracies_agree_across_runtimes(tiny_build):
     m = tiny_build["manifest"]["metrics"]
     assert m["float"]["accuracy"] > 0.8  # the tiny model really learned

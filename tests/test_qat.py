@@ -45,11 +45,25 @@ def test_ranges_start_from_data_and_follow_an_ema():
     assert float(layer.range_min.numpy()) == pytest.approx(-0.5)
 
 
-def test_qat_layers_round_trip_their_config():
-    for layer in (qat.QuantConv2D(8, 3, activation="relu", output_momentum=0.9),
-                  qat.QuantDense(5, quantize_output=False), qat.ActivationQuantizer(fixed_range=[0, 1])):
-        clone = type(layer).from_config(layer.get_config())
-        assert clone.get_config() == layer.get_config()
+def test_qat_layers_round_trip_every_constructor_argument():
+    """get_config must carry every argument of the layer's own constructor, with its value: a missing one
+    would come back as its default after a save and load (the bug preflight hunts), which comparing a
+    clone's get_config() with the original's cannot see."""
+    import inspect
+
+    cases = [(qat.QuantConv2D, dict(filters=8, kernel_size=3, activation="relu", output_momentum=0.9,
+                                    quantize_output=False)),
+             (qat.QuantDepthwiseConv2D, dict(kernel_size=3, output_momentum=0.5, quantize_output=False)),
+             (qat.QuantDense, dict(units=5, quantize_output=False, output_momentum=0.8)),
+             (qat.ActivationQuantizer, dict(activation="relu", momentum=0.9, fixed_range=[0, 1]))]
+    for cls, given in cases:
+        config = cls(**given).get_config()
+        own = {name for klass in cls.__mro__ if klass.__module__ == qat.__name__ and "__init__" in vars(klass)
+               for name in inspect.signature(klass.__init__).parameters if name not in ("self", "args", "kwargs")}
+        assert own and own <= set(config), f"{cls.__name__}.get_config() lacks {own - set(config)}"
+        clone = cls.from_config(config).get_config()
+        for key in own & set(given):
+            assert clone[key] == given[key], (cls.__name__, key)
 
 
 def test_straight_through_gradients_reach_the_kernel():

@@ -19,6 +19,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from pipeline.device import targets
 from pipeline.device.executors import local, qemu
 from pipeline.engine.errors import InputError, StageError
@@ -269,8 +271,8 @@ def pin_wheels(target, workdir, logfile, twin=False):
     """{pin: sha256} of the files pip downloads for the target's wheels now: its wheel_sha256 table
     (twin_wheel_sha256 with `twin`)."""
     files = _download_wheels(target, Path(workdir), logfile, hashed=False, twin=twin)
-    by_name = {re.sub(r"[-_.]+", "-", f.name.split("-")[0]).lower(): f for f in files}
-    return {w: hashlib.sha256(by_name[re.sub(r"[-_.]+", "-", w.split("==")[0]).lower()].read_bytes()).hexdigest()
+    by_name = {canonicalize_name(f.name.split("-")[0]): f for f in files}
+    return {w: hashlib.sha256(by_name[canonicalize_name(w.split("==")[0])].read_bytes()).hexdigest()
             for w in target.wheels}
 
 

@@ -5,7 +5,6 @@ and the versions of the tools its process runs."""
 import ast
 import hashlib
 import platform
-import re
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -127,7 +126,48 @@ def loaded_toolchain():
     that actually made a stage's outputs (recorded with them, and in the manifest)."""
     import sys
 
-    top = {name.partition(".")[0] for name in list(sys.modules)}
+    top = {name.partition(".")[0] for name in list(sys.modules)}  # before this function imports anything
+    from packaging.utils import canonicalize_name
+
     owners = metadata.packages_distributions()
-    dists = sorted({re.sub(r"[-_.]+", "-", d).lower() for name in top for d in owners.get(name, ())})  # PEP 503 names
+    dists = sorted({canonicalize_name(d) for name in top for d in owners.get(name, ())})  # PEP 503 names
     return versions(dists)
+
+
+# What a stage's process may load without declaring it in `toolchain`: edgebuild itself (keyed by its
+# code digest), the interpreter and its installer, the progress bar, and what Keras and JAX import when
+# it is installed but never use for a stage's outputs: plotting (matplotlib and its own dependencies),
+# HTTP for downloads edgebuild never makes (requests and its), pickling for distributed runs, a backport.
+UNKEYED = frozenset({
+    "edgebuild", "python", "setuptools", "tqdm",
+    "matplotlib", "contourpy", "cycler", "fonttools", "kiwisolver", "pyparsing", "python-dateutil",
+    "requests", "certifi", "charset-normalizer", "idna", "urllib3", "cloudpickle", "backports-strenum",
+})
+
+
+def requirement_closure(names):
+    """The distributions `names` are, and every one they require (installed metadata, extras off)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def undeclared(loaded, declared):
+    """The distributions a stage's process loaded (its record's toolchain) that neither its declared
+    toolchain, what those require, nor UNKEYED covers: versions that could change its bytes unkeyed."""
+    return sorted(set(loaded) - requirement_closure(declared) - UNKEYED)

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.engine.config import recipe_kind as kind  # the form of a recipe string: the train section declares them
 from pipeline.engine.errors import InputError
 
-JAX_TOOLCHAIN = ("keras", "jax", "jaxlib", "numpy")  # what a Keras stage on JAX runs
+JAX_TOOLCHAIN = ("keras", "jax", "jaxlib", "numpy", "flatbuffers", "pillow")  # what a Keras stage on JAX loads
 
 
 def _project_on_path():

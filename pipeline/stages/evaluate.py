@@ -18,7 +18,7 @@ STAGE = Stage(
     "evaluate", __name__, config=("preprocess", "train.recipe"),
     inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"),
     outputs=("predictions.npz",), backend="jax",
-    toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime"),
+    toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime", "onnx"),
     external=lambda config: usermodel.model_files(config.train, False),
 )
 

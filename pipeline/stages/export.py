@@ -21,7 +21,8 @@ STAGE = Stage(
     "export", __name__, config=("export", "preprocess", "train.recipe"),
     inputs=("float.keras", "qat.keras", "dataset.npz", "calibration.json"),
     outputs=("model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"), backend="tensorflow",
-    toolchain=("keras", "tensorflow", "tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime", "protobuf", "numpy"),
+    toolchain=("keras", "tensorflow", "tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime", "protobuf", "numpy",
+               "ai-edge-litert", "scipy", "pillow"),
     external=lambda config: usermodel.model_files(config.train, False),
 )
 

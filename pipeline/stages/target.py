@@ -56,7 +56,7 @@ def stages(config):
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
                     "validate.isa_samples", "validate.kernels"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
-            toolchain=("numpy", *KIND_TOOLCHAIN.get(target.kind, ())),
+            toolchain=("numpy", *HOST_READER[targets_mod.model_format(target)], *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
             group="targets", params={"target": name, "model": model, "reference": reference,
                                      "validation": bool(config.validate.model)}, shardable=True,
@@ -65,6 +65,8 @@ def stages(config):
 
 
 # what the kinds that run on the build host load there (a Linux target's runtime is pinned by its file)
+# and what reads the model file on the build host (its ops and tensors) for every kind
+HOST_READER = {"tflite": ("ai-edge-litert",), "onnx": ("onnx",)}
 KIND_TOOLCHAIN = {"tflm": ("tflite-micro", "ai-edge-litert"), "ethos-u": ("tflite-micro", "ai-edge-litert", "ethos-u-vela")}
 
 

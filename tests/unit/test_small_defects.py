@@ -28,3 +28,33 @@ def test_preflight_treats_the_qat_layers_as_edgebuilds_own():
 
     for cls in (qat.ActivationQuantizer, qat.QuantConv2D, qat.QuantDepthwiseConv2D, qat.QuantDense):
         assert preflight._is_keras_own(cls), cls
+
+
+def test_the_manifest_schema_is_valid_and_says_each_block_once():
+    """The published schema is a valid Draft 2020-12 schema whose repeated blocks (an artifact, an
+    accuracy with its per-class figures, a sha256, a fraction) are $defs, referenced, not copied."""
+    import json
+
+    import jsonschema
+
+    from pipeline.release.manifest import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    seen = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            text = json.dumps(node, sort_keys=True)
+            if len(text) > 100 and "$defs" not in node:
+                seen[text] = seen.get(text, 0) + 1
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk({k: v for k, v in schema.items() if k != "$defs"})
+    walk(schema["$defs"])
+    assert not [text for text, n in seen.items() if n > 1], "a block copied instead of a $ref"
+    assert {"artifact", "model", "accuracy", "per_class", "sha256", "fraction"} <= set(schema["$defs"])
