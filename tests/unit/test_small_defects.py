@@ -58,3 +58,17 @@ def test_the_manifest_schema_is_valid_and_says_each_block_once():
     walk(schema["$defs"])
     assert not [text for text, n in seen.items() if n > 1], "a block copied instead of a $ref"
     assert {"artifact", "model", "accuracy", "per_class", "sha256", "fraction"} <= set(schema["$defs"])
+
+
+def test_bench_results_md_is_generated_from_results_json():
+    """bench/RESULTS.md is what `make bench-results` renders from bench/results.json, never a hand edit;
+    and every section says the CPU it was measured on."""
+    import json
+
+    from bench import render
+
+    results = json.loads((render.HERE / "results.json").read_text())
+    text = render.render(results)
+    assert text == (render.HERE / "RESULTS.md").read_text(), "run make bench-results and commit bench/RESULTS.md"
+    sections = [s for s in text.split("\n## ")[1:]]
+    assert sections and all("measured 20" in s and "CPU not recorded" not in s for s in sections)
