@@ -105,9 +105,9 @@ def _load_config(config_path, sets, seed=None, name=None):
 
     overrides = list(sets)
     if seed is not None:
-        overrides.append(f"build.seed={seed}")
+        overrides.append(("build.seed", seed))
     if name is not None:
-        overrides.append(f"build.name={json.dumps(name)}")
+        overrides.append(("build.name", name))
     if config_path is None and Path("edgebuild.toml").is_file():
         config_path = "edgebuild.toml"
     return config_mod.load(config_path, overrides)
@@ -281,8 +281,8 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json, no_baselin
 
 
 def _model_overrides(model, data, out):
-    """--set lines for validating a model file: its test set, and the image size and channels its input
-    tensor has (before the user's own --set, so an explicit one wins and is then checked)."""
+    """Typed overrides for validating a model file: its test set, and the image size and channels its
+    input tensor has (before the user's own --set, so an explicit one wins and is then checked)."""
     import re
 
     from pipeline.device import onnx_info
@@ -299,11 +299,28 @@ def _model_overrides(model, data, out):
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
         raise InputError(f"edgebuild validates image classifiers with a square (batch, size, size, 1 or 3) input "
                          f"(or (batch, 1 or 3, size, size) for an .onnx); {model}'s input shape is {tensor['shape']}.")
-    sets = [f"validate.model={json.dumps(str(path))}", f"data.image_size={shape[0]}", f"data.channels={shape[2]}"]
+    given = [("validate.model", str(path)), ("data.image_size", shape[0]), ("data.channels", shape[2])]
     if data:
-        sets.append(f"data.test_source={json.dumps(data)}")
+        given.append(("data.test_source", data))
     out = Path(out) if out else Path("build") / ("validate-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "model"))
-    return sets + [f"build.out_dir={json.dumps(str(out.parent))}", f"build.name={json.dumps(out.name)}"]
+    return given + _at(out)
+
+
+def _at(build_dir):
+    """Typed overrides that place a build in `build_dir`."""
+    return [("build.out_dir", str(Path(build_dir).parent)), ("build.name", Path(build_dir).name)]
+
+
+def _with_targets(config, names):
+    """The config with validate.targets = names, each held to the rule of that key (a name, never a path:
+    --target and a shard file's target come from outside)."""
+    import dataclasses
+
+    from pipeline.engine.config import check_name
+
+    for name in names:
+        check_name(name, "validate.targets")
+    return dataclasses.replace(config, validate=dataclasses.replace(config.validate, targets=list(names)))
 
 
 def _targets_for(config, added):
@@ -364,54 +381,74 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
     fails its gate check; the other targets still run)."""
 
-    from pipeline import stages
-    from pipeline.orchestrate import build as build_mod
-    from pipeline.release import manifest as manifest_mod
-
     sets = _local_only(sets, no_remote)
     model_file = path is not None and not Path(path).is_dir()
     if shard is not None:
-        from pipeline.orchestrate import shards
-        from pipeline.engine.errors import InputError
-
         if model_file or not target_names:
             raise click.UsageError("--shard goes with a build and its targets: edgebuild validate BUILD_DIR --target "
                                    "NAME --shard I/N.")
-        try:
-            part = shards.parse(shard)
-        except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint="--shard") from None
+        return _validate_shard(ctx, path, target_names, shard, config_path, sets)
     if model_file:
-        config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets))
-        names = _targets_for(config, target_names)
-        if names != list(config.validate.targets):
-            config = _load_config(config_path, _model_overrides(path, data_source, out) + list(sets)
-                                  + [f"validate.targets={json.dumps(names)}"])
-    elif data_source or out:
+        return _validate_model_file(ctx, path, data_source, out, target_names, config_path, sets, baseline, junit,
+                                    as_json)
+    if data_source or out:
         raise click.UsageError("--data and --out go with a model file: edgebuild validate MODEL.tflite --data TEST_SET.")
-    elif not target_names:
+    if not target_names:
         raise click.UsageError("name the target(s) to add to the build: --target NAME (see edgebuild target list).")
-    else:
-        build_dir = Path(path) if path else _load_config(config_path, sets).build_dir
-        if shard is None:
-            build_mod.verify_finished(build_dir)
-        at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
-        config = _finished_build_config(build_dir, config_path, list(sets) + at)
-        names = list(dict.fromkeys(list(config.validate.targets) + list(target_names)))
-        config = _finished_build_config(build_dir, config_path, list(sets) + at + [f"validate.targets={json.dumps(names)}"])
+    return _add_targets(ctx, path, target_names, config_path, sets, baseline, no_baseline, junit, as_json)
+
+
+def _run_options(ctx, config):
+    from pipeline.orchestrate import build as build_mod
+
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
-    options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet,
-                                   debug=ctx.obj.debug, log=log)
-    if shard is not None:
-        written = shards.run(config, options, stages.target_stage_names(target_names), *part)
-        click.echo("\n".join(str(p) for p in written))
-        return
-    if model_file:
-        base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
-    else:
-        base = build_mod.resolve_baseline(config.build_dir, baseline, no_baseline, _warn)
-    result = build_mod.build(config, options, only=None if model_file else stages.TARGETS, baseline=base)
+    return build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet, debug=ctx.obj.debug, log=log)
+
+
+def _validate_model_file(ctx, path, data_source, out, target_names, config_path, sets, baseline, junit, as_json):
+    """`edgebuild validate MODEL --data TEST_SET`: the model file on the host and the targets that run its format."""
+    from pipeline.orchestrate import build as build_mod
+    from pipeline.release import manifest as manifest_mod
+
+    config = _load_config(config_path, [*_model_overrides(path, data_source, out), *sets])
+    config = _with_targets(config, _targets_for(config, target_names))
+    base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
+    _finish(build_mod.build(config, _run_options(ctx, config), baseline=base), junit, as_json)
+
+
+def _finished_build(path, target_names, config_path, sets):
+    """The config of a finished build (in `path`, or the configured build directory) with `target_names`
+    added to its targets."""
+    build_dir = Path(path) if path else _load_config(config_path, sets).build_dir
+    config = _finished_build_config(build_dir, config_path, [*sets, *_at(build_dir)])
+    return _with_targets(config, dict.fromkeys([*config.validate.targets, *target_names]))
+
+
+def _add_targets(ctx, path, target_names, config_path, sets, baseline, no_baseline, junit, as_json):
+    """`edgebuild validate BUILD_DIR --target NAME`: more targets for a finished build, gated again."""
+    from pipeline import stages
+    from pipeline.orchestrate import build as build_mod
+
+    build_mod.verify_finished(Path(path) if path else _load_config(config_path, sets).build_dir)
+    config = _finished_build(path, target_names, config_path, sets)
+    base = build_mod.resolve_baseline(config.build_dir, baseline, no_baseline, _warn)
+    result = build_mod.build(config, _run_options(ctx, config), only=stages.TARGETS, baseline=base)
     _finish(result, junit, as_json)
+
+
+def _validate_shard(ctx, path, target_names, shard, config_path, sets):
+    """`edgebuild validate BUILD_DIR --target NAME --shard I/N`: one part of the test set on each target."""
+    from pipeline import stages
+    from pipeline.engine.errors import InputError
+    from pipeline.orchestrate import shards
+
+    try:
+        part = shards.parse(shard)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
+    config = _finished_build(path, target_names, config_path, sets)
+    written = shards.run(config, _run_options(ctx, config), stages.target_stage_names(target_names), *part)
+    click.echo("\n".join(str(p) for p in written))
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -445,19 +482,14 @@ def merge(ctx, build_dir, shard_paths, config_path, sets, no_remote, baseline, j
 
     build_dir = Path(build_dir)
     sets = _local_only(sets, no_remote)
-    at = [f"build.out_dir={json.dumps(str(build_dir.parent))}", f"build.name={json.dumps(build_dir.name)}"]
-    config = _finished_build_config(build_dir, config_path, list(sets) + at)
+    config = _finished_build_config(build_dir, config_path, [*sets, *_at(build_dir)])
     sharded = [p.get("target") for p in shards.params_of(build_dir, shard_paths)]
     if not all(isinstance(name, str) for name in sharded):  # a crafted shard: its target is what merge adds
         raise InputError("a shard file names the target it ran on; one of the shards given names none. Run the "
                          "shards again with edgebuild validate BUILD_DIR --target NAME --shard I/N.")
-    names = list(dict.fromkeys(list(config.validate.targets) + sharded))
-    config = _finished_build_config(build_dir, config_path, list(sets) + at + [f"validate.targets={json.dumps(names)}"])
-    log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
-    options = build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet, debug=ctx.obj.debug,
-                                   log=log)
+    config = _with_targets(config, dict.fromkeys([*config.validate.targets, *sharded]))
     base = build_mod.resolve_baseline(build_dir, baseline, no_baseline, _warn)
-    _finish(shards.merge(config, options, shard_paths, baseline=base), junit, as_json)
+    _finish(shards.merge(config, _run_options(ctx, config), shard_paths, baseline=base), junit, as_json)
 
 
 @main.command("report", epilog=EXIT_CODES_HELP)
@@ -491,7 +523,7 @@ def check_model(ctx, config_path, sets, recipe):
     from pipeline.engine.errors import InputError
     from pipeline.stages.check_model import STAGE
 
-    config = _load_config(config_path, list(sets) + ([f"train.recipe={json.dumps(recipe)}"] if recipe else []))
+    config = _load_config(config_path, [*sets, *([("train.recipe", recipe)] if recipe else [])])
     record = run_alone(STAGE, config, default_cache_dir(config), debug=ctx.obj.debug)
     click.echo("\n".join(record["lines"]))
     if record["error"]:

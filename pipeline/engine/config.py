@@ -389,7 +389,8 @@ def parse_override(text):
 
 
 def load(path=None, overrides=(), base=None, base_origin="", sections=None):
-    """Read the TOML file (if any), apply `section.key=value` overrides, validate.
+    """Read the TOML file (if any), apply the overrides in order (`section.key=value` text as --set gives
+    it, or typed `("section.key", value)` pairs as the command line's own options give them), validate.
 
     With `base` (the config a finished build recorded), the file contributes only its `sections`
     (key by key, over the base) and the overrides apply on top: what a build was made with stays."""
@@ -414,8 +415,11 @@ def load(path=None, overrides=(), base=None, base_origin="", sections=None):
                 raw[section].update(values)
             else:
                 raw[section] = values
-    for text in overrides:
-        section, key, value = parse_override(text)
+    for item in overrides:  # "section.key=value" strings (--set, TOML values) or typed ("section.key", value) pairs
+        if isinstance(item, str):
+            section, key, value = parse_override(item)
+        else:
+            (section, _, key), value = item[0].partition("."), item[1]
         _check_override_key(section, key)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):

@@ -123,3 +123,21 @@ def test_a_model_file_is_validated_on_the_targets_that_run_its_format(tmp_path):
     assert _targets_for(config_mod.load(None, [f'validate.model="{onnx}"', only_tflite]), ()) == ["rpi5-onnxruntime"]
     # --target is added as given
     assert _targets_for(config_mod.load(None, [f'validate.model="{tflite}"', only_tflite]), ("host",)) == ["rpi5-litert", "host"]
+
+
+def test_typed_overrides_are_checked_like_set_lines():
+    assert config_mod.load(None, [("train.epochs", 2), "train.epochs=4"]).train.epochs == 4  # in order
+    assert config_mod.load(None, [("data.source", "my photos/x")]).data.source == "my photos/x"  # no quoting
+    with pytest.raises(InputError, match="must be of type int"):
+        config_mod.load(None, [("train.epochs", "2")])
+    with pytest.raises(InputError, match=r"unknown config key 'train.epoch'"):
+        config_mod.load(None, [("train.epoch", 2)])
+
+
+def test_targets_added_from_outside_are_names_never_paths():
+    from pipeline.cli import _with_targets
+
+    config = config_mod.load(None, [])
+    assert _with_targets(config, ["rpi5-litert"]).validate.targets == ["rpi5-litert"]
+    with pytest.raises(InputError, match="must be a name"):
+        _with_targets(config, ["rpi5-litert", "../../etc/x"])
