@@ -4,12 +4,12 @@ side in one run on this machine. Writes bench/results.json and prints Markdown t
 Sections: build time per stage cold vs warm (with peak memory and the JAX compile share),
 on-target validation cost (emulated aarch64 vs the host interpreter, 1 vs 2 shards),
 accuracy float vs post-training int8 vs edgebuild QAT int8 (same splits, same calibration set),
-artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only-formats),
-and reproducibility (two clean builds, every sha256). Alone: --only-isa (vector-ISA reproducibility),
---only-bytecode (emulated targets with and without their compiled bytecode), --only-suite (the test suite
-with 1 and 2 pytest-xdist workers), --only-speed BEFORE (the default build per stage, cold, at an earlier
-revision vs now), --only-fit (does each bundled model fit the devices: arena, MACs, Vela's figures, and
-each target stage's time), --only-ci (a fresh CI runner with a warm remote cache vs
+artifact sizes and host/target agreement, TFLite and ONNX side by side (also alone: --only formats),
+and reproducibility (two clean builds, every sha256). Alone: --only isa (vector-ISA reproducibility),
+--only bytecode (emulated targets with and without their compiled bytecode), --only suite (the test suite
+with 1 and 2 pytest-xdist workers), --only speed --at BEFORE (the default build per stage, cold, at an earlier
+revision vs now), --only fit (does each bundled model fit the devices: arena, MACs, Vela's figures, and
+each target stage's time), --only ci (a fresh CI runner with a warm remote cache vs
 fully cold, and a large test set validated in 1 vs 2 shards run as separate invocations and merged).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
@@ -763,89 +763,25 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing (median reported)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
-    parser.add_argument("--only-isa", action="store_true", help="run only the vector-ISA reproducibility check "
-                        "and add it to the results file")
-    parser.add_argument("--only-speed", metavar="BEFORE", help="only time the default build per stage, cold, at git "
-                        "revision BEFORE vs now (truly cold, and with JAX's compilation cache kept), on the machine's "
-                        "target environments, and add it to the results file")
-    parser.add_argument("--only-bytecode", metavar="BUILD_DIR", help="only time each emulated target of a finished "
-                        "build with and without its ahead-of-time compiled bytecode, and add it to the results file")
-    parser.add_argument("--only-ci", action="store_true", help="only time a fresh CI runner with a warm remote cache "
-                        "vs fully cold, and a large test set in 1 vs 2 shards, and add them to the results file")
-    parser.add_argument("--only-suite", action="store_true", help="only time the whole test suite with 1 and 2 "
-                        "pytest-xdist workers (make test uses 2), alternated, --repeats times each (about 20 minutes a "
-                        "repeat on 2 cores), and add it to the results file")
-    parser.add_argument("--only-formats", metavar="BUILD_DIR", help="only add the TFLite/ONNX side-by-side figures of "
-                        "a finished build (make build: build/digits) to the results file")
-    parser.add_argument("--only-fit", action="store_true", help="only measure what each bundled model asks of the "
-                        "devices (arena, MACs, Vela's figures) and each target stage's time")
+    parser.add_argument("--only", choices=sorted(ONLY), help="measure one section alone and add it to the results "
+                        "file: " + "; ".join(f"{name}: {what}" for name, (what, _, _, _) in sorted(ONLY.items())))
+    parser.add_argument("--at", metavar="REV_OR_BUILD_DIR", help="what --only speed (a git revision to compare with), "
+                        "--only bytecode and --only formats (a finished build directory, e.g. build/digits) measure")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="edgebuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         targets_cache = work / "targets"
         targets_cache.mkdir(exist_ok=True)
-        if args.only_ci:
+        if args.only:
+            what, key, measure, render = ONLY[args.only]
+            if args.only in NEEDS_AT and not args.at:
+                parser.error(f"--only {args.only} needs --at {NEEDS_AT[args.only]}")
             result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            ci = {"date": datetime.date.today().isoformat(), "machine": machine()}
-            ci["sharded_validation"] = sharded_validation(work)
-            ci["runners"] = ci_runners(work)
-            result["ci"] = ci
+            result[key] = {"date": datetime.date.today().isoformat(), "machine": machine(),
+                           **measure(args, work, targets_cache)}
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(ci_markdown(result["ci"]))
-            return
-        if args.only_fit:
-            from bench.fit import fit, fit_markdown
-            from pipeline.cli import default_cache_dir
-
-            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result["fit"] = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                             **fit(work, args.repeats, ACCURACY_CASES, edgebuild, sets, fresh_cache,
-                                   default_cache_dir() / "targets", log)}
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(fit_markdown(result["fit"]))
-            return
-        if args.only_suite:
-            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result["suite"] = {"date": datetime.date.today().isoformat(), "machine": machine(), "repeats": args.repeats,
-                               **suite(args.repeats)}
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(suite_markdown(result["suite"]))
-            return
-        if args.only_speed:
-            from pipeline.cli import default_cache_dir
-
-            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result.pop("compile_cache", None)  # measured wrongly before (JAX kept no entries); part of speed now
-            result["speed"] = {"date": datetime.date.today().isoformat(), "machine": machine(), "repeats": args.repeats,
-                               **speed(work, args.repeats, default_cache_dir() / "targets", args.only_speed)}
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(speed_markdown(result["speed"]))
-            return
-        if args.only_bytecode:
-            from pipeline.cli import default_cache_dir
-
-            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result["emulated_bytecode"] = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                                           **emulated_bytecode(args.only_bytecode, args.repeats, default_cache_dir())}
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(emulated_bytecode_markdown(result["emulated_bytecode"]))
-            return
-        if args.only_formats:
-            from pipeline.release import manifest as manifest_mod
-
-            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            manifest = manifest_mod.read(Path(args.only_formats) / "manifest.json")
-            result["formats"] = {"date": datetime.date.today().isoformat(), **formats(manifest)}
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(formats_markdown(result["formats"]))
-            return
-        if args.only_isa:
-            result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-            result["isa_reproducibility"] = {"date": datetime.date.today().isoformat(),
-                                             **isa_reproducibility(work, targets_cache)}
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(json.dumps(result["isa_reproducibility"], indent=1))
+            print(render(result[key]))
             return
         setup_times = {}
         for name in ("rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime"):
@@ -875,6 +811,60 @@ def main(argv=None):
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _machine_targets():
+    from pipeline.cli import default_cache_dir
+
+    return default_cache_dir() / "targets"
+
+
+def _fit(args, work, targets_cache):
+    from bench.fit import fit
+
+    return fit(work, args.repeats, ACCURACY_CASES, edgebuild, sets, fresh_cache, _machine_targets(), log)
+
+
+def _formats(args, work, targets_cache):
+    from pipeline.release import manifest as manifest_mod
+
+    return formats(manifest_mod.read(Path(args.at) / "manifest.json"))
+
+
+def _fit_markdown(section):
+    from bench.fit import fit_markdown
+
+    return fit_markdown(section)
+
+
+def _bytecode(args, work, targets_cache):
+    from pipeline.cli import default_cache_dir
+
+    return emulated_bytecode(args.at, args.repeats, default_cache_dir())
+
+
+# --only NAME: (what it measures, its key in results.json, measure(args, work, targets_cache), its Markdown)
+ONLY = {
+    "isa": ("the default build to export under several XLA vector ISAs: which artifacts stay byte-identical",
+            "isa_reproducibility", lambda args, work, tc: isa_reproducibility(work, tc), lambda s: json.dumps(s, indent=1)),
+    "speed": ("the default build per stage, cold, at git revision --at vs now (truly cold, and with JAX's "
+              "compilation cache kept)", "speed",
+              lambda args, work, tc: {"repeats": args.repeats, **speed(work, args.repeats, _machine_targets(), args.at)},
+              speed_markdown),
+    "bytecode": ("each emulated target of the finished build --at with and without its compiled bytecode",
+                 "emulated_bytecode", _bytecode, emulated_bytecode_markdown),
+    "ci": ("a fresh CI runner with a warm remote cache vs fully cold, and a large test set in 1 vs 2 shards",
+           "ci", lambda args, work, tc: {"sharded_validation": sharded_validation(work), "runners": ci_runners(work)},
+           ci_markdown),
+    "suite": ("the whole test suite with 1 and 2 pytest-xdist workers, alternated, --repeats times each (about 20 "
+              "minutes a repeat on 2 cores)", "suite",
+              lambda args, work, tc: {"repeats": args.repeats, **suite(args.repeats)}, suite_markdown),
+    "formats": ("the TFLite/ONNX side-by-side figures of the finished build --at", "formats", _formats,
+                formats_markdown),
+    "fit": ("what each bundled model asks of the devices (arena, MACs, Vela's figures) and each target stage's time",
+            "fit", _fit, _fit_markdown),
+}
+NEEDS_AT = {"speed": "BEFORE (a git revision)", "bytecode": "BUILD_DIR", "formats": "BUILD_DIR"}
 
 
 def _setup_cache(work, targets_cache):

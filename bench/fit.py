@@ -1,4 +1,4 @@
-"""`python -m bench --only-fit`: does each bundled model fit the devices, and what does each target
+"""`python -m bench --only fit`: does each bundled model fit the devices, and what does each target
 stage cost. Per case (the accuracy cases: small_cnn and ds_cnn on digits and on the sign-language
 photos), one build on every shipped target, then each target stage run again `repeats` times from the
 build's outputs (`--only targets --no-cache`, environments already set up). Reports the resource figures

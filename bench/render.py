@@ -26,14 +26,14 @@ def isa_markdown(section):
 SECTIONS = (
     ("build_times", "The default build: stages, validation cost, accuracy, sizes, reproducibility", "python -m bench",
      None),
-    ("isa_reproducibility", "Vector ISA and reproducible bytes", "python -m bench --only-isa", isa_markdown),
-    ("formats", "TFLite and ONNX side by side", "python -m bench --only-formats BUILD_DIR", formats_markdown),
-    ("speed", "Build speed, before and after", "python -m bench --only-speed BEFORE", speed_markdown),
+    ("isa_reproducibility", "Vector ISA and reproducible bytes", "python -m bench --only isa", isa_markdown),
+    ("formats", "TFLite and ONNX side by side", "python -m bench --only formats --at BUILD_DIR", formats_markdown),
+    ("speed", "Build speed, before and after", "python -m bench --only speed --at BEFORE", speed_markdown),
     ("emulated_bytecode", "Emulated targets with and without compiled bytecode",
-     "python -m bench --only-bytecode BUILD_DIR", emulated_bytecode_markdown),
-    ("ci", "CI runners: warm remote cache, sharded validation", "python -m bench --only-ci", ci_markdown),
-    ("suite", "The test suite with 1 and 2 workers", "python -m bench --only-suite", suite_markdown),
-    ("fit", "Does each bundled model fit the devices", "python -m bench --only-fit", fit_markdown),
+     "python -m bench --only bytecode --at BUILD_DIR", emulated_bytecode_markdown),
+    ("ci", "CI runners: warm remote cache, sharded validation", "python -m bench --only ci", ci_markdown),
+    ("suite", "The test suite with 1 and 2 workers", "python -m bench --only suite", suite_markdown),
+    ("fit", "Does each bundled model fit the devices", "python -m bench --only fit", fit_markdown),
 )
 
 

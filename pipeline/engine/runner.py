@@ -50,7 +50,7 @@ def use_compile_cache(environ, cache_dir):
     compile options, jaxlib's version and XLA_FLAGS; the directory adds what JAX's key leaves out, the CPU
     model and its widest vector ISA, so a cache shared between machines never hands one CPU code compiled
     for another. A hit loads the executable a miss would have compiled: a speed-up only (bench
-    --only-speed checks the artifacts byte-identical with and without it)."""
+    --only speed checks the artifacts byte-identical with and without it)."""
     if not environ.get("JAX_COMPILATION_CACHE_DIR"):
         if not cache_dir:
             return None

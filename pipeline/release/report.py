@@ -103,6 +103,25 @@ def validation_summary(manifest):
     return "\n".join(lines + _gate_lines(manifest))
 
 
+def accuracy_rows(manifest):
+    """The host's accuracy rows of a build (or a validation), in order: [{model, runtime, accuracy,
+    agreement (top-1 with float; None for the float model itself), bytes}]. The terminal summary and the
+    HTML report both show these."""
+    m, art = manifest["metrics"], manifest["artifacts"]
+    if manifest.get("kind") == "validation":
+        host, model = m["host"], art["model"]
+        return [{"model": f"{model.get('format', 'tflite')}, {model['input']['dtype']} input",
+                 "runtime": f"{host['runtime']} {host['runtime_version']} (host)", "accuracy": host["accuracy"],
+                 "agreement": None, "bytes": model["bytes"]}]
+    rows = [("float", "keras (jax)", "float", "float_keras"), ("float", "tflite", "float_tflite", "float_tflite"),
+            ("float", "onnxruntime", "onnx", "onnx"), ("int8", "ai-edge-litert (host)", "int8_host", "int8_tflite")]
+    if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
+        rows.append(("int8 onnx", "onnxruntime (host)", "onnx_int8", "int8_onnx"))
+    return [{"model": model, "runtime": runtime, "accuracy": m[metric]["accuracy"],
+             "agreement": m[metric].get("top1_agreement_with_float") if metric != "float" else None,
+             "bytes": art[artifact]["bytes"]} for model, runtime, metric, artifact in rows]
+
+
 def declared_lines(sections):
     """The report lines of declared stages ([(name, lines)]), one block each."""
     return [line for name, lines in sections for line in ("", f"{name}:", *(f"  {x}" for x in lines))]
@@ -115,13 +134,8 @@ def summary(manifest, sections=()):
     m = manifest["metrics"]
     art = manifest["artifacts"]
     rows = [("model", "runtime", "accuracy", "agree w/ float", "size")]
-    rows.append(("float", "keras (jax)", _pct(m["float"]["accuracy"]), "", f"{art['float_keras']['bytes']:,} B"))
-    rows.append(("float", "tflite", _pct(m["float_tflite"]["accuracy"]), _pct(m["float_tflite"]["top1_agreement_with_float"]), f"{art['float_tflite']['bytes']:,} B"))
-    rows.append(("float", "onnxruntime", _pct(m["onnx"]["accuracy"]), _pct(m["onnx"]["top1_agreement_with_float"]), f"{art['onnx']['bytes']:,} B"))
-    rows.append(("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]), _pct(m["int8_host"]["top1_agreement_with_float"]), f"{art['int8_tflite']['bytes']:,} B"))
-    if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
-        rows.append(("int8 onnx", "onnxruntime (host)", _pct(m["onnx_int8"]["accuracy"]),
-                     _pct(m["onnx_int8"]["top1_agreement_with_float"]), f"{art['int8_onnx']['bytes']:,} B"))
+    rows += [(r["model"], r["runtime"], _pct(r["accuracy"]), _pct(r["agreement"]) if r["agreement"] is not None else "",
+              f"{r['bytes']:,} B") for r in accuracy_rows(manifest)]
     test_set = manifest.get("test_set") or {}
     lines = [f"build {manifest['name']}: {manifest['splits']['test']} test samples"
              + (f" from {test_set['source']}" if test_set.get("fixed") else "")
@@ -350,18 +364,7 @@ def html(manifest, build_dir, sections=()):
         return "".join(out) + "</table>"
 
     art = manifest["artifacts"]
-    if validation:
-        host = m["host"]
-        model = art["model"]
-        acc_rows = [(f"{model.get('format', 'tflite')}, {model['input']['dtype']} input",
-                     f"{host['runtime']} {host['runtime_version']} (host)", _pct(host["accuracy"]))]
-    else:
-        acc_rows = [("float", "keras (jax)", _pct(m["float"]["accuracy"])),
-                    ("float", "tflite", _pct(m["float_tflite"]["accuracy"])),
-                    ("float", "onnxruntime", _pct(m["onnx"]["accuracy"])),
-                    ("int8", "ai-edge-litert (host)", _pct(m["int8_host"]["accuracy"]))]
-        if "onnx_int8" in m:
-            acc_rows.append(("int8 onnx", "onnxruntime (host)", _pct(m["onnx_int8"]["accuracy"])))
+    acc_rows = [(r["model"], r["runtime"], _pct(r["accuracy"])) for r in accuracy_rows(manifest)]
     targets = m.get("targets", {})
     for name, t in sorted(targets.items()):
         fmt = acc_rows[0][0] if validation else "int8 onnx" if str(t.get("model", "")).endswith(".onnx") else "int8"
