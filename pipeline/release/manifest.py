@@ -81,12 +81,6 @@ def _targets(config, records, build_dir, artifacts):
     return targets
 
 
-def _resources(records):
-    """What each model asks of a device (the resources stage's record), by artifact."""
-    rec = records.get("resources") or {}
-    return {k: v for k, v in rec.items() if isinstance(v, dict) and "model_bytes" in v}
-
-
 def _stages(records):
     return {name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
             for name, rec in records.items()}
@@ -135,7 +129,6 @@ def assemble_validation(config, records, build_dir):
         "test_set": data["test_set"],
         "artifacts": artifacts,
         "metrics": metrics,
-        "resources": _resources(records),
         "test_split": host["test_split"],
         "stages": _stages(records),
         "toolchain": toolchain_versions(records),
@@ -187,7 +180,6 @@ def assemble(config, records, build_dir):
         "calibration": {k: calibration[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]},
         "artifacts": artifacts,
         "metrics": metrics,
-        "resources": _resources(records),
         "test_split": evaluate["test_split"],
         "stages": _stages(records),
         "train": {k: records["train"].get(k) for k in (

@@ -9,6 +9,7 @@ elsewhere, `validate.model`). Any other module saved in this package that declar
 - `manifest(record, config)` gives its manifest section (under the module's name), checked against
   its `SCHEMA` (a JSON Schema fragment); `gate(section, config, baseline_section)` gives its gate
   checks (`pipeline.engine.stage.check`); `report(section)` gives its report lines.
+A built-in stage may give its manifest section through the same `manifest` hook (resources does).
 The orchestrator, manifest, gate, report and CLI reach stages only through the functions below."""
 
 import importlib
@@ -98,9 +99,14 @@ def target_stage_names(targets):
     return [stage_name(t) for t in targets]
 
 
+def _plan_modules(config):
+    return [(name, DECLARED.get(name) or importlib.import_module(f"{__name__}.{name}")) for name in _modules(config)]
+
+
 def manifest_sections(config, records):
-    """{name: section} of every declared stage that ran in this build."""
-    return {name: module.manifest(records[name], config) for name, module in DECLARED.items()
+    """{name: section} of every stage module of this build's plan that gives its own manifest section
+    (`manifest(record, config)`, built-in or declared) and ran."""
+    return {name: module.manifest(records[name], config) for name, module in _plan_modules(config)
             if hasattr(module, "manifest") and name in records}
 
 

@@ -22,6 +22,11 @@ def stages(config):
                   toolchain=("ai-edge-litert", "onnx", "tflite-micro", "numpy"), params={"models": models})]
 
 
+def manifest(record, config):
+    """The manifest's "resources" section: what each model asks of a device, by artifact."""
+    return {k: v for k, v in record.items() if isinstance(v, dict) and "model_bytes" in v}
+
+
 def run(cfg, inputs, out_dir, ctx):
     record = {}
     for key, name in ctx.params["models"].items():
