@@ -140,8 +140,6 @@ def assemble(config, records, build_dir):
     if config.validate.model:
         return assemble_validation(config, records, build_dir)
     data, export, evaluate = records["data"], records["export"], records["evaluate"]
-    calibration = records["calibration"]
-    pin = calibration["pins"]["calibration.json"]
     artifacts = {key: _artifact(build_dir, name) for key, name in ARTIFACTS.items()}
     int8 = export["int8"]
     qin = int8["inputs"][0]
@@ -177,18 +175,10 @@ def assemble(config, records, build_dir):
         **_head(config, "build", data, contract),
         "splits": data["splits"],
         "test_set": data.get("test_set"),
-        "calibration": {k: calibration[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]},
         "artifacts": artifacts,
         "metrics": metrics,
         "test_split": evaluate["test_split"],
         "stages": _stages(records),
-        "train": {k: records["train"].get(k) for k in (
-            "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction",
-            "finetune", "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history",
-            "initial", "kept_epoch", "kept_by", "kept_val_accuracy", "cpu", "xla_flags")},
-        "qat": {k: records["qat"].get(k) for k in (
-            "ranges", "input_range", "float_val_accuracy", "history", "initial", "kept_epoch", "kept_by",
-            "kept_val_accuracy")},
         "toolchain": toolchain_versions(records),
     }
     return manifest

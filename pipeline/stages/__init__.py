@@ -9,7 +9,8 @@ elsewhere, `validate.model`). Any other module saved in this package that declar
 - `manifest(record, config)` gives its manifest section (under the module's name), checked against
   its `SCHEMA` (a JSON Schema fragment); `gate(section, config, baseline_section)` gives its gate
   checks (`pipeline.engine.stage.check`); `report(section)` gives its report lines.
-A built-in stage may give its manifest section through the same `manifest` hook (resources does).
+A built-in stage may give its manifest section through the same `manifest` hook (calibration, train,
+qat and resources do).
 The orchestrator, manifest, gate, report and CLI reach stages only through the functions below."""
 
 import importlib

@@ -34,6 +34,12 @@ STAGE = Stage(
 )
 
 
+def manifest(record, config):
+    """The manifest's "calibration" section: the versioned calibration set the int8 model was made with."""
+    pin = record["pins"]["calibration.json"]
+    return {k: record[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]}
+
+
 def run(cfg, inputs, out_dir, ctx):
     data_cfg, seed = cfg.data, cfg.build.seed
     data = load_dataset(inputs["dataset.npz"])

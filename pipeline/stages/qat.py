@@ -17,6 +17,12 @@ STAGE = Stage(
 )
 
 
+def manifest(record, config):
+    """The manifest's "qat" section: the learned ranges and the epoch kept."""
+    return {k: record.get(k) for k in ("ranges", "input_range", "float_val_accuracy", "history", "initial",
+                                       "kept_epoch", "kept_by", "kept_val_accuracy")}
+
+
 def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 

@@ -99,6 +99,26 @@ def test_every_import_follows_the_layer_order_so_the_package_graph_has_no_cycle(
             del remaining[layer]
 
 
+def test_no_module_imports_itself_back_through_others():
+    """Within a package too: the module graph, every import statement counted, has no cycle."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {m: {n for n in _imports(p.read_text(), m, p.name == "__init__.py") if n in modules and n != m}
+             for m, p in modules.items()}
+    state = {}
+
+    def visit(module, trail):
+        state[module] = "open"
+        for other in sorted(graph[module]):
+            assert state.get(other) != "open", f"import cycle: {' -> '.join(trail + [module, other])}"
+            if other not in state:
+                visit(other, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
 def test_the_lint_sees_imports_inside_functions_and_relative_ones():
     source = ("def f():\n    from pipeline.orchestrate import build\n    if True:\n        import pipeline.stages.data\n"
               "try:\n    from ..release import gate\nexcept ImportError:\n    pass\n")
