@@ -66,3 +66,15 @@ def test_every_child_is_stopped_and_reaped_on_any_failure(host, tmp_path, monkey
             fanout.run_sharded(target, root, model, x, tmp_path / "work", shards=3)
         assert len(Recorded.started) == 3
     assert all(p.returncode is not None for p in Recorded.started), "a validator was left running"
+
+
+def test_every_executor_describes_itself_without_an_environment():
+    """What the manifest records about an executor needs no set-up environment (the target stage asks
+    before and apart from running)."""
+    for name in ("rpi4-bookworm-tflite", "rpi5-onnxruntime", "cortex-m-tflm", "ethos-u55-128", "host"):
+        target = targets.load_target(name)
+        description = fanout.executor_for(target, None).describe()
+        assert description["kind"] and (description != {"kind": "qemu-user", "cpu": target.cpu} or target.emulated)
+    rpi4 = targets.load_target("rpi4-bookworm-tflite")
+    assert fanout.executor_for(rpi4, None).describe() == {"kind": "qemu-user", "cpu": rpi4.cpu}
+    assert fanout.executor_for(rpi4, None, twin=True).name == "twin"

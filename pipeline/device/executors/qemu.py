@@ -12,12 +12,11 @@ def qemu_path(root):
 
 
 def executor(target, root):
-    root = Path(root)
-    rootfs = root / "rootfs"
-
+    """`root`: the target's environment directory (None when only its description is asked for)."""
     def command(args):
+        rootfs = Path(root) / "rootfs"
         cmd = [str(qemu_path(root)), "-L", str(rootfs), str(rootfs / "usr" / "bin" / "python3"),
                str(targets.ONDEVICE), *map(str, args)]
-        return cmd, {**quiet_env(), "QEMU_CPU": target.cpu, "PYTHONPATH": str(root / "site")}
+        return cmd, {**quiet_env(), "QEMU_CPU": target.cpu, "PYTHONPATH": str(Path(root) / "site")}
 
     return Executor("qemu-user", command, lambda: {"kind": "qemu-user", "cpu": target.cpu})
