@@ -349,10 +349,15 @@ def _fmt(v):
     return "-" if v is None else str(v)
 
 
+def check_rows(gate):
+    """One row per check: (✓ or ✗, name, baseline, got, limit, detail), as text. The terminal table,
+    the Markdown step summary and the HTML report all show these."""
+    return [("✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"])
+            for c in gate["checks"]]
+
+
 def table(gate):
-    rows = [("", "check", "baseline", "got", "limit", "")]
-    for c in gate["checks"]:
-        rows.append(("✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"]))
+    rows = [("", "check", "baseline", "got", "limit", ""), *check_rows(gate)]
     lines = text.table(rows)
     failed = [c for c in gate["checks"] if not c["passed"]]
     lines.append(f"gate: {gate['verdict'].upper()}" + (f" ({len(failed)} of {len(gate['checks'])} checks failed)" if failed else f" ({len(gate['checks'])} check{'s' if len(gate['checks']) != 1 else ''})"))
@@ -367,8 +372,7 @@ def _cell(value):
 def markdown(gate, title="edgebuild gate"):
     lines = [f"### {title}: {'✅ pass' if gate['verdict'] == 'pass' else '❌ fail'}", "",
              "| | check | baseline | got | limit | detail |", "|---|---|---|---|---|---|"]
-    for c in gate["checks"]:
-        cells = ["✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"]]
+    for cells in check_rows(gate):
         lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
 

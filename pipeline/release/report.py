@@ -1,5 +1,7 @@
 """Human-readable views of a manifest: the terminal summary table and the self-contained HTML report."""
 
+from pathlib import Path
+
 from pipeline.engine import text
 
 
@@ -279,7 +281,6 @@ def _thumbnail(image, size=64):
 def flip_groups(manifest, build_dir, limit=24):
     """The test images whose top-1 changes: float -> int8 on the host (a build), and host -> each
     target. [(title, total, [(id, image, before, after, true)])], at most `limit` images a group."""
-    from pathlib import Path
 
     import numpy as np
 
@@ -313,29 +314,10 @@ def flip_groups(manifest, build_dir, limit=24):
     return groups
 
 
-def _flips_html(groups, escape):
-    out = []
-    for title, total, shown in groups:
-        out.append(f"<h3>{escape(title)}: {total} image{'s' if total != 1 else ''}"
-                   f"{f' (first {len(shown)})' if total > len(shown) else ''}</h3>")
-        if not shown:
-            out.append("<p>none</p>")
-            continue
-        out.append('<div class="flips">')
-        for i, image, before, after, true in shown:
-            out.append(f'<figure><img alt="{escape(i)}" src="data:image/png;base64,{_thumbnail(image)}">'
-                       f"<figcaption>{escape(i)}<br>{escape(before)} → {escape(after)} (true {escape(true)})"
-                       "</figcaption></figure>")
-        out.append("</div>")
-    return "".join(out)
-
-
 def html(manifest, build_dir, sections=()):
-    """A self-contained HTML report (plots inlined as base64 PNG, no external resources); `sections`:
-    [(name, lines)] of declared stages, one heading each."""
-    from html import escape
-    from pathlib import Path
-
+    """A self-contained HTML report (plots inlined as base64 PNG, no external resources), rendered from
+    templates/report.html.j2; `sections`: [(name, lines)] of declared stages, one heading each."""
+    import jinja2
     import numpy as np
 
     m, names = manifest["metrics"], manifest["class_names"]
@@ -347,22 +329,9 @@ def html(manifest, build_dir, sections=()):
     else:
         cms = {"float": _confusion(pred["labels"], pred["float_top1"], n),
                "int8 (host)": _confusion(pred["labels"], pred["int8_top1"], n)}
-    confusion_png = _png(_confusion_figure(cms, names))
-    delta_html = ("<p>a model file built elsewhere: no float model to compare with</p>" if validation else
-                  f'<img id="per-class" alt="per-class accuracy deltas" src="data:image/png;base64,'
-                  f'{_png(_delta_figure(m, names))}">')
     history_fig = None if validation else _history_figure(manifest)
-    history_html = (f'<img id="history" alt="per-epoch accuracy of train and QAT" '
-                    f'src="data:image/png;base64,{_png(history_fig)}">') if history_fig else "<p>no training epochs</p>"
     test_set = manifest.get("test_set") or {}
     pre = manifest.get("preprocess") or {}
-
-    def table_html(rows, head):
-        out = ["<table><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in head) + "</tr>"]
-        for r in rows:
-            out.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in r) + "</tr>")
-        return "".join(out) + "</table>"
-
     art = manifest["artifacts"]
     acc_rows = [(r["model"], r["runtime"], _pct(r["accuracy"])) for r in accuracy_rows(manifest)]
     targets = m.get("targets", {})
@@ -374,69 +343,45 @@ def html(manifest, build_dir, sections=()):
                     _twin_cell(t), first_difference_line(t.get("first_difference")) or "-",
                     f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
                    for name, t in sorted(targets.items())]
-    size_rows = [(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())]
-    fit_html = _fit_html(manifest, table_html, escape)
-    declared_html = "".join(f"<h2>{escape(name)}</h2><ul>" + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>"
-                            for name, lines in sections)
     gate = manifest.get("gate")
-    gate_html = "<p>not gated</p>"
-    if gate:
-        from pipeline.release.gate import _fmt
-
-        rows = [("✓" if c["passed"] else "✗", c["name"], _fmt(c["baseline"]), _fmt(c["got"]), c["limit"], c["detail"])
-                for c in gate["checks"]]
-        verdict = gate["verdict"]
-        gate_html = (f'<p class="verdict {verdict}">gate: {verdict.upper()}</p>'
-                     + table_html(rows, ("", "check", "baseline", "got", "limit", "detail")))
     q = art["model"] if validation else art["int8_tflite"]
 
     def tensor(t):
         return (f"{t['dtype']}, scale {t['scale']:.8g}, zero point {t['zero_point']}" if t.get("scale") else
                 f"{t['dtype']}, not quantized") + f", shape {t['shape']}"
 
-    origin = (f"<p>model file {escape(str(q.get('source')))}, validated, not built here</p>" if validation else
-              f"<p>int8 is {100 * m['size']['int8_over_float']:.1f}% of the float32 TFLite size.</p>")
-    kind = "validation" if validation else "build"
-    toolchain = " / ".join(f"{k} {v}" for k, v in manifest["toolchain"].items() if v and k != "python")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edgebuild report: {escape(manifest['name'])}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
-.verdict {{ font-size: 1.4em; font-weight: bold; }} .pass {{ color: #1a7f37; }} .fail {{ color: #cf222e; }}
-img {{ max-width: 100%; }}
-.flips {{ display: flex; flex-wrap: wrap; gap: 0.5em; }} figure {{ margin: 0; font-size: 0.75em; width: 8em; }}
-figure img {{ image-rendering: pixelated; border: 1px solid #ccc; }}
-</style></head><body>
-<h1>edgebuild {kind} report: {escape(manifest['name'])}</h1>
-<p>seed {manifest['seed']}, config sha256 {manifest['config_sha256'][:16]}, {manifest['splits']['test']} test samples,
-{n} classes, toolchain {escape(toolchain)}</p>
-<p>test set: {escape(str(test_set.get('source', '-')))} ({'fixed' if test_set.get('fixed') else 'a seeded split'},
-{test_set.get('size', '-')} images, fingerprint {escape(str(test_set.get('fingerprint', '-'))[:16])}, overlap with train/val
-{(test_set.get('overlap') or {}).get('count', '-')}); input: pixel range {pre.get('pixel_range', '-')}, mean {pre.get('mean', '-')},
-std {pre.get('std', '-')}{'; removed ' + escape(manifest['train']['softmax_removed']) if (manifest.get('train') or {}).get('softmax_removed') else ''}</p>
-<h2>Gate</h2>{gate_html}
-<h2>Accuracy</h2>{table_html(acc_rows, ("model", "runtime", "test accuracy"))}
-<h2>Targets vs the host</h2>{table_html(target_rows, ("target", "top-1 agreement with host", "bit-exact with host", "max |diff| with host", "bit-exact with x86 twin (same runtime and kernels)", "first difference", "images/s", "samples"))}
-{fit_html}
-{declared_html}
-<h2>Training and QAT</h2>{history_html}
-<h2>Confusion matrices</h2><img id="confusion" alt="confusion matrices float vs int8" src="data:image/png;base64,{confusion_png}">
-<h2>Per-class accuracy change</h2>{delta_html}
-<h2>Flipped images</h2>{_flips_html(flip_groups(manifest, build_dir), escape)}
-<h2>Artifacts</h2>{table_html(size_rows, ("artifact", "path", "bytes", "sha256"))}
-<p>input {tensor(q['input'])}; output {tensor(q['output'])}.</p>
-{origin}
-</body></html>
-"""
+    from pipeline.release.gate import check_rows
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    return environment.get_template("report.html.j2").render(
+        name=manifest["name"], kind="validation" if validation else "build", seed=manifest["seed"],
+        config_sha256=manifest["config_sha256"], test_samples=manifest["splits"]["test"], classes=n,
+        toolchain=" / ".join(f"{k} {v}" for k, v in manifest["toolchain"].items() if v and k != "python"),
+        test_set={"source": str(test_set.get("source", "-")), "how": "fixed" if test_set.get("fixed") else "a seeded split",
+                  "size": test_set.get("size", "-"), "fingerprint": str(test_set.get("fingerprint", "-"))[:16],
+                  "overlap": (test_set.get("overlap") or {}).get("count", "-")},
+        pre={k: pre.get(k, "-") for k in ("pixel_range", "mean", "std")},
+        softmax_removed=(manifest.get("train") or {}).get("softmax_removed"),
+        gate=gate and {"verdict": gate["verdict"], "head": ("", "check", "baseline", "got", "limit", "detail"),
+                       "rows": check_rows(gate)},
+        accuracy_rows=acc_rows, target_rows=target_rows, fit=_fit(manifest), declared=list(sections),
+        history_png=_png(history_fig) if history_fig else None, confusion_png=_png(_confusion_figure(cms, names)),
+        delta_png=None if validation else _png(_delta_figure(m, names)),
+        flips=[(title, total, [(i, _thumbnail(image), before, after, true) for i, image, before, after, true in shown])
+               for title, total, shown in flip_groups(manifest, build_dir)],
+        size_rows=[(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())],
+        input_tensor=tensor(q["input"]), output_tensor=tensor(q["output"]),
+        source=str(q.get("source")) if validation else None,
+        int8_share=None if validation else f"{100 * m['size']['int8_over_float']:.1f}")
 
 
-def _fit_html(manifest, table_html, escape):
+def _fit(manifest):
     """Does it fit: each target's budgets against what was measured, what each target really ran, and
-    the largest layers of each model."""
+    the largest layers of each model: {rows, runs: [(target, what)], layers: [(line, head, rows)]}."""
     from types import SimpleNamespace
 
+    from pipeline.device.resources import layer_table
     from pipeline.release.gate import FIT_NAMES, budgets, fit
 
     targets = manifest["metrics"].get("targets") or {}
@@ -452,27 +397,18 @@ def _fit_html(manifest, table_html, escape):
                          "no budget" if limit is None else f"{limit:,}", verdict, how))
         what = (t.get("executor") or {}).get("runs")
         if what:
-            runs.append(f"<li><b>{escape(name)}</b>: {escape(what)}</li>")
+            runs.append((name, what))
         line = npu_line(t.get("npu"))
         if line:
-            runs.append(f"<li><b>{escape(name)}</b>: {escape(line)}</li>")
-    out = ["<h2>Does it fit the device?</h2>"]
-    if rows:
-        out.append(table_html(rows, ("target", "figure", "measured", "budget", "", "how it is measured")))
-    if runs:
-        out.append("<ul>" + "".join(runs) + "</ul>")
-    from pipeline.device.resources import layer_table
-
+            runs.append((name, line))
+    layers = []
     for key, r in sorted((manifest.get("resources") or {}).items()):
-        out.append(f"<p>{escape(next(iter(resource_lines({'resources': {key: r}, 'metrics': {}})), ''))}</p>")
         head, *body = layer_table(r)
-        out.append(table_html(body, head))
-    return "".join(out)
+        layers.append((next(iter(resource_lines({"resources": {key: r}, "metrics": {}})), ""), head, body))
+    return {"rows": rows, "runs": runs, "layers": layers}
 
 
 def write_html(manifest, build_dir, sections=()):
-    from pathlib import Path
-
     from pipeline.engine.fsutil import atomic_write_text
 
     path = Path(build_dir) / "report.html"
