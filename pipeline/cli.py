@@ -384,7 +384,7 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     sets = _local_only(sets, no_remote)
     model_file = path is not None and not Path(path).is_dir()
     if shard is not None:
-        if model_file or not target_names:
+        if model_file or not target_names or data_source or out:
             raise click.UsageError("--shard goes with a build and its targets: edgebuild validate BUILD_DIR --target "
                                    "NAME --shard I/N.")
         return _validate_shard(ctx, path, target_names, shard, config_path, sets)
@@ -501,11 +501,13 @@ def report_cmd(ctx, build_dir, config_path, sets):
     """Write build/<name>/report.html again from the build's manifest (self-contained, opens offline).
     The artifacts must still match the manifest (else exit 3)."""
 
+    from pipeline import stages
     from pipeline.orchestrate.build import verify_finished
     from pipeline.release import report
 
     bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
-    click.echo(report.write_html(verify_finished(bdir), bdir))
+    manifest = verify_finished(bdir)
+    click.echo(report.write_html(manifest, bdir, stages.report_sections(manifest)))
 
 
 @main.command("check-model", epilog=EXIT_CODES_HELP)

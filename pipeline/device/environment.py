@@ -19,8 +19,6 @@ import time
 import zipfile
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
-
 from pipeline.device import targets
 from pipeline.device.executors import local, qemu
 from pipeline.engine.errors import InputError, StageError
@@ -270,6 +268,8 @@ def _install_wheels(target, tmp, logfile, twin=False):
 def pin_wheels(target, workdir, logfile, twin=False):
     """{pin: sha256} of the files pip downloads for the target's wheels now: its wheel_sha256 table
     (twin_wheel_sha256 with `twin`)."""
+    from packaging.utils import canonicalize_name  # here: a target stage's own process never loads it
+
     files = _download_wheels(target, Path(workdir), logfile, hashed=False, twin=twin)
     by_name = {canonicalize_name(f.name.split("-")[0]): f for f in files}
     return {w: hashlib.sha256(by_name[canonicalize_name(w.split("==")[0])].read_bytes()).hexdigest()

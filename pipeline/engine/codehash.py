@@ -78,10 +78,30 @@ def _code_files(path, tree):
     return []
 
 
+# What a stage module gives the publishing step, which runs in the build's own process and is redone on
+# every publish (`pipeline.stages`): never part of the stage's bytes, so never part of its key.
+PUBLISHING = frozenset({"manifest", "gate", "report", "SCHEMA", "MANIFEST_FIELDS"})
+
+
+def _stage_code(tree):
+    """A stage module's tree without its publishing hooks (a module that defines `run` is a stage's);
+    another module's tree as it is."""
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body):
+        return tree
+
+    def publishing(node):
+        if isinstance(node, ast.FunctionDef):
+            return node.name in PUBLISHING
+        return isinstance(node, ast.Assign) and all(getattr(t, "id", None) in PUBLISHING for t in node.targets)
+
+    return ast.Module(body=[n for n in tree.body if not publishing(n)], type_ignores=[])
+
+
 @lru_cache(maxsize=None)
 def _parse(source):
-    """(sha256 of the syntax tree, the tree): comments and formatting do not count."""
-    tree = ast.parse(source)
+    """(sha256 of the syntax tree, the tree): comments and formatting do not count, nor a stage
+    module's publishing hooks (PUBLISHING); the tree is what counts, so their imports do not either."""
+    tree = _stage_code(ast.parse(source))
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest(), tree
 
 

@@ -262,13 +262,16 @@ def setting(default, doc, **checks):
 def declare_section(name, cls, owner):
     """A stage module's own config section (`pipeline.stages` declares each when it is imported): it is
     read from edgebuild.toml and --set, checked and described like a built-in one."""
-    if name in BUILT_IN or SECTIONS.get(name, cls) is not cls:
+    if name in BUILT_IN or SECTIONS.get(name, cls) is not cls or hasattr(BuildConfig, name):
         raise InputError(f"{owner} declares the config section [{name}], which another part of edgebuild already "
                          "owns. Give the stage module another name.")
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise InputError(f"{owner} declares CONFIG = {cls!r:.80}; it must be a frozen dataclass whose keys are made "
+                         "with pipeline.engine.config.setting(default, 'what it does').")
     for f in dataclasses.fields(cls):
-        if "doc" not in f.metadata:
-            raise InputError(f"{owner}'s config key '{name}.{f.name}' has no description. Declare it with "
-                             "pipeline.engine.config.setting(default, 'what it does').")
+        if "doc" not in f.metadata or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            raise InputError(f"{owner}'s config key '{name}.{f.name}' has no default and description. Declare it "
+                             "with pipeline.engine.config.setting(default, 'what it does').")
     SECTIONS[name] = cls
 
 

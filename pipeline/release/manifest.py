@@ -15,13 +15,11 @@ from pathlib import Path
 from pipeline.data import preprocess
 from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_write_text, sha256_file
+from pipeline.release.sections import RESERVED_SECTIONS
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-SECTIONS = frozenset((  # the top-level keys edgebuild itself writes: a declared stage's section takes none of them
-    "schema_version", "kind", "name", "config_sha256", "config", "seed", "class_names", "input_shape", "preprocessing",
-    "preprocess", "built_here", "splits", "test_set", "calibration", "artifacts", "metrics", "resources", "test_split",
-    "stages", "train", "qat", "toolchain", "gate", "seal"))
+SECTIONS = RESERVED_SECTIONS  # the top-level keys edgebuild itself writes
 TOOLCHAIN = {
     "keras": "keras",
     "tensorflow": ("tensorflow", "tensorflow-cpu"),  # whichever distribution provides it

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pipeline.engine.config import declare_section
 from pipeline.engine.errors import InputError
-from pipeline.engine.stage import check
-from pipeline.release.manifest import SECTIONS as MANIFEST_SECTIONS
+from pipeline.engine.stage import Stage, check
+from pipeline.release.sections import RESERVED_SECTIONS
 
 ORDER = ("data", "calibration", "train", "qat", "export", "resources", "evaluate", "target")
 VALIDATION_ORDER = ("model_file", "resources", "testset", "host", "target")
@@ -43,7 +43,10 @@ def _find_declared():
                              "file.") from None
         if not hasattr(module, "STAGE"):
             continue
-        if info.name in MANIFEST_SECTIONS or info.name in GROUP_OF.values() or info.name in ("manifest", "gate"):
+        if not isinstance(module.STAGE, Stage):
+            raise InputError(f"{where} declares STAGE = {module.STAGE!r:.80}; a stage declares "
+                             f"STAGE = pipeline.engine.stage.Stage({info.name!r}, __name__, config=(...), ...).")
+        if info.name in RESERVED_SECTIONS or info.name in GROUP_OF.values() or info.name in ("manifest", "gate"):
             raise InputError(f"{where} is named {info.name!r}, which the manifest or the command line already uses. "
                              "Rename the file.")
         if module.STAGE.name != info.name:
@@ -59,18 +62,38 @@ def _find_declared():
     return found
 
 
+def _check_config_entries(declared):
+    """Every config entry a declared stage reads names a section (built-in or declared) and its key."""
+    from pipeline.engine.config import SECTIONS
+
+    for name, module in declared.items():
+        for entry in module.STAGE.config:
+            section, _, key = entry.partition(".")
+            fields = getattr(SECTIONS.get(section), "__dataclass_fields__", {})
+            if section not in SECTIONS or key and key not in fields:
+                raise InputError(f"the stage module {module.__file__} reads the config entry {entry!r}, which no "
+                                 "config section declares. Declare it in its CONFIG, or read an existing key.")
+
+
+def _in_order(names, declared):
+    """The built-in module names with each declared stage after its AFTER (several after one: by name)."""
+    names = list(names)
+    placed = {}
+    for name, module in declared.items():  # sorted by name
+        after = getattr(module, "AFTER", "")
+        at = names.index(after) + 1 + placed.get(after, 0) if after else len(names)
+        placed[after] = placed.get(after, 0) + 1
+        names.insert(at, name)
+    return names
+
+
 DECLARED = _find_declared()  # at import: their config sections exist before any config is read
+_check_config_entries(DECLARED)
 
 
 def _modules(config):
     """The module names of a plan, in order: the built-in ones with each declared stage after its AFTER."""
-    if config.validate.model:
-        return list(VALIDATION_ORDER)
-    names = list(ORDER)
-    for name, module in DECLARED.items():
-        after = getattr(module, "AFTER", "")
-        names.insert(names.index(after) + 1 if after else len(names), name)
-    return names
+    return list(VALIDATION_ORDER) if config.validate.model else _in_order(ORDER, DECLARED)
 
 
 def plan(config):
@@ -82,15 +105,7 @@ def plan(config):
     return stages
 
 
-def _groups():
-    names = list(ORDER)
-    for name, module in DECLARED.items():
-        after = getattr(module, "AFTER", "")
-        names.insert(names.index(after) + 1 if after else len(names), name)
-    return tuple(GROUP_OF.get(n, n) for n in names)
-
-
-GROUPS = _groups()  # --only / --until names of a full build, in order (a test checks them against plan)
+GROUPS = tuple(GROUP_OF.get(n, n) for n in _in_order(ORDER, DECLARED))  # --only / --until names of a full build, in order (a test checks them against plan)
 
 
 def target_stage_names(targets):

@@ -58,13 +58,27 @@ def test_a_saved_module_joins_plan_groups_and_config(copy):
     assert limit == "5" and rest == "{'limit': 5} True"
 
 
+def test_declared_stages_after_one_stage_run_by_name(copy):
+    for name in ("zeta", "alpha"):
+        (copy / "pipeline" / "stages" / f"{name}.py").write_text(
+            GOOD.replace('"probe"', f'"{name}"').replace("cfg.probe", f"cfg.{name}"))
+    out = python(copy, "from pipeline import stages; print(stages.GROUPS)")
+    assert "'qat', 'alpha', 'zeta', 'export'" in out.stdout, out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("name, text, says", [
     ("metrics", GOOD.replace('"probe"', '"metrics"').replace("cfg.probe", "cfg.metrics"), "the manifest"),
-    ("probe", GOOD.replace('setting(3, "a limit", min=1)', "3"), "has no description"),
+    ("probe", GOOD.replace('setting(3, "a limit", min=1)', "3"), "has no default and description"),
     ("probe", GOOD.replace('AFTER = "qat"', 'AFTER = "training"'), "no built-in stage"),
     ("probe", GOOD.replace('Stage("probe"', 'Stage("other"'), "named after its file"),
     ("probe", GOOD + "\ndef (:\n", "cannot be imported: SyntaxError"),
     ("build", GOOD.replace('"probe"', '"build"').replace("cfg.probe", "cfg.build"), "already owns"),
+    ("to_dict", GOOD.replace('"probe"', '"to_dict"').replace("cfg.probe", "cfg.to_dict"), "already owns"),
+    ("probe", GOOD.replace('STAGE = Stage("probe", __name__, config=("probe",), inputs=("model_qat.keras",))',
+                           'STAGE = "probe"'), "a stage declares STAGE = pipeline.engine.stage.Stage"),
+    ("probe", GOOD.replace("CONFIG = Config", "CONFIG = dict"), "must be a frozen dataclass"),
+    ("probe", GOOD.replace('limit: int = setting(3, "a limit", min=1)', "limit: int"), "has no default and description"),
+    ("probe", GOOD.replace('config=("probe",)', 'config=("probe", "train.epochz")'), "reads the config entry 'train.epochz'"),
 ])
 def test_a_module_that_breaks_the_contract_is_refused_in_one_line(copy, name, text, says):
     (copy / "pipeline" / "stages" / f"{name}.py").write_text(text)

@@ -42,6 +42,33 @@ def test_declared_code_files_are_part_of_the_digest(tmp_path, monkeypatch):
     assert code_digest("toy2.stage")[0] != digest
 
 
+def test_a_stage_s_publishing_hooks_are_not_part_of_its_key(tmp_path, monkeypatch):
+    """manifest(), gate(), report() and SCHEMA run in the publishing process on every publish: editing
+    them (or what only they import) re-runs nothing; editing run() does."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = ("from toy3 import lib\n\ndef run(cfg, inputs, out_dir, ctx):\n    return {'n': lib.N}\n\n"
+             "SCHEMA = {'type': 'object'}\n\ndef manifest(record, config):\n    from toy3 import view\n"
+             "    return {'n': record['n']}\n")
+    _package(tmp_path, {"toy3/__init__.py": "", "toy3/stage.py": stage, "toy3/lib.py": "N = 1\n",
+                        "toy3/view.py": "V = 1\n"})
+    digest, modules = code_digest("toy3.stage")
+    assert "toy3.view" not in modules
+    (tmp_path / "toy3/stage.py").write_text(stage.replace("{'n': record['n']}", "{'count': record['n']}")
+                                            .replace("'object'", "'object', 'required': ['count']"))
+    assert code_digest("toy3.stage")[0] == digest
+    (tmp_path / "toy3/stage.py").write_text(stage.replace("{'n': lib.N}", "{'n': lib.N + 1}"))
+    assert code_digest("toy3.stage")[0] != digest
+
+
+def test_the_stages_never_key_the_manifest_code():
+    """Editing how the manifest is assembled re-runs no stage: no stage's code reaches release/manifest."""
+    from pipeline import stages
+    from pipeline.engine import config as config_mod
+
+    for stage in stages.plan(config_mod.load(None, [])):
+        assert "pipeline.release.manifest" not in code_digest(stage.module)[1], stage.name
+
+
 def test_versions_come_from_the_installed_distribution_metadata(tmp_path, monkeypatch):
     import numpy
 

@@ -97,7 +97,7 @@ def test_15_a_crafted_shard_is_refused_in_one_line(tmp_path, change):
      {"ids": np.array(["a", "b"]), "outputs": np.zeros((2, 3), np.int8), "twin_outputs": np.zeros((2, 4), np.int8)}),
 ], ids=["no run record", "an empty run", "samples not the ids", "numeric ids", "a twin of another shape"])
 def test_15_a_shard_part_merge_cannot_read_is_refused_in_one_line(record, arrays):
-    from pipeline.device import fanout, image, targets
+    from pipeline.device import targets
     from pipeline.stages import target as target_stage
 
     good = ({"samples": 2, "run": RUN, "executor": {}, "isa": {}, "first_difference": None},
@@ -140,7 +140,7 @@ def test_1_a_shard_is_signed_with_the_jobs_secret_and_a_resigned_forgery_is_not(
 ], ids=["name a path", "description injects a RUN line", "distribution injects", "threads a shell line",
         "threads absurd", "cpu with a qemu flag", "unknown tolerance key", "tolerance a string", "kind a list"])
 def test_2_5_15_a_target_file_field_that_could_escape_is_refused(tmp_path, edit, expected):
-    from pipeline.device import fanout, image, targets
+    from pipeline.device import targets
 
     base = "cortex-m-tflm" if any("tflm" in k for k in edit) else "rpi5-litert"
     d = _target_file(tmp_path, edit, base)
@@ -150,7 +150,7 @@ def test_2_5_15_a_target_file_field_that_could_escape_is_refused(tmp_path, edit,
 
 
 def test_5_the_dockerfile_of_the_shipped_targets_has_only_its_own_lines():
-    from pipeline.device import fanout, image, targets
+    from pipeline.device import image, targets
 
     text = image.dockerfile([targets.load_target(n) for n in targets.available_targets()])
     starts = {line.split(" ", 1)[0] for line in text.splitlines() if line}
@@ -158,7 +158,7 @@ def test_5_the_dockerfile_of_the_shipped_targets_has_only_its_own_lines():
 
 
 def test_15_a_target_file_nested_50k_deep_is_exit_3_not_a_recursion_error(tmp_path):
-    from pipeline.device import fanout, image, targets
+    from pipeline.device import targets
 
     d = tmp_path / "targets"
     d.mkdir()
@@ -504,7 +504,7 @@ def test_16_17_nan_outputs_are_counted_without_a_warning_and_fail_the_gate():
 
 
 def test_18_a_crashed_validator_is_that_targets_failure_naming_the_signal():
-    from pipeline.device import fanout, image, targets
+    from pipeline.device import fanout, targets
 
     target = targets.load_target("rpi4-bookworm-tflite")
     qemu = "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n"
@@ -524,7 +524,7 @@ def test_18_a_crashed_validator_is_that_targets_failure_naming_the_signal():
 
 def test_18_a_real_segfault_is_named_as_a_crash():
     """A real process that dies of SIGSEGV (a read of address 0): its exit is named as a crash."""
-    from pipeline.device import fanout, image, targets
+    from pipeline.device import fanout
 
     proc = subprocess.run([sys.executable, "-c", "import ctypes; ctypes.string_at(0)"], capture_output=True, text=True)
     assert proc.returncode == -11
