@@ -12,12 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY
-
-
-def readme_stage():
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Adding a stage", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+from tests.unit.test_declared_stages import readme_stage
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +30,6 @@ def run(package, *args, env=None):
     full.pop("KERAS_BACKEND", None)
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=package, env=full, capture_output=True,
                           text=True, timeout=900)
-
-
-def test_the_readme_block_is_a_complete_stage_of_at_most_40_lines():
-    block = readme_stage()
-    assert len(block.splitlines()) <= 40
-    for part in ("CONFIG", "STAGE", "SCHEMA", "def run(", "def manifest(", "def gate(", "def report("):
-        assert part in block
 
 
 def test_the_copy_runs_its_own_code(package):

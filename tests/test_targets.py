@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ALL_TARGETS, REPO
-from pipeline.device import environment, fanout, image, onnx_info, oplint, targets
+from pipeline.device import environment, fanout, onnx_info, oplint, targets
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import file_lock
@@ -107,35 +107,6 @@ def test_lint_refuses_flex_and_custom_ops_by_name():
     info = {"flex_ops": ["FlexMatrixDeterminant"], "custom_ops": ["FlexMatrixDeterminant", "MyOp"]}
     with pytest.raises(InputError, match="FlexMatrixDeterminant, MyOp"):
         oplint.lint(target, info)
-
-
-def test_unknown_target_names_the_closest():
-    with pytest.raises(InputError, match="Did you mean 'rpi5-litert'"):
-        targets.load_target("rpi5-litrt")
-
-
-def test_dockerfile_matches_the_target_files():
-    text = (REPO / "Dockerfile.edge").read_text()
-    expected = image.dockerfile([targets.load_target(n) for n in targets.available_targets()])
-    assert text == expected, "run: edgebuild target dockerfile"
-    copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
-    assert copied and all((REPO / src).is_file() for src in copied), copied  # what it copies exists
-    for name in AARCH64:
-        t = targets.load_target(name)
-        stage = text.split(f"AS {name}\n", 1)[1].split("FROM ", 1)[0]
-        assert f"debian:{t.distribution}-slim" in text.split(f"AS {name}")[0].splitlines()[-1]
-        pins = re.search(r"RUN printf [^\n]*--require-hashes[^\n]*", stage).group(0)
-        for wheel in t.wheels:
-            assert f"'{wheel} --hash=sha256:{t.wheel_sha256[wheel]}'" in pins, (name, wheel)
-
-
-def test_mirror_comes_from_the_machines_apt_sources(tmp_path):
-    (tmp_path / "sources.list.d").mkdir()
-    (tmp_path / "sources.list.d" / "debian.sources").write_text(
-        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n\n"
-        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
-    )
-    assert environment.debian_mirror(str(tmp_path)) == "http://mirror.example/debian"
 
 
 def test_validate_command_adds_a_target_and_regates(tiny_build, cache_dir, tmp_path):

@@ -3,6 +3,7 @@ config and the --only names; one that breaks the contract is refused with one li
 runs on a copy of the package, so the package under test is never edited."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def readme_stage():
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Adding a stage", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_block_is_a_complete_stage_of_at_most_40_lines():
+    block = readme_stage()
+    assert len(block.splitlines()) <= 40
+    for part in ("CONFIG", "STAGE", "SCHEMA", "def run(", "def manifest(", "def gate(", "def report("):
+        assert part in block
 GOOD = '''from dataclasses import dataclass
 from pipeline.engine.config import setting
 from pipeline.engine.stage import Stage, check

@@ -9,6 +9,8 @@ from pipeline.device import environment, image, targets
 from pipeline.device.executors import base as executors
 from pipeline.engine.errors import InputError
 
+REPO = targets.TARGETS_DIR.parent
+
 
 def _target(tmp_path, old, new):
     text = (targets.TARGETS_DIR / "rpi5-litert.toml").read_text()
@@ -134,3 +136,32 @@ def test_vela_s_operator_listing_is_read_in_its_5_2_format():
     assert figures["cpu_fallback"] == ["Gelu (head/gelu)"] and (figures["npu_ops"], figures["cpu_ops"]) == (2, 1)
     assert (figures["sram_bytes"], figures["off_chip_flash_bytes"], figures["macs"]) == (304, 368, 1600)
     assert figures["inference_ms"] == pytest.approx(1709 / 500e6 * 1e3)
+
+
+def test_unknown_target_names_the_closest():
+    with pytest.raises(InputError, match="Did you mean 'rpi5-litert'"):
+        targets.load_target("rpi5-litrt")
+
+
+def test_dockerfile_matches_the_target_files():
+    text = (REPO / "Dockerfile.edge").read_text()
+    expected = image.dockerfile([targets.load_target(n) for n in targets.available_targets()])
+    assert text == expected, "run: edgebuild target dockerfile"
+    copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
+    assert copied and all((REPO / src).is_file() for src in copied), copied  # what it copies exists
+    for name in [n for n in targets.available_targets() if targets.load_target(n).kind == "linux" and targets.load_target(n).emulated]:
+        t = targets.load_target(name)
+        stage = text.split(f"AS {name}\n", 1)[1].split("FROM ", 1)[0]
+        assert f"debian:{t.distribution}-slim" in text.split(f"AS {name}")[0].splitlines()[-1]
+        pins = re.search(r"RUN printf [^\n]*--require-hashes[^\n]*", stage).group(0)
+        for wheel in t.wheels:
+            assert f"'{wheel} --hash=sha256:{t.wheel_sha256[wheel]}'" in pins, (name, wheel)
+
+
+def test_mirror_comes_from_the_machines_apt_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+    )
+    assert environment.debian_mirror(str(tmp_path)) == "http://mirror.example/debian"
