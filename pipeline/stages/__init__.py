@@ -96,16 +96,20 @@ def _modules(config):
     return list(VALIDATION_ORDER) if config.validate.model else _in_order(ORDER, DECLARED)
 
 
+def _plan_modules(config):
+    return [(name, DECLARED.get(name) or importlib.import_module(f"{__name__}.{name}")) for name in _modules(config)]
+
+
 def plan(config):
     """Every stage of a full build (or of the validation of a model file), in order."""
     stages = []
-    for name in _modules(config):
-        module = DECLARED.get(name) or importlib.import_module(f"{__name__}.{name}")
+    for _, module in _plan_modules(config):
         stages += module.stages(config) if hasattr(module, "stages") else [module.STAGE]
     return stages
 
 
-GROUPS = tuple(GROUP_OF.get(n, n) for n in _in_order(ORDER, DECLARED))  # --only / --until names of a full build, in order (a test checks them against plan)
+# --only / --until names of a full build, in order (a test checks them against the plan)
+GROUPS = tuple(GROUP_OF.get(n, n) for n in _in_order(ORDER, DECLARED))
 
 
 def target_stage_names(targets):
@@ -113,10 +117,6 @@ def target_stage_names(targets):
     from pipeline.stages.target import stage_name
 
     return [stage_name(t) for t in targets]
-
-
-def _plan_modules(config):
-    return [(name, DECLARED.get(name) or importlib.import_module(f"{__name__}.{name}")) for name in _modules(config)]
 
 
 def manifest_sections(config, records):
