@@ -7,14 +7,12 @@ that need a build are in tests/test_shards.py (1), tests/test_bad_input.py (12) 
 import errno
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
 import threading
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
