@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from pipeline.engine.fsutil import sha256_file
 
@@ -765,7 +766,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     parser.add_argument("--work", help="scratch directory (default: a temporary one, removed after)")
     parser.add_argument("--only", choices=sorted(ONLY), help="measure one section alone and add it to the results "
-                        "file: " + "; ".join(f"{name}: {what}" for name, (what, _, _, _) in sorted(ONLY.items())))
+                        "file: " + "; ".join(f"{name}: {section.what}" for name, section in sorted(ONLY.items())))
     parser.add_argument("--at", metavar="REV_OR_BUILD_DIR", help="what --only speed (a git revision to compare with), "
                         "--only bytecode and --only formats (a finished build directory, e.g. build/digits) measure")
     args = parser.parse_args(argv)
@@ -775,7 +776,7 @@ def main(argv=None):
         targets_cache = work / "targets"
         targets_cache.mkdir(exist_ok=True)
         if args.only:
-            what, key, measure, render = ONLY[args.only]
+            section = ONLY[args.only]
             if args.only in NEEDS_AT and not args.at:
                 parser.error(f"--only {args.only} needs --at {NEEDS_AT[args.only]}")
             if args.at and args.only not in NEEDS_AT:
@@ -783,10 +784,10 @@ def main(argv=None):
             result = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
             if args.only == "speed":
                 result.pop("compile_cache", None)  # measured wrongly before (JAX kept no entries); part of speed now
-            result[key] = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                           **measure(args, work, targets_cache)}
+            result[section.key] = {"date": datetime.date.today().isoformat(), "machine": machine(),
+                                   **section.measure(args, work, targets_cache)}
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-            print(render(result[key]))
+            print(section.markdown(result[section.key]))
             return
         setup_times = {}
         for name in ("rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime"):
@@ -848,26 +849,50 @@ def _bytecode(args, work, targets_cache):
     return emulated_bytecode(args.at, args.repeats, default_cache_dir())
 
 
-# --only NAME: (what it measures, its key in results.json, measure(args, work, targets_cache), its Markdown)
+def isa_markdown(section):
+    rows = ["| XLA setting | flags | int8 .tflite sha256 | byte-identical to the default |", "|---|---|---|---|"]
+    for run in section["runs"]:
+        same = run["identical_to_default"]
+        rows.append(f"| {run['setting']} | `{run['xla_flags'] or '-'}` | `{run['sha256']['model_int8.tflite']}…` | "
+                    f"{len(same)} of {len(run['sha256'])} ({', '.join(same) or 'none'}) |")
+    return "\n".join(rows)
+
+
+class Section(NamedTuple):
+    heading: str  # in bench/RESULTS.md
+    what: str  # in --help
+    key: str  # in results.json
+    measure: Callable  # (args, work, targets_cache) -> the section's figures
+    markdown: Callable  # the section's figures -> Markdown
+
+
+# --only NAME, in the order of bench/RESULTS.md (`python -m bench.render`)
 ONLY = {
-    "isa": ("the default build to export under several XLA vector ISAs: which artifacts stay byte-identical",
-            "isa_reproducibility", lambda args, work, tc: isa_reproducibility(work, tc), lambda s: json.dumps(s, indent=1)),
-    "speed": ("the default build per stage, cold, at git revision --at vs now (truly cold, and with JAX's "
-              "compilation cache kept)", "speed",
-              lambda args, work, tc: {"repeats": args.repeats, **speed(work, args.repeats, _machine_targets(), args.at)},
-              speed_markdown),
-    "bytecode": ("each emulated target of the finished build --at with and without its compiled bytecode",
-                 "emulated_bytecode", _bytecode, emulated_bytecode_markdown),
-    "ci": ("a fresh CI runner with a warm remote cache vs fully cold, and a large test set in 1 vs 2 shards",
-           "ci", lambda args, work, tc: {"sharded_validation": sharded_validation(work), "runners": ci_runners(work)},
-           ci_markdown),
-    "suite": ("the whole test suite with 1 and 2 pytest-xdist workers, alternated, --repeats times each (about 20 "
-              "minutes a repeat on 2 cores)", "suite",
-              lambda args, work, tc: {"repeats": args.repeats, **suite(args.repeats)}, suite_markdown),
-    "formats": ("the TFLite/ONNX side-by-side figures of the finished build --at", "formats", _formats,
-                formats_markdown),
-    "fit": ("what each bundled model asks of the devices (arena, MACs, Vela's figures) and each target stage's time",
-            "fit", _fit, _fit_markdown),
+    "isa": Section("Vector ISA and reproducible bytes",
+                   "the default build to export under several XLA vector ISAs: which artifacts stay byte-identical",
+                   "isa_reproducibility", lambda args, work, tc: isa_reproducibility(work, tc), isa_markdown),
+    "formats": Section("TFLite and ONNX side by side",
+                       "the TFLite/ONNX side-by-side figures of the finished build --at", "formats", _formats,
+                       formats_markdown),
+    "speed": Section("Build speed, before and after",
+                     "the default build per stage, cold, at git revision --at vs now (truly cold, and with JAX's "
+                     "compilation cache kept)", "speed",
+                     lambda args, work, tc: {"repeats": args.repeats, **speed(work, args.repeats, _machine_targets(),
+                                                                            args.at)}, speed_markdown),
+    "bytecode": Section("Emulated targets with and without compiled bytecode",
+                        "each emulated target of the finished build --at with and without its compiled bytecode",
+                        "emulated_bytecode", _bytecode, emulated_bytecode_markdown),
+    "ci": Section("CI runners: warm remote cache, sharded validation",
+                  "a fresh CI runner with a warm remote cache vs fully cold, and a large test set in 1 vs 2 shards",
+                  "ci", lambda args, work, tc: {"sharded_validation": sharded_validation(work),
+                                                "runners": ci_runners(work)}, ci_markdown),
+    "suite": Section("The test suite with 1 and 2 workers",
+                     "the whole test suite with 1 and 2 pytest-xdist workers, alternated, --repeats times each (about "
+                     "20 minutes a repeat on 2 cores)", "suite",
+                     lambda args, work, tc: {"repeats": args.repeats, **suite(args.repeats)}, suite_markdown),
+    "fit": Section("Does each bundled model fit the devices",
+                   "what each bundled model asks of the devices (arena, MACs, Vela's figures) and each target stage's "
+                   "time", "fit", _fit, _fit_markdown),
 }
 NEEDS_AT = {"speed": "BEFORE (a git revision)", "bytecode": "BUILD_DIR", "formats": "BUILD_DIR"}
 

@@ -6,35 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.__main__ import (ci_markdown, emulated_bytecode_markdown, formats_markdown, markdown, speed_markdown,
-                            suite_markdown)
-from bench.fit import fit_markdown
+from bench.__main__ import NEEDS_AT, ONLY, markdown
 
 HERE = Path(__file__).resolve().parent
 
-
-def isa_markdown(section):
-    rows = ["| XLA setting | flags | int8 .tflite sha256 | byte-identical to the default |", "|---|---|---|---|"]
-    for run in section["runs"]:
-        same = run["identical_to_default"]
-        rows.append(f"| {run['setting']} | `{run['xla_flags'] or '-'}` | `{run['sha256']['model_int8.tflite']}…` | "
-                    f"{len(same)} of {len(run['sha256'])} ({', '.join(same) or 'none'}) |")
-    return "\n".join(rows)
-
-
-# (key in results.json, heading, the command that measures it, its renderer)
-SECTIONS = (
-    ("build_times", "The default build: stages, validation cost, accuracy, sizes, reproducibility", "python -m bench",
-     None),
-    ("isa_reproducibility", "Vector ISA and reproducible bytes", "python -m bench --only isa", isa_markdown),
-    ("formats", "TFLite and ONNX side by side", "python -m bench --only formats --at BUILD_DIR", formats_markdown),
-    ("speed", "Build speed, before and after", "python -m bench --only speed --at BEFORE", speed_markdown),
-    ("emulated_bytecode", "Emulated targets with and without compiled bytecode",
-     "python -m bench --only bytecode --at BUILD_DIR", emulated_bytecode_markdown),
-    ("ci", "CI runners: warm remote cache, sharded validation", "python -m bench --only ci", ci_markdown),
-    ("suite", "The test suite with 1 and 2 workers", "python -m bench --only suite", suite_markdown),
-    ("fit", "Does each bundled model fit the devices", "python -m bench --only fit", fit_markdown),
-)
+# (key in results.json, heading, the command that measures it, its renderer): the whole run, then each
+# --only section of bench's own registry
+SECTIONS = (("build_times", "The default build: stages, validation cost, accuracy, sizes, reproducibility",
+             "python -m bench", None),
+            *((s.key, s.heading, f"python -m bench --only {name}" + (f" --at {NEEDS_AT[name].split()[0]}"
+                                                                       if name in NEEDS_AT else ""), s.markdown)
+              for name, s in ONLY.items()))
 
 
 def _where(results, section):

@@ -202,11 +202,7 @@ def build(ctx, config_path, sets, seed, name, only, until, no_cache, no_remote, 
     from pipeline.release import manifest as manifest_mod
 
     config = _load_config(config_path, _local_only(sets, no_remote), seed, name)
-    log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
-    options = build_mod.RunOptions(
-        cache_dir=default_cache_dir(config), use_cache=not no_cache, quiet=ctx.obj.quiet,
-        debug=ctx.obj.debug, log=log,
-    )
+    options = _run_options(ctx, config, use_cache=not no_cache)
     base = manifest_mod.read_baseline(baseline, _warn) if baseline else None
     result = build_mod.build(config, options, only=only, until=until, baseline=base)
     if result.manifest is None:
@@ -398,11 +394,13 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     return _add_targets(ctx, path, target_names, config_path, sets, baseline, no_baseline, junit, as_json)
 
 
-def _run_options(ctx, config):
+def _run_options(ctx, config, use_cache=True):
+    """How the orchestrator runs this command's stages: the cache, progress on stderr unless --quiet."""
     from pipeline.orchestrate import build as build_mod
 
     log = (lambda msg: click.echo(msg, err=True)) if not ctx.obj.quiet else (lambda msg: None)
-    return build_mod.RunOptions(cache_dir=default_cache_dir(config), quiet=ctx.obj.quiet, debug=ctx.obj.debug, log=log)
+    return build_mod.RunOptions(cache_dir=default_cache_dir(config), use_cache=use_cache, quiet=ctx.obj.quiet,
+                                debug=ctx.obj.debug, log=log)
 
 
 def _validate_model_file(ctx, path, data_source, out, target_names, config_path, sets, baseline, junit, as_json):

@@ -19,8 +19,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from pipeline.device import targets
-from pipeline.device.executors import local, qemu
+from pipeline.device import executors, targets
+from pipeline.device.executors import qemu
 from pipeline.engine.errors import InputError, StageError
 from pipeline.engine.fsutil import file_lock, publishing_dir
 
@@ -287,7 +287,7 @@ def _selftest(target, root, logfile, twin=False):
         model = targets.selftest_model(target)
         shape = describe(model)["inputs"][0]["shape"]
         np.save(work / "x.npy", np.zeros([2, *shape[1:]], np.int8))
-        cmd, env = (local.twin if twin else qemu.executor)(target, root).command([model, work / "x.npy", work / "y.npy", "--batch", "1"])
+        cmd, env = executors.linux(target, root, twin).command([model, work / "x.npy", work / "y.npy", "--batch", "1"])
         where = "in the x86_64 twin" if twin else "under emulation"
         out = run_logged(cmd, f"self-test of the {target.runtime} interpreter {where}", logfile, env=env)
         info = json.loads(out.strip().splitlines()[-1])

@@ -11,19 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.device import targets
+from pipeline.device import executors, targets
 from pipeline.device.executors import container as in_container
-from pipeline.device.executors import local, qemu
-from pipeline.device.executors.base import Executor, kernel_args
 from pipeline.device.environment import run_logged
+from pipeline.device.executors.base import Executor, kernel_args
 from pipeline.engine.errors import InputError, ModelRefused, StageError
-
-
-def linux(target, root, twin=False):
-    """The executor of a Linux target: its twin, the host itself, or qemu user-mode."""
-    if twin:
-        return local.twin(target, root)
-    return qemu.executor(target, root) if target.emulated else local.host(target, root)
 
 
 def executor_for(target, root, twin=False, container=None, log=print):
@@ -35,7 +27,7 @@ def executor_for(target, root, twin=False, container=None, log=print):
                         lambda: module.executor(target))
     if container is not None and not twin and target.emulated:
         return in_container.executor(target, container, log)
-    return linux(target, root, twin)
+    return executors.linux(target, root, twin)
 
 
 def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False, container=None,

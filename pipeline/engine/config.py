@@ -19,144 +19,146 @@ from pipeline.engine.errors import InputError
 from pipeline.engine.text import did_you_mean
 
 
-def _f(default, doc, **kw):
+def setting(default, doc, **checks):
+    """A config key of a section: its default, its one-line description (`edgebuild config`) and its
+    checks (min, max, choices, items: the item type of a list, name: a build or target name, recipe)."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
-    return field(default=default, metadata={"doc": doc, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
+    return field(default=default, metadata={"doc": doc, **checks})
 
 
 @dataclass(frozen=True)
 class BuildSection:
-    name: str = _f("digits", "build name (letters, digits, '.', '_', '-'); outputs go to <out_dir>/<name>/",
+    name: str = setting("digits", "build name (letters, digits, '.', '_', '-'); outputs go to <out_dir>/<name>/",
                    name=True)
-    seed: int = _f(0, "seed for the split, initialisation and shuffling", min=0, max=2**32 - 1)
-    out_dir: str = _f("build", "directory that receives one folder per build")
+    seed: int = setting(0, "seed for the split, initialisation and shuffling", min=0, max=2**32 - 1)
+    out_dir: str = setting("build", "directory that receives one folder per build")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = _f("digits", "'digits' (scikit-learn, embedded), an image folder, or an .npz with x/y (and optional "
+    source: str = setting("digits", "'digits' (scikit-learn, embedded), an image folder, or an .npz with x/y (and optional "
                      "split, class_names)")
-    test_source: str = _f("", "your fixed held-out test set: an image folder or .npz (with a split array: its 'test' "
+    test_source: str = setting("", "your fixed held-out test set: an image folder or .npz (with a split array: its 'test' "
                           "rows), never split, trained or calibrated on; '' = a test split of data.source")
-    allow_overlap: bool = _f(False, "accept images that occur both in the test set and in train/val/calibration "
+    allow_overlap: bool = setting(False, "accept images that occur both in the test set and in train/val/calibration "
                              "(recorded in the manifest)")
-    image_size: int = _f(32, "images are resized to image_size x image_size", min=8, max=512)
-    channels: int = _f(1, "1 (grayscale) or 3 (RGB)", choices=(1, 3))
-    mixed_sizes: str = _f("resize", "'resize' images of other sizes, or 'refuse' them", choices=("resize", "refuse"))
-    resize: str = _f("pillow", "how images are decoded and resized: 'pillow' (Pillow, bilinear antialiased when "
+    image_size: int = setting(32, "images are resized to image_size x image_size", min=8, max=512)
+    channels: int = setting(1, "1 (grayscale) or 3 (RGB)", choices=(1, 3))
+    mixed_sizes: str = setting("resize", "'resize' images of other sizes, or 'refuse' them", choices=("resize", "refuse"))
+    resize: str = setting("pillow", "how images are decoded and resized: 'pillow' (Pillow, bilinear antialiased when "
                      "shrinking) or 'keras' (TensorFlow's decoder and tf.image.resize bilinear, as "
                      "keras.utils.image_dataset_from_directory loads them, so accuracy matches a Keras pipeline)",
                      choices=("pillow", "keras"))
-    val_fraction: float = _f(0.15, "fraction of samples for validation", min=0.0, max=0.5)
-    test_fraction: float = _f(0.2, "fraction of samples for the test split", min=0.05, max=0.5)
-    max_samples: int = _f(0, "use at most this many samples, stratified (0 = all)", min=0, max=10**9)
-    calibration_file: str = _f("calibration/digits-v1.json", "versioned calibration set (created if missing)")
-    calibration_samples: int = _f(200, "calibration samples, stratified by class, from the train split", min=10, max=1_000_000)
+    val_fraction: float = setting(0.15, "fraction of samples for validation", min=0.0, max=0.5)
+    test_fraction: float = setting(0.2, "fraction of samples for the test split", min=0.05, max=0.5)
+    max_samples: int = setting(0, "use at most this many samples, stratified (0 = all)", min=0, max=10**9)
+    calibration_file: str = setting("calibration/digits-v1.json", "versioned calibration set (created if missing)")
+    calibration_samples: int = setting(200, "calibration samples, stratified by class, from the train split", min=10, max=1_000_000)
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    pixel_range: list = _f([0.0, 1.0], "[lo, hi]: a uint8 pixel p becomes lo + p * (hi - lo) / 255, the model's input "
+    pixel_range: list = setting([0.0, 1.0], "[lo, hi]: a uint8 pixel p becomes lo + p * (hi - lo) / 255, the model's input "
                            "convention ([0, 1], [0, 255], [-1, 1], ...)")
-    mean: list = _f([], "then subtract mean[c] per channel ([] = none; one value or one per channel)")
-    std: list = _f([], "then divide by std[c] per channel ([] = none; one value or one per channel)")
+    mean: list = setting([], "then subtract mean[c] per channel ([] = none; one value or one per channel)")
+    std: list = setting([], "then divide by std[c] per channel ([] = none; one value or one per channel)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str = _f("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
+    recipe: str = setting("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
                      "efficientnet_v2_b0, 'module.path:function' (your (input_shape, num_classes) -> keras.Model, "
                      "imported from the working directory) or a trained .keras file (fine-tuned for "
                      "train.epochs; 0 = as is)", recipe=True)
-    width: int = _f(16, "filters in the first block", min=1, max=4096)
-    blocks: int = _f(3, "conv blocks", min=1, max=6)
-    weights: str = _f("", "pretrained weights, a local .weights.h5 or .keras file, loaded by layer name into every "
+    width: int = setting(16, "filters in the first block", min=1, max=4096)
+    blocks: int = setting(3, "conv blocks", min=1, max=6)
+    weights: str = setting("", "pretrained weights, a local .weights.h5 or .keras file, loaded by layer name into every "
                           "layer but the 'logits' head ('' = random init; nothing is downloaded)")
-    finetune: str = _f("full", "what trains: 'full', 'freeze' (head only, plus unfreeze_top layers) or 'lora' "
+    finetune: str = setting("full", "what trains: 'full', 'freeze' (head only, plus unfreeze_top layers) or 'lora' "
                                "(low-rank adapters on the backbone's Conv2D/Dense, merged before QAT)",
                        choices=("full", "freeze", "lora"))
-    unfreeze_top: int = _f(0, "with finetune = 'freeze': also train the last N weighted backbone layers", min=0, max=10_000)
-    lora_rank: int = _f(4, "rank of the LoRA adapters", min=1, max=4096)
-    data_parallel: bool = _f(False, "keras.distribution.DataParallel over all local JAX devices (and hosts, see README)")
-    epochs: int = _f(10, "training epochs (0 only for a trained .keras recipe or train.weights)", min=0, max=10_000)
-    batch_size: int = _f(64, "batch size", min=1, max=1_000_000)
-    learning_rate: float = _f(3e-3, "Adam learning rate", min=0.0, max=10.0)
+    unfreeze_top: int = setting(0, "with finetune = 'freeze': also train the last N weighted backbone layers", min=0, max=10_000)
+    lora_rank: int = setting(4, "rank of the LoRA adapters", min=1, max=4096)
+    data_parallel: bool = setting(False, "keras.distribution.DataParallel over all local JAX devices (and hosts, see README)")
+    epochs: int = setting(10, "training epochs (0 only for a trained .keras recipe or train.weights)", min=0, max=10_000)
+    batch_size: int = setting(64, "batch size", min=1, max=1_000_000)
+    learning_rate: float = setting(3e-3, "Adam learning rate", min=0.0, max=10.0)
 
 
 @dataclass(frozen=True)
 class QatConfig:
-    epochs: int = _f(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0, max=10_000)
-    batch_size: int = _f(64, "batch size", min=1, max=1_000_000)
-    learning_rate: float = _f(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
+    epochs: int = setting(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0, max=10_000)
+    batch_size: int = setting(64, "batch size", min=1, max=1_000_000)
+    learning_rate: float = setting(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
                              "model is adjusted to int8, not retrained", min=0.0, max=10.0)
-    max_val_drop: float = _f(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
+    max_val_drop: float = setting(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
-    ema_momentum: float = _f(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
-    init_samples: int = _f(256, "training samples that initialise the activation ranges", min=1, max=1_000_000)
+    ema_momentum: float = setting(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
+    init_samples: int = setting(256, "training samples that initialise the activation ranges", min=1, max=1_000_000)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    onnx_opset: int = _f(17, "ONNX opset for tf2onnx", min=9, max=30)
-    allowed_float_ops: list = _f([], "op names allowed to stay float in the int8 model (recorded in the manifest)",
+    onnx_opset: int = setting(17, "ONNX opset for tf2onnx", min=9, max=30)
+    allowed_float_ops: list = setting([], "op names allowed to stay float in the int8 model (recorded in the manifest)",
                                  items=str)
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    targets: list = _f(["rpi4-bookworm-tflite", "rpi5-litert", "cortex-m-tflm", "ethos-u55-128"],
+    targets: list = setting(["rpi4-bookworm-tflite", "rpi5-litert", "cortex-m-tflm", "ethos-u55-128"],
                        "targets (targets/<name>.toml) to validate on: emulated Linux boards, microcontrollers (TFLM), "
                        "NPUs (Vela)", items=str, name=True)
-    sample: int = _f(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0, max=10**9)
-    shards: int = _f(2, "parallel emulated interpreter processes", min=1, max=64)
-    kernels: str = _f("", "the kernels of every Linux board with a TFLite runtime, when its device build differs from "
+    sample: int = setting(0, "validate at most this many test samples on emulated targets, stratified (0 = all)", min=0, max=10**9)
+    shards: int = setting(2, "parallel emulated interpreter processes", min=1, max=64)
+    kernels: str = setting("", "the kernels of every Linux board with a TFLite runtime, when its device build differs from "
                       "its target file: 'xnnpack', 'builtin' or 'reference' ('' = each target file's own; others keep "
                       "theirs); its twin runs the same", choices=("", "xnnpack", "builtin", "reference"))
-    isa_samples: int = _f(64, "test samples each Linux board with a TFLite runtime and its x86 twin also run on the "
+    isa_samples: int = setting(64, "test samples each Linux board with a TFLite runtime and its x86 twin also run on the "
                           "runtime's reference kernels: the ISA check, held bit-exact (0 = off)", min=0, max=100_000)
-    executor: str = _f("qemu", "how the emulated targets run: 'qemu' (user-mode qemu on the target's root filesystem, "
+    executor: str = setting("qemu", "how the emulated targets run: 'qemu' (user-mode qemu on the target's root filesystem, "
                        "the fastest) or 'container' (the target's OCI image under podman: edgebuild target image)",
                        choices=("qemu", "container"))
-    model: str = _f("", "a .tflite built elsewhere to validate on data.test_source instead of building one "
+    model: str = setting("", "a .tflite built elsewhere to validate on data.test_source instead of building one "
                     "(set by `edgebuild validate MODEL --data SOURCE`; '' = build)")
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_int8_accuracy: float = _f(0.0, "minimum int8 accuracy, host and every target (0 = no absolute minimum: "
+    min_int8_accuracy: float = setting(0.0, "minimum int8 accuracy, host and every target (0 = no absolute minimum: "
                                   "set your task's own)", min=0.0, max=1.0)
-    max_int8_drop: float = _f(0.02, "maximum int8 accuracy drop vs float (fraction)", min=0.0, max=1.0)
-    max_baseline_drop: float = _f(0.01, "maximum int8 accuracy drop vs the baseline", min=0.0, max=1.0)
-    max_class_drop: float = _f(0.05, "maximum accuracy drop of any single class, vs float and vs baseline", min=0.0, max=1.0)
-    class_drop_samples: int = _f(2, "a class drop of at most this many test samples plus sqrt(the class's errors "
+    max_int8_drop: float = setting(0.02, "maximum int8 accuracy drop vs float (fraction)", min=0.0, max=1.0)
+    max_baseline_drop: float = setting(0.01, "maximum int8 accuracy drop vs the baseline", min=0.0, max=1.0)
+    max_class_drop: float = setting(0.05, "maximum accuracy drop of any single class, vs float and vs baseline", min=0.0, max=1.0)
+    class_drop_samples: int = setting(2, "a class drop of at most this many test samples plus sqrt(the class's errors "
                                  "before) is noise and never fails", min=0, max=10**9)
-    max_flip_rate: float = _f(0.02, "maximum fraction of test samples that regress (right in float -> wrong in "
+    max_flip_rate: float = setting(0.02, "maximum fraction of test samples that regress (right in float -> wrong in "
                               "int8, right in the baseline -> wrong now; at least, see flip_error_ratio)",
                               min=0.0, max=1.0)
-    flip_error_ratio: float = _f(0.3, "the flip budget is at least this times the reference model's error rate "
+    flip_error_ratio: float = setting(0.3, "the flip budget is at least this times the reference model's error rate "
                                  "(a 57%-accurate model flips more than a 99% one)", min=0.0, max=100.0)
-    min_target_agreement: float = _f(0.99, "minimum host/target top-1 agreement", min=0.0, max=1.0)
-    min_onnx_agreement: float = _f(0.99, "minimum top-1 agreement of the int8 ONNX with the int8 .tflite on the host",
+    min_target_agreement: float = setting(0.99, "minimum host/target top-1 agreement", min=0.0, max=1.0)
+    min_onnx_agreement: float = setting(0.99, "minimum top-1 agreement of the int8 ONNX with the int8 .tflite on the host",
                                    min=0.0, max=1.0)
-    max_int8_bytes: int = _f(1_000_000, "maximum int8 .tflite size in bytes", min=1, max=2**40)
-    sram_bytes: int = _f(0, "RAM budget of every target, overriding its file's [budget] (0 = each target's own)",
+    max_int8_bytes: int = setting(1_000_000, "maximum int8 .tflite size in bytes", min=1, max=2**40)
+    sram_bytes: int = setting(0, "RAM budget of every target, overriding its file's [budget] (0 = each target's own)",
                          min=0, max=2**40)
-    flash_bytes: int = _f(0, "flash budget of every target, overriding its file's [budget] (0 = each target's own)",
+    flash_bytes: int = setting(0, "flash budget of every target, overriding its file's [budget] (0 = each target's own)",
                           min=0, max=2**40)
-    max_macs: int = _f(0, "MACs per inference on every target, overriding its file's [budget] (0 = each target's own)",
+    max_macs: int = setting(0, "MACs per inference on every target, overriding its file's [budget] (0 = each target's own)",
                        min=0, max=10**15)
-    max_cpu_fallback_ops: int = _f(-1, "NPU targets: operators Vela may leave to the CPU, overriding the target's "
+    max_cpu_fallback_ops: int = setting(-1, "NPU targets: operators Vela may leave to the CPU, overriding the target's "
                                    "[budget] (-1 = each target's own)", min=-1, max=10**6)
-    max_inference_ms: float = _f(0.0, "NPU targets: Vela's estimated ms per inference, overriding the target's "
+    max_inference_ms: float = setting(0.0, "NPU targets: Vela's estimated ms per inference, overriding the target's "
                                  "[budget] (0 = each target's own)", min=0.0, max=1e7)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    enabled: bool = _f(True, "reuse stage outputs whose inputs and config are unchanged")
-    dir: str = _f("", "cache directory ('' = $EDGEBUILD_HOME, else ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
-    remote: str = _f("", "remote cache shared by runners: s3://bucket/prefix or file:///shared/dir (any fsspec URL; "
+    enabled: bool = setting(True, "reuse stage outputs whose inputs and config are unchanged")
+    dir: str = setting("", "cache directory ('' = $EDGEBUILD_HOME, else ~/.cache/edgebuild; $EDGEBUILD_CACHE overrides both)")
+    remote: str = setting("", "remote cache shared by runners: s3://bucket/prefix or file:///shared/dir (any fsspec URL; "
                      "credentials from the store's own chain, never in the URL); '' = none")
 
 
@@ -251,12 +253,6 @@ def check_preprocess(cfg, channels):
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(BuildConfig) if f.name != "declared"}  # and the declared ones
 BUILT_IN = frozenset(SECTIONS)
-
-
-def setting(default, doc, **checks):
-    """A config key of a section: its default, its one-line description (`edgebuild config`) and its
-    checks (min, max, choices, items: the item type of a list, name: a build or target name)."""
-    return _f(default, doc, **checks)
 
 
 def declare_section(name, cls, owner):

@@ -13,9 +13,6 @@ from pipeline.engine.stage import check
 from pipeline.release.manifest import released_metrics
 
 
-_check = check
-
-
 def _class_drop(before, after, counts, cfg):
     """The worst per-class accuracy drop from `before` to `after` as (drop, class, samples lost,
     samples allowed, passed). A class fails when it drops by more than max_class_drop *and* loses
@@ -47,7 +44,7 @@ def _class_check(name, before, after, counts, cfg, baseline=False):
     if cls:
         detail = f"class {cls}" + (f": {lost} of {counts[cls]} samples lost, noise up to {allowed}"
                                    if lost is not None else "")
-    return _check(name, drop, f"<= {cfg.max_class_drop} or within noise", passed,
+    return check(name, drop, f"<= {cfg.max_class_drop} or within noise", passed,
                   baseline=before.get(cls) if baseline and cls else None, detail=detail)
 
 
@@ -62,7 +59,7 @@ def _regressed_check(what, before, after, labels, cfg, reference_accuracy):
         lost = changed
     rate = round(lost / max(1, len(after)), 6)
     limit = flip_limit(cfg, reference_accuracy)
-    return _check(f"regressed samples {what}", rate, f"<= {limit}", rate <= limit,
+    return check(f"regressed samples {what}", rate, f"<= {limit}", rate <= limit,
                   detail=f"{lost} right->wrong, {changed - lost} changed otherwise")
 
 
@@ -114,7 +111,7 @@ def _finite_check(where, metrics):
     if not str(metrics.get("output_dtype", "int8")).startswith("float"):
         return []
     bad = int(metrics.get("nonfinite_outputs", 0))
-    return [_check(f"finite outputs ({where})", bad, "0 NaN or inf", bad == 0,
+    return [check(f"finite outputs ({where})", bad, "0 NaN or inf", bad == 0,
                    detail=f"{bad} output values are NaN or inf" if bad else "")]
 
 
@@ -122,46 +119,46 @@ def _target_checks(m, cfg, prefix):
     checks = []
     for name, t in sorted(m.get("targets", {}).items()):
         if t.get("refused"):
-            checks.append(_check(f"runs on target ({name})", "refused", "loads and runs", False,
+            checks.append(check(f"runs on target ({name})", "refused", "loads and runs", False,
                                  detail=text.clip(t["refused"], 200)))
             continue
         checks += _finite_check(name, t)
-        checks.append(_check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
+        checks.append(check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
                              t["accuracy"] >= cfg.min_int8_accuracy,
                              detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
         need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
-        checks.append(_check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
+        checks.append(check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
                              t["top1_agreement"] >= need))
         if t.get("output_dtype", "int8").startswith("float"):  # float outputs: reported, not held to int8 steps
             continue
         tol, isa = t["tolerances"], t.get("isa") or {}
         if isa.get("refused"):
-            checks.append(_check(f"runs on the x86 twin ({name})", "refused", "loads and runs", False,
+            checks.append(check(f"runs on the x86 twin ({name})", "refused", "loads and runs", False,
                                  detail=text.clip(isa["refused"], 200)))
         elif isa.get("reference"):  # the ISA on reference kernels, bit-exact; the production kernels as drift
             ref = isa["reference"]
             need = tol.get("min_reference_bitexact_fraction", 1.0)
-            checks.append(_check(f"ISA: bit-exact vs x86 twin, reference kernels ({name})", ref["bitexact_fraction"],
+            checks.append(check(f"ISA: bit-exact vs x86 twin, reference kernels ({name})", ref["bitexact_fraction"],
                                  f">= {need}", ref["bitexact_fraction"] >= need and (need < 1.0 or ref["max_abs_diff"] == 0),
                                  detail=f"{ref['samples']} samples, max |diff| {ref['max_abs_diff']:.4g}"))
             top1, most = max(cfg.min_target_agreement, tol["min_top1_agreement"]), tol.get("max_isa_abs_diff", 0)
-            checks.append(_check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["top1_agreement"],
+            checks.append(check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["top1_agreement"],
                                  f">= {top1}, max |diff| <= {most}",
                                  isa["top1_agreement"] >= top1 and isa["max_abs_diff"] <= most,
                                  detail=f"drift of the kernels' own code paths per ISA: {isa['bitexact_fraction']:.4f} "
                                         f"bit-exact, max |diff| {isa['max_abs_diff']:.4g}"))
         elif isa.get("twin"):  # ISA agreement is gated strictly; drift vs the host is reported (and top-1 above)
             need, most = tol.get("min_isa_bitexact_fraction", 1.0), tol.get("max_isa_abs_diff", 0)
-            checks.append(_check(f"bit-exact vs x86 twin ({name})", isa["bitexact_fraction"], f">= {need}",
+            checks.append(check(f"bit-exact vs x86 twin ({name})", isa["bitexact_fraction"], f">= {need}",
                                  isa["bitexact_fraction"] >= need and isa["max_abs_diff"] <= most,
                                  detail=f"max |diff| {isa['max_abs_diff']} (<= {most}); vs host "
                                         f"{t['bitexact_fraction']:.4f} bit-exact, max |diff| {t['max_abs_diff']}"))
         else:
-            checks.append(_check(f"bit-exact outputs ({name})", t["bitexact_fraction"],
+            checks.append(check(f"bit-exact outputs ({name})", t["bitexact_fraction"],
                                  f">= {tol['min_bitexact_fraction']}",
                                  t["bitexact_fraction"] >= tol["min_bitexact_fraction"],
                                  detail=f"max |diff| {t['max_abs_diff']} (<= {tol['max_abs_diff']}); no x86 twin"))
-            checks.append(_check(f"max int8 |diff| ({name})", t["max_abs_diff"], f"<= {tol['max_abs_diff']}",
+            checks.append(check(f"max int8 |diff| ({name})", t["max_abs_diff"], f"<= {tol['max_abs_diff']}",
                                  t["max_abs_diff"] <= tol["max_abs_diff"]))
     return checks
 
@@ -219,7 +216,7 @@ def _budget_checks(manifest, cfg):
     for name, t in sorted((manifest["metrics"].get("targets") or {}).items()):
         npu_refused = (t.get("npu") or {}).get("refused")
         if npu_refused:
-            checks.append(_check(f"compiles for the NPU ({name})", "refused", "Vela compiles it", False,
+            checks.append(check(f"compiles for the NPU ({name})", "refused", "Vela compiles it", False,
                                  detail=text.clip(t["npu"]["refused"], 200)))
         figures = fit(manifest, name, t)
         for key, limit in sorted(budgets(t, cfg).items()):
@@ -230,19 +227,19 @@ def _budget_checks(manifest, cfg):
                 if t.get("refused") or npu_refused:  # failed above: nothing was measured
                     continue
                 # recorded, not silently skipped: e.g. no TFLM arena for a model TFLM cannot run
-                checks.append(_check(f"{FIT_NAMES[key]} ({name})", "not measured", f"<= {limit:,}", True,
+                checks.append(check(f"{FIT_NAMES[key]} ({name})", "not measured", f"<= {limit:,}", True,
                                      detail=f"{how}: not measurable for this model, so not checked"))
                 continue
-            checks.append(_check(f"{FIT_NAMES[key]} ({name})", got, f"<= {limit:,}", got <= limit, detail=how))
+            checks.append(check(f"{FIT_NAMES[key]} ({name})", got, f"<= {limit:,}", got <= limit, detail=how))
     return checks
 
 
 def _integer_model_checks(manifest, art, cfg):
-    checks = [_check("int8 model size (bytes)", art["bytes"], f"<= {cfg.max_int8_bytes}", art["bytes"] <= cfg.max_int8_bytes)]
+    checks = [check("int8 model size (bytes)", art["bytes"], f"<= {cfg.max_int8_bytes}", art["bytes"] <= cfg.max_int8_bytes)]
     float_ops = art.get("float_ops", [])
     allowed = ((manifest.get("config") or {}).get("export") or {}).get("allowed_float_ops") or []
     unlisted = [op for op in float_ops if op not in allowed]
-    checks.append(_check("full-integer ops", ", ".join(float_ops) or "none", "none but export.allowed_float_ops",
+    checks.append(check("full-integer ops", ", ".join(float_ops) or "none", "none but export.allowed_float_ops",
                          not unlisted, detail=f"allowed: {', '.join(float_ops)}" if float_ops and not unlisted else ""))
     return checks
 
@@ -253,7 +250,7 @@ def _baseline_checks(manifest, baseline, cfg, what, prefix):
     counts = (manifest.get("test_set") or {}).get("per_class")
     checks = []
     bdrop = round(theirs["accuracy"] - ours["accuracy"], 6)
-    checks.append(_check(f"{prefix}drop vs baseline", bdrop, f"<= {cfg.max_baseline_drop}",
+    checks.append(check(f"{prefix}drop vs baseline", bdrop, f"<= {cfg.max_baseline_drop}",
                          bdrop <= cfg.max_baseline_drop, baseline=theirs["accuracy"]))
     checks.append(_class_check("worst class drop vs baseline", theirs["per_class"], ours["per_class"], counts, cfg,
                                baseline=True))
@@ -263,7 +260,7 @@ def _baseline_checks(manifest, baseline, cfg, what, prefix):
         bt = baseline["metrics"].get("targets", {}).get(name)
         if bt and not bt.get("refused") and not t.get("refused"):
             d = round(bt["accuracy"] - t["accuracy"], 6)
-            checks.append(_check(f"{prefix}drop vs baseline ({name})", d, f"<= {cfg.max_baseline_drop}",
+            checks.append(check(f"{prefix}drop vs baseline ({name})", d, f"<= {cfg.max_baseline_drop}",
                                  d <= cfg.max_baseline_drop, baseline=bt["accuracy"]))
     return checks
 
@@ -279,7 +276,7 @@ def evaluate_validation(manifest, cfg, baseline=None):
     its input is integer, and the baseline (a build's or a validation's manifest on the same test set)."""
     host, art = manifest["metrics"]["host"], manifest["artifacts"]["model"]
     checks = _finite_check("host", host)
-    checks.append(_check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
+    checks.append(check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
                          host["accuracy"] >= cfg.min_int8_accuracy))
     checks += _target_checks(manifest["metrics"], cfg, "")
     checks += _budget_checks(manifest, cfg)
@@ -299,10 +296,10 @@ def evaluate(manifest, cfg, baseline=None, declared=()):
     m = manifest["metrics"]
     checks = []
     float_acc, int8 = m["float"]["accuracy"], m["int8_host"]
-    checks.append(_check("int8 accuracy (host)", int8["accuracy"], f">= {cfg.min_int8_accuracy}",
+    checks.append(check("int8 accuracy (host)", int8["accuracy"], f">= {cfg.min_int8_accuracy}",
                          int8["accuracy"] >= cfg.min_int8_accuracy))
     drop = round(float_acc - int8["accuracy"], 6)
-    checks.append(_check("int8 drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop))
+    checks.append(check("int8 drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop))
     counts = (manifest.get("test_set") or {}).get("per_class")
     checks.append(_class_check("worst class drop vs float", m["float"]["per_class"], int8["per_class"], counts, cfg))
     labels = (manifest.get("test_split") or {}).get("labels")
@@ -312,7 +309,7 @@ def evaluate(manifest, cfg, baseline=None, declared=()):
     art = manifest["artifacts"]["int8_tflite"]
     checks += _integer_model_checks(manifest, art, cfg)
     io = f"{art['input']['dtype']}/{art['output']['dtype']}"
-    checks.append(_check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
+    checks.append(check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
     if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
         checks += _onnx_int8_checks(m, cfg, labels, counts)
     if baseline is not None:
@@ -320,7 +317,7 @@ def evaluate(manifest, cfg, baseline=None, declared=()):
         bo, mo = baseline["metrics"].get("onnx_int8"), m.get("onnx_int8")
         if bo and mo:
             d = round(bo["accuracy"] - mo["accuracy"], 6)
-            checks.append(_check("int8 ONNX drop vs baseline", d, f"<= {cfg.max_baseline_drop}",
+            checks.append(check("int8 ONNX drop vs baseline", d, f"<= {cfg.max_baseline_drop}",
                                  d <= cfg.max_baseline_drop, baseline=bo["accuracy"]))
     return _verdict(checks + list(declared), baseline)
 
@@ -331,12 +328,12 @@ def _onnx_int8_checks(m, cfg, labels, counts):
     drop = round(float_acc - onnx["accuracy"], 6)
     agree = onnx["top1_agreement_with_int8_tflite"]
     return [
-        _check("int8 ONNX accuracy (host)", onnx["accuracy"], f">= {cfg.min_int8_accuracy}",
+        check("int8 ONNX accuracy (host)", onnx["accuracy"], f">= {cfg.min_int8_accuracy}",
                onnx["accuracy"] >= cfg.min_int8_accuracy),
-        _check("int8 ONNX drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop),
+        check("int8 ONNX drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop),
         _class_check("worst class drop vs float (int8 ONNX)", m["float"]["per_class"], onnx["per_class"], counts, cfg),
         _regressed_check("float->int8 ONNX", m["float"]["top1"], onnx["top1"], labels, cfg, float_acc),
-        _check("int8 ONNX/TFLite top-1 agreement", agree, f">= {cfg.min_onnx_agreement}",
+        check("int8 ONNX/TFLite top-1 agreement", agree, f">= {cfg.min_onnx_agreement}",
                agree >= cfg.min_onnx_agreement,
                detail=f"{onnx['bitexact_fraction_vs_int8_tflite']:.4f} of outputs bit-exact, max dequantized "
                       f"|diff| {onnx['max_dequantized_diff_vs_int8_tflite']:.4g}"),

@@ -15,11 +15,9 @@ from pathlib import Path
 from pipeline.data import preprocess
 from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_write_text, sha256_file
-from pipeline.release.sections import RESERVED_SECTIONS
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-SECTIONS = RESERVED_SECTIONS  # the top-level keys edgebuild itself writes
 TOOLCHAIN = {
     "keras": "keras",
     "tensorflow": ("tensorflow", "tensorflow-cpu"),  # whichever distribution provides it

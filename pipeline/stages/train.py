@@ -76,14 +76,12 @@ def _process_part(x_train, y_train, x_val, y_val, cfg, devices):
     return x_train[i::k], y_train[i::k], x_val[i::k], y_val[i::k], cfg.batch_size // k
 
 
-MANIFEST_FIELDS = ("recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction", "finetune",
-                   "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history", "initial",
-                   "kept_epoch", "kept_by", "kept_val_accuracy", "cpu", "xla_flags")
-
-
 def manifest(record, config):
     """The manifest's "train" section: how the float model was trained, and where (CPU, XLA flags)."""
-    return {k: record.get(k) for k in MANIFEST_FIELDS}
+    return {k: record.get(k) for k in (
+        "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction", "finetune",
+        "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history", "initial",
+        "kept_epoch", "kept_by", "kept_val_accuracy", "cpu", "xla_flags")}
 
 
 def run(stage_cfg, inputs, out_dir, ctx):
