@@ -267,10 +267,9 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json, no_baselin
     from pipeline.orchestrate.build import regate
     from pipeline.release import gate as gate_mod
 
-    if not build_dir:
-        build_dir = _load_config(config_path, sets).build_dir
+    build_dir = _build_dir(build_dir, config_path, sets)
     config = _finished_build_config(build_dir, config_path, sets)
-    result = regate(config, Path(build_dir), build_mod.resolve_baseline(Path(build_dir), baseline, no_baseline, _warn))
+    result = regate(config, build_dir, build_mod.resolve_baseline(build_dir, baseline, no_baseline, _warn))
     _emit_gate_outputs(result, junit)
     click.echo(json.dumps(result, indent=1) if as_json else gate_mod.table(result))
     sys.exit(0 if result["verdict"] == "pass" else 1)
@@ -414,10 +413,13 @@ def _validate_model_file(ctx, path, data_source, out, target_names, config_path,
     _finish(build_mod.build(config, _run_options(ctx, config), baseline=base), junit, as_json)
 
 
-def _finished_build(path, target_names, config_path, sets):
-    """The config of a finished build (in `path`, or the configured build directory) with `target_names`
-    added to its targets."""
-    build_dir = Path(path) if path else _load_config(config_path, sets).build_dir
+def _build_dir(path, config_path, sets):
+    """The build directory a command names, else the one the config names."""
+    return Path(path) if path else _load_config(config_path, sets).build_dir
+
+
+def _finished_build(build_dir, target_names, config_path, sets):
+    """The config of the finished build in `build_dir` with `target_names` added to its targets."""
     config = _finished_build_config(build_dir, config_path, [*sets, *_at(build_dir)])
     return _with_targets(config, dict.fromkeys([*config.validate.targets, *target_names]))
 
@@ -427,8 +429,9 @@ def _add_targets(ctx, path, target_names, config_path, sets, baseline, no_baseli
     from pipeline import stages
     from pipeline.orchestrate import build as build_mod
 
-    build_mod.verify_finished(Path(path) if path else _load_config(config_path, sets).build_dir)
-    config = _finished_build(path, target_names, config_path, sets)
+    build_dir = _build_dir(path, config_path, sets)
+    build_mod.verify_finished(build_dir)
+    config = _finished_build(build_dir, target_names, config_path, sets)
     base = build_mod.resolve_baseline(config.build_dir, baseline, no_baseline, _warn)
     result = build_mod.build(config, _run_options(ctx, config), only=stages.TARGETS, baseline=base)
     _finish(result, junit, as_json)
@@ -444,7 +447,7 @@ def _validate_shard(ctx, path, target_names, shard, config_path, sets):
         part = shards.parse(shard)
     except InputError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from None
-    config = _finished_build(path, target_names, config_path, sets)
+    config = _finished_build(_build_dir(path, config_path, sets), target_names, config_path, sets)
     written = shards.run(config, _run_options(ctx, config), stages.target_stage_names(target_names), *part)
     click.echo("\n".join(str(p) for p in written))
 
@@ -503,7 +506,7 @@ def report_cmd(ctx, build_dir, config_path, sets):
     from pipeline.orchestrate.build import verify_finished
     from pipeline.release import report
 
-    bdir = Path(build_dir) if build_dir else _load_config(config_path, sets).build_dir
+    bdir = _build_dir(build_dir, config_path, sets)
     manifest = verify_finished(bdir)
     click.echo(report.write_html(manifest, bdir, stages.report_sections(manifest)))
 

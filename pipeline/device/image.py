@@ -209,4 +209,3 @@ def dockerfile(target_list):
             "",
         ]
     return "\n".join(lines)
-
