@@ -80,7 +80,7 @@ def _code_files(path, tree):
 
 # What a stage module gives the publishing step, which runs in the build's own process and is redone on
 # every publish (`pipeline.stages`): never part of the stage's bytes, so never part of its key.
-PUBLISHING = frozenset({"manifest", "gate", "report", "SCHEMA"})
+PUBLISHING = frozenset({"manifest", "publish", "gate", "report", "SCHEMA"})
 
 
 def _stage_code(tree):

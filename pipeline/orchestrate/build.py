@@ -553,7 +553,7 @@ def publish(config, records, build_dir, baseline=None, run_gate=True, manifest=N
     from pipeline.release import report
 
     if manifest is None:
-        manifest = manifest_mod.assemble(config, records, build_dir)
+        manifest = manifest_mod.assemble(config, records, stage_registry.publish_fields(config, records, build_dir))
         manifest.update(stage_registry.manifest_sections(config, records))
     verdict = None
     if run_gate:

@@ -12,7 +12,6 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.data import preprocess
 from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_write_text, sha256_file
 
@@ -28,18 +27,6 @@ TOOLCHAIN = {
     "tf2onnx": "tf2onnx",
     "onnxruntime": "onnxruntime",
     "numpy": "numpy",
-}
-ARTIFACTS = {
-    "int8_tflite": "model_int8.tflite",
-    "float_tflite": "model_float.tflite",
-    "onnx": "model.onnx",
-    "int8_onnx": "model_int8.onnx",
-    "keras": "qat.keras",
-    "float_keras": "float.keras",
-    "calibration": "calibration.json",
-    # what the gate and the report read besides the models: hashed and verified like them
-    "dataset": "dataset.npz",
-    "predictions": "predictions.npz",
 }
 
 
@@ -60,124 +47,67 @@ def toolchain_versions(records):
     return versions
 
 
-def _artifact(build_dir, filename):
+def artifact(build_dir, filename, **fields):
+    """The manifest entry of one file of the build directory: path (relative to the manifest), sha256, size."""
     path = build_dir / filename
-    return {"path": filename, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"path": filename, "sha256": sha256_file(path), "bytes": path.stat().st_size, **fields}
 
 
-def _targets(config, records, build_dir, artifacts):
-    targets = {}
-    for name, rec in records.items():
-        if name.startswith("target:") and rec["target"] in config.validate.targets:
-            targets[rec["target"]] = {k: v for k, v in rec.items() if k not in ("stage", "key", "outputs")}
-            artifacts[f"target_{rec['target']}"] = _artifact(build_dir, f"target-{rec['target']}.npz")
-            for made in rec.get("outputs") or {}:  # a target's own artifact: an NPU's compiled model
-                if made != f"target-{rec['target']}.npz":
-                    artifacts[f"compiled_{rec['target']}"] = {**_artifact(build_dir, made), "for_target": rec["target"]}
-    return targets
-
-
-def _stages(records):
-    return {name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
-            for name, rec in records.items()}
-
-
-def _tensor(t):
+def tensor(t):
+    """A model input's or output's manifest entry: dtype, shape and quantization."""
     return {k: t[k] for k in ("dtype", "shape", "scale", "zero_point")}
 
 
-def _head(config, kind, data, contract):
-    """The fields every manifest starts with: what it is, the config and the input contract."""
-    return {
+def from_pixel(contract):
+    """What an artifact's input entry says of the pixel -> input step (`preprocess.describe`'s contract)."""
+    return {"from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
+            "formula": contract.get("int8_formula") or contract["float_formula"]}
+
+
+def dataset_fields(record, build_dir):
+    """The manifest fields of a stage that writes dataset.npz (a build's data stage, a validation's
+    test set): the classes, the input shape, the split sizes, the test set's record and the file."""
+    return {"class_names": record["class_names"], "input_shape": record["input_shape"], "splits": record["splits"],
+            "test_set": record.get("test_set"), "artifacts": {"dataset": artifact(build_dir, "dataset.npz")}}
+
+
+def merge(into, fields):
+    """Merge a stage's manifest fields into the manifest being assembled: nested dicts merge key by
+    key (several stages add to `artifacts` and `metrics`), anything else is set."""
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+# the top-level order of a written manifest (keys not named here follow, in the order they came)
+ORDER = ("schema_version", "kind", "name", "config_sha256", "config", "seed", "class_names", "input_shape",
+         "preprocessing", "preprocess", "built_here", "splits", "test_set", "artifacts", "metrics", "test_split",
+         "stages", "toolchain")
+
+
+def assemble(config, records, contributions):
+    """The manifest of a build (or of the validation of a model file, `validate.model`): the head (what it
+    is, the config), the fields each stage of the plan contributes (`contributions`, in plan order:
+    the stage registry's `publish` hooks), each stage's cache state and the toolchain."""
+    manifest = {
         "schema_version": SCHEMA_VERSION,
-        "kind": kind,
+        "kind": "validation" if config.validate.model else "build",
         "name": config.build.name,
         "config_sha256": config.sha256(),
         "config": config.to_dict(),
         "seed": config.build.seed,
-        "class_names": data["class_names"],
-        "input_shape": data["input_shape"],
-        "preprocessing": contract.get("int8_formula") or contract["float_formula"],
-        "preprocess": contract,
     }
-
-
-def assemble_validation(config, records, build_dir):
-    """The manifest of a model file built elsewhere (`edgebuild validate MODEL`): `artifacts.model`
-    is the validated file, `metrics.host` its accuracy on the host runtime; no training stages."""
-    model, data, host = records["model"], records["testset"], records["host"]
-    info, contract = model["info"], host["preprocess"]
-    fmt = info.get("format", "tflite")
-    artifacts = {"model": _artifact(build_dir, f"model.{fmt}"), "dataset": _artifact(build_dir, "dataset.npz"),
-                 "predictions": _artifact(build_dir, "predictions.npz")}
-    qin = info["inputs"][0]
-    artifacts["model"].update(
-        format=fmt, source=model["source"],
-        input={**_tensor(qin), "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
-               "formula": contract.get("int8_formula") or contract["float_formula"]},
-        output=_tensor(info["outputs"][0]), ops=info["ops"], float_ops=info["float_ops"],
-    )
-    metrics = {"host": host["metrics"]["host"], "targets": _targets(config, records, build_dir, artifacts)}
-    return {
-        **_head(config, "validation", data, contract),
-        "built_here": False,
-        "splits": data["splits"],
-        "test_set": data["test_set"],
-        "artifacts": artifacts,
-        "metrics": metrics,
-        "test_split": host["test_split"],
-        "stages": _stages(records),
-        "toolchain": toolchain_versions(records),
-    }
-
-
-def assemble(config, records, build_dir):
-    """Build the manifest dict from the stage records of a build directory."""
     if config.validate.model:
-        return assemble_validation(config, records, build_dir)
-    data, export, evaluate = records["data"], records["export"], records["evaluate"]
-    artifacts = {key: _artifact(build_dir, name) for key, name in ARTIFACTS.items()}
-    int8 = export["int8"]
-    qin = int8["inputs"][0]
-    contract = export.get("preprocess") or preprocess.describe(
-        config.preprocess, data["input_shape"][-1], qin["scale"], qin["zero_point"])
-    artifacts["int8_tflite"].update(
-        input={**_tensor(qin),
-               "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
-               "formula": contract["int8_formula"]},
-        output=_tensor(int8["outputs"][0]),
-        ops=int8["ops"],
-        float_ops=export["float_ops_kept"],
-    )
-    int8_onnx = export["int8_onnx"]
-    artifacts["int8_onnx"].update(
-        format="onnx", opset=int8_onnx["opset"], converted_from="int8_tflite",
-        input={**_tensor(int8_onnx["inputs"][0]),
-               "from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
-               "formula": contract["int8_formula"]},
-        output=_tensor(int8_onnx["outputs"][0]), ops=int8_onnx["ops"], float_ops=int8_onnx["float_ops"],
-    )
-    metrics = dict(evaluate["metrics"])
-    metrics["size"] = {
-        "int8_bytes": artifacts["int8_tflite"]["bytes"],
-        "float_bytes": artifacts["float_tflite"]["bytes"],
-        "int8_over_float": round(artifacts["int8_tflite"]["bytes"] / artifacts["float_tflite"]["bytes"], 4),
-        "int8_onnx_bytes": artifacts["int8_onnx"]["bytes"],
-        "float_onnx_bytes": artifacts["onnx"]["bytes"],
-        "int8_onnx_over_float_onnx": round(artifacts["int8_onnx"]["bytes"] / artifacts["onnx"]["bytes"], 4),
-    }
-    metrics["targets"] = _targets(config, records, build_dir, artifacts)
-    manifest = {
-        **_head(config, "build", data, contract),
-        "splits": data["splits"],
-        "test_set": data.get("test_set"),
-        "artifacts": artifacts,
-        "metrics": metrics,
-        "test_split": evaluate["test_split"],
-        "stages": _stages(records),
-        "toolchain": toolchain_versions(records),
-    }
-    return manifest
+        manifest["built_here"] = False
+    for fields in contributions:
+        merge(manifest, fields)
+    manifest["stages"] = {name: {"cached": rec["cached"], "wall_seconds": rec["wall_seconds"], "key": rec["key"]}
+                          for name, rec in records.items()}
+    manifest["toolchain"] = toolchain_versions(records)
+    return {k: manifest[k] for k in (*[k for k in ORDER if k in manifest], *[k for k in manifest if k not in ORDER])}
 
 
 def validate(manifest, origin="manifest", sections=None):

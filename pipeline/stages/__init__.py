@@ -10,7 +10,9 @@ elsewhere, `validate.model`). Any other module saved in this package that declar
   its `SCHEMA` (a JSON Schema fragment); `gate(section, config, baseline_section)` gives its gate
   checks (`pipeline.engine.stage.check`); `report(section)` gives its report lines.
 A built-in stage may give its manifest section through the same `manifest` hook (calibration, train,
-qat and resources do).
+qat and resources do). Its shared manifest fields (its artifacts, metrics, splits...) come from its
+`publish(own_records, config, build_dir)` hook, merged into the manifest in plan order: the manifest
+module assembles them and names no stage.
 The orchestrator, manifest, gate, report and CLI reach stages only through the functions below."""
 
 import importlib
@@ -117,6 +119,19 @@ def target_stage_names(targets):
     from pipeline.stages.target import stage_name
 
     return [stage_name(t) for t in targets]
+
+
+def _own_records(module, config, records):
+    """{stage name: record} of a plan module's stages that ran."""
+    own = module.stages(config) if hasattr(module, "stages") else [module.STAGE]
+    return {stage.name: records[stage.name] for stage in own if stage.name in records}
+
+
+def publish_fields(config, records, build_dir):
+    """The manifest fields each stage module of the plan contributes (`publish(own_records, config,
+    build_dir)`: a built-in stage's artifacts, metrics, splits...), in plan order."""
+    return [module.publish(_own_records(module, config, records), config, build_dir)
+            for _, module in _plan_modules(config) if hasattr(module, "publish")]
 
 
 def manifest_sections(config, records):

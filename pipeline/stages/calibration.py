@@ -40,6 +40,12 @@ def manifest(record, config):
     return {k: record[k] for k in ("samples", "sha256")} | {"file": pin["path"], "created": pin["written"]}
 
 
+def publish(records, config, build_dir):
+    from pipeline.release.manifest import artifact
+
+    return {"artifacts": {"calibration": artifact(build_dir, "calibration.json")}}
+
+
 def run(cfg, inputs, out_dir, ctx):
     data_cfg, seed = cfg.data, cfg.build.seed
     data = load_dataset(inputs["dataset.npz"])

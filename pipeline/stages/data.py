@@ -27,6 +27,13 @@ STAGE = Stage(
 )
 
 
+def publish(records, config, build_dir):
+    """The manifest's data fields: the classes, the input shape, the split sizes, the test set and dataset.npz."""
+    from pipeline.release.manifest import dataset_fields
+
+    return dataset_fields(records["data"], build_dir)
+
+
 def run(cfg, inputs, out_dir, ctx):
     """Load and split."""
     seed, data_cfg = cfg.build.seed, cfg.data

@@ -23,6 +23,15 @@ STAGE = Stage(
 )
 
 
+def publish(records, config, build_dir):
+    """The manifest's accuracies per runtime, the test split's ids and labels, and predictions.npz."""
+    from pipeline.release.manifest import artifact
+
+    record = records["evaluate"]
+    return {"metrics": record["metrics"], "test_split": record["test_split"],
+            "artifacts": {"predictions": artifact(build_dir, "predictions.npz")}}
+
+
 def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 

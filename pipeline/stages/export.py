@@ -27,6 +27,33 @@ STAGE = Stage(
 )
 
 
+def publish(records, config, build_dir):
+    """The manifest's four exported models (int8 ones with their input and output quantization), the
+    pixel -> input contract they were calibrated with, and their sizes."""
+    from pipeline.release.manifest import artifact, from_pixel, tensor
+
+    record = records["export"]
+    int8, int8_onnx, contract = record["int8"], record["int8_onnx"], record["preprocess"]
+    artifacts = {
+        "int8_tflite": artifact(build_dir, "model_int8.tflite", input={**tensor(int8["inputs"][0]), **from_pixel(contract)},
+                                output=tensor(int8["outputs"][0]), ops=int8["ops"], float_ops=record["float_ops_kept"]),
+        "float_tflite": artifact(build_dir, "model_float.tflite"),
+        "onnx": artifact(build_dir, "model.onnx"),
+        "int8_onnx": artifact(build_dir, "model_int8.onnx", format="onnx", opset=int8_onnx["opset"],
+                              converted_from="int8_tflite",
+                              input={**tensor(int8_onnx["inputs"][0]), **from_pixel(contract)},
+                              output=tensor(int8_onnx["outputs"][0]), ops=int8_onnx["ops"],
+                              float_ops=int8_onnx["float_ops"]),
+    }
+    int8_bytes, float_bytes = artifacts["int8_tflite"]["bytes"], artifacts["float_tflite"]["bytes"]
+    int8_onnx_bytes, float_onnx_bytes = artifacts["int8_onnx"]["bytes"], artifacts["onnx"]["bytes"]
+    size = {"int8_bytes": int8_bytes, "float_bytes": float_bytes, "int8_over_float": round(int8_bytes / float_bytes, 4),
+            "int8_onnx_bytes": int8_onnx_bytes, "float_onnx_bytes": float_onnx_bytes,
+            "int8_onnx_over_float_onnx": round(int8_onnx_bytes / float_onnx_bytes, 4)}
+    return {"preprocessing": contract["int8_formula"], "preprocess": contract, "artifacts": artifacts,
+            "metrics": {"size": size}}
+
+
 def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 

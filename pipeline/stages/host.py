@@ -30,6 +30,18 @@ def stages(config):
     )]
 
 
+def publish(records, config, build_dir):
+    """The manifest's host accuracy of the validated file, the pixel -> input contract it was fed with (also
+    on the model artifact's input), the test split and predictions.npz."""
+    from pipeline.release.manifest import artifact, from_pixel
+
+    record = records["host"]
+    contract = record["preprocess"]
+    return {"preprocessing": from_pixel(contract)["formula"], "preprocess": contract,
+            "metrics": {"host": record["metrics"]["host"]}, "test_split": record["test_split"],
+            "artifacts": {"model": {"input": from_pixel(contract)}, "predictions": artifact(build_dir, "predictions.npz")}}
+
+
 def check_fits(info, images, class_names, origin):
     """The test images must have the model's input shape, and the output one score per class."""
     want, have = onnx_info.image_shape(info["inputs"][0]), list(images.shape[1:])

@@ -40,6 +40,18 @@ def stages(config):
     )]
 
 
+def publish(records, config, build_dir):
+    """The manifest's `artifacts.model`: the validated file (as copied), its source, tensors and ops."""
+    from pipeline.release.manifest import artifact, tensor
+
+    record = records["model"]
+    info = record["info"]
+    fmt = info.get("format", "tflite")
+    return {"artifacts": {"model": artifact(build_dir, f"model.{fmt}", format=fmt, source=record["source"],
+                                            input=tensor(info["inputs"][0]), output=tensor(info["outputs"][0]),
+                                            ops=info["ops"], float_ops=info["float_ops"])}}
+
+
 def _external(config):
     """What the stage reads from outside: the model file, and the external data files an .onnx names."""
     path = model_path(config.validate.model)

@@ -23,6 +23,12 @@ def manifest(record, config):
                                        "kept_epoch", "kept_by", "kept_val_accuracy")}
 
 
+def publish(records, config, build_dir):
+    from pipeline.release.manifest import artifact
+
+    return {"artifacts": {"keras": artifact(build_dir, "qat.keras")}}
+
+
 def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 

@@ -64,6 +64,22 @@ def stages(config):
     return out
 
 
+def publish(records, config, build_dir):
+    """The manifest's `metrics.targets` (each target's record) and each target's outputs (and its own
+    artifact: an NPU's compiled model)."""
+    from pipeline.release.manifest import artifact
+
+    targets, artifacts = {}, {}
+    for record in records.values():
+        name = record["target"]
+        targets[name] = {k: v for k, v in record.items() if k not in ("stage", "key", "outputs")}
+        artifacts[f"target_{name}"] = artifact(build_dir, f"target-{name}.npz")
+        for made in record.get("outputs") or {}:
+            if made != f"target-{name}.npz":
+                artifacts[f"compiled_{name}"] = artifact(build_dir, made, for_target=name)
+    return {"metrics": {"targets": targets}, "artifacts": artifacts}
+
+
 # what the kinds that run on the build host load there (a Linux target's runtime is pinned by its file)
 # and what reads the model file on the build host (its ops and tensors) for every kind
 HOST_READER = {"tflite": ("ai-edge-litert",), "onnx": ("onnx",)}

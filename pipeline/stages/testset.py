@@ -25,6 +25,13 @@ STAGE = Stage(
 )
 
 
+def publish(records, config, build_dir):
+    """The same manifest fields as a build's data stage."""
+    from pipeline.release.manifest import dataset_fields
+
+    return dataset_fields(records["testset"], build_dir)
+
+
 def run(cfg, inputs, out_dir, ctx):
     images, labels, ids, class_names = load_test_source(cfg.data)
     test = np.arange(len(labels), dtype=np.int64)

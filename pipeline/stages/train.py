@@ -84,6 +84,12 @@ def manifest(record, config):
         "kept_epoch", "kept_by", "kept_val_accuracy", "cpu", "xla_flags")}
 
 
+def publish(records, config, build_dir):
+    from pipeline.release.manifest import artifact
+
+    return {"artifacts": {"float_keras": artifact(build_dir, "float.keras")}}
+
+
 def run(stage_cfg, inputs, out_dir, ctx):
     _join_hosts()
     from pipeline.model import fitting, preflight, transfer

@@ -44,6 +44,15 @@ def test_the_engine_and_orchestrator_name_no_stage():
                 assert node.value not in names, f"{path.name} names the stage {node.value!r}"
 
 
+def test_the_manifest_is_assembled_without_reading_a_stage_record_by_name():
+    """The manifest is assembled from what each stage module publishes (`publish`, `manifest`): the
+    release modules index no stage record by name (they read the manifest's own fields)."""
+    for path in (PACKAGE / "release").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "records":
+                assert not isinstance(node.slice, ast.Constant), f"{path.name}:{node.lineno} reads a stage's record"
+
+
 LAYERS = ("engine", "data", "device", "model", "release", "stages", "orchestrate", "cli", "__main__")  # the README's order
 
 
