@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.__main__ import NEEDS_AT, ONLY, markdown
+from bench import full
+from bench.sections import NEEDS_AT, ONLY
 
 HERE = Path(__file__).resolve().parent
 
 # (key in results.json, heading, the command that measures it, its renderer): the whole run, then each
 # --only section of bench's own registry
-SECTIONS = (("build_times", "The default build: stages, validation cost, accuracy, sizes, reproducibility",
-             "python -m bench", None),
+SECTIONS = (("build_times", full.HEADING, "python -m bench", None),
             *((s.key, s.heading, f"python -m bench --only {name}" + (f" --at {NEEDS_AT[name].split()[0]}"
                                                                        if name in NEEDS_AT else ""), s.markdown)
               for name, s in ONLY.items()))
@@ -34,7 +34,7 @@ def render(results):
         section = results.get(key)
         if not section:
             continue
-        body = markdown(results) if renderer is None else renderer(section)
+        body = full.markdown(results) if renderer is None else renderer(section)
         where = _where(results, {} if renderer is None else section)
         out += [f"## {heading}", "", f"`{command}`; measured {where}.", "", body.strip(), ""]
     return "\n".join(out)

@@ -8,10 +8,13 @@ fallback) and the median wall time of every target stage. Nothing here is assert
 import json
 import statistics
 
+from bench.common import Section, edgebuild, fresh_cache, log, machine_targets, sets
+from bench.sections.accuracy import ACCURACY_CASES
+
 TARGETS = ["rpi4-bookworm-tflite", "rpi5-litert", "rpi5-onnxruntime", "cortex-m-tflm", "ethos-u55-128"]
 
 
-def fit(work, repeats, cases, edgebuild, sets, fresh_cache, targets_cache, log):
+def fit(work, repeats, cases, targets_cache):
     rows = []
     for i, (label, overrides) in enumerate(cases):
         cache = fresh_cache(work, f"fit{i}", targets_cache)
@@ -68,3 +71,9 @@ def fit_markdown(f):
     for r in f["cases"]:
         out.append(f"| {r['case']} | " + " | ".join(f"{r['target_stage_s'][t]:.2f}" for t in f["targets"]) + " |")
     return "\n".join(out)
+
+
+SECTION = Section("Does each bundled model fit the devices",
+                  "what each bundled model asks of the devices (arena, MACs, Vela's figures) and each target stage's "
+                  "time", "fit", lambda args, work, tc: fit(work, args.repeats, ACCURACY_CASES, machine_targets()),
+                  fit_markdown)
