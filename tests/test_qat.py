@@ -88,3 +88,15 @@ def test_unsupported_layer_is_named():
     out = keras.layers.Dense(2)(keras.layers.Flatten()(x))
     with pytest.raises(qat.UnsupportedLayerError, match="'my_norm' \\(LayerNormalization\\)"):
         qat.quantize_model(keras.Model(inp, out))
+
+
+def test_mobilenet_v3_small_gets_a_qat_rule_for_every_layer():
+    """Hard-swish, squeeze-excite and depthwise convolutions go through the QAT rewrite (the int8
+    conversion of MobileNetV3Small, by post-training quantization, is test_applications.py's)."""
+    model = models.mobilenet_v3_small((32, 32, 3), 4)
+    q = qat.quantize_model(model, input_range=(-1.0, 1.0))
+    names = {type(layer).__name__ for layer in q.layers}
+    assert {"QuantConv2D", "QuantDepthwiseConv2D", "QuantDense", "ActivationQuantizer"} <= names, names
+    assert "BatchNormalization" not in names and "Activation" not in names, names
+    activations = {getattr(layer.activation, "__name__", None) for layer in q.layers if hasattr(layer, "activation")}
+    assert "hard_silu" in activations, activations  # hard-swish kept, behind a fake-quant

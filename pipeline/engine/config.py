@@ -88,7 +88,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class QatConfig:
-    epochs: int = setting(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept)", min=0, max=10_000)
+    enabled: bool = setting(True, "quantization-aware fine-tuning; false (or qat.epochs = 0): post-training quantization, "
+                            "the float model calibrated and converted with no QAT rewrite")
+    epochs: int = setting(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept; 0: "
+                          "post-training quantization)", min=0, max=10_000)
     batch_size: int = setting(64, "batch size", min=1, max=1_000_000)
     learning_rate: float = setting(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
                              "model is adjusted to int8, not retrained", min=0.0, max=10.0)
@@ -96,6 +99,11 @@ class QatConfig:
                              "float model's", min=0.0, max=1.0)
     ema_momentum: float = setting(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
     init_samples: int = setting(256, "training samples that initialise the activation ranges", min=1, max=1_000_000)
+
+    @property
+    def post_training(self):
+        """True when the int8 model is the float model calibrated and converted (no QAT stage)."""
+        return not self.enabled or self.epochs == 0
 
 
 @dataclass(frozen=True)

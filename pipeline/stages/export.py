@@ -1,12 +1,14 @@
-"""export stage (TensorFlow process): QAT `.keras` -> full-integer int8 `.tflite`; float `.keras` ->
+"""export stage (TensorFlow process): QAT `.keras` (or, in post-training quantization, the float `.keras`)
+-> full-integer int8 `.tflite`; float `.keras` ->
 float32 `.tflite` and ONNX, all through Keras's export API; the int8 `.tflite` -> int8 ONNX in QDQ form
 (tf2onnx), with the same scales and zero points.
 
 The QAT model's FakeQuant ops carry the trained ranges; the calibration set is given as the
-representative dataset for any tensor without one. The int8 artifact is checked: int8 input and
+representative dataset for any tensor without one (for every tensor in post-training quantization). The int8 artifact is checked: int8 input and
 output, builtin ops only, no float op unless `export.allowed_float_ops` names it.
 """
 
+import dataclasses
 import json
 
 from pipeline.data import preprocess
@@ -27,6 +29,13 @@ STAGE = Stage(
 )
 
 
+def stages(config):
+    """The export stage; in post-training quantization (no QAT stage) it reads no qat.keras."""
+    if config.qat.post_training:
+        return [dataclasses.replace(STAGE, inputs=tuple(i for i in STAGE.inputs if i != "qat.keras"))]
+    return [STAGE]
+
+
 def publish(records, config, build_dir):
     """The manifest's four exported models (int8 ones with their input and output quantization), the
     pixel -> input contract they were calibrated with, and their sizes."""
@@ -36,7 +45,8 @@ def publish(records, config, build_dir):
     int8, int8_onnx, contract = record["int8"], record["int8_onnx"], record["preprocess"]
     artifacts = {
         "int8_tflite": artifact(build_dir, "model_int8.tflite", input={**tensor(int8["inputs"][0]), **from_pixel(contract)},
-                                output=tensor(int8["outputs"][0]), ops=int8["ops"], float_ops=record["float_ops_kept"]),
+                                output=tensor(int8["outputs"][0]), ops=int8["ops"], float_ops=record["float_ops_kept"],
+                                quantization=record.get("quantization", "qat")),
         "float_tflite": artifact(build_dir, "model_float.tflite"),
         "onnx": artifact(build_dir, "model.onnx"),
         "int8_onnx": artifact(build_dir, "model_int8.onnx", format="onnx", opset=int8_onnx["opset"],
@@ -64,17 +74,19 @@ def run(stage_cfg, inputs, out_dir, ctx):
     usermodel.register_user_layers(stage_cfg.train.recipe)
 
     cfg, pp, progress = stage_cfg.export, stage_cfg.preprocess, ctx.progress
-    float_path, qat_path = inputs["float.keras"], inputs["qat.keras"]
+    float_path, qat_path = inputs["float.keras"], inputs.get("qat.keras")
     dataset_path, calibration_path = inputs["dataset.npz"], inputs["calibration.json"]
 
     data = load_dataset(dataset_path)
     calib = json.loads(open(calibration_path).read())
     calibration = preprocess.to_float(data["x"][calibration_indices(data, calib)], pp)
     bar = progress.bar(4, "export", unit="artifact")
-    qat_model = keras.models.load_model(qat_path)
-    export_int8(qat_model, calibration, out_dir / "model_int8.tflite")
+    # the QAT model carries its trained ranges; in post-training quantization the float model is calibrated
+    float_model = None if qat_path else keras.models.load_model(float_path)
+    export_int8(keras.models.load_model(qat_path) if qat_path else float_model, calibration,
+                out_dir / "model_int8.tflite")
     bar.update(1)
-    float_model = keras.models.load_model(float_path)
+    float_model = float_model or keras.models.load_model(float_path)
     float_model(calibration[:1])  # the ONNX exporter needs a model that has been called
     export_float(float_model, out_dir / "model_float.tflite")
     bar.update(1)
@@ -98,6 +110,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     record = {
         "int8": info,
         "int8_onnx": onnx_info,
+        "quantization": "qat" if qat_path else "post-training",
         # the pixel -> input step this artifact was calibrated and will be validated with
         "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"]),
         "allowed_float_ops": list(cfg.allowed_float_ops),

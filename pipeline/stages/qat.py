@@ -17,6 +17,11 @@ STAGE = Stage(
 )
 
 
+def stages(config):
+    """The QAT stage, or none in post-training quantization (qat.enabled = false or qat.epochs = 0)."""
+    return [] if config.qat.post_training else [STAGE]
+
+
 def manifest(record, config):
     """The manifest's "qat" section: the learned ranges and the epoch kept."""
     return {k: record.get(k) for k in ("ranges", "input_range", "float_val_accuracy", "history", "initial",
@@ -26,7 +31,7 @@ def manifest(record, config):
 def publish(records, config, build_dir):
     from pipeline.release.manifest import artifact
 
-    return {"artifacts": {"keras": artifact(build_dir, "qat.keras")}}
+    return {"artifacts": {"keras": artifact(build_dir, "qat.keras")}} if records else {}
 
 
 def run(stage_cfg, inputs, out_dir, ctx):

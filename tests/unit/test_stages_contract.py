@@ -29,6 +29,14 @@ def test_every_input_is_an_earlier_output_and_every_output_has_one_stage():
             assert output in stage.outputs and key in stage.config
 
 
+def test_post_training_quantization_has_no_qat_stage_and_export_reads_the_float_model():
+    for sets in (["qat.enabled=false"], ["qat.epochs=0"]):
+        plan = {s.name: s for s in _plan(*sets)}
+        assert "qat" not in plan and "qat.keras" not in plan["export"].inputs, sets
+        assert {"float.keras", "calibration.json"} <= set(plan["export"].inputs)
+    assert "qat.keras" in {s.name: s for s in _plan()}["export"].inputs
+
+
 def test_the_cli_groups_are_the_plan_groups_in_order():
     groups = list(dict.fromkeys(s.group_name for s in _plan()))
     assert tuple(groups) == stages.GROUPS
