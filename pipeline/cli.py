@@ -347,14 +347,19 @@ def _targets_for(config, added):
 @click.option("--shard", metavar="I/N", help="Run only the I-th of N parts of the test set on each --target, for a "
               "build's targets split over CI jobs: writes BUILD_DIR/shards/target-NAME.shard-I-of-N.npz and no "
               "manifest; `edgebuild merge` combines the parts. Needs only the build's stages up to evaluate.")
+@click.option("--board", "boards", multiple=True, metavar="HOST", help="Run the --target on this real board over SSH "
+              "(an ssh host name or ~/.ssh/config alias; repeatable: the test set is split over the boards) instead of "
+              "emulating it. Sets validate.boards.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="The ssh client config for --board (ssh -F; "
+              "default: your own ~/.ssh/config). Sets validate.ssh_config.")
 @config_option
 @set_option
 @no_remote_option
 @gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @no_baseline_option
 @click.pass_context
-def validate(ctx, path, data_source, target_names, out, shard, config_path, sets, no_remote, baseline, junit, as_json,
-             no_baseline):
+def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_config, config_path, sets, no_remote, baseline,
+             junit, as_json, no_baseline):
     """Prove a model on the host and on emulated ARM targets, and gate it.
 
     \b
@@ -368,6 +373,9 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
         A finished build's int8 model on more targets: adds their results to its manifest and
         gates it again, with the build's own config ([gate] and [validate] from --config over it)
         and the baseline it was gated against (see edgebuild gate --help).
+    edgebuild validate [BUILD_DIR] --target NAME --board HOST [--board HOST2 ...]
+        The target on real boards over SSH (BatchMode, your ssh config and known_hosts): the
+        same checks as its emulation, the board's identity and its per-inference latency.
     edgebuild validate [BUILD_DIR] --target NAME --shard I/N
         Part I of N of the test set on each target, on this machine: a shard file, verifiable on its
         own, for `edgebuild merge BUILD_DIR SHARDS...` (see its --help). The build may stop at
@@ -376,7 +384,7 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
     fails its gate check; the other targets still run)."""
 
-    sets = _local_only(sets, no_remote)
+    sets = [*_local_only(sets, no_remote), *_board_overrides(boards, ssh_config, target_names)]
     model_file = path is not None and not Path(path).is_dir()
     if shard is not None:
         if model_file or not target_names or data_source or out:
@@ -391,6 +399,18 @@ def validate(ctx, path, data_source, target_names, out, shard, config_path, sets
     if not target_names:
         raise click.UsageError("name the target(s) to add to the build: --target NAME (see edgebuild target list).")
     return _add_targets(ctx, path, target_names, config_path, sets, baseline, no_baseline, junit, as_json)
+
+
+def _board_overrides(boards, ssh_config, target_names):
+    """Typed overrides for --board and --ssh-config: the boards run the one --target given."""
+    if not boards:
+        if ssh_config:
+            raise click.UsageError("--ssh-config goes with --board HOST.")
+        return []
+    if len(target_names) != 1:
+        raise click.UsageError("--board runs one target on the board(s): pass exactly one --target NAME.")
+    return [("validate.boards", list(boards)), ("validate.board_target", target_names[0]),
+            *([("validate.ssh_config", str(Path(ssh_config).resolve()))] if ssh_config else [])]
 
 
 def _run_options(ctx, config, use_cache=True):
@@ -604,6 +624,53 @@ def target_pin(name):
         click.echo("[twin_wheel_sha256]" if twin else "[wheel_sha256]")
         for pin, digest in hashes.items():
             click.echo(f'"{pin}" = "{digest}"')
+
+
+@main.group(cls=Commands)
+def board():
+    """Real boards reached over SSH (your ssh client, config and known_hosts)."""
+
+
+@board.command("check")
+@click.argument("host")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="The ssh client config (ssh -F; default: yours).")
+@click.option("--python", "python", default="python3", show_default=True, help="The board's Python (see "
+              "validate.board_python).")
+@click.option("--target", "-t", "target_name", help="Also say whether the board has this target's arch and pinned "
+              "runtime (exit 3 when not).")
+def board_check(host, ssh_config, python, target_name):
+    """What the board HOST is: arch, OS, Python, CPU (from /proc/cpuinfo and the device tree), governor,
+    memory, and the runtimes it has. Nothing is installed or left on the board but edgebuild's cache
+    directory (~/.cache/edgebuild-board)."""
+    import subprocess
+
+    from pipeline.device.executors import ssh
+    from pipeline.engine.errors import InputError
+
+    try:
+        ssh.check_board(host)
+        found = ssh.identity(host, ssh_config, ssh.control_dir(), python)
+    except ValueError as exc:
+        raise InputError(f"{exc}. Name the board as ssh does.") from None
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise InputError(f"board {host} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {host}` "
+                         "logs in with a key or an agent and that its host key is in known_hosts.") from None
+    runtimes = ", ".join(f"{k} {v}" for k, v in found["runtimes"].items()) or "none"
+    click.echo(f"{host}: {found['arch']}, {found['os']}, Python {found['python']}\n"
+               f"  CPU: {found['cpu'] or 'unknown'} ({found['cpus']} cores), model: {found['model'] or 'unknown'}, "
+               f"governor: {found['governor'] or 'unknown'}, memory: {(found['memory_bytes'] or 0) / 2**30:.1f} GiB\n"
+               f"  runtimes: {runtimes}" + ("\n  emulated (user-mode qemu): its timings are not a device's latency"
+                                            if found["emulated"] else ""))
+    if target_name:
+        from pipeline.device.targets import load_target
+
+        target = load_target(target_name)
+        have = found["runtimes"].get(target.runtime)
+        if found["arch"] != target.arch or have != target.runtime_version:
+            raise InputError(f"board {host} ({found['arch']}, {target.runtime} {have or '(not installed)'}) does not "
+                             f"match target {target.name} ({target.arch}, {target.runtime} {target.runtime_version}). "
+                             "Install the pinned runtime on the board, or use the target file that matches it.")
+        click.echo(f"  matches target {target.name}: {target.arch}, {target.runtime} {target.runtime_version}")
 
 
 @target.command("image")

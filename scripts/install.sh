@@ -5,8 +5,10 @@
 # - a virtual environment outside the repository, pinned by constraints.txt, reused while
 #   pyproject.toml and constraints.txt are unchanged;
 # - this checkout installed into it in editable mode (cheap; re-pointed at every call).
+# - the OpenSSH client (boards over SSH, validate.boards).
 # With --container, also podman and runc: `edgebuild target image` and validate.executor = "container"
-# need them (the tests do; the default build does not).
+# need them (the tests do; the default build does not), and openssh-server (the tests start their own sshd
+# on 127.0.0.1 as a board).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 container=0
@@ -19,9 +21,11 @@ need_apt=()
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v zstd >/dev/null || need_apt+=(zstd)  # packs target environments for cache.remote
+command -v ssh >/dev/null || need_apt+=(openssh-client)  # real boards over SSH (validate.boards)
 if [ "$container" -eq 1 ]; then
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || need_apt+=(runc)
+  [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)  # the tests' own board: an sshd they start on 127.0.0.1
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

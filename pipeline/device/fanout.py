@@ -15,6 +15,7 @@ from pipeline.device import executors, targets
 from pipeline.device.executors import container as in_container
 from pipeline.device.environment import run_logged
 from pipeline.device.executors.base import Executor, kernel_args
+from pipeline.device.executors.ssh import LOST
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 
 
@@ -31,44 +32,78 @@ def executor_for(target, root, twin=False, container=None, log=print):
 
 
 def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False, container=None,
-                bytecode=True, reference=0):
+                bytecode=True, reference=0, boards=None):
     """Run the validator over `x` in `shards` parallel long-lived processes (on the target, or on its
     x86 twin with `twin`; in the target's OCI image with `container` = the cache directory that holds
     it); returns (outputs, info). `bytecode=False` ignores the environment's compiled modules (every
     module compiled at start, as before set-up compiled them: for the benchmark). With `reference` = N,
     the same processes also run the first N inputs on the runtime's reference kernels and write those
-    outputs to work/reference.npy (a TFLite runtime only; info["reference_samples"] says how many)."""
+    outputs to work/reference.npy (a TFLite runtime only; info["reference_samples"] says how many).
+    With `boards` (one executor per board, `executors.ssh`), the samples are split over the boards, and a
+    part whose board is lost (the connection fails or drops) runs again on another board
+    (info["reruns"]); when no board is left, the run fails with each board's reason."""
     import numpy as np
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    parts = [p for p in np.array_split(np.arange(len(x)), max(1, min(shards, len(x)))) if len(p)]
-    executor = executor_for(target, root, twin=twin, container=container)
-    procs, infos, arena = [], [], None
+    pool = list(boards or [])
+    parts = [p for p in np.array_split(np.arange(len(x)), max(1, min(len(pool) or shards, len(x)))) if len(p)]
+    chosen = pool[:len(parts)] if pool else [executor_for(target, root, twin=twin, container=container)] * len(parts)
+    executor = chosen[0]
+    procs, infos, arena, lost = [], [None] * len(parts), None, {}
     started = time.perf_counter()
+
+    def start(i, idx, runner):
+        np.save(work / f"x{i}.npy", x[idx])
+        args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
+                "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
+        ref = max(0, min(len(idx), reference - int(idx[0])))
+        args += kernel_args(target) + (["--reference", str(ref)] if ref else [])
+        cmd, env = runner.command(args)
+        if runner.name != "container":
+            # a runtime's own temporary files (onnxruntime's telemetry writes $TMPDIR/.ses at import) stay
+            # in the stage's work directory, never in the machine's /tmp
+            (work / f"tmp{i}").mkdir(exist_ok=True)
+            env["TMPDIR"] = str(work / f"tmp{i}")
+            if not bytecode:  # .pyc files are looked up under an empty prefix: none is found
+                env["PYTHONPYCACHEPREFIX"] = str(work / "no-bytecode")
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(i, proc):
+        """The part's info, or None when its board was lost (recorded in `lost`)."""
+        nonlocal arena
+        out, err = proc.communicate()
+        used = ARENA.search(err or "")
+        arena = int(used.group(1)) if used else arena
+        if pool and proc.returncode == LOST:
+            lost[i] = (err or "").strip().splitlines()[-1:] or ["connection lost"]
+            return None
+        if proc.returncode != 0:
+            _failed(target, proc.returncode, out, err, twin)
+        return json.loads(out.strip().splitlines()[-1])
+
+    reruns = []
     try:  # every failure, starting the processes included, ends with none of them left running
         for i, idx in enumerate(parts):
-            np.save(work / f"x{i}.npy", x[idx])
-            args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
-                    "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
-            ref = max(0, min(len(idx), reference - int(idx[0])))
-            args += kernel_args(target) + (["--reference", str(ref)] if ref else [])
-            cmd, env = executor.command(args)
-            if executor.name != "container":
-                # a runtime's own temporary files (onnxruntime's telemetry writes $TMPDIR/.ses at import) stay
-                # in the stage's work directory, never in the machine's /tmp
-                (work / f"tmp{i}").mkdir(exist_ok=True)
-                env["TMPDIR"] = str(work / f"tmp{i}")
-                if not bytecode:  # .pyc files are looked up under an empty prefix: none is found
-                    env["PYTHONPYCACHEPREFIX"] = str(work / "no-bytecode")
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        for proc in procs:
-            out, err = proc.communicate()
-            used = ARENA.search(err or "")
-            arena = int(used.group(1)) if used else arena
-            if proc.returncode != 0:
-                _failed(target, proc.returncode, out, err, twin)
-            infos.append(json.loads(out.strip().splitlines()[-1]))
+            procs.append(start(i, idx, chosen[i]))
+        for i, proc in enumerate(procs):
+            infos[i] = finish(i, proc)
+        dead = {chosen[i].describe()["board"]: lost[i][0] for i in lost}
+        for i in sorted(lost):
+            for runner in pool:
+                board = runner.describe()["board"]
+                if board in dead:
+                    continue
+                procs.append(start(i, parts[i], runner))
+                infos[i] = finish(i, procs[-1])
+                if infos[i] is not None:
+                    reruns.append({"part": i + 1, "samples": int(len(parts[i])), "lost_on": chosen[i].describe()["board"],
+                                   "reason": lost[i][0][:300], "ran_on": board})
+                    break
+                dead[board] = lost[i][0]
+            else:
+                raise StageError(f"target {target.name}: no board is left to run part {i + 1} of {len(parts)}; "
+                                 + "; ".join(f"board {b}: {why[:200]}" for b, why in dead.items()))
     finally:
         stop(procs)
     wall = time.perf_counter() - started
@@ -90,8 +125,29 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
         "images_per_s": round(len(x) / slowest, 1) if slowest > 0 else None,
         "kernels": infos[0].get("kernels", "default"),
         "reference_samples": sum(i.get("reference_samples", 0) for i in infos),
+        "latency": latency([i.get("invoke_ms") or [] for i in infos], infos[0]["batch"], infos[0]["threads"],
+                           executor.device_latency),
         **({"arena_bytes": arena} if arena is not None else {}),
+        **({"reruns": reruns} if reruns else {}),
     }
+
+
+WARMUP = 3  # invokes of each validator process left out of the latency figures (caches, lazy set-up)
+
+
+def latency(invokes, batch, threads, on_device):
+    """Per-image invoke time over every validator process after its first WARMUP invokes: p50, p90, p99 (ms)
+    and the count, at the run's batch and threads. `on_device`: the executor runs on the device itself (a
+    board over SSH); an emulated target's or a twin's figures are the throughput of the emulation, never the
+    device's latency."""
+    import numpy as np
+
+    kept = [ms for one in invokes for ms in one[WARMUP:]]
+    if not kept:
+        return None
+    p50, p90, p99 = (round(float(v), 4) for v in np.percentile(kept, [50, 90, 99]))
+    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "count": len(kept), "warmup_invokes": WARMUP,
+            "batch": batch, "threads": threads, "measured_on": "device" if on_device else "emulation"}
 
 
 def stop(procs):
@@ -158,7 +214,7 @@ def crashed(returncode, stderr):
     return f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) running the model (no op named: no per-op trace)"
 
 
-def dump_tensors(target, root, model, x, work, side):
+def dump_tensors(target, root, model, x, work, side, runner=None):
     """Every tensor of the single sample `x` (shape (1, ...)) on the target, its x86 twin or the build
     host ('target', 'twin', 'host'), builtin kernels; returns {tensor index: array}, or None when that
     side cannot run the dump (the reason is in work/dump.log)."""
@@ -173,7 +229,8 @@ def dump_tensors(target, root, model, x, work, side):
         cmd = [sys.executable, str(targets.ONDEVICE), *map(str, args)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
     else:
-        cmd, env = executor_for(target, root, twin=side == "twin").command(args)
+        cmd, env = (runner if runner is not None and side == "target" else
+                    executor_for(target, root, twin=side == "twin")).command(args)
     env["TMPDIR"] = str(work)
     try:
         run_logged(cmd, f"keeping every tensor on {side}", work / "dump.log", env=env)

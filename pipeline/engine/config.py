@@ -130,6 +130,14 @@ class ValidateConfig:
                        choices=("qemu", "container"))
     model: str = setting("", "a .tflite built elsewhere to validate on data.test_source instead of building one "
                     "(set by `edgebuild validate MODEL --data SOURCE`; '' = build)")
+    boards: list = setting([], "real boards (ssh host names or ~/.ssh/config aliases) that run validate.board_target over "
+                      "SSH instead of emulation; several: the test set is split over them, and a part whose board "
+                      "drops runs again on another", items=str)
+    board_target: str = setting("", "the Linux target that validate.boards run ('' = the one emulated Linux target of "
+                           "validate.targets)")
+    ssh_config: str = setting("", "the ssh client config file for validate.boards (ssh -F; '' = your own ~/.ssh/config)")
+    board_python: str = setting("python3", "the Python on the boards that runs the validator, with the target's pinned "
+                           "runtime (a command on the board's PATH, or an absolute path such as a virtual environment's)")
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,8 @@ class GateConfig:
                                    "[budget] (-1 = each target's own)", min=-1, max=10**6)
     max_inference_ms: float = setting(0.0, "NPU targets: Vela's estimated ms per inference, overriding the target's "
                                  "[budget] (0 = each target's own)", min=0.0, max=1e7)
+    max_latency_ms: float = setting(0.0, "Linux boards validated over SSH (validate.boards): p99 ms per image on the "
+                               "board, overriding the target's [budget] (0 = each target's own)", min=0.0, max=1e7)
 
 
 @dataclass(frozen=True)

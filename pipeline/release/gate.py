@@ -164,7 +164,8 @@ def _target_checks(m, cfg, prefix):
 
 
 # [gate] keys that override every target's [budget]: the value that means "each target's own".
-BUDGET_OVERRIDES = {"sram_bytes": 0, "flash_bytes": 0, "max_macs": 0, "max_cpu_fallback_ops": -1, "max_inference_ms": 0}
+BUDGET_OVERRIDES = {"sram_bytes": 0, "flash_bytes": 0, "max_macs": 0, "max_cpu_fallback_ops": -1, "max_inference_ms": 0,
+                    "max_latency_ms": 0}
 
 
 def budgets(target, cfg):
@@ -202,12 +203,18 @@ def fit(manifest, name, t):
             of = "the int8 .tflite's TFLM-measured activations"
         ram = (size + arena if size and arena else None,
                f"model + {of}: a lower bound (the runtime and Python need more)")
+    latency = t.get("latency") or {}
+    if latency.get("measured_on") == "device":
+        late = (latency["p99_ms"], f"p99 of {latency['count']} invokes on the board, {latency['threads']} thread(s)")
+    else:  # an emulation's timings are no device's latency: only a board over SSH measures it
+        late = (None, "latency is measured on a real board only (validate.boards); this target ran "
+                      + ("on an emulated board" if latency else "emulated"))
     return {"sram_bytes": ram, "flash_bytes": (size, "the model file (the runtime's code is not counted)"),
-            "max_macs": macs}
+            "max_macs": macs, "max_latency_ms": late}
 
 
 FIT_NAMES = {"sram_bytes": "RAM", "flash_bytes": "flash", "max_macs": "MACs", "max_cpu_fallback_ops": "CPU-fallback ops",
-             "max_inference_ms": "NPU inference ms"}
+             "max_inference_ms": "NPU inference ms", "max_latency_ms": "latency p99 ms"}
 
 
 def _budget_checks(manifest, cfg):

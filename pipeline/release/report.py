@@ -29,7 +29,27 @@ def _target_table(targets):
         trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
                       _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", _twin_cell(t),
                       f"{t['images_per_s']:.0f}", f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
-    return text.table(trows) + _per_target(targets, lambda t: first_difference_line(t.get("first_difference")))
+    return (text.table(trows) + _per_target(targets, lambda t: first_difference_line(t.get("first_difference")))
+            + _per_target(targets, board_line))
+
+
+def board_line(t):
+    """'on board(s) ...: latency p50/p90/p99 ...' for a target run on real boards over SSH, or ''."""
+    executor = t.get("executor") or {}
+    if executor.get("kind") != "ssh":
+        return ""
+    boards = ", ".join(f"{b['board']} ({b['identity'].get('arch')}, {b['identity'].get('cpu') or 'CPU unknown'}"
+                       f"{', emulated' if b['identity'].get('emulated') else ''})" for b in executor.get("boards", []))
+    line = f"on board(s) {boards}"
+    lat = t.get("latency")
+    if lat:
+        line += (f": latency p50 {lat['p50_ms']:.3g} / p90 {lat['p90_ms']:.3g} / p99 {lat['p99_ms']:.3g} ms per image "
+                 f"({lat['count']} invokes, {lat['threads']} thread(s))")
+        if lat["measured_on"] != "device":
+            line += "; an emulated board: the throughput of the emulation, not a device's latency"
+    for rerun in t.get("reruns") or []:
+        line += f"; part {rerun['part']} lost on {rerun['lost_on']} ({text.clip(rerun['reason'], 60)}), re-run on {rerun['ran_on']}"
+    return line
 
 
 def _per_target(targets, describe, sep=" "):

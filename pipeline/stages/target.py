@@ -10,6 +10,7 @@ recorded with the runtime's reason (the gate fails that target; the other target
 """
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,24 @@ def deployed_model(config, target):
     return "model_int8.tflite", "host_output"
 
 
+def board_target(config):
+    """The target validate.boards run (None without boards): validate.board_target, else the one emulated
+    Linux target of validate.targets."""
+    if not config.validate.boards:
+        return None
+    if config.validate.board_target:
+        if config.validate.board_target not in config.validate.targets:
+            raise InputError(f"validate.board_target must be one of validate.targets ({', '.join(config.validate.targets)}); "
+                             f"received {config.validate.board_target!r}. Add it to the targets (--target).")
+        return config.validate.board_target
+    linux = [n for n in config.validate.targets if targets_mod.load_target(n).kind == "linux"
+             and targets_mod.load_target(n).emulated]
+    if len(linux) != 1:
+        raise InputError(f"validate.boards run one Linux target; validate.targets has {len(linux)} "
+                         f"({', '.join(linux) or 'none'}). Set validate.board_target (or pass --target NAME with --board).")
+    return linux[0]
+
+
 def stage_name(target):
     return f"target:{target}"
 
@@ -47,8 +66,11 @@ def stages(config):
     """One stage per target of validate.targets; the target profile's content is an external input.
     Each can run in shards (`edgebuild validate BUILD --target T --shard i/N`, merged by `edgebuild merge`)."""
     out = []
+    on_boards = board_target(config)
     for name in config.validate.targets:
         target = targets_mod.load_target(name)
+        boards = {"boards": list(config.validate.boards), "ssh_config": config.validate.ssh_config,
+                  "board_python": config.validate.board_python} if name == on_boards else {}
         model, reference = deployed_model(config, target)
         made = targets_mod.kind_module(target.kind).outputs(target)  # a compiled model, for an NPU
         out.append(Stage(
@@ -59,7 +81,7 @@ def stages(config):
             toolchain=("numpy", *HOST_READER[targets_mod.model_format(target)], *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
             group="targets", params={"target": name, "model": model, "reference": reference,
-                                     "validation": bool(config.validate.model)}, shardable=True,
+                                     "validation": bool(config.validate.model), **boards}, shardable=True,
         ))
     return out
 
@@ -146,12 +168,15 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
         root = environment.setup(target, ctx.cache_dir, log=said, remote=remote_for(ctx.remote, ctx.progress.warn))
         bar.update(1)
         x = onnx_info.model_input(data["x"][idx], cfg.preprocess, info["inputs"][0])
-        record["executor"] = _executor(target, cfg.validate.executor, ctx.cache_dir,
-                                       log=lambda msg: bar.set_postfix_str(msg[:60]))
+        boards = _boards(ctx.params.get("boards"), ctx.params.get("ssh_config"), ctx.params.get("board_python"),
+                         target, said)
+        record["executor"] = ({"kind": "ssh", "boards": [b.describe() for b in boards]} if boards else
+                              _executor(target, cfg.validate.executor, ctx.cache_dir,
+                                        log=lambda msg: bar.set_postfix_str(msg[:60])))
         container = ctx.cache_dir if record["executor"]["kind"] == "container" else None
         reference = _reference_samples(cfg, target, info)
         outputs, record["run"], ref_out = _run(target, root, model_path, x, out_dir, cfg.validate.shards,
-                                               container=container, reference=reference)
+                                               container=container, reference=reference, boards=boards)
     except ModelRefused as exc:
         ctx.progress.warn(str(exc))
         reason = exc.reason + (_crash_note(target, root, model_path, x, out_dir) if exc.crashed else "")
@@ -161,7 +186,7 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
     isa, twin_out, twin_ref = _isa_run(target, root, model_path, x, out_dir, cfg.validate.shards, reference)
     record["isa"] = isa
     record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
-                                                   out_dir)
+                                                   out_dir, boards[0] if boards else None)
     arrays = {"ids": ids, "outputs": outputs}
     if twin_out is not None:
         arrays["twin_outputs"] = twin_out
@@ -336,7 +361,7 @@ def _first_of(found, outputs, twin_out, host_out):
     return None
 
 
-def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out, out_dir):
+def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out, out_dir, board=None):
     """Where the target first departs from its twin (an ISA difference) or, when it matches its twin,
     from the build host (runtime drift): the first sample whose outputs differ, run again on both sides
     with every tensor kept, and the first op (in execution order) whose output tensor differs."""
@@ -354,7 +379,7 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
                 "note": "tensors are kept for .tflite models only; the first op is not named for .onnx"}
     work = tempfile.mkdtemp(dir=out_dir, prefix="dump-")
     try:
-        mine = fanout.dump_tensors(target, root, model_path, x[i : i + 1], work, "target")
+        mine = fanout.dump_tensors(target, root, model_path, x[i : i + 1], work, "target", runner=board)
         theirs = fanout.dump_tensors(target, root, model_path, x[i : i + 1], work, against)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -379,16 +404,51 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
                                          "from a delegate's kernels (XNNPACK)"}
 
 
-def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None, reference=0):
+def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None, reference=0, boards=None):
     """(outputs, run info, the reference kernels' outputs of the first `reference` samples or None)."""
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix="work-"))
     try:
         outputs, info = fanout.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin,
-                                                container=container, reference=reference)
+                                           container=container, reference=reference, boards=boards)
         ref = np.load(work / "reference.npy") if info.get("reference_samples") else None
         return outputs, info, ref
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _boards(names, ssh_config, python, target, said):
+    """One SSH executor per board of validate.boards (none when it is empty), each board checked to be what
+    the target file says: its arch and its runtime's version (a board that differs is refused, naming both)."""
+    from pipeline.device.executors import ssh
+
+    if not names:
+        return []
+    if target.kind != "linux" or not target.emulated:
+        raise InputError(f"validate.boards runs a Linux board's target over SSH; target {target.name} is "
+                         f"{'a ' + target.kind if target.kind != 'linux' else 'the build host'}. Pass the board's target "
+                         "(--target) alone with --board.")
+    found = []
+    for board in names:
+        try:
+            ssh.check_board(board)
+            said(f"asking board {board} what it is")
+            identity = ssh.identity(board, ssh_config, ssh.control_dir(), python)
+        except ValueError as exc:
+            raise InputError(f"validate.boards: {exc}. Name the board as ssh does (a ~/.ssh/config alias).") from None
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise InputError(f"board {board} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {board}` "
+                             "logs in with a key or an agent and that its host key is in known_hosts (edgebuild never "
+                             "accepts an unknown host key).") from None
+        if identity.get("arch") != target.arch:
+            raise InputError(f"board {board} is {identity.get('arch')}; target {target.name} is {target.arch}. Validate "
+                             "on a board of the target's arch, or with the target file of this board.")
+        have = (identity.get("runtimes") or {}).get(target.runtime)
+        if have != target.runtime_version:
+            raise InputError(f"board {board} has {target.runtime} {have or '(not installed)'}; target {target.name} pins "
+                             f"{target.runtime} {target.runtime_version}. Install the pinned version on the board, or "
+                             "validate with the target file that matches it.")
+        found.append(ssh.executor(target, board, ssh_config, python, identity=identity))
+    return found
 
 
 def _executor(target, kind, cache_dir, log):

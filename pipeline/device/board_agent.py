@@ -1,0 +1,185 @@
+"""The board side of the SSH executor: sent with every ssh command as `python3 -c <this file> COMMAND ...`,
+so a board needs nothing of edgebuild installed. Python's standard library only.
+
+Everything it writes stays in its cache directory ($EDGEBUILD_BOARD_CACHE, or ~/.cache/edgebuild-board):
+`blobs/<sha256>` (the validator, models and inputs, content-addressed: sent once, reused while their hash
+matches) and `runs/<id>/` (one validator run's outputs, removed when they are fetched).
+
+    missing SHA...          which of these blobs the board lacks (a JSON list on stdout)
+    put SHA...              store blobs read from stdin (each: 8-byte big-endian length, then the bytes);
+                            each is checked against its sha256 before it is kept
+    run VALIDATOR RUN ARG...  run the validator blob with ARGs (@SHA: a blob's path, %NAME: a file of the
+                            run's directory), holding the board's lock (one run at a time on a board);
+                            its stdout, stderr and exit status are the validator's
+    get RUN                 the run's files on stdout (each: name length, name, size, bytes), then removed
+    identity                what the board is (JSON): arch, OS, Python, CPU, governor, memory, runtimes
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+CACHE = os.environ.get("EDGEBUILD_BOARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgebuild-board")
+HEX = set("0123456789abcdef")
+
+
+def _fail(msg):
+    sys.stderr.write(f"edgebuild board agent: {msg}\n")
+    sys.exit(2)
+
+
+def _hexname(value, length):
+    if len(value) != length or not set(value) <= HEX:
+        _fail(f"expected {length} hex digits, received {value[:80]!r}")
+    return value
+
+
+def _blob(sha):
+    return os.path.join(CACHE, "blobs", _hexname(sha, 64))
+
+
+def _run_dir(run):
+    return os.path.join(CACHE, "runs", _hexname(run, 16))
+
+
+def _read(stream, n):
+    data = stream.read(n)
+    if len(data) != n:
+        _fail("the upload ended early (connection lost?)")
+    return data
+
+
+def missing(shas):
+    print(json.dumps([sha for sha in shas if not os.path.isfile(_blob(sha))]))
+
+
+def put(shas):
+    os.makedirs(os.path.join(CACHE, "blobs"), exist_ok=True)
+    stdin = sys.stdin.buffer
+    for sha in shas:
+        size = int.from_bytes(_read(stdin, 8), "big")
+        tmp = f"{_blob(sha)}.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            while size:
+                chunk = _read(stdin, min(size, 1 << 20))
+                digest.update(chunk)
+                f.write(chunk)
+                size -= len(chunk)
+        if digest.hexdigest() != sha:
+            os.unlink(tmp)
+            _fail(f"blob {sha[:12]} arrived with another sha256 ({digest.hexdigest()[:12]}); nothing kept")
+        os.replace(tmp, _blob(sha))
+
+
+def run(validator, run_id, args):
+    import fcntl
+    import runpy
+
+    path = _blob(validator)
+    work = _run_dir(run_id)
+    os.makedirs(work)
+    resolved = []
+    for arg in args:
+        if arg.startswith("@"):
+            resolved.append(_blob(arg[1:]))
+        elif arg.startswith("%"):
+            name = arg[1:]
+            if not name or "/" in name or name.startswith("."):
+                _fail(f"an output is a plain file name; received {name[:80]!r}")
+            resolved.append(os.path.join(work, name))
+        else:
+            resolved.append(arg)
+    os.environ["TMPDIR"] = work  # the runtime's own temporary files stay in the run's directory
+    lock = open(os.path.join(CACHE, "board.lock"), "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one validator at a time on a board: runs never time each other
+    sys.argv = [path, *resolved]
+    try:
+        runpy.run_path(path, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def get(run_id):
+    import shutil
+
+    work = _run_dir(run_id)
+    out = sys.stdout.buffer
+    for name in sorted(os.listdir(work)) if os.path.isdir(work) else []:
+        path = os.path.join(work, name)
+        if not os.path.isfile(path):
+            continue
+        encoded = name.encode()
+        out.write(len(encoded).to_bytes(2, "big") + encoded + os.path.getsize(path).to_bytes(8, "big"))
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, out)
+    out.flush()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _text(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").replace("\x00", "").strip()
+    except OSError:
+        return None
+
+
+def identity():
+    import platform
+    from importlib import metadata
+
+    cpuinfo = _text("/proc/cpuinfo") or ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name") or fields.get("Hardware") or fields.get("Model") or (
+        f"CPU implementer {fields['CPU implementer']} part {fields.get('CPU part')}" if "CPU implementer" in fields
+        else None)
+    machine = platform.machine()
+    # user-mode emulation (qemu-user) fakes uname and /proc/cpuinfo for the emulated arch, but not the
+    # kernel's own CPU type in sysfs: an x86 kernel under an ARM Python is an emulated board
+    kernel_cpu = (_text("/sys/devices/system/cpu/modalias") or "").partition("type:")[2].partition(":")[0]
+    emulated = bool(kernel_cpu) and machine.startswith(("aarch64", "arm")) and not kernel_cpu.startswith(("aarch64", "arm"))
+    memory = next((int(line.split()[1]) * 1024 for line in (_text("/proc/meminfo") or "").splitlines()
+                   if line.startswith("MemTotal:")), None)
+    runtimes = {}
+    for dist in ("ai-edge-litert", "tflite-runtime", "onnxruntime", "numpy"):
+        try:
+            runtimes[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    print(json.dumps({
+        "arch": machine, "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+        "python_path": sys.executable, "cpu": cpu, "model": _text("/proc/device-tree/model"),
+        "governor": _text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"), "memory_bytes": memory,
+        "cpus": os.cpu_count(), "runtimes": runtimes, "emulated": emulated,
+    }))
+
+
+def main(argv):
+    if not argv:
+        _fail("no command")
+    command, args = argv[0], argv[1:]
+    os.makedirs(CACHE, exist_ok=True)
+    if command == "missing":
+        missing(args)
+    elif command == "put":
+        put(args)
+    elif command == "run" and len(args) >= 2:
+        run(args[0], args[1], args[2:])
+    elif command == "get" and len(args) == 1:
+        get(args[0])
+    elif command == "identity":
+        identity()
+    else:
+        _fail(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

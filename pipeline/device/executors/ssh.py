@@ -1,0 +1,176 @@
+"""SSH: a real board on the shelf, reached with the system OpenSSH client, so the user's own keys, agent,
+jump hosts, `~/.ssh/config` and `known_hosts` work as they do for `ssh`.
+
+Every ssh command runs with BatchMode (no password prompt) and the user's host-key checking (a host whose
+key is unknown or changed is refused, never accepted), reuses one connection per board (ControlMaster,
+its socket in edgebuild's cache), and is built from quoted arguments (`shlex.quote`), never from a config
+string pasted into a shell line. The board side is `board_agent.py`, sent with each command as
+`python3 -c`: the validator, the model and the inputs go into the board's content-addressed cache
+(sent once, reused while their sha256 matches), the outputs come back, and nothing is written on the
+board outside that cache.
+
+One validator process of a target is this module run as a program on the build host
+(`python ssh.py BOARD CONFIG CONTROL PYTHON -- ARGS`): it sends what the board lacks, runs the validator
+there and writes its outputs where the local validator would have; its stdout, stderr and exit status are
+the validator's, so the fan-out treats a board like any other executor. A lost connection exits 255
+(ssh's own status), which the fan-out tells apart from a validator's failure."""
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+AGENT = Path(__file__).resolve().parent.parent / "board_agent.py"
+VALIDATOR = Path(__file__).resolve().parent.parent / "ondevice.py"
+LOST = 255  # ssh's exit status when the connection fails or drops
+# a board as `ssh` names it: a ~/.ssh/config alias or [user@]host; never anything ssh reads as an option
+BOARD = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
+OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=5",
+           "-o", "ServerAliveCountMax=3", "-o", "ControlMaster=auto", "-o", "ControlPersist=120")
+
+
+def check_board(board):
+    """`board`, checked to be a host name ssh resolves (raises ValueError with the rule otherwise)."""
+    if not isinstance(board, str) or not BOARD.match(board):
+        raise ValueError(f"a board is an ssh host name or alias ([user@]host, letters, digits, '.', '_', '-', "
+                         f"':'); received {board!r:.80}")
+    return board
+
+
+def ssh(board, config, control, remote, **run):
+    """Run `remote` (a list of arguments) on the board through ssh; returns the CompletedProcess."""
+    cmd = ["ssh", *OPTIONS, "-o", f"ControlPath={Path(control) / '%C'}"]
+    if config:
+        cmd += ["-F", str(config)]
+    cmd += ["--", check_board(board), " ".join(shlex.quote(str(a)) for a in remote)]
+    return subprocess.run(cmd, **run)
+
+
+def agent(python, *args):
+    return [python, "-c", AGENT.read_text(), *args]
+
+
+def identity(board, config, control, python="python3", timeout=120):
+    """What the board is (board_agent's `identity`), or raises RuntimeError with ssh's reason."""
+    proc = ssh(board, config, control, agent(python, "identity"), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(_reason(proc.stderr, proc.returncode))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _reason(stderr, returncode):
+    lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
+    said = lines[-1].strip() if lines else f"exit status {returncode}"
+    return said[:300]
+
+
+def _sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def send(board, config, control, python, paths):
+    """Put the files `paths` into the board's blob cache unless it has them; returns {path: sha256}."""
+    shas = {p: _sha(p) for p in paths}
+    proc = ssh(board, config, control, agent(python, "missing", *sorted(set(shas.values()))),
+               capture_output=True, text=True)
+    if proc.returncode != 0:
+        return shas, proc
+    lacking = json.loads(proc.stdout.strip().splitlines()[-1])
+    if lacking:
+        by_sha = {sha: p for p, sha in shas.items()}
+
+        def stream():
+            for sha in lacking:
+                data = Path(by_sha[sha]).read_bytes()
+                yield len(data).to_bytes(8, "big") + data
+
+        proc = ssh(board, config, control, agent(python, "put", *lacking), input=b"".join(stream()),
+                   capture_output=True)
+    return shas, proc
+
+
+def fetch(board, config, control, python, run_id, into):
+    """The run's output files, written into the directory `into` (atomically each)."""
+    proc = ssh(board, config, control, agent(python, "get", run_id), capture_output=True)
+    if proc.returncode != 0:
+        return proc
+    data, at = proc.stdout, 0
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 2], "big")
+        name = data[at + 2:at + 2 + n].decode()
+        size = int.from_bytes(data[at + 2 + n:at + 10 + n], "big")
+        body = data[at + 10 + n:at + 10 + n + size]
+        at += 10 + n + size
+        if "/" in name or name.startswith(".") or len(body) != size:
+            raise RuntimeError(f"the board sent a damaged or unsafe output file ({name[:60]!r})")
+        tmp = Path(into) / f".{name}.tmp"
+        tmp.write_bytes(body)
+        os.replace(tmp, Path(into) / name)
+    return proc
+
+
+def main(argv):
+    """One validator process on the board: send, run, fetch. Exit status: the validator's, or 255 when
+    the connection is lost (with ssh's reason on stderr)."""
+    board, config, control, python = argv[:4]
+    args = argv[5:] if argv[4] == "--" else argv[4:]
+    model, inputs, out = args[0], args[1], Path(args[2])
+    shas, proc = send(board, config, control, python, [str(VALIDATOR), model, inputs])
+    if proc.returncode != 0:
+        sys.stderr.write(f"board {board}: sending the model and inputs failed: "
+                         f"{_reason(proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors='replace'), proc.returncode)}\n")
+        return LOST if proc.returncode == LOST else 1
+    run_id = secrets.token_hex(8)
+    remote = agent(python, "run", shas[str(VALIDATOR)], run_id, f"@{shas[model]}", f"@{shas[inputs]}",
+                   f"%{out.name}", *args[3:])
+    proc = ssh(board, config, control, remote, capture_output=True, text=True)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode == LOST:
+        return LOST
+    got = fetch(board, config, control, python, run_id, out.parent)
+    if got.returncode != 0:
+        sys.stderr.write(f"board {board}: fetching the outputs failed: "
+                         f"{_reason(got.stderr.decode(errors='replace'), got.returncode)}\n")
+        return LOST if got.returncode == LOST else 1
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+def control_dir():
+    """Where the ControlMaster sockets live: short (a socket path has at most 107 bytes) and the user's own."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir() if len(tempfile.gettempdir()) < 20 else "/tmp") / f"edgebuild-ssh-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def executor(target, board, config="", python="python3", identity=None):
+    """The executor of `target` on the board `board` (an ssh host); `identity`: what the board said it is
+    (board_agent's identity), recorded with every result. Its timings are the device's own unless the
+    board is itself emulated (identity["emulated"])."""
+    from pipeline.device.executors.base import Executor
+
+    control = control_dir()
+
+    def command(args):
+        env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH")}
+        return [sys.executable, str(Path(__file__).resolve()), board, str(config or ""), str(control), python,
+                "--", *map(str, args)], {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+
+    emulated = bool((identity or {}).get("emulated"))
+    return Executor("ssh", command, lambda: {"kind": "ssh", "board": board, "identity": identity},
+                    device_latency=not emulated)
