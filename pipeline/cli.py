@@ -647,9 +647,15 @@ def board_check(host, ssh_config, python, target_name):
     from pipeline.device.executors import ssh
     from pipeline.engine.errors import InputError
 
+    env = "-"
+    if target_name:
+        from pipeline.device.environment import env_key
+        from pipeline.device.targets import load_target
+
+        env = env_key(load_target(target_name))
     try:
         ssh.check_board(host)
-        found = ssh.identity(host, ssh_config, ssh.control_dir(), python)
+        found = ssh.identity(host, ssh_config, ssh.control_dir(), python, env)
     except ValueError as exc:
         raise InputError(f"{exc}. Name the board as ssh does.") from None
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -661,9 +667,9 @@ def board_check(host, ssh_config, python, target_name):
                f"governor: {found['governor'] or 'unknown'}, memory: {(found['memory_bytes'] or 0) / 2**30:.1f} GiB\n"
                f"  runtimes: {runtimes}" + ("\n  emulated (user-mode qemu): its timings are not a device's latency"
                                             if found["emulated"] else ""))
+    if found.get("environment"):
+        click.echo(f"  environment {found['environment']} (edgebuild board setup) in its cache")
     if target_name:
-        from pipeline.device.targets import load_target
-
         target = load_target(target_name)
         have = found["runtimes"].get(target.runtime)
         if found["arch"] != target.arch or have != target.runtime_version:
@@ -671,6 +677,57 @@ def board_check(host, ssh_config, python, target_name):
                              f"match target {target.name} ({target.arch}, {target.runtime} {target.runtime_version}). "
                              "Install the pinned runtime on the board, or use the target file that matches it.")
         click.echo(f"  matches target {target.name}: {target.arch}, {target.runtime} {target.runtime_version}")
+
+
+@board.command("setup")
+@click.argument("host")
+@click.argument("target_name", metavar="TARGET")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="The ssh client config (ssh -F; default: yours).")
+@click.option("--python", "python", default="python3", show_default=True, help="The board's Python (see "
+              "validate.board_python).")
+@config_option
+@set_option
+@click.pass_context
+def board_setup(ctx, host, target_name, ssh_config, python, config_path, sets):
+    """Install TARGET's runtime on the board HOST: the site-packages of the target's environment (made here
+    from its hash-pinned aarch64 wheels, as for its emulation) pushed over SSH into the board's cache
+    (~/.cache/edgebuild-board/envs/), for the board's own Python. The board needs no internet and no pip;
+    validate --board uses it from then on. The board's arch and Python version must be the target's."""
+    import subprocess
+    import tempfile
+
+    from pipeline.device import environment
+    from pipeline.device.executors import ssh
+    from pipeline.device.targets import load_target
+    from pipeline.engine.errors import InputError
+
+    target = load_target(target_name)
+    if target.kind != "linux" or not target.emulated:
+        raise InputError(f"board setup installs a Linux board's runtime; target {target.name} is not one. Pass the "
+                         "target file of the board (edgebuild target list).")
+    log = (lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True))
+    try:
+        ssh.check_board(host)
+        found = ssh.identity(host, ssh_config, ssh.control_dir(), python)
+    except ValueError as exc:
+        raise InputError(f"{exc}. Name the board as ssh does.") from None
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise InputError(f"board {host} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {host}` "
+                         "logs in with a key or an agent and that its host key is in known_hosts.") from None
+    if found["arch"] != target.arch or not found["python"].startswith(f"{target.python}."):
+        raise InputError(f"board {host} runs Python {found['python']} on {found['arch']}; target {target.name} is Python "
+                         f"{target.python} on {target.arch}, which its wheels are built for. Use the target file that "
+                         "matches the board.")
+    root = environment.setup(target, default_cache_dir(_load_config(config_path, sets)), log=log)
+    key = environment.env_key(target)
+    log(f"pushing {target.name}'s runtime ({target.runtime} {target.runtime_version}) to {host}")
+    with tempfile.TemporaryDirectory(prefix="edgebuild-board-") as work:
+        try:
+            said = ssh.install(host, ssh_config, ssh.control_dir(), python, key, root / "site", work)
+        except RuntimeError as exc:
+            raise InputError(f"board {host} could not install the environment: {exc}.") from None
+    click.echo(f"{host}: environment {key} for {target.name} ({target.runtime} {target.runtime_version}) "
+               f"{'installed' if said['new'] else 'already there'}")
 
 
 @target.command("image")

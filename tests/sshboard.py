@@ -29,13 +29,14 @@ def keypair(path):
     return path, Path(f"{path}.pub")
 
 
-def board_python(work, root, cpu):
-    """A `python3` that is the target environment `root`'s aarch64 Python under qemu user-mode."""
+def board_python(work, root, cpu, runtime=True):
+    """A `python3` that is the target environment `root`'s aarch64 Python under qemu user-mode, with the
+    target's runtime on its path (`runtime`), or bare: the root filesystem's own Python only."""
     bin_dir = Path(work) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "python3"
     shim.write_text(f"""#!/bin/sh
-export QEMU_CPU={cpu} PYTHONPATH={root}/site PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1
+export QEMU_CPU={cpu} {f"PYTHONPATH={root}/site " if runtime else ""}PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1
 exec {root}/qemu/usr/bin/qemu-aarch64 -L {root}/rootfs {root}/rootfs/usr/bin/python3 "$@"
 """)
     shim.chmod(0o755)
@@ -43,9 +44,10 @@ exec {root}/qemu/usr/bin/qemu-aarch64 -L {root}/rootfs {root}/rootfs/usr/bin/pyt
 
 
 @contextmanager
-def board(work, root, cpu, alias="board1", client_key=None):
-    """Start sshd for one board (`root`: a target's environment directory); yield (alias, ssh config
-    file, the sshd process, the board's cache directory). The server stops on exit."""
+def board(work, root, cpu, alias="board1", client_key=None, runtime=True):
+    """Start sshd for one board (`root`: a target's environment directory; `runtime`: its Python has the
+    target's runtime, else none until `edgebuild board setup`); yield (alias, ssh config file, the sshd
+    process, the board's cache directory). The server stops on exit."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     host_key, host_pub = keypair(work / "host_key")
@@ -54,7 +56,7 @@ def board(work, root, cpu, alias="board1", client_key=None):
     (work / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
     cache = work / "board-cache"
     port = _free_port()
-    bin_dir = board_python(work, root, cpu)
+    bin_dir = board_python(work, root, cpu, runtime)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     (work / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
 Port {port}

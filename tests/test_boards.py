@@ -45,15 +45,25 @@ def _outputs(build):
         return f["ids"], f["outputs"]
 
 
-def test_a_build_validated_on_a_board_over_ssh_matches_its_emulation(tiny_build, env_root, cache_dir, tmp_path):
+def test_a_bare_board_set_up_from_the_host_validates_a_build_as_its_emulation_does(tiny_build, env_root, cache_dir,
+                                                                                   tmp_path):
+    """A board with Python only: refused, set up from the host's pinned environment over SSH (no internet, no
+    pip on the board), then the build's int8 model validated on it."""
     build = _copy(tiny_build, tmp_path)
-    with sshboard.board(tmp_path / "board", *env_root) as (alias, ssh_config, _, board_cache):
-        proc = _validate(build, cache_dir, alias, ssh_config=ssh_config, python=tmp_path / "board/bin/python3")
+    python = tmp_path / "board/bin/python3"
+    with sshboard.board(tmp_path / "board", *env_root, runtime=False) as (alias, ssh_config, _, board_cache):
+        check = ["board", "check", alias, "--ssh-config", str(ssh_config), "--python", str(python), "--target", TARGET]
+        proc = edgebuild(*check)
+        assert proc.returncode == 3 and "(not installed)" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        setup = ["board", "setup", alias, TARGET, "--ssh-config", str(ssh_config), "--python", str(python)]
+        proc = edgebuild(*setup, env={"EDGEBUILD_CACHE": str(cache_dir)})
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("installed"), proc.stderr[-2000:]
+        assert edgebuild(*setup, env={"EDGEBUILD_CACHE": str(cache_dir)}).stdout.strip().endswith("already there")
+        check = edgebuild(*check)
+        proc = _validate(build, cache_dir, alias, ssh_config=ssh_config, python=python)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        check = edgebuild("board", "check", alias, "--ssh-config", str(ssh_config), "--python",
-                          str(tmp_path / "board/bin/python3"), "--target", TARGET)
         # what reached the board: its cache only, and no run left behind
-        assert sorted(p.name for p in board_cache.iterdir()) == ["blobs", "board.lock", "runs"]
+        assert sorted(p.name for p in board_cache.iterdir()) == ["blobs", "board.lock", "envs", "runs"]
         assert not list((board_cache / "runs").iterdir())
     assert check.returncode == 0 and "aarch64" in check.stdout and "ai-edge-litert 2.3.0" in check.stdout, check.stdout
     assert "emulated" in check.stdout and f"matches target {TARGET}" in check.stdout
@@ -66,6 +76,7 @@ def test_a_build_validated_on_a_board_over_ssh_matches_its_emulation(tiny_build,
     assert record["executor"]["kind"] == "ssh" and board["board"] == alias
     identity = board["identity"]
     assert identity["arch"] == "aarch64" and identity["runtimes"]["ai-edge-litert"] == "2.3.0" and identity["emulated"]
+    assert identity["environment"], "the runtime came from the environment board setup installed"
     latency = record["latency"]
     assert latency["measured_on"] == "emulation", "an emulated board's timings are never a device's latency"
     assert latency["count"] == record["samples"] - latency["warmup_invokes"] and 0 < latency["p50_ms"] <= latency["p99_ms"]
@@ -139,3 +150,4 @@ def test_an_unknown_host_key_a_wrong_runtime_and_hostile_names_are_refused(tiny_
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert f"board {alias} has ai-edge-litert (not installed); target {TARGET} pins ai-edge-litert 2.3.0" in proc.stderr
     assert "Traceback" not in proc.stderr
+

@@ -3,16 +3,20 @@ so a board needs nothing of edgebuild installed. Python's standard library only.
 
 Everything it writes stays in its cache directory ($EDGEBUILD_BOARD_CACHE, or ~/.cache/edgebuild-board):
 `blobs/<sha256>` (the validator, models and inputs, content-addressed: sent once, reused while their hash
-matches) and `runs/<id>/` (one validator run's outputs, removed when they are fetched).
+matches), `runs/<id>/` (one validator run's outputs, removed when they are fetched) and `envs/<key>/site`
+(a target's pinned runtime, installed by `edgebuild board setup`).
 
     missing SHA...          which of these blobs the board lacks (a JSON list on stdout)
     put SHA...              store blobs read from stdin (each: 8-byte big-endian length, then the bytes);
                             each is checked against its sha256 before it is kept
-    run VALIDATOR RUN ARG...  run the validator blob with ARGs (@SHA: a blob's path, %NAME: a file of the
-                            run's directory), holding the board's lock (one run at a time on a board);
-                            its stdout, stderr and exit status are the validator's
+    run ENV VALIDATOR RUN ARG...  run the validator blob with ARGs (@SHA: a blob's path, %NAME: a file of
+                            the run's directory), with the environment ENV's packages first on the path
+                            when it is installed ('-': the board's own), holding the board's lock (one run
+                            at a time on a board); its stdout, stderr and exit status are the validator's
     get RUN                 the run's files on stdout (each: name length, name, size, bytes), then removed
-    identity                what the board is (JSON): arch, OS, Python, CPU, governor, memory, runtimes
+    identity ENV            what the board is (JSON): arch, OS, Python, CPU, governor, memory, runtimes
+                            (those of ENV when it is installed)
+    install ENV SHA         unpack the blob SHA (a tar of a target's site-packages) as environment ENV
 """
 
 import hashlib
@@ -41,6 +45,41 @@ def _blob(sha):
 
 def _run_dir(run):
     return os.path.join(CACHE, "runs", _hexname(run, 16))
+
+
+def _use_env(env):
+    """Put environment `env`'s packages first on the path when it is installed ('-': none); True if so."""
+    if env == "-":
+        return False
+    site = os.path.join(CACHE, "envs", _hexname(env, 12), "site")
+    if os.path.isdir(site):
+        sys.path.insert(0, site)
+        return True
+    return False
+
+
+def install(env, sha):
+    import shutil
+    import tarfile
+
+    dest = os.path.join(CACHE, "envs", _hexname(env, 12))
+    if os.path.isdir(dest):
+        print(json.dumps({"installed": env, "new": False}))
+        return
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    os.makedirs(tmp)
+    try:
+        with tarfile.open(_blob(sha)) as tar:
+            members = tar.getmembers()
+            for m in members:  # regular files and directories under site/ only: nothing lands outside the cache
+                parts = m.name.split("/")
+                if m.name.startswith("/") or ".." in parts or parts[0] != "site" or not (m.isfile() or m.isdir()):
+                    _fail(f"the environment archive holds {m.name[:80]!r}, which is not a file under site/")
+            tar.extractall(tmp, members=members)
+        os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps({"installed": env, "new": True}))
 
 
 def _read(stream, n):
@@ -73,10 +112,11 @@ def put(shas):
         os.replace(tmp, _blob(sha))
 
 
-def run(validator, run_id, args):
+def run(env, validator, run_id, args):
     import fcntl
     import runpy
 
+    _use_env(env)
     path = _blob(validator)
     work = _run_dir(run_id)
     os.makedirs(work)
@@ -129,10 +169,11 @@ def _text(path):
         return None
 
 
-def identity():
+def identity(env="-"):
     import platform
     from importlib import metadata
 
+    installed = _use_env(env)
     cpuinfo = _text("/proc/cpuinfo") or ""
     fields = {}
     for line in cpuinfo.splitlines():
@@ -158,7 +199,7 @@ def identity():
         "arch": machine, "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
         "python_path": sys.executable, "cpu": cpu, "model": _text("/proc/device-tree/model"),
         "governor": _text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"), "memory_bytes": memory,
-        "cpus": os.cpu_count(), "runtimes": runtimes, "emulated": emulated,
+        "cpus": os.cpu_count(), "runtimes": runtimes, "emulated": emulated, "environment": env if installed else None,
     }))
 
 
@@ -171,12 +212,14 @@ def main(argv):
         missing(args)
     elif command == "put":
         put(args)
-    elif command == "run" and len(args) >= 2:
-        run(args[0], args[1], args[2:])
+    elif command == "run" and len(args) >= 3:
+        run(args[0], args[1], args[2], args[3:])
     elif command == "get" and len(args) == 1:
         get(args[0])
-    elif command == "identity":
-        identity()
+    elif command == "identity" and len(args) <= 1:
+        identity(*args)
+    elif command == "install" and len(args) == 2:
+        install(*args)
     else:
         _fail(f"unknown command {command!r}")
 

@@ -432,7 +432,7 @@ def _boards(names, ssh_config, python, target, said):
         try:
             ssh.check_board(board)
             said(f"asking board {board} what it is")
-            identity = ssh.identity(board, ssh_config, ssh.control_dir(), python)
+            identity = ssh.identity(board, ssh_config, ssh.control_dir(), python, environment.env_key(target))
         except ValueError as exc:
             raise InputError(f"validate.boards: {exc}. Name the board as ssh does (a ~/.ssh/config alias).") from None
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -445,9 +445,9 @@ def _boards(names, ssh_config, python, target, said):
         have = (identity.get("runtimes") or {}).get(target.runtime)
         if have != target.runtime_version:
             raise InputError(f"board {board} has {target.runtime} {have or '(not installed)'}; target {target.name} pins "
-                             f"{target.runtime} {target.runtime_version}. Install the pinned version on the board, or "
-                             "validate with the target file that matches it.")
-        found.append(ssh.executor(target, board, ssh_config, python, identity=identity))
+                             f"{target.runtime} {target.runtime_version}. Install it there (edgebuild board setup {board} "
+                             f"{target.name}), or validate with the target file that matches the board.")
+        found.append(ssh.executor(target, board, ssh_config, python, identity=identity, env=environment.env_key(target)))
     return found
 
 

@@ -88,3 +88,29 @@ def test_an_emulated_board_is_told_by_its_kernel_not_its_python(monkeypatch, tmp
     texts["/sys/devices/system/cpu/modalias"] = "cpu:type:aarch64:feature:,0000,0001"
     board_agent.identity()
     assert json.loads(capsys.readouterr().out)["emulated"] is False
+
+
+def test_an_environment_archive_unpacks_under_its_site_only(monkeypatch, tmp_path):
+    import hashlib
+    import tarfile
+
+    def archive(name, members):
+        path = tmp_path / name
+        with tarfile.open(path, "w") as tar:
+            for member in members:
+                info = tarfile.TarInfo(member)
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"ok"))
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        assert _agent(monkeypatch, tmp_path, ["put", sha], len(data).to_bytes(8, "big") + data)[0] == 0
+        return sha
+
+    bad = archive("bad.tar", ["site/ok.py", "site/../../escape.py"])
+    code, _ = _agent(monkeypatch, tmp_path, ["install", "a" * 12, bad])
+    assert code == 2 and not (tmp_path / "escape.py").exists() and not (tmp_path / "cache/envs/" / ("a" * 12)).exists()
+    good = archive("good.tar", ["site/pkg/__init__.py"])
+    code, out = _agent(monkeypatch, tmp_path, ["install", "b" * 12, good])
+    assert code == 0 and json.loads(out)["new"] is True
+    assert (tmp_path / "cache/envs" / ("b" * 12) / "site/pkg/__init__.py").read_bytes() == b"ok"
+    assert not [p for p in (tmp_path / "cache/envs").iterdir() if p.name.endswith(".tmp")]

@@ -55,9 +55,10 @@ def agent(python, *args):
     return [python, "-c", AGENT.read_text(), *args]
 
 
-def identity(board, config, control, python="python3", timeout=120):
-    """What the board is (board_agent's `identity`), or raises RuntimeError with ssh's reason."""
-    proc = ssh(board, config, control, agent(python, "identity"), capture_output=True, text=True, timeout=timeout)
+def identity(board, config, control, python="python3", env="-", timeout=120):
+    """What the board is (board_agent's `identity`; its runtimes those of environment `env` when the board has
+    it), or raises RuntimeError with ssh's reason."""
+    proc = ssh(board, config, control, agent(python, "identity", env), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(_reason(proc.stderr, proc.returncode))
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,11 +119,36 @@ def fetch(board, config, control, python, run_id, into):
     return proc
 
 
+def install(board, config, control, python, env, site, workdir):
+    """Install a target's site-packages directory `site` on the board as environment `env` (a
+    deterministic tar sent content-addressed, unpacked in the board's cache); returns what the board said."""
+    import tarfile
+
+    archive = Path(workdir) / "site.tar"
+
+    def clean(info):
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(Path(site).rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue
+            tar.add(path, arcname=f"site/{path.relative_to(site)}", recursive=False, filter=clean)
+    shas, proc = send(board, config, control, python, [str(archive)])
+    if proc.returncode == 0:
+        proc = ssh(board, config, control, agent(python, "install", env, shas[str(archive)]), capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(_reason(proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes)
+                                   else proc.stderr, proc.returncode))
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
 def main(argv):
     """One validator process on the board: send, run, fetch. Exit status: the validator's, or 255 when
     the connection is lost (with ssh's reason on stderr)."""
-    board, config, control, python = argv[:4]
-    args = argv[5:] if argv[4] == "--" else argv[4:]
+    board, config, control, python, env = argv[:5]
+    args = argv[6:] if argv[5] == "--" else argv[5:]
     model, inputs, out = args[0], args[1], Path(args[2])
     shas, proc = send(board, config, control, python, [str(VALIDATOR), model, inputs])
     if proc.returncode != 0:
@@ -130,7 +156,7 @@ def main(argv):
                          f"{_reason(proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors='replace'), proc.returncode)}\n")
         return LOST if proc.returncode == LOST else 1
     run_id = secrets.token_hex(8)
-    remote = agent(python, "run", shas[str(VALIDATOR)], run_id, f"@{shas[model]}", f"@{shas[inputs]}",
+    remote = agent(python, "run", env, shas[str(VALIDATOR)], run_id, f"@{shas[model]}", f"@{shas[inputs]}",
                    f"%{out.name}", *args[3:])
     proc = ssh(board, config, control, remote, capture_output=True, text=True)
     sys.stdout.write(proc.stdout)
@@ -158,18 +184,21 @@ def control_dir():
     return path
 
 
-def executor(target, board, config="", python="python3", identity=None):
+def executor(target, board, config="", python="python3", identity=None, env="-"):
     """The executor of `target` on the board `board` (an ssh host); `identity`: what the board said it is
-    (board_agent's identity), recorded with every result. Its timings are the device's own unless the
-    board is itself emulated (identity["emulated"])."""
+    (board_agent's identity), recorded with every result; `env`: the target's environment key, used when
+    the board has it installed (edgebuild board setup). Its timings are the device's own unless the board
+    is itself emulated (identity["emulated"])."""
     from pipeline.device.executors.base import Executor
 
     control = control_dir()
 
+    environment = env
+
     def command(args):
-        env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH")}
+        passed = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH")}
         return [sys.executable, str(Path(__file__).resolve()), board, str(config or ""), str(control), python,
-                "--", *map(str, args)], {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+                environment, "--", *map(str, args)], {**passed, "PYTHONDONTWRITEBYTECODE": "1"}
 
     emulated = bool((identity or {}).get("emulated"))
     return Executor("ssh", command, lambda: {"kind": "ssh", "board": board, "identity": identity},
