@@ -132,6 +132,12 @@ def test_an_unknown_host_key_a_wrong_runtime_and_hostile_names_are_refused(tiny_
         assert "Traceback" not in proc.stderr
         (tmp_path / "board/known_hosts").write_text(good)
 
+        stranger, _ = sshboard.keypair(tmp_path / "stranger_key")  # a key the board does not authorize
+        (tmp_path / "stranger_config").write_text(ssh_config.read_text().replace(str(tmp_path / "board/user_key"),
+                                                                                   str(stranger)))
+        proc = edgebuild("board", "check", alias, "--ssh-config", str(tmp_path / "stranger_config"), timeout=120)
+        assert proc.returncode == 3 and "Permission denied" in proc.stderr, proc.stderr  # BatchMode: never a prompt
+
         pwned = tmp_path / "pwned"
         for hostile in ("-oProxyCommand=touch " + str(pwned), "board1;touch " + str(pwned), "$(touch " + str(pwned) + ")"):
             proc = edgebuild("board", "check", "--ssh-config", str(ssh_config), "--", hostile)
