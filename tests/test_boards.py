@@ -71,6 +71,9 @@ def test_a_bare_board_set_up_from_the_host_validates_a_build_as_its_emulation_do
     ids, outputs = _outputs(build)
     assert np.array_equal(ids, emulated_ids) and outputs.dtype == emulated.dtype
     assert outputs.tobytes() == emulated.tobytes(), "the board's outputs must be the emulated target's, byte for byte"
+    written = (build / "manifest.json").read_text() + (build / "report.html").read_text()
+    assert "latency p50" in written and "an emulated board" in written  # the report says so too
+    assert "PRIVATE KEY" not in written and "user_key" not in written, "no credential is recorded"
     record = json.loads((build / "manifest.json").read_text())["metrics"]["targets"][TARGET]
     board = record["executor"]["boards"][0]
     assert record["executor"]["kind"] == "ssh" and board["board"] == alias

@@ -360,7 +360,8 @@ def html(manifest, build_dir, sections=()):
         acc_rows.append((fmt, f"{name}: {t['runtime']} {t['runtime_version']}",
                          "refused: " + t["refused"] if t.get("refused") else _pct(t["accuracy"])))
     target_rows = [(name, _pct(t.get("top1_agreement")), _pct(t.get("bitexact_fraction")), t.get("max_abs_diff", "-"),
-                    _twin_cell(t), first_difference_line(t.get("first_difference")) or "-",
+                    _twin_cell(t), "; ".join(filter(None, (first_difference_line(t.get("first_difference")),
+                                                           board_line(t)))) or "-",
                     f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
                    for name, t in sorted(targets.items())]
     gate = manifest.get("gate")
