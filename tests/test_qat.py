@@ -100,3 +100,15 @@ def test_mobilenet_v3_small_gets_a_qat_rule_for_every_layer():
     assert "BatchNormalization" not in names and "Activation" not in names, names
     activations = {getattr(layer.activation, "__name__", None) for layer in q.layers if hasattr(layer, "activation")}
     assert "hard_silu" in activations, activations  # hard-swish kept, behind a fake-quant
+
+
+def test_every_layer_without_a_qat_rule_is_listed_not_only_the_first():
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.LayerNormalization(name="norm_a")(x)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.LayerNormalization(name="norm_b")(x)
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    problems = qat.unsupported_layers(keras.Model(inp, out))
+    assert len(problems) == 2 and "'norm_a' (LayerNormalization)" in problems[0] and "'norm_b'" in problems[1]
+    assert qat.unsupported_layers(models.small_cnn((12, 12, 1), 4, width=4, blocks=2)) == []

@@ -41,9 +41,19 @@ def test_a_model_with_two_outputs_is_refused_before_training():
     assert "one input and one output; it has 1 input(s) and 2 output(s)" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_check_model_lists_the_layers_qat_has_no_rule_for_before_any_training():
+    proc = edgebuild("check-model", "--config", str(TINY), "--recipe", f"{BAD}:custom_weights")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "✗ layer 'learned_scale' (LearnedScale) is a custom layer with weights" in proc.stdout
+    assert "qat.enabled = false" in proc.stderr and "Traceback" not in proc.stderr
+    proc = edgebuild("check-model", "--config", str(TINY), "--recipe", f"{BAD}:custom_weights", "--set", "qat.enabled=false")
+    assert proc.returncode == 0 and "QAT rule" not in proc.stdout, proc.stdout + proc.stderr  # PTQ: no QAT rewrite
+
+
 def test_a_correct_custom_layer_passes_preflight():
     proc = edgebuild("check-model", "--config", str(TINY), "--recipe", "examples.custom_model:build")
     assert proc.returncode == 0 and "round-trip" in proc.stdout, proc.stdout + proc.stderr
+    assert "✓ every layer has an int8 QAT rule" in proc.stdout
 
 
 def _build(tmp_path, cache_dir, *sets, targets="[]"):

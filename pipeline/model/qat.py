@@ -243,13 +243,26 @@ def _activation_name(layer):
     return None
 
 
-def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
+def unsupported_layers(model):
+    """Every layer of `model` the QAT rewrite has no rule for, each as the message naming it ([] when
+    every layer has one): what `edgebuild check-model` lists before any training."""
+    problems = []
+    try:
+        quantize_model(model, problems=problems)
+    except UnsupportedLayerError as exc:  # the model's shape itself (several inputs)
+        problems.append(str(exc))
+    return problems
+
+
+def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
     """Return a QAT copy of a functional/sequential float model, BatchNorm folded.
 
     Walks the model graph in topological order and rebuilds it: Conv2D/DepthwiseConv2D/Dense
     become fake-quantized layers (absorbing a following BatchNorm), activations become
     `ActivationQuantizer`s, averaging/merging layers get an output quantizer, data-movement
-    layers pass through. Anything else raises `UnsupportedLayerError` naming the layer.
+    layers pass through. Anything else raises `UnsupportedLayerError` naming the layer; with
+    `problems` (a list), each such message is appended instead and the layer is kept as it is, so
+    every one is found.
     """
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -296,6 +309,9 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
             elif isinstance(layer, REQUANTIZE):
                 y = layer.__class__.from_config(layer.get_config())(*args, **kwargs)
                 y = ActivationQuantizer(momentum=momentum, name=f"{layer.name}_out_quant")(y)
+            elif problems is not None and _unsupported(layer):
+                problems.append(_unsupported(layer))
+                y = layer(*args, **kwargs)
             elif isinstance(layer, keras.layers.BatchNormalization):
                 raise UnsupportedLayerError(
                     f"layer '{layer.name}' (BatchNormalization) follows no Conv2D/Dense it can be "
@@ -325,6 +341,20 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99):
             tensors[id(out_tensor)] = y
     outputs = [tensors[id(t)] for t in model.outputs]
     return keras.Model(inp, outputs[0] if len(outputs) == 1 else outputs, name=f"{model.name}_qat")
+
+
+def _unsupported(layer):
+    """The message of a layer that reaches none of the rewrite's rules (after the rules themselves were
+    tried), or None."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return (f"layer '{layer.name}' (BatchNormalization) follows no Conv2D/Dense it can be folded into, so "
+                "int8 would not match training. Place BatchNormalization directly after a Conv2D, DepthwiseConv2D "
+                "or Dense layer.")
+    if not isinstance(layer, keras.layers.Layer) or (_is_custom(layer) and not layer.weights):
+        return None
+    if _is_custom(layer):
+        return f"layer '{layer.name}' ({type(layer).__name__}) is a custom layer with weights, which QAT cannot quantize"
+    return f"layer '{layer.name}' ({type(layer).__name__}) has no int8 QAT rule"
 
 
 def _rescaling_as_depthwise(layer, x, momentum):

@@ -8,7 +8,7 @@ from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
 
 STAGE = Stage(
-    "check-model", __name__, config=("build.seed", "data", "preprocess", "train"), backend="jax",
+    "check-model", __name__, config=("build.seed", "data", "preprocess", "train", "qat"), backend="jax",
     toolchain=usermodel.JAX_TOOLCHAIN,
 )
 
@@ -27,6 +27,15 @@ def run(cfg, inputs, out_dir, ctx):
         return {"lines": lines, "error": f"{len(problems)} serialization problem(s) in {cfg.train.recipe}; fix them "
                                          "before export."}
     lines.append(f"✓ {cfg.train.recipe}: {len(model.layers)} layers round-trip through get_config/from_config")
+    if not cfg.qat.post_training:
+        from pipeline.model import qat
+
+        missing = qat.unsupported_layers(model)
+        if missing:
+            lines += [f"✗ {m}" for m in missing]
+            return {"lines": lines, "error": f"{len(missing)} layer(s) have no int8 QAT rule; replace them, or set "
+                                             "qat.enabled = false (post-training quantization: no QAT rewrite)."}
+        lines.append("✓ every layer has an int8 QAT rule")
     if usermodel.kind(cfg.train.recipe) == "keras_file":
         sample = stratified_subset(labels, 1000, cfg.build.seed)
         scores = usermodel.check_input_convention(model, images[sample], labels[sample], cfg.preprocess,
