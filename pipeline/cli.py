@@ -671,11 +671,9 @@ def board_check(host, ssh_config, python, target_name):
         click.echo(f"  environment {found['environment']} (edgebuild board setup) in its cache")
     if target_name:
         target = load_target(target_name)
-        have = found["runtimes"].get(target.runtime)
-        if found["arch"] != target.arch or have != target.runtime_version:
-            raise InputError(f"board {host} ({found['arch']}, {target.runtime} {have or '(not installed)'}) does not "
-                             f"match target {target.name} ({target.arch}, {target.runtime} {target.runtime_version}). "
-                             "Install the pinned runtime on the board, or use the target file that matches it.")
+        problem = ssh.mismatch(host, found, target)
+        if problem:
+            raise InputError(f"{problem}.")
         click.echo(f"  matches target {target.name}: {target.arch}, {target.runtime} {target.runtime_version}")
 
 
@@ -714,10 +712,9 @@ def board_setup(ctx, host, target_name, ssh_config, python, config_path, sets):
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         raise InputError(f"board {host} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {host}` "
                          "logs in with a key or an agent and that its host key is in known_hosts.") from None
-    if found["arch"] != target.arch or not found["python"].startswith(f"{target.python}."):
-        raise InputError(f"board {host} runs Python {found['python']} on {found['arch']}; target {target.name} is Python "
-                         f"{target.python} on {target.arch}, which its wheels are built for. Use the target file that "
-                         "matches the board.")
+    problem = ssh.mismatch(host, found, target, runtime=False)
+    if problem:
+        raise InputError(f"{problem}.")
     root = environment.setup(target, default_cache_dir(_load_config(config_path, sets)), log=log)
     key = environment.env_key(target)
     log(f"pushing {target.name}'s runtime ({target.runtime} {target.runtime_version}) to {host}")

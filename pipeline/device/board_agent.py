@@ -12,7 +12,11 @@ matches), `runs/<id>/` (one validator run's outputs, removed when they are fetch
     run ENV VALIDATOR RUN ARG...  run the validator blob with ARGs (@SHA: a blob's path, %NAME: a file of
                             the run's directory), with the environment ENV's packages first on the path
                             when it is installed ('-': the board's own), holding the board's lock (one run
-                            at a time on a board); its stdout, stderr and exit status are the validator's
+                            at a time on a board), in a forked child (a board may run no other program
+                            than this Python) that is killed when the connection closes; its stdout and
+                            stderr are the validator's, and the last stderr line says how it ended
+                            (STATUS {"exit": N} or {"signal": N}): a runtime that crashes is told from a
+                            lost connection
     get RUN                 the run's files on stdout (each: name length, name, size, bytes), then removed
     identity ENV            what the board is (JSON): arch, OS, Python, CPU, governor, memory, runtimes
                             (those of ENV when it is installed)
@@ -26,6 +30,8 @@ import sys
 
 CACHE = os.environ.get("EDGEBUILD_BOARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgebuild-board")
 HEX = set("0123456789abcdef")
+STATUS = "edgebuild-board-status "
+sys.dont_write_bytecode = True  # nothing written outside the cache, not even __pycache__
 
 
 def _fail(msg):
@@ -115,6 +121,8 @@ def put(shas):
 def run(env, validator, run_id, args):
     import fcntl
     import runpy
+    import signal
+    import threading
 
     _use_env(env)
     path = _blob(validator)
@@ -131,17 +139,38 @@ def run(env, validator, run_id, args):
             resolved.append(os.path.join(work, name))
         else:
             resolved.append(arg)
-    os.environ["TMPDIR"] = work  # the runtime's own temporary files stay in the run's directory
+    scratch = os.path.join(work, "tmp")
+    os.makedirs(scratch)
+    os.environ["TMPDIR"] = scratch  # the runtime's own temporary files stay in the run's directory
+    os.chdir(work)
     lock = open(os.path.join(CACHE, "board.lock"), "a")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one validator at a time on a board: runs never time each other
-    sys.argv = [path, *resolved]
-    try:
-        runpy.run_path(path, run_name="__main__")
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     sys.stdout.flush()
-    sys.exit(code)
+    child = os.fork()
+    if child == 0:
+        sys.argv = [path, *resolved]
+        try:
+            runpy.run_path(path, run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def kill_when_closed():  # the connection closed (the build stopped this part): stop the validator
+        sys.stdin.buffer.read()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    threading.Thread(target=kill_when_closed, daemon=True).start()
+    _, status = os.waitpid(child, 0)
+    ended = {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}
+    sys.stderr.write(f"\n{STATUS}{json.dumps(ended)}\n")
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def get(run_id):
@@ -151,7 +180,7 @@ def get(run_id):
     out = sys.stdout.buffer
     for name in sorted(os.listdir(work)) if os.path.isdir(work) else []:
         path = os.path.join(work, name)
-        if not os.path.isfile(path):
+        if name.startswith(".") or not os.path.isfile(path):  # the validator's outputs only
             continue
         encoded = name.encode()
         out.write(len(encoded).to_bytes(2, "big") + encoded + os.path.getsize(path).to_bytes(8, "big"))

@@ -49,7 +49,6 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     pool = list(boards or [])
     parts = [p for p in np.array_split(np.arange(len(x)), max(1, min(len(pool) or shards, len(x)))) if len(p)]
     chosen = pool[:len(parts)] if pool else [executor_for(target, root, twin=twin, container=container)] * len(parts)
-    executor = chosen[0]
     procs, infos, arena, lost = [], [None] * len(parts), None, {}
     started = time.perf_counter()
 
@@ -90,6 +89,7 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
             infos[i] = finish(i, proc)
         dead = {chosen[i].describe()["board"]: lost[i][0] for i in lost}
         for i in sorted(lost):
+            first = lost[i][0]  # why the part's own board was lost (a re-run lost too overwrites lost[i])
             for runner in pool:
                 board = runner.describe()["board"]
                 if board in dead:
@@ -98,7 +98,7 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
                 infos[i] = finish(i, procs[-1])
                 if infos[i] is not None:
                     reruns.append({"part": i + 1, "samples": int(len(parts[i])), "lost_on": chosen[i].describe()["board"],
-                                   "reason": lost[i][0][:300], "ran_on": board})
+                                   "reason": first[:300], "ran_on": board})
                     break
                 dead[board] = lost[i][0]
             else:
@@ -126,7 +126,7 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
         "kernels": infos[0].get("kernels", "default"),
         "reference_samples": sum(i.get("reference_samples", 0) for i in infos),
         "latency": latency([i.get("invoke_ms") or [] for i in infos], infos[0]["batch"], infos[0]["threads"],
-                           executor.device_latency),
+                           all(runner.device_latency for runner in chosen)),
         **({"arena_bytes": arena} if arena is not None else {}),
         **({"reruns": reruns} if reruns else {}),
     }

@@ -313,11 +313,7 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
                 problems.append(_unsupported(layer))
                 y = layer(*args, **kwargs)
             elif isinstance(layer, keras.layers.BatchNormalization):
-                raise UnsupportedLayerError(
-                    f"layer '{layer.name}' (BatchNormalization) follows no Conv2D/Dense it can be "
-                    "folded into, so int8 would not match training. Place BatchNormalization "
-                    "directly after a Conv2D, DepthwiseConv2D or Dense layer."
-                )
+                raise UnsupportedLayerError(_unsupported(layer))
             elif not isinstance(layer, keras.layers.Layer) or (_is_custom(layer) and not layer.weights):
                 # A functional op (x + 3.0, ops.multiply, ...) or a custom layer without weights:
                 # recompute it from its config and quantize its output like any new value.

@@ -8,7 +8,7 @@ from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
 
 STAGE = Stage(
-    "check-model", __name__, config=("build.seed", "data", "preprocess", "train", "qat"), backend="jax",
+    "check-model", __name__, config=("build.seed", "data", "preprocess", "train", "qat.enabled", "qat.epochs"), backend="jax",
     toolchain=usermodel.JAX_TOOLCHAIN,
 )
 

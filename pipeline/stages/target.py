@@ -185,8 +185,10 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
         bar.close()
     isa, twin_out, twin_ref = _isa_run(target, root, model_path, x, out_dir, cfg.validate.shards, reference)
     record["isa"] = isa
+    lost = {r["lost_on"] for r in record["run"].get("reruns", [])}
+    board = next((b for b in boards if b.describe()["board"] not in lost), None)  # one still reachable
     record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
-                                                   out_dir, boards[0] if boards else None)
+                                                   out_dir, board)
     arrays = {"ids": ids, "outputs": outputs}
     if twin_out is not None:
         arrays["twin_outputs"] = twin_out
@@ -439,14 +441,9 @@ def _boards(names, ssh_config, python, target, said):
             raise InputError(f"board {board} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {board}` "
                              "logs in with a key or an agent and that its host key is in known_hosts (edgebuild never "
                              "accepts an unknown host key).") from None
-        if identity.get("arch") != target.arch:
-            raise InputError(f"board {board} is {identity.get('arch')}; target {target.name} is {target.arch}. Validate "
-                             "on a board of the target's arch, or with the target file of this board.")
-        have = (identity.get("runtimes") or {}).get(target.runtime)
-        if have != target.runtime_version:
-            raise InputError(f"board {board} has {target.runtime} {have or '(not installed)'}; target {target.name} pins "
-                             f"{target.runtime} {target.runtime_version}. Install it there (edgebuild board setup {board} "
-                             f"{target.name}), or validate with the target file that matches the board.")
+        problem = ssh.mismatch(board, identity, target)
+        if problem:
+            raise InputError(f"{problem}.")
         found.append(ssh.executor(target, board, ssh_config, python, identity=identity, env=environment.env_key(target)))
     return found
 

@@ -63,11 +63,16 @@ def test_the_board_keeps_blobs_by_content_and_refuses_a_damaged_one(monkeypatch,
     assert code == 2 and not (tmp_path / "cache/blobs" / wrong).exists() and not list((tmp_path / "cache/blobs").glob("*.tmp"))
 
 
-@pytest.mark.parametrize("argv", [["missing", "../../etc/passwd"], ["get", "../x"], ["run", "a" * 64, "../../x"],
-                                  ["run", "a" * 64, "0123456789abcdef", "%../escape"]])
-def test_the_board_agent_writes_nowhere_outside_its_cache(monkeypatch, tmp_path, argv):
+@pytest.mark.parametrize("argv, said", [
+    (["missing", "../../etc/passwd"], "expected 64 hex digits"), (["get", "../x"], "expected 16 hex digits"),
+    (["run", "-", "a" * 64, "../x"], "expected 16 hex digits"),
+    (["run", "-", "a" * 64, "0123456789abcdef", "%../escape"], "an output is a plain file name"),
+    (["run", "-", "a" * 64, "0123456789abcdef", "@../escape"], "expected 64 hex digits"),
+    (["run", "../../x", "a" * 64, "0123456789abcdef"], "expected 12 hex digits"),
+    (["install", "a" * 12, "../x"], "expected 64 hex digits")])
+def test_the_board_agent_writes_nowhere_outside_its_cache(monkeypatch, tmp_path, capsys, argv, said):
     code, _ = _agent(monkeypatch, tmp_path, argv)
-    assert code == 2
+    assert code == 2 and said in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 AGENT = Path(__file__).resolve().parent.parent / "board_agent.py"
 VALIDATOR = Path(__file__).resolve().parent.parent / "ondevice.py"
 LOST = 255  # ssh's exit status when the connection fails or drops
+STATUS = "edgebuild-board-status "  # the board agent's last stderr line after a run: how the validator ended
 # a board as `ssh` names it: a ~/.ssh/config alias or [user@]host; never anything ssh reads as an option
 BOARD = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
 OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=5",
@@ -42,17 +43,19 @@ def check_board(board):
     return board
 
 
+def ssh_argv(board, config, control, remote):
+    """The ssh command line that runs `remote` (a list of arguments, each quoted) on the board."""
+    return ["ssh", *OPTIONS, "-o", f"ControlPath={Path(control) / '%C'}", *(["-F", str(config)] if config else []),
+            "--", check_board(board), " ".join(shlex.quote(str(a)) for a in remote)]
+
+
 def ssh(board, config, control, remote, **run):
     """Run `remote` (a list of arguments) on the board through ssh; returns the CompletedProcess."""
-    cmd = ["ssh", *OPTIONS, "-o", f"ControlPath={Path(control) / '%C'}"]
-    if config:
-        cmd += ["-F", str(config)]
-    cmd += ["--", check_board(board), " ".join(shlex.quote(str(a)) for a in remote)]
-    return subprocess.run(cmd, **run)
+    return subprocess.run(ssh_argv(board, config, control, remote), **run)
 
 
 def agent(python, *args):
-    return [python, "-c", AGENT.read_text(), *args]
+    return [python, "-B", "-c", AGENT.read_text(), *args]
 
 
 def identity(board, config, control, python="python3", env="-", timeout=120):
@@ -62,6 +65,21 @@ def identity(board, config, control, python="python3", env="-", timeout=120):
     if proc.returncode != 0:
         raise RuntimeError(_reason(proc.stderr, proc.returncode))
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def mismatch(board, identity, target, runtime=True):
+    """Why the board cannot run `target` (its arch and Python version, and with `runtime` the pinned
+    runtime's version), one line naming both sides and the fix; None when it can."""
+    if identity.get("arch") != target.arch or not str(identity.get("python", "")).startswith(f"{target.python}."):
+        return (f"board {board} runs Python {identity.get('python')} on {identity.get('arch')}; target {target.name} is "
+                f"Python {target.python} on {target.arch}, which its runtime's wheels are built for. Use a board of the "
+                "target's kind, or the target file that matches the board")
+    have = (identity.get("runtimes") or {}).get(target.runtime)
+    if runtime and have != target.runtime_version:
+        return (f"board {board} has {target.runtime} {have or '(not installed)'}; target {target.name} pins "
+                f"{target.runtime} {target.runtime_version}. Install it there (edgebuild board setup {board} "
+                f"{target.name}), or use the target file that matches the board")
+    return None
 
 
 def _reason(stderr, returncode):
@@ -158,29 +176,71 @@ def main(argv):
     run_id = secrets.token_hex(8)
     remote = agent(python, "run", env, shas[str(VALIDATOR)], run_id, f"@{shas[model]}", f"@{shas[inputs]}",
                    f"%{out.name}", *args[3:])
-    proc = ssh(board, config, control, remote, capture_output=True, text=True)
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode == LOST:
-        return LOST
+    returncode, stdout, stderr = _run_held(board, config, control, remote)
+    ended = None
+    for line in stderr.splitlines():
+        if line.startswith(STATUS):
+            ended = json.loads(line[len(STATUS):])
+    sys.stdout.write(stdout)
+    sys.stderr.write("".join(line + "\n" for line in stderr.splitlines() if not line.startswith(STATUS)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if ended is None:  # the agent never said how the validator ended: the connection was lost, or it failed
+        return LOST if returncode == LOST else returncode or 1
     got = fetch(board, config, control, python, run_id, out.parent)
     if got.returncode != 0:
         sys.stderr.write(f"board {board}: fetching the outputs failed: "
                          f"{_reason(got.stderr.decode(errors='replace'), got.returncode)}\n")
         return LOST if got.returncode == LOST else 1
-    return proc.returncode
+    if "signal" in ended:  # the runtime died of a signal on the board: so does this process, as a local run would
+        import signal
+
+        signal.signal(ended["signal"], signal.SIG_DFL)
+        os.kill(os.getpid(), ended["signal"])
+    return ended["exit"]
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _run_held(board, config, control, remote):
+    """Run `remote` with ssh's stdin held open until it ends (the board agent stops the validator when it
+    closes), and stop ssh when this process is told to stop: a stopped part leaves nothing running on
+    the board. Returns (exit status, stdout, stderr)."""
+    import signal
+    import threading
+
+    proc = subprocess.Popen(ssh_argv(board, config, control, remote), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+    def stop(signum, frame):
+        proc.kill()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    streams = {}
+    readers = [threading.Thread(target=lambda name=name: streams.__setitem__(name, getattr(proc, name).read()))
+               for name in ("stdout", "stderr")]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    returncode = proc.wait()
+    proc.stdin.close()
+    return returncode, streams["stdout"].decode(errors="replace"), streams["stderr"].decode(errors="replace")
+
 
 
 def control_dir():
     """Where the ControlMaster sockets live: short (a socket path has at most 107 bytes) and the user's own."""
     import tempfile
 
+    import stat
+
     path = Path(tempfile.gettempdir() if len(tempfile.gettempdir()) < 20 else "/tmp") / f"edgebuild-ssh-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()  # a directory someone else made or can write could hold a planted master socket
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RuntimeError(f"{path} must be a directory of yours that only you can use (ssh's connection sockets "
+                           "live there); remove it and run again")
     return path
 
 
@@ -193,13 +253,15 @@ def executor(target, board, config="", python="python3", identity=None, env="-")
 
     control = control_dir()
 
-    environment = env
-
     def command(args):
         passed = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH")}
         return [sys.executable, str(Path(__file__).resolve()), board, str(config or ""), str(control), python,
-                environment, "--", *map(str, args)], {**passed, "PYTHONDONTWRITEBYTECODE": "1"}
+                env, "--", *map(str, args)], {**passed, "PYTHONDONTWRITEBYTECODE": "1"}
 
     emulated = bool((identity or {}).get("emulated"))
     return Executor("ssh", command, lambda: {"kind": "ssh", "board": board, "identity": identity},
                     device_latency=not emulated)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
