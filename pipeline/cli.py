@@ -96,6 +96,9 @@ def _finished_build_config(build_dir, config_path, sets):
     if not path.is_file():
         return _load_config(config_path, sets)
     recorded = manifest_mod.read(path)["config"]
+    # boards are this run's (--board, or --config's [validate]), never carried over from the run that made it
+    recorded = {**recorded, "validate": {k: v for k, v in (recorded.get("validate") or {}).items()
+                                         if k not in ("boards", "board_target")}}
     return config_mod.load(config_path, sets, base=recorded, base_origin=f"{path} (the build's own config)",
                            sections=("gate", "validate", "cache", *stages.DECLARED))
 
@@ -352,14 +355,16 @@ def _targets_for(config, added):
               "emulating it. Sets validate.boards.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="The ssh client config for --board (ssh -F; "
               "default: your own ~/.ssh/config). Sets validate.ssh_config.")
+@click.option("--board-python", metavar="PATH", help="The boards' Python 3 (default python3 on the board's PATH). "
+              "Sets validate.board_python.")
 @config_option
 @set_option
 @no_remote_option
 @gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @no_baseline_option
 @click.pass_context
-def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_config, config_path, sets, no_remote, baseline,
-             junit, as_json, no_baseline):
+def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_config, board_python, config_path, sets,
+             no_remote, baseline, junit, as_json, no_baseline):
     """Prove a model on the host and on emulated ARM targets, and gate it.
 
     \b
@@ -384,7 +389,7 @@ def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_confi
     Exits 1 if the gate fails, 3 if the host runtime refuses the model (a target that refuses it
     fails its gate check; the other targets still run)."""
 
-    sets = [*_local_only(sets, no_remote), *_board_overrides(boards, ssh_config, target_names)]
+    sets = [*_local_only(sets, no_remote), *_board_overrides(boards, ssh_config, board_python, target_names)]
     model_file = path is not None and not Path(path).is_dir()
     if shard is not None:
         if model_file or not target_names or data_source or out:
@@ -401,16 +406,18 @@ def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_confi
     return _add_targets(ctx, path, target_names, config_path, sets, baseline, no_baseline, junit, as_json)
 
 
-def _board_overrides(boards, ssh_config, target_names):
-    """Typed overrides for --board and --ssh-config: the boards run the one --target given."""
+def _board_overrides(boards, ssh_config, board_python, target_names):
+    """Typed overrides for --board, --ssh-config and --board-python: the boards run the one --target given."""
     if not boards:
-        if ssh_config:
-            raise click.UsageError("--ssh-config goes with --board HOST.")
+        if ssh_config or board_python:
+            raise click.UsageError("--ssh-config and --board-python go with --board HOST.")
         return []
     if len(target_names) != 1:
-        raise click.UsageError("--board runs one target on the board(s): pass exactly one --target NAME.")
+        raise click.UsageError(f"--board runs one target on the board(s): pass exactly one --target NAME; received "
+                               f"{len(target_names)} ({', '.join(target_names) or 'none'}).")
     return [("validate.boards", list(boards)), ("validate.board_target", target_names[0]),
-            *([("validate.ssh_config", str(Path(ssh_config).resolve()))] if ssh_config else [])]
+            *([("validate.ssh_config", str(Path(ssh_config).resolve()))] if ssh_config else []),
+            *([("validate.board_python", board_python)] if board_python else [])]
 
 
 def _run_options(ctx, config, use_cache=True):
@@ -658,9 +665,11 @@ def board_check(host, ssh_config, python, target_name):
         found = ssh.identity(host, ssh_config, ssh.control_dir(), python, env)
     except ValueError as exc:
         raise InputError(f"{exc}. Name the board as ssh does.") from None
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        raise InputError(f"board {host} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {host}` "
-                         "logs in with a key or an agent and that its host key is in known_hosts.") from None
+    except RuntimeError as exc:
+        raise InputError(f"{exc}.") from None
+    except subprocess.TimeoutExpired:
+        raise InputError(f"board {host} did not answer within 120 s over ssh. Check that `ssh {host} true` works "
+                         "(edgebuild never answers a prompt).") from None
     runtimes = ", ".join(f"{k} {v}" for k, v in found["runtimes"].items()) or "none"
     click.echo(f"{host}: {found['arch']}, {found['os']}, Python {found['python']}\n"
                f"  CPU: {found['cpu'] or 'unknown'} ({found['cpus']} cores), model: {found['model'] or 'unknown'}, "
@@ -709,9 +718,11 @@ def board_setup(ctx, host, target_name, ssh_config, python, config_path, sets):
         found = ssh.identity(host, ssh_config, ssh.control_dir(), python)
     except ValueError as exc:
         raise InputError(f"{exc}. Name the board as ssh does.") from None
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        raise InputError(f"board {host} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {host}` "
-                         "logs in with a key or an agent and that its host key is in known_hosts.") from None
+    except RuntimeError as exc:
+        raise InputError(f"{exc}.") from None
+    except subprocess.TimeoutExpired:
+        raise InputError(f"board {host} did not answer within 120 s over ssh. Check that `ssh {host} true` works "
+                         "(edgebuild never answers a prompt).") from None
     problem = ssh.mismatch(host, found, target, runtime=False)
     if problem:
         raise InputError(f"{problem}.")

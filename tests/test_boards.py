@@ -33,8 +33,7 @@ def _copy(tiny_build, tmp_path):
 
 
 def _validate(build, cache_dir, *boards, ssh_config, python):
-    args = ["validate", str(build), "--target", TARGET, "--ssh-config", str(ssh_config),
-            "--set", f'validate.board_python="{python}"']
+    args = ["validate", str(build), "--target", TARGET, "--ssh-config", str(ssh_config), "--board-python", str(python)]
     for board in boards:
         args += ["--board", board]
     return edgebuild(*args, env={"EDGEBUILD_CACHE": str(cache_dir)})
@@ -65,16 +64,26 @@ def test_a_bare_board_set_up_from_the_host_validates_a_build_as_its_emulation_do
         # what reached the board: its cache only, and no run left behind
         assert sorted(p.name for p in board_cache.iterdir()) == ["blobs", "board.lock", "envs", "runs"]
         assert not list((board_cache / "runs").iterdir())
+        proc = edgebuild("board", "check", alias, "--ssh-config", str(ssh_config), "--python", "/nope/python3")
+        assert proc.returncode == 3 and "was reached, but its Python '/nope/python3' is not there" in proc.stderr
+    on_board = (build / "manifest.json").read_text(), (build / "report.html").read_text()
+    board_outputs = _outputs(build)
+    # a board run is never a cache hit: with the board gone, validating on it again fails, in one line
+    again = _validate(build, cache_dir, alias, ssh_config=ssh_config, python=python)
+    assert again.returncode == 3 and "cannot be reached over ssh" in again.stderr.strip().splitlines()[-1], again.stderr
+    emulated_again = edgebuild("validate", str(build), "--target", TARGET, env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert emulated_again.returncode == 0, emulated_again.stderr[-2000:]  # boards are per run: emulated again
+    assert json.loads((build / "manifest.json").read_text())["metrics"]["targets"][TARGET]["executor"]["kind"] == "qemu-user"
     assert check.returncode == 0 and "aarch64" in check.stdout and "ai-edge-litert 2.3.0" in check.stdout, check.stdout
     assert "emulated" in check.stdout and f"matches target {TARGET}" in check.stdout
     emulated_ids, emulated = _outputs(tiny_build["dir"])
-    ids, outputs = _outputs(build)
+    ids, outputs = board_outputs
     assert np.array_equal(ids, emulated_ids) and outputs.dtype == emulated.dtype
     assert outputs.tobytes() == emulated.tobytes(), "the board's outputs must be the emulated target's, byte for byte"
-    written = (build / "manifest.json").read_text() + (build / "report.html").read_text()
+    written = "".join(on_board)
     assert "latency p50" in written and "an emulated board" in written  # the report says so too
     assert "PRIVATE KEY" not in written and "user_key" not in written, "no credential is recorded"
-    record = json.loads((build / "manifest.json").read_text())["metrics"]["targets"][TARGET]
+    record = json.loads(on_board[0])["metrics"]["targets"][TARGET]
     board = record["executor"]["boards"][0]
     assert record["executor"]["kind"] == "ssh" and board["board"] == alias
     identity = board["identity"]

@@ -43,6 +43,7 @@ class Stage:
     params: dict = field(default_factory=dict)  # per-instance values passed to run as ctx.params
     shardable: bool = False
     optional: tuple = ()  # outputs that may be absent (see the module's docstring)
+    cacheable: bool = True  # False: always run, never stored (a run on real hardware proves the hardware now)
 
     @property
     def group_name(self):

@@ -307,7 +307,7 @@ def run_stage(stage, config, build_dir, cache, options, external, records, ahead
     process of the `following` stage (with `ahead`)."""
     inputs, selected, key, parts = prepare(stage, config, build_dir, external, records)
     started = time.perf_counter()
-    hit = cache.get(key, stage.outputs) if (cache and options.use_cache) else None
+    hit = cache.get(key, stage.outputs) if (cache and options.use_cache and stage.cacheable) else None
     source = cache.source.get(key) if hit else None
     if hit:
         entry, record = hit
@@ -332,7 +332,7 @@ def publish_outputs(stage, staging, build_dir, cache, key, record):
     missing = [n for n in stage.outputs if not (staging / n).exists()]
     if set(missing) - set(stage.optional):
         raise StageError(f"stage {stage.name} finished without writing {', '.join(missing)}.")
-    if cache and not missing:
+    if cache and not missing and stage.cacheable:
         cache.put(key, staging, stage.outputs, record)
     for name in stage.outputs:
         if name in missing:  # an optional output not made this time: no older one stays beside the new record

@@ -82,6 +82,7 @@ def stages(config):
             external=lambda config, name=name: _environment(name),
             group="targets", params={"target": name, "model": model, "reference": reference,
                                      "validation": bool(config.validate.model), **boards}, shardable=True,
+            cacheable=not boards,  # a board run proves the board as it is now: never a cache hit
         ))
     return out
 
@@ -437,10 +438,11 @@ def _boards(names, ssh_config, python, target, said):
             identity = ssh.identity(board, ssh_config, ssh.control_dir(), python, environment.env_key(target))
         except ValueError as exc:
             raise InputError(f"validate.boards: {exc}. Name the board as ssh does (a ~/.ssh/config alias).") from None
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            raise InputError(f"board {board} cannot be reached over ssh without a prompt: {exc}. Check that `ssh {board}` "
-                             "logs in with a key or an agent and that its host key is in known_hosts (edgebuild never "
-                             "accepts an unknown host key).") from None
+        except RuntimeError as exc:
+            raise InputError(f"{exc}.") from None
+        except subprocess.TimeoutExpired:
+            raise InputError(f"board {board} did not answer within 120 s over ssh. Check that `ssh {board} true` works "
+                             "(edgebuild never answers a prompt).") from None
         problem = ssh.mismatch(board, identity, target)
         if problem:
             raise InputError(f"{problem}.")

@@ -62,8 +62,15 @@ def identity(board, config, control, python="python3", env="-", timeout=120):
     """What the board is (board_agent's `identity`; its runtimes those of environment `env` when the board has
     it), or raises RuntimeError with ssh's reason."""
     proc = ssh(board, config, control, agent(python, "identity", env), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode == 127:  # the shell on the board found no such program
+        raise RuntimeError(f"board {board} was reached, but its Python {python!r} is not there "
+                           f"({_reason(proc.stderr, proc.returncode)}). Pass the board's Python 3 (--python, "
+                           "--board-python, validate.board_python)")
     if proc.returncode != 0:
-        raise RuntimeError(_reason(proc.stderr, proc.returncode))
+        how = f"ssh -F {config} {board}" if config else f"ssh {board}"
+        raise RuntimeError(f"board {board} cannot be reached over ssh without a prompt: {_reason(proc.stderr, proc.returncode)}"
+                           f" Check that `{how} true` logs in with a key or an agent, and that the board's host key is "
+                           "in known_hosts: edgebuild never accepts an unknown or changed host key")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -72,8 +79,9 @@ def mismatch(board, identity, target, runtime=True):
     runtime's version), one line naming both sides and the fix; None when it can."""
     if identity.get("arch") != target.arch or not str(identity.get("python", "")).startswith(f"{target.python}."):
         return (f"board {board} runs Python {identity.get('python')} on {identity.get('arch')}; target {target.name} is "
-                f"Python {target.python} on {target.arch}, which its runtime's wheels are built for. Use a board of the "
-                "target's kind, or the target file that matches the board")
+                f"Python {target.python} on {target.arch}, which its runtime's wheels are built for. If the board has "
+                "another Python, pass it (--python, --board-python, validate.board_python); else use the target file "
+                "that matches the board")
     have = (identity.get("runtimes") or {}).get(target.runtime)
     if runtime and have != target.runtime_version:
         return (f"board {board} has {target.runtime} {have or '(not installed)'}; target {target.name} pins "
@@ -85,7 +93,7 @@ def mismatch(board, identity, target, runtime=True):
 def _reason(stderr, returncode):
     lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
     said = lines[-1].strip() if lines else f"exit status {returncode}"
-    return said[:300]
+    return said[:300].rstrip(".") + "."
 
 
 def _sha(path):
