@@ -103,7 +103,13 @@ class QatConfig:
     @property
     def post_training(self):
         """True when the int8 model is the float model calibrated and converted (no QAT stage)."""
-        return not self.enabled or self.epochs == 0
+        return post_training(self)
+
+
+def post_training(qat):
+    """Whether a [qat] section (or a stage's selection of its enabled and epochs) means post-training
+    quantization: the float model calibrated and converted, no QAT rewrite."""
+    return not qat.enabled or qat.epochs == 0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ has a problem the build would refuse, the error."""
 
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.sources import load_source
+from pipeline.engine.config import post_training
 from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
 
@@ -27,7 +28,7 @@ def run(cfg, inputs, out_dir, ctx):
         return {"lines": lines, "error": f"{len(problems)} serialization problem(s) in {cfg.train.recipe}; fix them "
                                          "before export."}
     lines.append(f"✓ {cfg.train.recipe}: {len(model.layers)} layers round-trip through get_config/from_config")
-    if not cfg.qat.post_training:
+    if not post_training(cfg.qat):
         from pipeline.model import qat
 
         missing = qat.unsupported_layers(model)
