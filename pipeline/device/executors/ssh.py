@@ -71,7 +71,18 @@ def identity(board, config, control, python="python3", env="-", timeout=120):
         raise RuntimeError(f"board {board} cannot be reached over ssh without a prompt: {_reason(proc.stderr, proc.returncode)}"
                            f" Check that `{how} true` logs in with a key or an agent, and that the board's host key is "
                            "in known_hosts: edgebuild never accepts an unknown or changed host key")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _last_json(proc.stdout, board, python)
+
+
+def _last_json(stdout, board, python):
+    """The JSON line the board agent printed last; RuntimeError when the board's Python printed something else."""
+    lines = (stdout or "").strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"board {board}'s Python {python!r} did not answer as edgebuild's agent does (it printed "
+                           f"{(lines[-1] if lines else 'nothing')[:120]!r}). Pass a Python 3 (--python, --board-python, "
+                           "validate.board_python)") from None
 
 
 def mismatch(board, identity, target, runtime=True):
@@ -111,7 +122,7 @@ def send(board, config, control, python, paths):
                capture_output=True, text=True)
     if proc.returncode != 0:
         return shas, proc
-    lacking = json.loads(proc.stdout.strip().splitlines()[-1])
+    lacking = _last_json(proc.stdout, board, python)
     if lacking:
         by_sha = {sha: p for p, sha in shas.items()}
 
