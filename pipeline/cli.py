@@ -649,7 +649,6 @@ def board_check(host, ssh_config, python, target_name):
     """What the board HOST is: arch, OS, Python, CPU (from /proc/cpuinfo and the device tree), governor,
     memory, and the runtimes it has. Nothing is installed or left on the board but edgebuild's cache
     directory (~/.cache/edgebuild-board)."""
-    import subprocess
 
     from pipeline.device.executors import ssh
     from pipeline.engine.errors import InputError
@@ -660,16 +659,7 @@ def board_check(host, ssh_config, python, target_name):
         from pipeline.device.targets import load_target
 
         env = env_key(load_target(target_name))
-    try:
-        ssh.check_board(host)
-        found = ssh.identity(host, ssh_config, ssh.control_dir(), python, env)
-    except ValueError as exc:
-        raise InputError(f"{exc}. Name the board as ssh does.") from None
-    except RuntimeError as exc:
-        raise InputError(f"{exc}.") from None
-    except subprocess.TimeoutExpired:
-        raise InputError(f"board {host} did not answer within 120 s over ssh. Check that `ssh {host} true` works "
-                         "(edgebuild never answers a prompt).") from None
+    found = ssh.ask(host, ssh_config, python, env)
     runtimes = ", ".join(f"{k} {v}" for k, v in found["runtimes"].items()) or "none"
     click.echo(f"{host}: {found['arch']}, {found['os']}, Python {found['python']}\n"
                f"  CPU: {found['cpu'] or 'unknown'} ({found['cpus']} cores), model: {found['model'] or 'unknown'}, "
@@ -700,7 +690,6 @@ def board_setup(ctx, host, target_name, ssh_config, python, config_path, sets):
     from its hash-pinned aarch64 wheels, as for its emulation) pushed over SSH into the board's cache
     (~/.cache/edgebuild-board/envs/), for the board's own Python. The board needs no internet and no pip;
     validate --board uses it from then on. The board's arch and Python version must be the target's."""
-    import subprocess
     import tempfile
 
     from pipeline.device import environment
@@ -713,16 +702,7 @@ def board_setup(ctx, host, target_name, ssh_config, python, config_path, sets):
         raise InputError(f"board setup installs a Linux board's runtime; target {target.name} is not one. Pass the "
                          "target file of the board (edgebuild target list).")
     log = (lambda m: None) if ctx.obj.quiet else (lambda m: click.echo(m, err=True))
-    try:
-        ssh.check_board(host)
-        found = ssh.identity(host, ssh_config, ssh.control_dir(), python)
-    except ValueError as exc:
-        raise InputError(f"{exc}. Name the board as ssh does.") from None
-    except RuntimeError as exc:
-        raise InputError(f"{exc}.") from None
-    except subprocess.TimeoutExpired:
-        raise InputError(f"board {host} did not answer within 120 s over ssh. Check that `ssh {host} true` works "
-                         "(edgebuild never answers a prompt).") from None
+    found = ssh.ask(host, ssh_config, python)
     problem = ssh.mismatch(host, found, target, runtime=False)
     if problem:
         raise InputError(f"{problem}.")

@@ -10,7 +10,6 @@ recorded with the runtime's reason (the gate fails that target; the other target
 """
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -432,17 +431,8 @@ def _boards(names, ssh_config, python, target, said):
                          "(--target) alone with --board.")
     found = []
     for board in names:
-        try:
-            ssh.check_board(board)
-            said(f"asking board {board} what it is")
-            identity = ssh.identity(board, ssh_config, ssh.control_dir(), python, environment.env_key(target))
-        except ValueError as exc:
-            raise InputError(f"validate.boards: {exc}. Name the board as ssh does (a ~/.ssh/config alias).") from None
-        except RuntimeError as exc:
-            raise InputError(f"{exc}.") from None
-        except subprocess.TimeoutExpired:
-            raise InputError(f"board {board} did not answer within 120 s over ssh. Check that `ssh {board} true` works "
-                             "(edgebuild never answers a prompt).") from None
+        said(f"asking board {board} what it is")
+        identity = ssh.ask(board, ssh_config, python, environment.env_key(target), origin="validate.boards")
         problem = ssh.mismatch(board, identity, target)
         if problem:
             raise InputError(f"{problem}.")

@@ -85,6 +85,23 @@ def _last_json(stdout, board, python):
                            "validate.board_python)") from None
 
 
+def ask(board, config, python="python3", env="-", origin="board"):
+    """`identity` of a board named by the user (`origin`: where the name came from), every failure one
+    InputError line: a name ssh could read as an option, a board it cannot reach, a missing Python, no answer."""
+    from pipeline.engine.errors import InputError
+
+    try:
+        check_board(board)
+        return identity(board, config, control_dir(), python, env)
+    except ValueError as exc:
+        raise InputError(f"{origin}: {exc}. Name the board as ssh does (a ~/.ssh/config alias).") from None
+    except RuntimeError as exc:
+        raise InputError(f"{exc}.") from None
+    except subprocess.TimeoutExpired:
+        raise InputError(f"board {board} did not answer within 120 s over ssh. Check that `ssh {board} true` works "
+                         "(edgebuild never answers a prompt).") from None
+
+
 def mismatch(board, identity, target, runtime=True):
     """Why the board cannot run `target` (its arch and Python version, and with `runtime` the pinned
     runtime's version), one line naming both sides and the fix; None when it can."""
