@@ -294,10 +294,10 @@ def _model_overrides(model, data, out):
         raise InputError(f"edgebuild validates a model with a fixed input size (only the batch may be dynamic); "
                          f"{model}'s input {tensor['name']!r} has shape {tensor.get('shape_signature', tensor['shape'])} "
                          "(-1 = dynamic). Export it with a fixed height, width and channels.")
-    if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
-        raise InputError(f"edgebuild validates image classifiers with a square (batch, size, size, 1 or 3) input "
-                         f"(or (batch, 1 or 3, size, size) for an .onnx); {model}'s input shape is {tensor['shape']}.")
-    given = [("validate.model", str(path)), ("data.image_size", shape[0]), ("data.channels", shape[2])]
+    given = [("validate.model", str(path))]
+    if len(shape) == 3 and shape[0] == shape[1] and shape[2] in (1, 3) and 8 <= shape[0] <= 512:
+        # an image input: the test images are loaded at its size (a feature input takes x as it is)
+        given += [("data.image_size", shape[0]), ("data.channels", shape[2])]
     if data:
         given.append(("data.test_source", data))
     out = Path(out) if out else Path("build") / ("validate-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "model"))
@@ -371,9 +371,10 @@ def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_confi
     edgebuild validate MODEL.tflite|MODEL.onnx --data TEST_SET [--baseline manifest.json]
         A .tflite or .onnx built anywhere (float32, int8 or uint8 input; an .onnx may be NCHW):
         runs it on the host and on each target of validate.targets that runs its format (plus
-        --target) over your whole test set, with pixels fed through [preprocess] and the model's
-        own input quantization. Image size and channels come from the model. Writes manifest.json
-        (kind "validation") and report.html, and gates them.
+        --target) over your whole test set, with pixels (or an .npz's features, of any rank)
+        fed through [preprocess] and the model's own input quantization. Image size and channels
+        come from the model; integer features in the input's dtype are fed unchanged. Writes
+        manifest.json (kind "validation") and report.html, and gates them.
     edgebuild validate [BUILD_DIR] --target NAME
         A finished build's int8 model on more targets: adds their results to its manifest and
         gates it again, with the build's own config ([gate] and [validate] from --config over it)

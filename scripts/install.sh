@@ -7,8 +7,8 @@
 # - this checkout installed into it in editable mode (cheap; re-pointed at every call).
 # - the OpenSSH client (boards over SSH, validate.boards).
 # With --container, also podman and runc: `edgebuild target image` and validate.executor = "container"
-# need them (the tests do; the default build does not), and openssh-server (the tests start their own sshd
-# on 127.0.0.1 as a board).
+# need them (the tests do; the default build does not), openssh-server (the tests start their own sshd
+# on 127.0.0.1 as a board) and espeak-ng (the tests synthesize spoken keywords with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 container=0
@@ -26,6 +26,7 @@ if [ "$container" -eq 1 ]; then
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || need_apt+=(runc)
   [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)  # the tests' own board: an sshd they start on 127.0.0.1
+  command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)  # the keyword-spotting tests' speech
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

@@ -1,6 +1,8 @@
-"""The preprocessing contract: how a uint8 pixel becomes the model's float input, and its int8 tensor.
+"""The preprocessing contract: how a uint8 pixel (or a feature) becomes the model's float input, and
+its int8 tensor.
 
-    x[c] = (lo + pixel * (hi - lo) / 255 - mean[c]) / std[c]        (preprocess.pixel_range = [lo, hi])
+    x[c] = (lo + pixel * (hi - lo) / 255 - mean[c]) / std[c]        (pixels: preprocess.pixel_range = [lo, hi])
+    x[c] = feature * scale[c] + offset[c]                             (tensors: features of any rank, c the last axis)
     q    = clip(round(x / input_scale) + input_zero_point, -128, 127)
 
 One implementation, used by training, QAT (its input range), calibration, export, host and target
@@ -26,6 +28,21 @@ def _per_channel(values, default, channels):
     return np.asarray(values * channels if len(values) == 1 else values, np.float64)
 
 
+def is_tensor(x, cfg):
+    """Whether `x` holds features (the tensor form) rather than uint8 pixels: preprocess.form = 'tensor',
+    or 'auto' with anything but uint8 (the data stage keeps pixels as uint8 and features as they are)."""
+    return cfg.form == "tensor" or (cfg.form == "auto" and np.asarray(x).dtype != np.uint8)
+
+
+def tensor_params(cfg, channels):
+    """(scale[c], offset[c]) of the tensor form over the last axis (`channels` values)."""
+    for name in ("scale", "offset"):
+        if len(getattr(cfg, name)) not in (0, 1, channels):
+            raise InputError(f"config key 'preprocess.{name}' needs one value or one per channel (the features' last "
+                             f"axis: {channels}); received {len(getattr(cfg, name))}: {getattr(cfg, name)}.")
+    return _per_channel(cfg.scale, 1.0, channels), _per_channel(cfg.offset, 0.0, channels)
+
+
 def params(cfg, channels):
     """(scale, offset, mean[c], std[c]) as float64: x[c] = (pixel * scale + offset - mean[c]) / std[c]."""
     lo, hi = (float(v) for v in cfg.pixel_range)
@@ -33,7 +50,11 @@ def params(cfg, channels):
 
 
 def to_float64(images, cfg):
-    """uint8 images (N, H, W, C) -> the model's input, in float64 (the int8 path quantizes from this)."""
+    """uint8 images (N, H, W, C), or features, -> the model's input, in float64 (the int8 path quantizes
+    from this)."""
+    if is_tensor(images, cfg):
+        scale, offset = tensor_params(cfg, images.shape[-1])
+        return images.astype(np.float64) * scale + offset
     scale, offset, mean, std = params(cfg, images.shape[-1])
     return (images.astype(np.float64) * scale + offset - mean) / std
 
@@ -56,6 +77,13 @@ def to_input(images, cfg, tensor, origin="the model"):
     """uint8 images -> the input tensor `tensor` describes (tflite_info's dtype, scale, zero_point):
     float32 through the float formula, int8/uint8 quantized with the tensor's own parameters."""
     dtype = tensor["dtype"]
+    if is_tensor(images, cfg) and not np.issubdtype(images.dtype, np.floating):
+        if dtype == str(images.dtype):
+            return images  # features already quantized for this input, as an embedded runner feeds them
+        if dtype != "float32":
+            raise InputError(f"integer features must be in the model's input dtype to be fed unchanged; x is "
+                             f"{images.dtype}, {origin}'s input is {dtype}. Save x as {dtype} (quantized with the "
+                             f"input's scale and zero point) or as float32 features.")
     if dtype == "float32":
         return to_float(images, cfg)
     if dtype not in INTEGER_RANGES:
@@ -75,15 +103,21 @@ def dequantize(values, tensor):
     return values.astype(np.float64)
 
 
-def float_range(cfg, channels):
-    """(min, max) of the model input over every pixel value and channel: the int8 input range."""
+def float_range(cfg, channels, features=None):
+    """(min, max) of the model input over every pixel value and channel: the int8 input range. For
+    features (the tensor form) it is their own range (the training features'), widened to hold 0."""
+    if features is not None and is_tensor(features, cfg):
+        x = to_float64(features, cfg)
+        return float(min(x.min(), 0.0)), float(max(x.max(), 0.0))
     scale, offset, mean, std = params(cfg, channels)
     ends = np.stack([(offset - mean) / std, (255.0 * scale + offset - mean) / std])
     return float(ends.min()), float(ends.max())
 
 
-def describe(cfg, channels, scale=None, zero_point=None, dtype="int8"):
+def describe(cfg, channels, scale=None, zero_point=None, dtype="int8", tensor=False):
     """The contract as JSON-able data, with the formula spelled out (and the int8 step when known)."""
+    if tensor:
+        return _describe_tensor(cfg, channels, scale, zero_point, dtype)
     s, o, mean, std = params(cfg, channels)
     record = {
         "pixel_range": [float(v) for v in cfg.pixel_range],
@@ -98,6 +132,22 @@ def describe(cfg, channels, scale=None, zero_point=None, dtype="int8"):
         record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, {lo}, {hi})  with "
                                   f"x[c] = (pixel * {s!r} + {o!r} - mean[c]) / std[c], mean {record['mean']}, "
                                   f"std {record['std']}")
+    return record
+
+
+def _describe_tensor(cfg, channels, scale, zero_point, dtype):
+    tensor_params(cfg, channels)  # refuses a per-channel list of the wrong length
+    record = {
+        "form": "tensor",
+        "scale": [float(v) for v in cfg.scale] or [1.0],
+        "offset": [float(v) for v in cfg.offset] or [0.0],
+        "float_formula": "x[c] = feature * scale[c] + offset[c]  (c: the last axis; no pixel conversion)",
+    }
+    if scale is not None:
+        lo, hi = INTEGER_RANGES[dtype]
+        record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, {lo}, {hi})  with "
+                                  f"x[c] = feature * scale[c] + offset[c], scale {record['scale']}, "
+                                  f"offset {record['offset']}; {dtype} features are fed unchanged")
     return record
 
 

@@ -1,10 +1,10 @@
-"""Where images come from: scikit-learn's digits, an image folder (one sub-folder per class) or an
-`.npz` (x, y, optional split and class_names), read into uint8 arrays of one size; and a content
-fingerprint of a source for cache keys."""
+"""Where data comes from: scikit-learn's digits, an image folder (one sub-folder per class) or an
+`.npz` (x, y, optional split, class_names and group), read into uint8 images of one size or, for
+features (the tensor form), into x as it is; and a content fingerprint of a source for cache keys."""
 
 import hashlib
 import os
-from collections import Counter
+from collections import Counter, namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,12 @@ from pipeline.engine.errors import InputError
 from pipeline.engine.text import first_few
 
 SPLITS = ("train", "val", "test")
+
+# One source, read: x (uint8 images, or features), y, ids, class names, the split array (or None) and
+# the group of each sample (or None: every sample its own group).
+Loaded = namedtuple("Loaded", "x y ids class_names split groups")
+
+ANOMALY_CLASSES = ["normal", "anomaly"]
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -165,7 +171,7 @@ def _load_digits(source, cfg):
         images.append(_resize(pil, cfg.image_size, cfg.channels, cfg.resize))
     ids = [f"digits/{i}" for i in range(len(images))]
     names = [str(i) for i in range(10)]
-    return np.stack(images), digits.target.astype(np.int64), ids, names, None
+    return Loaded(np.stack(images), digits.target.astype(np.int64), ids, names, None, None)
 
 
 def _load_folder(source, cfg):
@@ -214,16 +220,31 @@ def _load_folder(source, cfg):
             f"data.mixed_sizes = 'refuse' needs every image to be {cfg.image_size}x{cfg.image_size}; "
             f"received {shown}. Set data.mixed_sizes = 'resize' or fix the images."
         )
-    return np.stack(images), np.asarray(labels, np.int64), ids, classes, None
+    return Loaded(np.stack(images), np.asarray(labels, np.int64), ids, classes, None, None)
 
 
 def _require_finite(a, name, path, fix):
-    if not np.isfinite(a).all():
-        raise InputError(f"{name} in {path} contains NaN or inf at {int((~np.isfinite(a)).sum())} values. {fix}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{name} in {path} contains NaN or inf at {int(bad.sum())} values (the first at index "
+                         f"{first[0] if len(first) == 1 else first}). {fix}")
 
 
-def _load_npz(source, cfg):
-    path = Path(source)
+def looks_like_pixels(x):
+    """Whether an .npz's x reads as images under preprocess.form = 'auto': uint8, or floats of shape
+    (N, H, W[, 1|3]) within 0..255. Integer features and floats of any other rank, channel count or
+    range are features (the tensor form)."""
+    if x.dtype == np.uint8:
+        return True
+    if not np.issubdtype(x.dtype, np.floating) or x.ndim not in (3, 4) or x.ndim == 4 and x.shape[-1] not in (1, 3):
+        return False
+    finite = np.isfinite(x)
+    return bool(finite.all() and (not x.size or (x.min() >= 0 and x.max() <= 255)))
+
+
+def _read_npz(path):
+    """{name: array} of an .npz, refused in one line when it is none."""
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -236,11 +257,58 @@ def _load_npz(source, cfg):
                     f"an .npz data source needs arrays 'x' and 'y'; {path} has {sorted(f.files)}. "
                     "Save it with np.savez(path, x=images, y=labels)."
                 )
-            x, y = f["x"], f["y"]
-            names = f["class_names"] if "class_names" in f.files else None
-            split = f["split"] if "split" in f.files else None
+            return {k: f[k] for k in ("x", "y", "class_names", "split", "group") if k in f.files}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} is not a readable .npz file ({exc}). Re-save it with np.savez.") from None
+
+
+def _features(x, y, path):
+    """x of the tensor form: (N, ...) features, float (as float32) or integer (kept as it is)."""
+    if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
+        raise InputError(f"an .npz of features needs x of shape (N, ...) and y of shape (N,); received x {x.shape}, "
+                         f"y {y.shape}. Reshape the arrays.")
+    if len(y) == 0 or 0 in x.shape:
+        raise InputError(f"{path} holds no samples (x {x.shape}, y {y.shape}). Point data.source at your data.")
+    if np.issubdtype(x.dtype, np.floating):
+        _require_finite(x, "x", path, "Clean the features (NaN or inf cannot be fed to a model).")
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+        return x
+    raise InputError(f"x in {path} must hold numbers (float features, or integer features in the model's input "
+                     f"dtype); received dtype {x.dtype}. Convert it.")
+
+
+def _groups(raw, y, path):
+    """The 'group' array as strings, one per sample; every group's samples carry one label."""
+    if raw is None:
+        return None
+    if raw.ndim != 1 or len(raw) != len(y) or raw.dtype.kind not in "iuUSO":
+        raise InputError(f"the 'group' array of {path} must hold one group id (an integer or a string) per sample "
+                         f"({len(y)} values); received shape {raw.shape}, dtype {raw.dtype}. Fix it, or drop it.")
+    groups = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in raw.tolist()])
+    first = {}
+    for g, label in zip(groups.tolist(), y.tolist()):
+        if first.setdefault(g, label) != label:
+            raise InputError(f"every window of a group (one clip) must carry one label; group {g!r} in {path} has "
+                             f"labels {first[g]} and {label}. Fix the labels, or split the clip into two groups.")
+    return groups
+
+
+def _load_npz(source, cfg, form="auto", task="classification"):
+    path = Path(source)
+    arrays = _read_npz(path)
+    x, y = arrays["x"], arrays["y"]
+    if form == "tensor" or form == "auto" and not looks_like_pixels(x):
+        x = _features(x, y, path)
+        y, names = _labels(y, arrays.get("class_names"), path, task)
+        return Loaded(x, y, [f"{path.name}/{i}" for i in range(len(y))], names, _split(arrays.get("split"), y, path),
+                      _groups(arrays.get("group"), y, path))
+    return _load_npz_images(path, arrays, cfg, task)
+
+
+def _load_npz_images(path, arrays, cfg, task):
+    x, y = arrays["x"], arrays["y"]
+    names = arrays.get("class_names")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y) or y.ndim != 1:
@@ -261,6 +329,20 @@ def _load_npz(source, cfg):
         x = np.round(x).astype(np.uint8)
     elif x.dtype != np.uint8:
         raise InputError(f"x in {path} must be uint8 or float; received {x.dtype}. Convert it.")
+    y, names = _labels(y, names, path, task)
+    from PIL import Image
+
+    out = []
+    for img in x:
+        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        out.append(_resize(pil, cfg.image_size, cfg.channels, cfg.resize))
+    ids = [f"{path.name}/{i}" for i in range(len(out))]
+    return Loaded(np.stack(out), y, ids, names, _split(arrays.get("split"), y, path), _groups(arrays.get("group"), y, path))
+
+
+def _labels(y, names, path, task):
+    """(y as int64 class ids, class names) of an .npz, refused in one line where they do not fit together
+    or the task (anomaly: 0 normal, 1 anomaly, both present)."""
     if np.issubdtype(y.dtype, np.floating):
         _require_finite(y, "y", path, "Labels must be integers 0..K-1.")
         if not np.all(y == np.round(y)):
@@ -268,6 +350,12 @@ def _load_npz(source, cfg):
     elif not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"y in {path} must hold integer class ids; received dtype {y.dtype}.")
     names = _class_names(names, path)
+    if task == "anomaly":
+        if not np.isin(y, (0, 1)).all():
+            other = sorted(set(np.unique(y).tolist()) - {0, 1})
+            raise InputError(f"an anomaly task's labels are 0 (normal) and 1 (anomaly); y in {path} also holds "
+                             f"{first_few([_number(v) for v in other])}. Relabel the windows.")
+        return y.astype(np.int64), names or list(ANOMALY_CLASSES)
     if y.min() < 0 or y.max() >= (len(names) if names else MAX_CLASSES):
         top = len(names) - 1 if names else MAX_CLASSES - 1
         raise InputError(
@@ -288,13 +376,11 @@ def _load_npz(source, cfg):
     if present < 2:
         raise InputError(f"a classifier needs samples of at least 2 classes; {path} has samples of {present} "
                          f"({names[int(y[0])]!r}). Add the other classes' samples.")
-    from PIL import Image
+    return y, names
 
-    out = []
-    for img in x:
-        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        out.append(_resize(pil, cfg.image_size, cfg.channels, cfg.resize))
-    ids = [f"{path.name}/{i}" for i in range(len(out))]
+
+def _split(split, y, path):
+    """The 'split' array of an .npz as strings (None when absent)."""
     if split is not None:
         values = split.tolist() if split.ndim == 1 else None
         values = values and [v.decode() if isinstance(v, bytes) else v for v in values]
@@ -306,7 +392,7 @@ def _load_npz(source, cfg):
                 "it to let edgebuild split the data."
             )
         split = np.asarray(values)
-    return np.stack(out), y, ids, names, split
+    return split
 
 
 MAX_CLASSES = 100_000  # labels of an .npz without class_names: refused beyond this, before any list is made
@@ -331,14 +417,24 @@ def _class_names(raw, path):
     return names
 
 
-def load_source(source, cfg, key="data.source"):
-    """(images uint8 (N, H, W, C), labels, ids, class names, split array or None) of one source."""
+def load_source(source, cfg, key="data.source", form="auto", task="classification"):
+    """`Loaded` (images uint8 (N, H, W, C) or features, labels, ids, class names, split array or None,
+    groups or None) of one source; `form` is preprocess.form, `task` task.kind."""
     kind = source_kind(source, key)
     if kind != "digits" and not Path(source).exists():
         raise InputError(
             f"{key} must be 'digits', an image folder or an .npz file; {source} does not exist."
         )
-    return {"digits": _load_digits, "folder": _load_folder, "npz": _load_npz}[kind](source, cfg)
+    if kind == "npz":
+        return _load_npz(source, cfg, form, task)
+    if form == "tensor":
+        raise InputError(f"preprocess.form = 'tensor' reads features from an .npz; {key} is "
+                         f"{'the digits images' if kind == 'digits' else 'an image folder'}. Point it at an .npz of "
+                         "features, or set preprocess.form = 'auto'.")
+    if task == "anomaly":
+        raise InputError(f"an anomaly task reads windows labelled 0 (normal) / 1 (anomaly) from an .npz; {key} is "
+                         f"{'the digits images' if kind == 'digits' else 'an image folder'}. Point it at an .npz.")
+    return {"digits": _load_digits, "folder": _load_folder}[kind](source, cfg)
 
 
 def content_hash(image):

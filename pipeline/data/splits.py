@@ -12,8 +12,14 @@ from pipeline.engine.errors import InputError
 from pipeline.engine.text import first_few
 
 
-def stratified_split(labels, seed, val_fraction, test_fraction, max_samples=0):
-    """Per-class shuffled split; every class lands in every non-empty split."""
+def stratified_split(labels, seed, val_fraction, test_fraction, max_samples=0, groups=None):
+    """Per-class shuffled split; every class lands in every non-empty split. With `groups` (one id per
+    sample) whole groups are split, stratified by their label, so no clip is on both sides."""
+    if groups is not None:
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        kept = int(np.ceil(len(first) * max_samples / len(labels))) if max_samples else 0
+        parts = stratified_split(labels[first], seed, val_fraction, test_fraction, kept)
+        return tuple(np.flatnonzero(np.isin(inverse, part)).astype(np.int64) for part in parts)
     rng = np.random.RandomState(seed)
     train, val, test = [], [], []
     classes = np.unique(labels)
@@ -36,25 +42,28 @@ def _split_from_array(split):
     return tuple(np.flatnonzero(split == name).astype(np.int64) for name in SPLITS)
 
 
-def load_test_source(cfg):
+def load_test_source(cfg, form="auto", task="classification"):
     """The fixed test set of `data.test_source`, whole and in its order (an .npz with a split array:
-    its 'test' rows): images, labels, ids ('test:<id>'), class names."""
-    t_images, t_labels, t_ids, t_names, t_split = load_source(cfg.test_source, cfg, "data.test_source")
+    its 'test' rows): images (or features), labels, ids ('test:<id>'), class names, groups (or None)."""
+    t_images, t_labels, t_ids, t_names, t_split, t_groups = load_source(cfg.test_source, cfg, "data.test_source",
+                                                                        form, task)
     if t_split is not None:
         keep = np.flatnonzero(t_split == "test")
         t_images, t_labels, t_ids = t_images[keep], t_labels[keep], [t_ids[i] for i in keep]
+        t_groups = None if t_groups is None else t_groups[keep]
     if len(t_labels) == 0:
         raise InputError(f"data.test_source {cfg.test_source} holds no test samples. Point it at your test set.")
-    return t_images, t_labels, [f"test:{i}" for i in t_ids], t_names
+    return t_images, t_labels, [f"test:{i}" for i in t_ids], t_names, t_groups
 
 
-def load_splits(cfg, seed):
-    """Images, labels, ids, class names and (train, val, test) indices, plus what the test set is.
+def load_splits(cfg, seed, form="auto", task="classification"):
+    """Images (or features), labels, ids, class names and (train, val, test) indices, plus what the test
+    set is, and the samples' groups (None when the data has none).
 
     With `data.test_source` the test set is that source, whole and in its order, and `data.source`
     feeds train/val (and calibration) only; an .npz `split` array fixes the split; otherwise a
-    stratified split by `seed`."""
-    images, labels, ids, class_names, split = load_source(cfg.source, cfg)
+    stratified split by `seed` (of whole groups, when the data has them)."""
+    images, labels, ids, class_names, split, groups = load_source(cfg.source, cfg, form=form, task=task)
     fixed = split is not None and bool((split == "test").any())
     if cfg.test_source:
         if fixed:
@@ -63,7 +72,11 @@ def load_splits(cfg, seed):
                 f"not both; {cfg.source} marks {int((split == 'test').sum())} rows 'test'. Drop data.test_source "
                 "or those rows."
             )
-        t_images, t_labels, t_ids, t_names = load_test_source(cfg)
+        t_images, t_labels, t_ids, t_names, t_groups = load_test_source(cfg, form, task)
+        if (t_groups is None) != (groups is None):
+            have, lack = ("data.test_source", "data.source") if groups is None else ("data.source", "data.test_source")
+            raise InputError(f"groups (clips) must be given for both data sets or neither; {have} has a 'group' array "
+                             f"and {lack} has none. Add one to {lack}, or drop both.")
         if t_names != class_names:
             raise InputError(
                 f"data.test_source must have the classes of data.source, in the same order; test set has "
@@ -73,9 +86,15 @@ def load_splits(cfg, seed):
         if split is not None:
             train_idx, val_idx, _ = _split_from_array(split)
         else:
-            train_idx, val_idx, _ = stratified_split(labels, seed, cfg.val_fraction, 0.0, cfg.max_samples)
+            train_idx, val_idx, _ = stratified_split(labels, seed, cfg.val_fraction, 0.0, cfg.max_samples, groups)
         n = len(labels)
         test_idx = np.arange(n, n + len(t_labels), dtype=np.int64)
+        if images.shape[1:] != t_images.shape[1:] or images.dtype != t_images.dtype:
+            raise InputError(f"data.test_source must hold samples like data.source's; its x is {t_images.dtype} "
+                             f"{list(t_images.shape[1:])} per sample, data.source's {images.dtype} "
+                             f"{list(images.shape[1:])}. Make the two alike.")
+        if groups is not None:
+            groups = np.concatenate([groups, np.asarray([f"test:{g}" for g in t_groups.tolist()])])
         images = np.concatenate([images, t_images])
         labels = np.concatenate([labels, t_labels])
         ids = list(ids) + list(t_ids)
@@ -92,23 +111,32 @@ def load_splits(cfg, seed):
         fixed = True
     else:
         train_idx, val_idx, test_idx = stratified_split(
-            labels, seed, cfg.val_fraction, cfg.test_fraction, cfg.max_samples
+            labels, seed, cfg.val_fraction, cfg.test_fraction, cfg.max_samples, groups
         )
-        origin = f"{cfg.source} (a stratified split, seed {seed})"
-    return images, labels, ids, class_names, (train_idx, val_idx, test_idx), {"source": origin, "fixed": fixed}
+        origin = f"{cfg.source} (a stratified split{' of whole groups' if groups is not None else ''}, seed {seed})"
+    return (images, labels, ids, class_names, (train_idx, val_idx, test_idx), {"source": origin, "fixed": fixed},
+            groups)
 
 
-def test_set_record(images, labels, ids, class_names, splits, test_info, allow_overlap):
+def test_set_record(images, labels, ids, class_names, splits, test_info, allow_overlap, groups=None):
     """What the test set is (fingerprint, size, per-class counts) and whether any of its images also
-    occurs in train/val/calibration (refused for a fixed test set unless `allow_overlap`)."""
+    occurs in train/val/calibration, or (with groups) any of its groups also has samples there
+    (refused for a fixed test set unless `allow_overlap`)."""
     train_idx, val_idx, test_idx = splits
     hashes = [content_hash(images[i]) for i in range(len(images))]
-    fit_hashes = {hashes[i] for i in np.concatenate([train_idx, val_idx])}
+    fit = np.concatenate([train_idx, val_idx])
+    fit_hashes = {hashes[i] for i in fit}
     overlap = [ids[i] for i in test_idx if hashes[i] in fit_hashes]
+    what = "images"
+    if groups is not None:
+        fit_groups = {groups[i] for i in fit}
+        shared = sorted({groups[i] for i in test_idx} & fit_groups)
+        overlap += [f"group {g}" for g in shared]
+        what = "samples or groups (clips)"
     if overlap and test_info["fixed"] and not allow_overlap:
         raise InputError(
-            f"a held-out test set must not contain images that are also trained, validated or calibrated on; "
-            f"{len(overlap)} of {len(test_idx)} test images from {test_info['source']} occur in data.source's "
+            f"a held-out test set must not contain {what} that are also trained, validated or calibrated on; "
+            f"{len(overlap)} test {what} from {test_info['source']} occur in data.source's "
             f"train/val split ({first_few(overlap)}). Remove them from one side, or set data.allow_overlap = true "
             "to accept it (recorded in the manifest)."
         )
@@ -116,9 +144,13 @@ def test_set_record(images, labels, ids, class_names, splits, test_info, allow_o
     for i in test_idx:
         fp.update(bytes.fromhex(hashes[i]))
         fp.update(int(labels[i]).to_bytes(8, "little"))
+        if groups is not None:
+            fp.update(str(groups[i]).encode() + b"\0")
     counts = np.bincount(labels[test_idx], minlength=len(class_names))
+    record_groups = {} if groups is None else {"groups": int(len(set(groups[i] for i in test_idx)))}
     return {
         **test_info,
+        **record_groups,
         "fingerprint": fp.hexdigest(),
         "size": int(len(test_idx)),
         "per_class": {name: int(c) for name, c in zip(class_names, counts)},

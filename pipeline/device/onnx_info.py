@@ -161,8 +161,10 @@ def image_shape(tensor):
 
 def model_input(images, pp, tensor, origin="the model"):
     """uint8 images (N, H, W, C) -> what the input tensor takes: its dtype and quantization
-    (`preprocess.to_input`), channels first when its layout is NCHW."""
+    (`preprocess.to_input`), channels first when its layout is NCHW; features as they are laid out."""
     from pipeline.data import preprocess
 
     x = preprocess.to_input(images, pp, tensor, origin)
+    if preprocess.is_tensor(images, pp):  # features are fed in their own layout
+        return x
     return x.transpose(0, 3, 1, 2).copy() if layout(tensor) == "NCHW" else x

@@ -63,12 +63,29 @@ class PreprocessConfig:
                            "convention ([0, 1], [0, 255], [-1, 1], ...)")
     mean: list = setting([], "then subtract mean[c] per channel ([] = none; one value or one per channel)")
     std: list = setting([], "then divide by std[c] per channel ([] = none; one value or one per channel)")
+    form: str = setting("auto", "what x holds: 'pixels' (images: the pixel formula above), 'tensor' (features, of any "
+                        "rank: x * scale + offset, no pixel conversion) or 'auto' (an .npz whose x is not uint8 "
+                        "pixels, i.e. integer features, floats outside 0..255 or not (N, H, W[, 1|3]): 'tensor'; else "
+                        "'pixels')", choices=("auto", "pixels", "tensor"))
+    scale: list = setting([], "tensor form: multiply each feature by scale ([] = 1; one value, or one per channel: the "
+                          "last axis)")
+    offset: list = setting([], "tensor form: then add offset ([] = 0; one value, or one per channel: the last axis)")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    kind: str = setting("classification", "'classification' (y: class ids; top-1, per-class accuracy) or 'anomaly' "
+                        "(y: 0 normal, 1 anomaly; the model reconstructs its input, scored by ROC AUC)",
+                        choices=("classification", "anomaly"))
+    top_k: int = setting(1, "classification: also report top-k accuracy (1 = top-1 only)", min=1, max=1000)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = setting("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
-                     "efficientnet_v2_b0, 'module.path:function' (your (input_shape, num_classes) -> keras.Model, "
+                     "efficientnet_v2_b0, ds_cnn_kws (keyword spotting on 49x10 MFCCs), autoencoder (dense, for "
+                     "task.kind = 'anomaly'), 'module.path:function' (your (input_shape, num_classes) -> keras.Model; "
+                     "for an anomaly task num_classes is the input's shape, which the model reconstructs), "
                      "imported from the working directory) or a trained .keras file (fine-tuned for "
                      "train.epochs; 0 = as is)", recipe=True)
     width: int = setting(16, "filters in the first block", min=1, max=4096)
@@ -191,6 +208,7 @@ class BuildConfig:
     build: BuildSection = field(default_factory=BuildSection)
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     qat: QatConfig = field(default_factory=QatConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -224,7 +242,7 @@ def canonical_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0")
+BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0", "ds_cnn_kws", "autoencoder")
 
 
 def recipe_kind(recipe):
@@ -273,6 +291,10 @@ def check_preprocess(cfg, channels):
                              f"data.channels); received {len(values)}: {values}.")
     if any(v <= 0 for v in _numbers("std", cfg.std)):
         raise InputError(f"config key 'preprocess.std' must be positive; received {cfg.std!r}.")
+    if any(v == 0 for v in _numbers("scale", cfg.scale)):
+        raise InputError(f"config key 'preprocess.scale' must not be 0 (every feature would become the offset); "
+                         f"received {cfg.scale!r}.")
+    _numbers("offset", cfg.offset)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(BuildConfig) if f.name != "declared"}  # and the declared ones

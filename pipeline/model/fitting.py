@@ -43,36 +43,42 @@ def set_seed(seed):
         module_utils.tensorflow._available = False
 
 
-def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, keep_best, initial_candidate=False):
-    """Adam with a cosine decay to zero, sparse cross-entropy on logits. Returns a record with the
-    per-epoch history, the epoch kept and its val accuracy, and the model before fitting ("initial").
+def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, keep_best, initial_candidate=False,
+        reconstruct=False):
+    """Adam with a cosine decay to zero, sparse cross-entropy on logits (`reconstruct`: mean squared
+    error against the input, an autoencoder's loss). Returns a record with the per-epoch history, the
+    epoch kept and its val accuracy (val loss for a reconstruction), and the model before fitting
+    ("initial").
 
-    keep_best: restore the epoch with the best val accuracy; initial_candidate: the model as given
-    (epoch 0, a trained model) competes too, so fine-tuning never leaves it worse on val."""
+    keep_best: restore the epoch with the best val accuracy (lowest val loss); initial_candidate: the
+    model as given (epoch 0, a trained model) competes too, so fine-tuning never leaves it worse on val."""
     import keras
     import numpy as np
 
     x_train, y_train = train
     x_val, y_val = val
     has_val = len(x_val) > 0
-    monitor = "val_accuracy" if has_val else "accuracy"
+    metric = "loss" if reconstruct else "accuracy"
+    monitor = f"val_{metric}" if has_val else metric
+    sign = -1.0 if reconstruct else 1.0  # the kept epoch maximises sign * monitor
     steps = math.ceil(len(x_train) / batch_size)
     model.compile(
         # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
         # statistics (and QAT's activation ranges) match the final weights.
         optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=max(1, epochs * steps))),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=keras.losses.MeanSquaredError() if reconstruct else keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True),
+        metrics=[] if reconstruct else ["accuracy"],
     )
     initial = None
     if has_val:
-        loss, acc = model.evaluate(x_val, y_val, batch_size=VAL_BATCH, verbose=0)
-        initial = {"val_loss": _round(loss), "val_accuracy": _round(acc)}
+        scores = model.evaluate(x_val, y_val, batch_size=VAL_BATCH, verbose=0, return_dict=True)
+        initial = {f"val_{k}": _round(v) for k, v in scores.items() if k in ("loss", "accuracy")}
 
-    state = {"best": -1.0, "epoch": epochs, "weights": None, "seconds": []}
+    state = {"best": -math.inf, "epoch": epochs, "weights": None, "seconds": []}
     if keep_best and initial_candidate and initial is not None:
-        state.update(best=initial["val_accuracy"], epoch=0, weights=[np.array(w) for w in model.get_weights()])
+        state.update(best=sign * initial[f"val_{metric}"], epoch=0, weights=[np.array(w) for w in model.get_weights()])
 
     class _Track(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -84,7 +90,7 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
             shown = "  ".join(f"{k} {float(logs[k]):.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
                               if k in logs)
             progress.line(f"{desc} epoch {epoch + 1}/{epochs}: {shown}  ({state['seconds'][-1]:.1f} s)")
-            score = float(logs.get(monitor, -1.0))
+            score = sign * float(logs.get(monitor, -sign * math.inf))
             if keep_best and score >= state["best"] and (score > state["best"] or state["epoch"] > 0):
                 # a tie keeps the later, longer-trained epoch, but never displaces the model as given
                 state["best"], state["epoch"] = score, epoch + 1
@@ -104,12 +110,12 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
     if not has_val:
         kept_val = None
     else:
-        kept_val = hist["val_accuracy"][kept - 1] if kept else initial["val_accuracy"]
+        kept_val = hist[f"val_{metric}"][kept - 1] if kept else initial[f"val_{metric}"]
     return {
         "history": hist,
         "initial": initial,
         "kept_epoch": kept,
-        "kept_by": f"best {monitor}" if keep_best else "last epoch",
-        "kept_val_accuracy": kept_val,
+        "kept_by": f"{'lowest' if reconstruct else 'best'} {monitor}" if keep_best else "last epoch",
+        f"kept_val_{metric}": kept_val,
         "epoch_seconds": state["seconds"],
     }

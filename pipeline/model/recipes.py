@@ -44,6 +44,43 @@ def ds_cnn(input_shape, num_classes, width=16, blocks=3):
     return keras.Model(inputs, outputs, name="ds_cnn")
 
 
+def ds_cnn_kws(input_shape, num_classes, width=16, blocks=4):
+    """The depthwise-separable keyword-spotting network of the literature (Zhang et al., "Hello Edge",
+    the MLPerf Tiny KWS model) for 49x10 MFCCs: a 10x4 stride-2 conv stem with 4 * width filters, then
+    `blocks` depthwise-separable blocks at that width (BN + ReLU after each conv), global pooling and a
+    dense head. A (frames, coefficients) input gets its channel axis inside the model."""
+    filters = 4 * width
+    inputs = keras.Input(shape=tuple(input_shape), name="features")
+    x = keras.layers.Reshape((*input_shape, 1), name="add_channel")(inputs) if len(input_shape) == 2 else inputs
+    x = keras.layers.Conv2D(filters, (10, 4), strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = _bn_relu(x, "stem_bn", "stem_relu")
+    for i in range(blocks):
+        x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}")(x)
+        x = _bn_relu(x, f"dw{i}_bn", f"dw{i}_relu")
+        x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"pw{i}")(x)
+        x = _bn_relu(x, f"pw{i}_bn", f"pw{i}_relu")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="ds_cnn_kws")
+
+
+def autoencoder(input_shape, num_classes, width=16, blocks=3):
+    """The dense autoencoder of the machine-sound anomaly baseline (DCASE): `blocks` Dense + BN + ReLU
+    layers of 8 * width units, an 8-unit bottleneck, the mirror image, and a linear Dense back to the
+    input's size. It reconstructs its input (task.kind = 'anomaly'); `num_classes` is that shape."""
+    size = 1
+    for d in input_shape:
+        size *= int(d)
+    inputs = keras.Input(shape=tuple(input_shape), name="window")
+    x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i, units in enumerate([8 * width] * blocks + [8] + [8 * width] * blocks):
+        x = keras.layers.Dense(units, use_bias=False, name=f"dense{i}")(x)
+        x = _bn_relu(x, f"bn{i}", f"relu{i}")
+    x = keras.layers.Dense(size, name="reconstruction")(x)
+    outputs = keras.layers.Reshape(tuple(input_shape), name="unflatten")(x) if len(input_shape) > 1 else x
+    return keras.Model(inputs, outputs, name="autoencoder")
+
+
 def _application(app, input_shape, num_classes, **kwargs):
     """A keras.applications backbone (random init: pretrained weights come from train.weights, a
     local file) flattened into one functional graph with the input rescaling inside the model,
@@ -69,4 +106,4 @@ def efficientnet_v2_b0(input_shape, num_classes, width=16, blocks=3):
 
 
 RECIPES = {"small_cnn": small_cnn, "ds_cnn": ds_cnn, "mobilenet_v3_small": mobilenet_v3_small,
-           "efficientnet_v2_b0": efficientnet_v2_b0}
+           "efficientnet_v2_b0": efficientnet_v2_b0, "ds_cnn_kws": ds_cnn_kws, "autoencoder": autoencoder}

@@ -163,7 +163,8 @@ def load_keras_file(path):
 
 def build_model(cfg, input_shape, num_classes):
     """The float model of the train stage, and what was removed from it: (model, softmax_removed).
-    A user model's final softmax is removed, so every artifact outputs logits."""
+    A user model's final softmax is removed, so every artifact outputs logits. `num_classes` is a
+    tuple for a reconstruction (task.kind = 'anomaly'): the shape the model outputs, its input's."""
     from pipeline.model import recipes as models
 
     k = kind(cfg.recipe)
@@ -183,12 +184,21 @@ def build_model(cfg, input_shape, num_classes):
         raise InputError(f"train.recipe {cfg.recipe!r} must give a keras.Model; received {type(model).__name__}.")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise InputError(
-            f"train.recipe {cfg.recipe!r} must be an image classifier with one input and one output; it has "
+            f"train.recipe {cfg.recipe!r} must be a model with one input and one output; it has "
             f"{len(model.inputs)} input(s) and {len(model.outputs)} output(s). Export the single classification "
             "path as its own keras.Model."
         )
     in_shape = tuple(model.inputs[0].shape[1:])
     out_dim = model.outputs[0].shape[-1]
+    if isinstance(num_classes, tuple):  # an autoencoder: it reconstructs its input
+        out_shape = tuple(model.outputs[0].shape[1:])
+        if in_shape != tuple(input_shape) or out_shape != num_classes:
+            raise InputError(
+                f"an anomaly model (task.kind = 'anomaly') takes a window and reconstructs it: train.recipe "
+                f"{cfg.recipe!r} must take and give {tuple(input_shape)} (the data); it takes {in_shape} and gives "
+                f"{out_shape}. Match the model to the windows."
+            )
+        return model, None
     if in_shape != tuple(input_shape) or out_dim != num_classes:
         raise InputError(
             f"the model of train.recipe {cfg.recipe!r} must take {tuple(input_shape)} and give {num_classes} "

@@ -59,9 +59,12 @@ def tensor(t):
 
 
 def from_pixel(contract):
-    """What an artifact's input entry says of the pixel -> input step (`preprocess.describe`'s contract)."""
-    return {"from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")},
-            "formula": contract.get("int8_formula") or contract["float_formula"]}
+    """What an artifact's input entry says of the pixel (or feature) -> input step (`preprocess.describe`'s
+    contract)."""
+    formula = contract.get("int8_formula") or contract["float_formula"]
+    if contract.get("form") == "tensor":
+        return {"from_feature": {k: contract[k] for k in ("scale", "offset")}, "formula": formula}
+    return {"from_pixel": {k: contract[k] for k in ("pixel_scale", "pixel_offset", "mean", "std")}, "formula": formula}
 
 
 def dataset_fields(record, build_dir):

@@ -284,13 +284,28 @@ def _history_figure(manifest):
     return fig
 
 
+def _feature_picture(x):
+    """Features as a spectrogram-style grayscale picture: 2-D (frames, coefficients) with time across,
+    1-D as one row, higher ranks flattened to their last axis; each sample scaled to its own range."""
+    import numpy as np
+
+    x = np.asarray(x, np.float64)
+    x = x.reshape(1, -1) if x.ndim < 2 else x.reshape(-1, x.shape[-1])
+    x = x.T[::-1] if x.shape[0] > 1 else x  # time across, the first coefficient at the bottom
+    lo, hi = float(x.min()), float(x.max())
+    return np.round(255.0 * (x - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)[..., None]
+
+
 def _thumbnail(image, size=64):
-    """A uint8 (H, W, C) image as a base64 PNG, scaled (nearest) to `size` pixels wide."""
+    """A uint8 (H, W, C) image (or features, drawn by `_feature_picture`) as a base64 PNG, scaled
+    (nearest) to `size` pixels wide."""
     import base64
     import io
 
     from PIL import Image
 
+    if image.dtype != "uint8" or image.ndim != 3:
+        image, size = _feature_picture(image), 2 * size
     img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     img = img.resize((size, max(1, round(size * image.shape[0] / image.shape[1]))), Image.NEAREST)
     buf = io.BytesIO()

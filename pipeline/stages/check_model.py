@@ -2,6 +2,7 @@
 in a JAX process, as the train stage would build it. Returns the lines to print and, when the model
 has a problem the build would refuse, the error."""
 
+from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.sources import load_source
 from pipeline.engine.config import post_training
@@ -9,7 +10,8 @@ from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
 
 STAGE = Stage(
-    "check-model", __name__, config=("build.seed", "data", "preprocess", "train", "qat.enabled", "qat.epochs"), backend="jax",
+    "check-model", __name__, config=("build.seed", "data", "preprocess", "task", "train", "qat.enabled", "qat.epochs"),
+    backend="jax",
     toolchain=usermodel.JAX_TOOLCHAIN,
 )
 
@@ -17,8 +19,10 @@ STAGE = Stage(
 def run(cfg, inputs, out_dir, ctx):
     from pipeline.model import preflight
 
-    images, labels, _, class_names, _ = load_source(cfg.data.source, cfg.data)
-    model, softmax_removed = usermodel.build_model(cfg.train, images.shape[1:], len(class_names))
+    images, labels, _, class_names, _, _ = load_source(cfg.data.source, cfg.data, form=cfg.preprocess.form,
+                                                       task=cfg.task.kind)
+    outputs = images.shape[1:] if cfg.task.kind == "anomaly" else len(class_names)
+    model, softmax_removed = usermodel.build_model(cfg.train, images.shape[1:], outputs)
     lines = []
     if softmax_removed:
         lines.append(f"✓ final softmax removed ({softmax_removed}): artifacts will output logits")
@@ -37,7 +41,7 @@ def run(cfg, inputs, out_dir, ctx):
             return {"lines": lines, "error": f"{len(missing)} layer(s) have no int8 QAT rule; replace them, or set "
                                              "qat.enabled = false (post-training quantization: no QAT rewrite)."}
         lines.append("✓ every layer has an int8 QAT rule")
-    if usermodel.kind(cfg.train.recipe) == "keras_file":
+    if usermodel.kind(cfg.train.recipe) == "keras_file" and not preprocess.is_tensor(images, cfg.preprocess):
         sample = stratified_subset(labels, 1000, cfg.build.seed)
         scores = usermodel.check_input_convention(model, images[sample], labels[sample], cfg.preprocess,
                                                   images.shape[-1], cfg.train.recipe)

@@ -1,6 +1,8 @@
-"""data stage: load real images and split them deterministically (or by the user's fixed test set).
+"""data stage: load real images (or features) and split them deterministically (or by the user's fixed
+test set), keeping each group (clip) whole.
 
-Outputs `dataset.npz` (uint8 images in [0, 255], labels, sample ids, split indices, class names).
+Outputs `dataset.npz` (uint8 images in [0, 255] or the features as given, labels, sample ids, split
+indices, class names, and the groups when the data has them).
 """
 
 import numpy as np
@@ -23,7 +25,8 @@ def external(config):
 STAGE = Stage(
     "data", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn", "tensorflow", "tensorflow-cpu"), external=external,
     config=("build.seed", "data.source", "data.test_source", "data.allow_overlap", "data.image_size", "data.channels",
-            "data.mixed_sizes", "data.resize", "data.val_fraction", "data.test_fraction", "data.max_samples"),
+            "data.mixed_sizes", "data.resize", "data.val_fraction", "data.test_fraction", "data.max_samples",
+            "preprocess.form", "task.kind"),
 )
 
 
@@ -36,25 +39,38 @@ def publish(records, config, build_dir):
 
 def run(cfg, inputs, out_dir, ctx):
     """Load and split."""
-    seed, data_cfg = cfg.build.seed, cfg.data
-    images, labels, ids, class_names, splits, test_info = load_splits(data_cfg, seed)
+    seed, data_cfg, task = cfg.build.seed, cfg.data, cfg.task.kind
+    images, labels, ids, class_names, splits, test_info, groups = load_splits(data_cfg, seed, cfg.preprocess.form, task)
     train_idx, val_idx, test_idx = splits
+    if not np.issubdtype(images.dtype, np.floating) and images.dtype != np.uint8:
+        raise InputError(f"a build trains a float model, so it needs float features; x is {images.dtype}. Save x as "
+                         "float32 (integer features in a model's input dtype are for validating that model: "
+                         "edgebuild validate MODEL --data X.npz).")
     num_classes = len(class_names)
-    for split_name, idx in (("test", test_idx), ("train", train_idx)):
-        absent = sorted(set(range(num_classes)) - set(labels[idx].tolist()))
+    needs = (("test", test_idx, range(num_classes)), ("train", train_idx, range(1 if task == "anomaly" else num_classes)))
+    for split_name, idx, wanted in needs:
+        absent = sorted(set(wanted) - set(labels[idx].tolist()))
+        if absent and task == "anomaly":
+            raise InputError(
+                f"an anomaly build needs normal (0) windows to train on and both normal and anomalous (1) windows "
+                f"in the test split (or its ROC AUC is undefined); the {split_name} split has no "
+                f"{first_few([class_names[a] for a in absent])} windows. Add them."
+            )
         if absent:
             raise InputError(
                 f"the {split_name} split must contain every class; class(es) "
                 f"{first_few([class_names[a] for a in absent])} have no samples in it. Add data for them."
             )
-    test_set = test_set_record(images, labels, ids, class_names, splits, test_info, data_cfg.allow_overlap)
+    test_set = test_set_record(images, labels, ids, class_names, splits, test_info, data_cfg.allow_overlap, groups)
 
+    extra = {} if groups is None else {"groups": groups}
     atomic_save_npz(out_dir / "dataset.npz", x=images, y=labels, ids=np.asarray(ids), train=train_idx, val=val_idx,
-                    test=test_idx, class_names=np.asarray(class_names))
+                    test=test_idx, class_names=np.asarray(class_names), **extra)
     counts = {name: int(len(idx)) for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))}
     return {
         "class_names": class_names,
         "input_shape": list(images.shape[1:]),
         "splits": counts,
         "test_set": test_set,
+        **({"input_dtype": str(images.dtype)} if images.dtype != np.uint8 else {}),
     }

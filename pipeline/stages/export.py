@@ -112,7 +112,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "int8_onnx": onnx_info,
         "quantization": "qat" if qat_path else "post-training",
         # the pixel -> input step this artifact was calibrated and will be validated with
-        "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"]),
+        "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"],
+                                          tensor=preprocess.is_tensor(data["x"], pp)),
         "allowed_float_ops": list(cfg.allowed_float_ops),
         "float_ops_kept": [op for op in info["float_ops"] if op in cfg.allowed_float_ops],
     }

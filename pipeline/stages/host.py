@@ -42,10 +42,18 @@ def publish(records, config, build_dir):
             "artifacts": {"model": {"input": from_pixel(contract)}, "predictions": artifact(build_dir, "predictions.npz")}}
 
 
-def check_fits(info, images, class_names, origin):
-    """The test images must have the model's input shape, and the output one score per class."""
-    want, have = onnx_info.image_shape(info["inputs"][0]), list(images.shape[1:])
-    if want != have:
+def check_fits(info, images, class_names, origin, tensor=False):
+    """The test images (or features) must have the model's input shape, and the output one score per class."""
+    have = list(images.shape[1:])
+    if tensor:
+        want = list(info["inputs"][0]["shape"][1:])
+        if want != have:
+            raise InputError(f"{origin}'s input is {info['inputs'][0]['shape']} (batch first); the test features are "
+                             f"{have} per sample ({len(have)}-D). Save x as (N, {', '.join(map(str, want))}).")
+        want = None
+    else:
+        want = onnx_info.image_shape(info["inputs"][0])
+    if want is not None and want != have:
         raise InputError(
             f"{origin}'s input is {want} (height, width, channels) per image; the test images are {have}. Set "
             f"data.image_size = {want[0]} and data.channels = {want[-1]} (edgebuild validate does unless you set them)."
@@ -66,7 +74,8 @@ def run(cfg, inputs, out_dir, ctx):
     idx = data["test"]
     images, labels, ids = data["x"][idx], data["y"][idx], data["ids"][idx]
     class_names = [str(c) for c in data["class_names"]]
-    check_fits(info, images, class_names, "the model")
+    tensor = preprocess.is_tensor(images, pp)
+    check_fits(info, images, class_names, "the model", tensor)
     x = onnx_info.model_input(images, pp, info["inputs"][0])
     version = metadata.version(runtime)
     bar = ctx.progress.bar(1, "host", unit="model")
@@ -80,7 +89,7 @@ def run(cfg, inputs, out_dir, ctx):
     # A model fed the wrong input convention scores near chance: stop with the setting that fits
     # (measured on at most 500 test images, stratified, under each common convention).
     few = stratified_subset(labels, 500, 0)
-    if not nonfinite(raw):  # NaN or inf outputs fail the gate's finite check, whatever the convention
+    if not nonfinite(raw) and not tensor:  # NaN or inf outputs fail the gate's finite check, whatever the convention
         usermodel.check_input_convention(
             lambda c: run_model(model, onnx_info.model_input(images[few], c, info["inputs"][0])),
             images[few], labels[few], pp, images.shape[-1], "the model")
@@ -94,7 +103,7 @@ def run(cfg, inputs, out_dir, ctx):
         "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
                        "labels": [int(v) for v in labels]},
         "preprocess": preprocess.describe(pp, images.shape[-1], info["inputs"][0]["scale"],
-                                          info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"])),
+                                          info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"]), tensor),
     }
 
 

@@ -53,7 +53,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     if len(x_val):
         logits = float_model.predict(x_val, batch_size=256, verbose=0)
         float_val = round(float((logits.argmax(-1) == y_val).mean()), 5)
-    input_range = preprocess.float_range(pp, x_train.shape[-1])
+    input_range = preprocess.float_range(pp, x_train.shape[-1], data["x"][data["train"]])
     try:
         model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum)
     except qat.UnsupportedLayerError as exc:

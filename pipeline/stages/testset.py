@@ -21,7 +21,8 @@ def external(config):
 
 STAGE = Stage(
     "testset", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn", "tensorflow", "tensorflow-cpu"), external=external,
-    config=("data.test_source", "data.image_size", "data.channels", "data.mixed_sizes", "data.resize"),
+    config=("data.test_source", "data.image_size", "data.channels", "data.mixed_sizes", "data.resize", "preprocess.form",
+            "task.kind"),
 )
 
 
@@ -33,13 +34,18 @@ def publish(records, config, build_dir):
 
 
 def run(cfg, inputs, out_dir, ctx):
-    images, labels, ids, class_names = load_test_source(cfg.data)
+    images, labels, ids, class_names, groups = load_test_source(cfg.data, cfg.preprocess.form, cfg.task.kind)
+    if cfg.task.kind == "anomaly" and len(np.unique(labels)) < 2:
+        raise InputError(f"an anomaly test set needs normal (0) and anomalous (1) windows, or its ROC AUC is "
+                         f"undefined; {cfg.data.test_source} has only {class_names[int(labels[0])]!r} windows. Add the "
+                         "other kind.")
     test = np.arange(len(labels), dtype=np.int64)
     empty = np.zeros((0,), np.int64)
     info = {"source": cfg.data.test_source, "fixed": True}
-    test_set = test_set_record(images, labels, ids, class_names, (empty, empty, test), info, allow_overlap=False)
+    test_set = test_set_record(images, labels, ids, class_names, (empty, empty, test), info, False, groups)
+    extra = {} if groups is None else {"groups": groups}
     atomic_save_npz(out_dir / "dataset.npz", x=images, y=labels, ids=np.asarray(ids), train=empty, val=empty,
-                    test=test, class_names=np.asarray(class_names))
+                    test=test, class_names=np.asarray(class_names), **extra)
     return {
         "class_names": class_names,
         "input_shape": list(images.shape[1:]),

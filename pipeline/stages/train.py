@@ -2,6 +2,7 @@
 
 import time
 
+from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset, split_arrays
 from pipeline.engine.errors import InputError
@@ -10,7 +11,8 @@ from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
 
 STAGE = Stage(
-    "train", __name__, config=("build.seed", "train", "preprocess"), inputs=("dataset.npz",), outputs=("float.keras",),
+    "train", __name__, config=("build.seed", "train", "preprocess", "task.kind"), inputs=("dataset.npz",),
+    outputs=("float.keras",),
     backend="jax", toolchain=usermodel.JAX_TOOLCHAIN, external=lambda config: _external(config),
 )
 
@@ -78,10 +80,11 @@ def _process_part(x_train, y_train, x_val, y_val, cfg, devices):
 
 def manifest(record, config):
     """The manifest's "train" section: how the float model was trained, and where (CPU, XLA flags)."""
-    return {k: record.get(k) for k in (
+    section = {k: record.get(k) for k in (
         "recipe", "params", "seconds", "trainable_params", "total_params", "trainable_fraction", "finetune",
         "pretrained", "lora_merge", "devices", "softmax_removed", "input_convention", "history", "initial",
         "kept_epoch", "kept_by", "kept_val_accuracy", "cpu", "xla_flags")}
+    return section | ({"kept_val_loss": record["kept_val_loss"]} if "kept_val_loss" in record else {})
 
 
 def publish(records, config, build_dir):
@@ -101,7 +104,11 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)
-    num_classes = len(data["class_names"])
+    reconstruct = stage_cfg.task.kind == "anomaly"
+    if reconstruct:  # an autoencoder learns to reconstruct normal windows only
+        x_train, x_val = x_train[y_train == 0], x_val[y_val == 0]
+        y_train, y_val = x_train, x_val
+    num_classes = tuple(x_train.shape[1:]) if reconstruct else len(data["class_names"])
     devices = _distribution(cfg)  # before any variable exists, so every variable is laid out by it
     batch_size = cfg.batch_size
     if devices["count"] > 1:
@@ -119,7 +126,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
     if usermodel.kind(cfg.recipe) != "builtin":
         preflight.require_portable(model, cfg.recipe)  # (train.epochs = 0 is refused by the config for recipes)
     convention = None
-    if trained:  # a trained model fed the wrong input convention scores near chance: say which one fits
+    if trained and not preprocess.is_tensor(data["x"], pp) and not reconstruct:
+        # a trained model fed the wrong input convention scores near chance: say which one fits
         split = "val" if len(y_val) else "train"
         idx = data[split][stratified_subset(data["y"][data[split]], 2000, seed)]
         convention = usermodel.check_input_convention(
@@ -137,7 +145,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     # A trained model is fine-tuned with its own state as a candidate: the best val epoch is kept, so
     # the default epochs and learning rate can never leave it worse than it came (on val).
     fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, batch_size, cfg.learning_rate,
-                         progress, "train", keep_best=trained, initial_candidate=trained)
+                         progress, "train", keep_best=trained, initial_candidate=trained, reconstruct=reconstruct)
     seconds = time.perf_counter() - started
     lora_merge = None
     if cfg.finetune == "lora":

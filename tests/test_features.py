@@ -1,0 +1,85 @@
+"""Feature models end to end: a keyword spotter built from keywords synthesized here (espeak-ng, MFCCs),
+on every target, and a keyword model made outside edgebuild (plain TensorFlow and its converter)
+validated on float and on pre-quantized int8 features, matching TensorFlow's own interpreter."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import featuredata
+from conftest import ALL_TARGETS, REPO, _shared, edgebuild
+
+
+@pytest.fixture(scope="module")
+def keywords(tmp_path_factory):
+    out, lock = _shared(tmp_path_factory, "features")
+    with lock:
+        out.mkdir(exist_ok=True)
+        return featuredata.keywords(out / "keywords.npz")
+
+
+def test_a_keyword_spotter_builds_from_synthesized_speech_and_runs_on_every_target(keywords, tmp_path, cache_dir):
+    proc = edgebuild(
+        "--quiet", "build", "--set", "build.name='kws'", "--set", f"build.out_dir={str(tmp_path)!r}",
+        "--set", f"data.source={str(keywords)!r}", "--set", f"data.calibration_file={str(tmp_path / 'calib.json')!r}",
+        "--set", "data.calibration_samples=60", "--set", "train.recipe='ds_cnn_kws'", "--set", "train.width=4",
+        "--set", "train.epochs=15", "--set", "train.learning_rate=0.01", "--set", "qat.epochs=2",
+        "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", "--set", "gate.min_int8_accuracy=0.8",
+        env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((tmp_path / "kws" / "manifest.json").read_text())
+    assert m["input_shape"] == [49, 10] and m["preprocess"]["form"] == "tensor"
+    art = m["artifacts"]["int8_tflite"]
+    assert art["input"]["dtype"] == "int8" and art["input"]["shape"] == [1, 49, 10] and not art["float_ops"]
+    assert "from_feature" in art["input"] and "feature * scale[c] + offset[c]" in m["preprocessing"]
+    assert m["test_set"]["groups"] * 2 == m["test_set"]["size"]  # an utterance's two noisy copies stay together
+    metrics = m["metrics"]
+    assert metrics["int8_host"]["accuracy"] >= 0.8 and metrics["onnx_int8"]["accuracy"] >= 0.8
+    assert sorted(metrics["targets"]) == sorted(ALL_TARGETS)
+    for name, t in metrics["targets"].items():
+        assert not t.get("refused") and t["top1_agreement"] >= 0.99, (name, t)
+    assert m["gate"]["verdict"] == "pass"
+
+
+@pytest.fixture(scope="module")
+def outside_kws(keywords, tmp_path_factory):
+    out, lock = _shared(tmp_path_factory, "outside-kws")
+    with lock:
+        if not (out / "expected.json").exists():
+            proc = subprocess.run([sys.executable, str(REPO / "tests" / "outside" / "make_feature_models.py"),
+                                   str(keywords), str(out)], capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("features", ["test.npz", "test_int8.npz"])
+def test_a_keyword_model_made_outside_validates_like_tensorflows_interpreter(outside_kws, features, tmp_path, cache_dir):
+    out, expected = outside_kws
+    proc = edgebuild("--quiet", "validate", str(out / "kws_int8.tflite"), "--data", str(out / features),
+                     "--out", str(tmp_path / "v"), "--target", "cortex-m-tflm", "--target", "rpi4-bookworm-tflite",
+                     env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    host = m["metrics"]["host"]
+    assert host["accuracy"] == round(expected["kws_int8.tflite"], 6)
+    assert host["top1"] == expected["top1"]  # sample by sample, TensorFlow's interpreter's answers
+    for name in ("cortex-m-tflm", "rpi4-bookworm-tflite"):
+        assert m["metrics"]["targets"][name]["top1_agreement"] == 1.0
+    if features == "test_int8.npz":
+        assert "int8 features are fed unchanged" in m["preprocessing"]
+
+
+def test_integer_features_of_another_dtype_than_the_model_input_are_refused(outside_kws, tmp_path, cache_dir):
+    import numpy as np
+
+    out, _ = outside_kws
+    with np.load(out / "test_int8.npz") as f:
+        np.savez(tmp_path / "int16.npz", x=f["x"].astype(np.int16), y=f["y"], class_names=f["class_names"])
+    proc = edgebuild("--quiet", "validate", str(out / "kws_int8.tflite"), "--data", str(tmp_path / "int16.npz"),
+                     "--out", str(tmp_path / "v"), env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "integer features must be in the model's input dtype" in line and "x is int16" in line, line
+    assert "Traceback" not in proc.stderr

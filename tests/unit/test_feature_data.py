@@ -1,0 +1,122 @@
+"""Feature tensors (the tensor form of [preprocess]): an .npz of any rank is read as it is, split by
+group, fed through the affine formula or unchanged as integers, and refused in one line when bad."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data import preprocess
+from pipeline.data.sources import load_source
+from pipeline.data.splits import load_splits
+from pipeline.engine import config as config_mod
+from pipeline.engine.errors import InputError
+from pipeline.stages import data as data_stage
+from pipeline.stages.host import check_fits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import featuredata  # noqa: E402
+
+
+def _config(*sets):
+    return config_mod.load(None, list(sets))
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _mfcc_like(n=60, classes=3, seed=0):
+    rng = np.random.RandomState(seed)
+    y = np.arange(n) % classes
+    x = (rng.normal(-20.0, 8.0, (n, 49, 10)) + y[:, None, None]).astype(np.float32)
+    return x, y
+
+
+def test_features_are_read_as_they_are_and_images_still_as_pixels(tmp_path):
+    x, y = _mfcc_like()
+    loaded = load_source(_npz(tmp_path / "f.npz", x=x, y=y), _config().data)
+    assert loaded.x.shape == (60, 49, 10) and loaded.x.dtype == np.float32
+    assert np.array_equal(loaded.x, x)  # no resize, no pixel conversion
+    pixels = np.random.RandomState(1).rand(20, 8, 8).astype(np.float32)  # floats in 0..1: images, as before
+    images = load_source(_npz(tmp_path / "i.npz", x=pixels, y=np.arange(20) % 2), _config().data)
+    assert images.x.dtype == np.uint8 and images.x.shape == (20, 32, 32, 1)
+    forced = load_source(str(tmp_path / "i.npz"), _config().data, form="tensor")
+    assert forced.x.shape == (20, 8, 8) and forced.x.dtype == np.float32
+
+
+def test_the_tensor_form_is_an_affine_map_per_channel_and_integers_pass_unchanged():
+    pp = _config("preprocess.scale=[0.5, 2.0]", "preprocess.offset=[1.0]").preprocess
+    x = np.asarray([[[2.0, 3.0]]], np.float32)
+    assert preprocess.to_float(x, pp).tolist() == [[[2.0, 7.0]]]
+    q = preprocess.to_input(x, pp, {"dtype": "int8", "scale": 0.5, "zero_point": -1})
+    assert q.dtype == np.int8 and q.tolist() == [[[3, 13]]]
+    raw = np.asarray([[[-7, 100]]], np.int8)
+    assert preprocess.to_input(raw, pp, {"dtype": "int8", "scale": 0.1, "zero_point": 0}) is raw
+    with pytest.raises(InputError, match="integer features must be in the model's input dtype.*x is int8.*uint8"):
+        preprocess.to_input(raw, pp, {"dtype": "uint8", "scale": 0.1, "zero_point": 0})
+    with pytest.raises(InputError, match="preprocess.scale' needs one value or one per channel.*3"):
+        preprocess.to_float(np.zeros((1, 3), np.float32), pp)
+    lo, hi = preprocess.float_range(_config().preprocess, 10, np.asarray([[3.0, 5.0]], np.float32))
+    assert (lo, hi) == (0.0, 5.0)  # the features' own range, holding 0
+
+
+def test_bad_features_are_refused_in_one_line(tmp_path):
+    cfg = _config().data
+    x, y = _mfcc_like()
+    x[4, 2, 3] = np.nan
+    x[9, 0, 0] = np.inf
+    with pytest.raises(InputError, match=r"NaN or inf at 2 values \(the first at index \(4, 2, 3\)\)"):
+        load_source(_npz(tmp_path / "nan.npz", x=x, y=y), cfg)
+    x, y = _mfcc_like()
+    with pytest.raises(InputError, match="labels are 0 \\(normal\\) and 1 \\(anomaly\\).*also holds 2"):
+        load_source(_npz(tmp_path / "a.npz", x=x, y=y), cfg, task="anomaly")
+    group = np.asarray([f"clip{i // 2}" for i in range(60)])
+    with pytest.raises(InputError, match="one label; group 'clip0' .* has labels 0 and 1"):
+        load_source(_npz(tmp_path / "g.npz", x=x, y=y, group=group), cfg)
+    with pytest.raises(InputError, match="reads features from an .npz; data.source is the digits images"):
+        load_source("digits", cfg, form="tensor")
+
+
+def test_a_build_refuses_integer_features_and_an_anomaly_split_without_anomalies(tmp_path):
+    x, y = _mfcc_like()
+    source = _npz(tmp_path / "int.npz", x=np.round(x).astype(np.int8), y=y)
+    cfg = _config(f"data.source={source!r}")
+    with pytest.raises(InputError, match="needs float features; x is int8"):
+        data_stage.run(cfg, {}, tmp_path, None)
+    normal = _npz(tmp_path / "normal.npz", x=x, y=np.zeros(60, np.int64))
+    cfg = _config(f"data.source={normal!r}", "task.kind='anomaly'")
+    with pytest.raises(InputError, match="the test split has no anomaly windows"):
+        data_stage.run(cfg, {}, tmp_path, None)
+
+
+def test_splits_keep_each_group_whole_and_the_test_set_fingerprint_covers_groups(tmp_path):
+    x, y = _mfcc_like(n=120)
+    group = np.asarray([f"utt{i % 40}" for i in range(120)])  # 3 windows per group, one label each (i % 40 % 3)
+    y = np.asarray([int(g[3:]) % 3 for g in group])
+    source = _npz(tmp_path / "g.npz", x=x, y=y, group=group)
+    cfg = _config(f"data.source={source!r}")
+    *_, splits, info, groups = load_splits(cfg.data, 0)
+    seen = [set(groups[idx].tolist()) for idx in splits]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:]), "a group on two sides"
+    assert sum(map(len, splits)) == 120 and "whole groups" in info["source"]
+    first = data_stage.run(cfg, {}, tmp_path, None)["test_set"]
+    np.savez(tmp_path / "g.npz", x=x, y=y, group=np.asarray([f"other{g}" for g in group]))
+    assert data_stage.run(cfg, {}, tmp_path, None)["test_set"]["fingerprint"] != first["fingerprint"]
+
+
+def test_a_model_input_of_another_shape_is_named():
+    info = {"inputs": [{"shape": [1, 49, 10]}], "outputs": [{"shape": [1, 3]}]}
+    check_fits(info, np.zeros((2, 49, 10), np.float32), ["a", "b", "c"], "the model", tensor=True)
+    with pytest.raises(InputError, match=r"input is \[1, 49, 10\].*features are \[490\] per sample.*\(N, 49, 10\)"):
+        check_fits(info, np.zeros((2, 490), np.float32), ["a", "b", "c"], "the model", tensor=True)
+
+
+def test_the_keyword_front_end_gives_49_frames_of_10_coefficients():
+    t = np.arange(featuredata.RATE) / featuredata.RATE
+    features = featuredata.mfcc(np.sin(2 * np.pi * 440.0 * t))
+    assert features.shape == (49, 10) and np.isfinite(features).all()
+    quiet = featuredata.mfcc(np.zeros(featuredata.RATE) + 1e-4 * np.sin(2 * np.pi * 440.0 * t))
+    assert features[:, 0].mean() > quiet[:, 0].mean() + 10  # the energy coefficient follows the loudness
