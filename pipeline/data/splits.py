@@ -136,7 +136,7 @@ def test_set_record(images, labels, ids, class_names, splits, test_info, allow_o
     if overlap and test_info["fixed"] and not allow_overlap:
         raise InputError(
             f"a held-out test set must not contain {what} that are also trained, validated or calibrated on; "
-            f"{len(overlap)} test {what} from {test_info['source']} occur in data.source's "
+            f"{len(overlap)} of {len(test_idx)} test {what} from {test_info['source']} occur in data.source's "
             f"train/val split ({first_few(overlap)}). Remove them from one side, or set data.allow_overlap = true "
             "to accept it (recorded in the manifest)."
         )
