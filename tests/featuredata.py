@@ -71,8 +71,10 @@ def _speak(word, voice, speed, pitch, work):
     return audio[:RATE]
 
 
-def keywords(path, words=WORDS, voices=VOICES, speeds=(120, 160, 200), pitches=(30, 60), noisy=2, seed=0):
-    """An .npz of keyword MFCCs: x (N, 49, 10) float32, y, class_names, group. Made once per path."""
+def keywords(path, words=WORDS, voices=VOICES, speeds=(120, 160, 200), pitches=(30, 60), noisy=2, noise=(-3.5, -2.0),
+             seed=0):
+    """An .npz of keyword MFCCs: x (N, 49, 10) float32, y, class_names, group. `noise`: the range of the
+    added white noise's standard deviation, in log10 (speech peaks near 0.5). Made once per path."""
     path = Path(path)
     if path.exists():
         return path
@@ -89,7 +91,7 @@ def keywords(path, words=WORDS, voices=VOICES, speeds=(120, 160, 200), pitches=(
                             clip = np.zeros(RATE)
                             start = rng.randint(0, RATE - len(audio) + 1)
                             clip[start:start + len(audio)] = audio * rng.uniform(0.5, 1.0)
-                            clip += rng.normal(0.0, 10 ** rng.uniform(-3.5, -2.0), RATE)
+                            clip += rng.normal(0.0, 10 ** rng.uniform(*noise), RATE)
                             xs.append(mfcc(clip))
                             ys.append(label)
                             groups.append(group)

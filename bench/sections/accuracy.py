@@ -17,7 +17,21 @@ ACCURACY_CASES = [
     ("sign-language photos 32x32 RGB, small_cnn", [f'data.source="{SIGNS}"', "data.channels=3", "data.calibration_samples=100"]),
     ("sign-language photos 32x32 RGB, ds_cnn", [f'data.source="{SIGNS}"', "data.channels=3", "data.calibration_samples=100",
                                                 'train.recipe="ds_cnn"']),
+    # Feature tensors: 10 keywords synthesized here (espeak-ng, 5 voices, 3 speeds, 2 pitches, 3 noisy
+    # copies at low SNR), 49x10 MFCCs; made in the run's work directory (KEYWORDS).
+    ("synthesized keywords 49x10 MFCC, ds_cnn_kws", ['data.source="{keywords}"', 'train.recipe="ds_cnn_kws"',
+                                                    "train.width=8", "train.epochs=20", "train.learning_rate=0.01",
+                                                    "data.calibration_samples=100"]),
 ]
+KEYWORDS = dict(words=("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"), noisy=3, noise=(-1.6, -0.9))
+
+
+def _keywords(work):
+    """The keyword case's data, made once in `work` by the tests' own generator (tests/featuredata.py)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import featuredata
+
+    return featuredata.keywords(work / "keywords.npz", **KEYWORDS)
 
 
 def accuracy(work, targets_cache, default_build):
@@ -26,6 +40,8 @@ def accuracy(work, targets_cache, default_build):
         if any("sign-language" in o for o in overrides) and not SIGNS.is_dir():
             log(f"accuracy {label}: skipped, {SIGNS} is not there")
             continue
+        if any("{keywords}" in o for o in overrides):
+            overrides = [o.replace("{keywords}", str(_keywords(work))) for o in overrides]
         if not overrides:
             build_dir = default_build
         else:

@@ -75,9 +75,9 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     kind: str = setting("classification", "'classification' (y: class ids; top-1, per-class accuracy) or 'anomaly' "
-                        "(y: 0 normal, 1 anomaly; the model reconstructs its input, scored by ROC AUC)",
+                        "(y: 0 normal, 1 anomaly; the model reconstructs its input; its data are read and split, but "
+                        "its ROC AUC evaluation, gate and report are not built yet: refused by build and validate)",
                         choices=("classification", "anomaly"))
-    top_k: int = setting(1, "classification: also report top-k accuracy (1 = top-1 only)", min=1, max=1000)
 
 
 @dataclass(frozen=True)
