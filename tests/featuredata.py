@@ -101,26 +101,27 @@ def keywords(path, words=WORDS, voices=VOICES, speeds=(120, 160, 200), pitches=(
     return path
 
 
-def _hum(rng, seconds, kind):
+def _hum(rng, seconds, kind, strength=1.0):
     t = np.arange(int(seconds * RATE)) / RATE
     f0 = 120.0 * (1.0 + 0.004 * np.cumsum(rng.normal(0.0, 1.0, len(t))) / np.sqrt(len(t)))  # jitter
     phase = 2 * np.pi * np.cumsum(f0) / RATE
-    shift = 1.07 if kind == "shifted" else 1.0
+    shift = 1.0 + 0.07 * strength if kind == "shifted" else 1.0
     signal = sum(a * np.sin(k * shift * phase + rng.uniform(0, 2 * np.pi))
                  for k, a in ((1, 1.0), (2, 0.5), (3, 0.3), (5, 0.15), (8, 0.08)))
     signal += rng.normal(0.0, 0.05, len(t))
     if kind == "clicks":
         for at in rng.randint(0, len(t) - 64, 12):
-            signal[at:at + 64] += rng.uniform(1.0, 2.0) * np.exp(-np.arange(64) / 8.0) * rng.choice((-1, 1))
+            signal[at:at + 64] += strength * rng.uniform(1.0, 2.0) * np.exp(-np.arange(64) / 8.0) * rng.choice((-1, 1))
     if kind == "bearing":
         band = np.convolve(rng.normal(0.0, 1.0, len(t)), np.hanning(9), "same")
         carrier = np.sin(2 * np.pi * 3500.0 * t)
-        signal += 0.25 * band * carrier * (1.0 + np.sin(2 * np.pi * 37.0 * t))
+        signal += 0.25 * strength * band * carrier * (1.0 + np.sin(2 * np.pi * 37.0 * t))
     return signal / 4.0
 
 
-def machine_sounds(path, normal_clips=36, anomalous_clips=18, seconds=1.5, every=4, seed=0):
-    """An .npz of log-mel windows: x (N, 640) float32, y (0 normal, 1 anomaly), group (the clip)."""
+def machine_sounds(path, normal_clips=60, anomalous_clips=30, seconds=1.5, every=4, strength=0.3, seed=0):
+    """An .npz of log-mel windows: x (N, 640) float32, y (0 normal, 1 anomaly), group (the clip).
+    `strength` scales the anomalies (the harmonic shift, the clicks' and the bearing noise's level)."""
     path = Path(path)
     if path.exists():
         return path
@@ -128,7 +129,7 @@ def machine_sounds(path, normal_clips=36, anomalous_clips=18, seconds=1.5, every
     kinds = ["normal"] * normal_clips + [("shifted", "clicks", "bearing")[i % 3] for i in range(anomalous_clips)]
     xs, ys, groups = [], [], []
     for clip, kind in enumerate(kinds):
-        mel = log_mel(_hum(rng, seconds, kind))
+        mel = log_mel(_hum(rng, seconds, kind, strength))
         for start in range(0, len(mel) - 4, every):
             xs.append(mel[start:start + 5].reshape(-1))
             ys.append(int(kind != "normal"))

@@ -43,15 +43,20 @@ def test_a_keyword_spotter_builds_from_synthesized_speech_and_runs_on_every_targ
     assert m["gate"]["verdict"] == "pass"
 
 
-@pytest.fixture(scope="module")
-def outside_kws(keywords, tmp_path_factory):
-    out, lock = _shared(tmp_path_factory, "outside-kws")
+def _made_outside(tmp_path_factory, name, script, data):
+    """(directory, expected.json) of a tests/outside/ script run once per run on `data`, shared by the workers."""
+    out, lock = _shared(tmp_path_factory, name)
     with lock:
         if not (out / "expected.json").exists():
-            proc = subprocess.run([sys.executable, str(REPO / "tests" / "outside" / "make_feature_models.py"),
-                                   str(keywords), str(out)], capture_output=True, text=True, timeout=600)
+            proc = subprocess.run([sys.executable, str(REPO / "tests" / "outside" / script), str(data), str(out)],
+                                  capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "expected.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def outside_kws(keywords, tmp_path_factory):
+    return _made_outside(tmp_path_factory, "outside-kws", "make_feature_models.py", keywords)
 
 
 @pytest.mark.parametrize("features", ["test.npz", "test_int8.npz"])
@@ -83,3 +88,79 @@ def test_integer_features_of_another_dtype_than_the_model_input_are_refused(outs
     line = proc.stderr.strip().splitlines()[-1]
     assert "integer features must be in the model's input dtype" in line and "x is int16" in line, line
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def machine_sounds(tmp_path_factory):
+    out, lock = _shared(tmp_path_factory, "features")
+    with lock:
+        out.mkdir(exist_ok=True)
+        return featuredata.machine_sounds(out / "machine.npz")
+
+
+def test_an_anomaly_detector_builds_from_synthetic_machine_sounds_and_runs_on_every_target(machine_sounds, tmp_path,
+                                                                                          cache_dir):
+    import numpy as np
+
+    proc = edgebuild(
+        "--quiet", "build", "--set", "build.name='machine'", "--set", f"build.out_dir={str(tmp_path)!r}",
+        "--set", "task.kind='anomaly'", "--set", f"data.source={str(machine_sounds)!r}",
+        "--set", f"data.calibration_file={str(tmp_path / 'calib.json')!r}", "--set", "data.calibration_samples=100",
+        "--set", "train.recipe='autoencoder'", "--set", "train.width=8", "--set", "train.epochs=30",
+        "--set", "qat.epochs=2", "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", "--set", "gate.min_auc=0.8",
+        env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    build = tmp_path / "machine"
+    m = json.loads((build / "manifest.json").read_text())
+    assert m["config"]["task"]["kind"] == "anomaly" and m["input_shape"] == [640]
+    art = m["artifacts"]["int8_tflite"]
+    assert art["input"]["shape"] == art["output"]["shape"] == [1, 640] and art["output"]["dtype"] == "int8"
+    metrics = m["metrics"]
+    for name in ("float", "int8_host", "onnx", "onnx_int8"):
+        assert metrics[name]["scored_by"] == "clip" and metrics[name]["auc"] >= 0.8, (name, metrics[name])
+        assert "accuracy" not in metrics[name]
+    assert metrics["int8_host"]["clips"] == m["test_set"]["groups"]
+    assert sorted(metrics["targets"]) == sorted(ALL_TARGETS)
+    for name, t in metrics["targets"].items():
+        assert abs(t["auc_vs_host"]) <= 0.01 and t["score_correlation"] >= 0.99, (name, t)
+        assert "top1_agreement" not in t
+    with np.load(build / "predictions.npz") as pred:  # the scores behind the figures, per window
+        assert len(pred["int8_host_scores"]) == m["splits"]["test"] and "groups" in pred.files
+    checks = {c["name"] for c in m["gate"]["checks"]}
+    assert {"int8 AUC (host)", "int8 AUC drop vs float", "host/target score correlation (cortex-m-tflm)"} <= checks
+    assert m["gate"]["verdict"] == "pass"
+    report = (build / "report.html").read_text()
+    assert 'id="roc"' in report and 'id="confusion"' not in report
+
+
+@pytest.fixture(scope="module")
+def outside_anomaly(machine_sounds, tmp_path_factory):
+    return _made_outside(tmp_path_factory, "outside-anomaly", "make_anomaly_model.py", machine_sounds)
+
+
+def test_an_anomaly_model_made_outside_validates_like_tensorflows_interpreter(outside_anomaly, tmp_path, cache_dir):
+    out, expected = outside_anomaly
+    proc = edgebuild("--quiet", "validate", str(out / "anomaly_int8.tflite"), "--data", str(out / "test.npz"),
+                     "--set", "task.kind='anomaly'", "--out", str(tmp_path / "v"), "--target", "cortex-m-tflm",
+                     "--target", "rpi4-bookworm-tflite", env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    host = m["metrics"]["host"]
+    assert host["clips"] == expected["clips"]
+    assert host["auc"] == round(expected["auc"], 6) and host["pauc"] == round(expected["pauc"], 6)
+    for name in ("cortex-m-tflm", "rpi4-bookworm-tflite"):
+        assert m["metrics"]["targets"][name]["score_correlation"] >= 0.99
+
+
+def test_an_anomaly_baseline_of_another_task_is_refused(outside_anomaly, outside_kws, tmp_path, cache_dir):
+    out, _ = outside_anomaly
+    kws_out, _ = outside_kws
+    first = edgebuild("--quiet", "validate", str(kws_out / "kws_int8.tflite"), "--data", str(kws_out / "test.npz"),
+                      "--out", str(tmp_path / "kws"), "--target", "cortex-m-tflm", env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    proc = edgebuild("--quiet", "validate", str(out / "anomaly_int8.tflite"), "--data", str(out / "test.npz"),
+                     "--set", "task.kind='anomaly'", "--out", str(tmp_path / "v"), "--target", "cortex-m-tflm",
+                     "--baseline", str(tmp_path / "kws" / "manifest.json"), env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "a baseline must be of the same task; the baseline was made with task.kind = 'classification'" in line, line

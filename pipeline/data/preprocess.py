@@ -127,11 +127,15 @@ def describe(cfg, channels, scale=None, zero_point=None, dtype="int8", tensor=Fa
         "pixel_offset": o,
         "float_formula": "x[c] = (pixel * pixel_scale + pixel_offset - mean[c]) / std[c]  (pixel: uint8 0..255)",
     }
+    return _with_int8_step(record, scale, zero_point, dtype, f"x[c] = (pixel * {s!r} + {o!r} - mean[c]) / std[c], "
+                                                             f"mean {record['mean']}, std {record['std']}")
+
+
+def _with_int8_step(record, scale, zero_point, dtype, float_step):
+    """The record with its int8 formula (the quantization of `float_step`) when the input's scale is known."""
     if scale is not None:
         lo, hi = INTEGER_RANGES[dtype]
-        record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, {lo}, {hi})  with "
-                                  f"x[c] = (pixel * {s!r} + {o!r} - mean[c]) / std[c], mean {record['mean']}, "
-                                  f"std {record['std']}")
+        record["int8_formula"] = f"q = clip(round(x[c] / {scale!r}) + {zero_point}, {lo}, {hi})  with {float_step}"
     return record
 
 
@@ -143,12 +147,9 @@ def _describe_tensor(cfg, channels, scale, zero_point, dtype):
         "offset": [float(v) for v in cfg.offset] or [0.0],
         "float_formula": "x[c] = feature * scale[c] + offset[c]  (c: the last axis; no pixel conversion)",
     }
-    if scale is not None:
-        lo, hi = INTEGER_RANGES[dtype]
-        record["int8_formula"] = (f"q = clip(round(x[c] / {scale!r}) + {zero_point}, {lo}, {hi})  with "
-                                  f"x[c] = feature * scale[c] + offset[c], scale {record['scale']}, "
-                                  f"offset {record['offset']}; {dtype} features are fed unchanged")
-    return record
+    return _with_int8_step(record, scale, zero_point, dtype, f"x[c] = feature * scale[c] + offset[c], scale "
+                                                             f"{record['scale']}, offset {record['offset']}; {dtype} "
+                                                             "features are fed unchanged")
 
 
 def setting(convention, current=None):

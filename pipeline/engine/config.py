@@ -75,8 +75,8 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     kind: str = setting("classification", "'classification' (y: class ids; top-1, per-class accuracy) or 'anomaly' "
-                        "(y: 0 normal, 1 anomaly; the model reconstructs its input; its data are read and split, but "
-                        "its ROC AUC evaluation, gate and report are not built yet: refused by build and validate)",
+                        "(y: 0 normal, 1 anomaly; the model reconstructs its input; a window's score is its mean squared "
+                        "reconstruction error, a clip's the mean of its windows; judged by ROC AUC over clips)",
                         choices=("classification", "anomaly"))
 
 
@@ -191,6 +191,14 @@ class GateConfig:
                                    "[budget] (-1 = each target's own)", min=-1, max=10**6)
     max_inference_ms: float = setting(0.0, "NPU targets: Vela's estimated ms per inference, overriding the target's "
                                  "[budget] (0 = each target's own)", min=0.0, max=1e7)
+    min_auc: float = setting(0.0, "anomaly tasks: minimum ROC AUC, host and every target (0 = no absolute minimum)",
+                             min=0.0, max=1.0)
+    max_auc_drop: float = setting(0.02, "anomaly tasks: maximum int8 ROC AUC drop vs float and vs the baseline", min=0.0,
+                                  max=1.0)
+    max_target_auc_diff: float = setting(0.01, "anomaly tasks: maximum |AUC difference| between a target and the host",
+                                         min=0.0, max=1.0)
+    min_score_correlation: float = setting(0.99, "anomaly tasks: minimum correlation of a target's (and the int8 "
+                                           "ONNX's) anomaly scores with the host's int8 .tflite", min=-1.0, max=1.0)
     max_latency_ms: float = setting(0.0, "Linux boards validated over SSH (validate.boards): p99 ms per image on the "
                                "board, overriding the target's [budget] (0 = each target's own)", min=0.0, max=1e7)
 

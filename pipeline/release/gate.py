@@ -10,6 +10,7 @@ import re
 from pipeline.engine import text
 from pipeline.engine.errors import InputError
 from pipeline.engine.stage import check
+from pipeline.release import tasks
 from pipeline.release.manifest import released_metrics
 
 
@@ -70,6 +71,10 @@ def flip_limit(cfg, reference_accuracy):
 
 
 def check_baseline_compatible(manifest, baseline):
+    ours_task, their_task = tasks.kind(manifest), tasks.kind(baseline)
+    if ours_task != their_task:
+        raise InputError(f"a baseline must be of the same task; the baseline was made with task.kind = {their_task!r}, "
+                         f"this build with {ours_task!r}. Pass the baseline of this model.")
     if baseline["class_names"] != manifest["class_names"]:
         raise InputError(
             f"a baseline must have the same classes as the build; baseline has {baseline['class_names']}, "
@@ -115,7 +120,10 @@ def _finite_check(where, metrics):
                    detail=f"{bad} output values are NaN or inf" if bad else "")]
 
 
-def _target_checks(m, cfg, prefix):
+def _target_checks(m, cfg, prefix, classification=True):
+    """Each target's checks: it runs, its outputs are finite, its accuracy and top-1 agreement with the
+    host (classification; another task's figures are its own checks), and its bit-exactness (against
+    its x86 twin where it has one, else the host)."""
     checks = []
     for name, t in sorted(m.get("targets", {}).items()):
         if t.get("refused"):
@@ -123,12 +131,13 @@ def _target_checks(m, cfg, prefix):
                                  detail=text.clip(t["refused"], 200)))
             continue
         checks += _finite_check(name, t)
-        checks.append(check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
-                             t["accuracy"] >= cfg.min_int8_accuracy,
-                             detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
-        need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
-        checks.append(check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
-                             t["top1_agreement"] >= need))
+        if classification:
+            checks.append(check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
+                                 t["accuracy"] >= cfg.min_int8_accuracy,
+                                 detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
+            need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
+            checks.append(check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
+                                 t["top1_agreement"] >= need))
         if t.get("output_dtype", "int8").startswith("float"):  # float outputs: reported, not held to int8 steps
             continue
         tol, isa = t["tolerances"], t.get("isa") or {}
@@ -142,11 +151,15 @@ def _target_checks(m, cfg, prefix):
                                  f">= {need}", ref["bitexact_fraction"] >= need and (need < 1.0 or ref["max_abs_diff"] == 0),
                                  detail=f"{ref['samples']} samples, max |diff| {ref['max_abs_diff']:.4g}"))
             top1, most = max(cfg.min_target_agreement, tol["min_top1_agreement"]), tol.get("max_isa_abs_diff", 0)
-            checks.append(check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["top1_agreement"],
-                                 f">= {top1}, max |diff| <= {most}",
-                                 isa["top1_agreement"] >= top1 and isa["max_abs_diff"] <= most,
-                                 detail=f"drift of the kernels' own code paths per ISA: {isa['bitexact_fraction']:.4f} "
-                                        f"bit-exact, max |diff| {isa['max_abs_diff']:.4g}"))
+            drift = (f"drift of the kernels' own code paths per ISA: {isa['bitexact_fraction']:.4f} bit-exact, max "
+                     f"|diff| {isa['max_abs_diff']:.4g}")
+            if "top1_agreement" in isa:
+                checks.append(check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["top1_agreement"],
+                                     f">= {top1}, max |diff| <= {most}",
+                                     isa["top1_agreement"] >= top1 and isa["max_abs_diff"] <= most, detail=drift))
+            else:  # no top-1 for this task: the outputs' drift alone
+                checks.append(check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["max_abs_diff"],
+                                     f"max |diff| <= {most}", isa["max_abs_diff"] <= most, detail=drift))
         elif isa.get("twin"):  # ISA agreement is gated strictly; drift vs the host is reported (and top-1 above)
             need, most = tol.get("min_isa_bitexact_fraction", 1.0), tol.get("max_isa_abs_diff", 0)
             checks.append(check(f"bit-exact vs x86 twin ({name})", isa["bitexact_fraction"], f">= {need}",
@@ -294,9 +307,31 @@ def evaluate_validation(manifest, cfg, baseline=None):
     return _verdict(checks, baseline)
 
 
+def evaluate_task(manifest, cfg, baseline, task):
+    """The gate of a task other than classification: its own checks (`task.gate_checks`), then the shared
+    ones: each target runs, finite and bit-exact outputs, budgets, and the int8 model checks."""
+    if baseline is not None:
+        check_baseline_compatible(manifest, baseline)
+    m, validation = manifest["metrics"], manifest.get("kind") == "validation"
+    checks = _finite_check("host", m["host"]) if validation else []
+    checks += task.gate_checks(manifest, cfg, baseline)
+    checks += _target_checks(m, cfg, "", classification=False)
+    checks += _budget_checks(manifest, cfg)
+    art = manifest["artifacts"]["model" if validation else "int8_tflite"]
+    if not validation or art["input"]["dtype"] in ("int8", "uint8"):
+        checks += _integer_model_checks(manifest, art, cfg)
+    if not validation:
+        io = f"{art['input']['dtype']}/{art['output']['dtype']}"
+        checks.append(check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
+    return checks
+
+
 def evaluate(manifest, cfg, baseline=None, declared=()):
     """Run every check (and the `declared` ones: the checks of stages declared outside the built-in
     ones); return {"verdict", "checks", "baseline"}."""
+    if tasks.kind(manifest) != "classification":
+        checks = evaluate_task(manifest, cfg, baseline, tasks.get(tasks.kind(manifest)))
+        return _verdict(checks + list(declared), baseline)
     if manifest.get("kind") == "validation":
         verdict = evaluate_validation(manifest, cfg, baseline)
         return _verdict(verdict["checks"] + list(declared), baseline)

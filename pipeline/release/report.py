@@ -9,6 +9,24 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:6.2f}%"
 
 
+def _task(manifest):
+    """The task module of a manifest's task kind (None: classification, the report's own views)."""
+    from pipeline.release import tasks
+
+    kind = tasks.kind(manifest)
+    return None if kind == "classification" else tasks.get(kind)
+
+
+def _metric_cell(record, task):
+    """A model's figure in a table: its accuracy, or the task's own (an anomaly model's AUC)."""
+    return _pct(record.get("accuracy")) if task is None else task.metric_cell(record)
+
+
+def _agree_cell(t, task):
+    """A target's agreement with the host: top-1, or the correlation of its scores (a task's)."""
+    return _pct(t.get("top1_agreement")) if task is None else f"{t['score_correlation']:.4f} score corr."
+
+
 def _twin_cell(t):
     isa = t.get("isa") or {}
     if isa.get("refused"):
@@ -18,15 +36,15 @@ def _twin_cell(t):
     return f"{_pct(isa['bitexact_fraction']).strip()} (max {isa['max_abs_diff']:.4g})"
 
 
-def _target_table(targets):
-    trows = [("target", "runtime", "accuracy", "vs host: top-1 agree", "bit-exact", "max|d|", "vs x86 twin: bit-exact",
-              "img/s", "samples")]
+def _target_table(targets, task=None):
+    trows = [("target", "runtime", "accuracy" if task is None else "ROC", "vs host: top-1 agree" if task is None else
+              "vs host: scores", "bit-exact", "max|d|", "vs x86 twin: bit-exact", "samples/s", "samples")]
     for name, t in sorted(targets.items()):
         if t.get("refused"):
             trows.append((name, f"{t['runtime']} {t['runtime_version']}", "refused: " + text.clip(t["refused"], 70),
                           "", "", "", "", "", ""))
             continue
-        trows.append((name, f"{t['runtime']} {t['runtime_version']}", _pct(t["accuracy"]), _pct(t["top1_agreement"]),
+        trows.append((name, f"{t['runtime']} {t['runtime_version']}", _metric_cell(t, task), _agree_cell(t, task),
                       _pct(t["bitexact_fraction"]), f"{t['max_abs_diff']:.4g}", _twin_cell(t),
                       f"{t['images_per_s']:.0f}", f"{t['samples']}{' (sampled)' if t.get('sampled') else ''}"))
     return (text.table(trows) + _per_target(targets, lambda t: first_difference_line(t.get("first_difference")))
@@ -113,13 +131,14 @@ def validation_summary(manifest):
     m, art = manifest["metrics"], manifest["artifacts"]["model"]
     test_set = manifest.get("test_set") or {}
     lines = [f"validation {manifest['name']}: {art['source']} ({art['bytes']:,} B, not built here) on "
-             f"{test_set.get('size')} test images from {test_set.get('source')}, classes {len(manifest['class_names'])}"]
-    host = m["host"]
-    lines += text.table([("runtime", "accuracy", "samples"),
-                         (f"{host['runtime']} {host['runtime_version']} (host)", _pct(host["accuracy"]), str(host["samples"]))])
+             f"{test_set.get('size')} test samples from {test_set.get('source')}, classes {len(manifest['class_names'])}"]
+    host, task = m["host"], _task(manifest)
+    lines += text.table([("runtime", "accuracy" if task is None else "ROC", "samples"),
+                         (f"{host['runtime']} {host['runtime_version']} (host)", _metric_cell(host, task),
+                          str(host["samples"]))])
     if m.get("targets"):
         lines.append("")
-        lines += _target_table(m["targets"])
+        lines += _target_table(m["targets"], task)
     lines += ["", _tensor_line("input ", art["input"]), _tensor_line("output", art["output"])]
     lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
     return "\n".join(lines + _gate_lines(manifest))
@@ -129,17 +148,18 @@ def accuracy_rows(manifest):
     """The host's accuracy rows of a build (or a validation), in order: [{model, runtime, accuracy,
     agreement (top-1 with float; None for the float model itself), bytes}]. The terminal summary and the
     HTML report both show these."""
-    m, art = manifest["metrics"], manifest["artifacts"]
+    m, art, task = manifest["metrics"], manifest["artifacts"], _task(manifest)
     if manifest.get("kind") == "validation":
         host, model = m["host"], art["model"]
         return [{"model": f"{model.get('format', 'tflite')}, {model['input']['dtype']} input",
-                 "runtime": f"{host['runtime']} {host['runtime_version']} (host)", "accuracy": host["accuracy"],
-                 "agreement": None, "bytes": model["bytes"]}]
+                 "runtime": f"{host['runtime']} {host['runtime_version']} (host)", "accuracy": host.get("accuracy"),
+                 "cell": _metric_cell(host, task), "agreement": None, "bytes": model["bytes"]}]
     rows = [("float", "keras (jax)", "float", "float_keras"), ("float", "tflite", "float_tflite", "float_tflite"),
             ("float", "onnxruntime", "onnx", "onnx"), ("int8", "ai-edge-litert (host)", "int8_host", "int8_tflite")]
     if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
         rows.append(("int8 onnx", "onnxruntime (host)", "onnx_int8", "int8_onnx"))
-    return [{"model": model, "runtime": runtime, "accuracy": m[metric]["accuracy"],
+    return [{"model": model, "runtime": runtime, "accuracy": m[metric].get("accuracy"),
+             "cell": _metric_cell(m[metric], task),
              "agreement": m[metric].get("top1_agreement_with_float") if metric != "float" else None,
              "bytes": art[artifact]["bytes"]} for model, runtime, metric, artifact in rows]
 
@@ -155,8 +175,9 @@ def summary(manifest, sections=()):
         return validation_summary(manifest)  # declared stages run in full builds only
     m = manifest["metrics"]
     art = manifest["artifacts"]
-    rows = [("model", "runtime", "accuracy", "agree w/ float", "size")]
-    rows += [(r["model"], r["runtime"], _pct(r["accuracy"]), _pct(r["agreement"]) if r["agreement"] is not None else "",
+    task = _task(manifest)
+    rows = [("model", "runtime", "accuracy" if task is None else "ROC", "agree w/ float", "size")]
+    rows += [(r["model"], r["runtime"], r["cell"], _pct(r["agreement"]) if r["agreement"] is not None else "",
               f"{r['bytes']:,} B") for r in accuracy_rows(manifest)]
     test_set = manifest.get("test_set") or {}
     lines = [f"build {manifest['name']}: {manifest['splits']['test']} test samples"
@@ -167,14 +188,19 @@ def summary(manifest, sections=()):
         lines.append(f"qat kept epoch {kept}: val accuracy {_pct(manifest['qat']['kept_val_accuracy']).strip()}"
                      f" (float model {_pct(manifest['qat'].get('float_val_accuracy')).strip()})")
     lines += text.table(rows)
-    if "onnx_int8" in m:
+    if "onnx_int8" in m and task is not None:
+        o = m["onnx_int8"]
+        lines.append(f"int8 ONNX vs int8 TFLite (host): score correlation {o['score_correlation_vs_int8_tflite']:.4f}, "
+                     f"{_pct(o['bitexact_fraction_vs_int8_tflite']).strip()} of outputs bit-exact, max dequantized "
+                     f"|diff| {o['max_dequantized_diff_vs_int8_tflite']:.4g}")
+    elif "onnx_int8" in m:
         o = m["onnx_int8"]
         lines.append(f"int8 ONNX vs int8 TFLite (host): top-1 agreement {_pct(o['top1_agreement_with_int8_tflite']).strip()}, "
                      f"{_pct(o['bitexact_fraction_vs_int8_tflite']).strip()} of outputs bit-exact, max dequantized "
                      f"|diff| {o['max_dequantized_diff_vs_int8_tflite']:.4g}")
     if m.get("targets"):
         lines.append("")
-        lines += _target_table(m["targets"])
+        lines += _target_table(m["targets"], task)
     q = art["int8_tflite"]
     lines.append("")
     lines.append(f"int8 input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
@@ -257,27 +283,29 @@ def _delta_figure(metrics, class_names):
 
 
 def _history_figure(manifest):
-    """Per-epoch accuracy and val accuracy of train and QAT, the kept epochs marked; None without history."""
+    """Per-epoch accuracy and val accuracy of train and QAT (loss, for a model fitted without accuracy:
+    an autoencoder), the kept epochs marked; None without history."""
     plt = _pyplot()
 
     stages = [(name, manifest.get(name) or {}) for name in ("train", "qat")]
-    stages = [(n, r) for n, r in stages if (r.get("history") or {}).get("accuracy")]
+    metric = "accuracy" if any((r.get("history") or {}).get("accuracy") for _, r in stages) else "loss"
+    stages = [(n, r) for n, r in stages if (r.get("history") or {}).get(metric)]
     if not stages:
         return None
     fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.2), squeeze=False)
     for ax, (name, rec) in zip(axes[0], stages):
         hist = rec["history"]
-        epochs = list(range(1, len(hist["accuracy"]) + 1))
-        ax.plot(epochs, hist["accuracy"], marker="o", label="train accuracy")
-        if hist.get("val_accuracy"):
-            ax.plot(epochs, hist["val_accuracy"], marker="o", label="val accuracy")
-        if rec.get("initial"):
-            ax.axhline(rec["initial"]["val_accuracy"], color="gray", linestyle=":", label="val before fine-tuning")
+        epochs = list(range(1, len(hist[metric]) + 1))
+        ax.plot(epochs, hist[metric], marker="o", label=f"train {metric}")
+        if hist.get(f"val_{metric}"):
+            ax.plot(epochs, hist[f"val_{metric}"], marker="o", label=f"val {metric}")
+        if (rec.get("initial") or {}).get(f"val_{metric}") is not None:
+            ax.axhline(rec["initial"][f"val_{metric}"], color="gray", linestyle=":", label="val before fine-tuning")
         if rec.get("float_val_accuracy") is not None:
             ax.axhline(rec["float_val_accuracy"], color="black", linestyle="--", linewidth=0.8, label="float model val")
         if rec.get("kept_epoch"):
             ax.axvline(rec["kept_epoch"], color="green", alpha=0.4, label=f"kept: epoch {rec['kept_epoch']}")
-        ax.set_title(f"{name}: per-epoch accuracy")
+        ax.set_title(f"{name}: per-epoch {metric}")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -359,7 +387,10 @@ def html(manifest, build_dir, sections=()):
     pred = np.load(Path(build_dir) / "predictions.npz")
     n = len(names)
     validation = manifest.get("kind") == "validation"
-    if validation:
+    task = _task(manifest)
+    if task is not None:
+        cms = None
+    elif validation:
         cms = {"host": _confusion(pred["labels"], pred["host_top1"], n)}
     else:
         cms = {"float": _confusion(pred["labels"], pred["float_top1"], n),
@@ -368,13 +399,14 @@ def html(manifest, build_dir, sections=()):
     test_set = manifest.get("test_set") or {}
     pre = manifest.get("preprocess") or {}
     art = manifest["artifacts"]
-    acc_rows = [(r["model"], r["runtime"], _pct(r["accuracy"])) for r in accuracy_rows(manifest)]
+    acc_rows = [(r["model"], r["runtime"], r["cell"]) for r in accuracy_rows(manifest)]
     targets = m.get("targets", {})
     for name, t in sorted(targets.items()):
         fmt = acc_rows[0][0] if validation else "int8 onnx" if str(t.get("model", "")).endswith(".onnx") else "int8"
         acc_rows.append((fmt, f"{name}: {t['runtime']} {t['runtime_version']}",
-                         "refused: " + t["refused"] if t.get("refused") else _pct(t["accuracy"])))
-    target_rows = [(name, _pct(t.get("top1_agreement")), _pct(t.get("bitexact_fraction")), t.get("max_abs_diff", "-"),
+                         "refused: " + t["refused"] if t.get("refused") else _metric_cell(t, task)))
+    target_rows = [(name, "-" if t.get("refused") else _agree_cell(t, task), _pct(t.get("bitexact_fraction")),
+                    t.get("max_abs_diff", "-"),
                     _twin_cell(t), "; ".join(filter(None, (first_difference_line(t.get("first_difference")),
                                                            board_line(t)))) or "-",
                     f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "-", t.get("samples", "-"))
@@ -397,19 +429,48 @@ def html(manifest, build_dir, sections=()):
         test_set={"source": str(test_set.get("source", "-")), "how": "fixed" if test_set.get("fixed") else "a seeded split",
                   "size": test_set.get("size", "-"), "fingerprint": str(test_set.get("fingerprint", "-"))[:16],
                   "overlap": (test_set.get("overlap") or {}).get("count", "-")},
-        pre={k: pre.get(k, "-") for k in ("pixel_range", "mean", "std")},
+        input_line=(f"features: {pre.get('float_formula')}, scale {pre.get('scale')}, offset {pre.get('offset')}"
+                    if pre.get("form") == "tensor" else
+                    "pixel range {}, mean {}, std {}".format(*(pre.get(k, "-") for k in ("pixel_range", "mean", "std")))),
+        metric_title="Accuracy" if task is None else "ROC AUC", agree_title="top-1 agreement with host" if task is None
+        else "anomaly-score correlation with host",
         softmax_removed=(manifest.get("train") or {}).get("softmax_removed"),
         gate=gate and {"verdict": gate["verdict"], "head": ("", "check", "baseline", "got", "limit", "detail"),
                        "rows": check_rows(gate)},
         accuracy_rows=acc_rows, target_rows=target_rows, fit=_fit(manifest), declared=list(sections),
-        history_png=_png(history_fig) if history_fig else None, confusion_png=_png(_confusion_figure(cms, names)),
-        delta_png=None if validation else _png(_delta_figure(m, names)),
-        flips=[(title, total, [(i, _thumbnail(image), before, after, true) for i, image, before, after, true in shown])
-               for title, total, shown in flip_groups(manifest, build_dir)],
+        history_png=_png(history_fig) if history_fig else None,
+        confusion_png=_png(_confusion_figure(cms, names)) if cms else None,
+        roc_png=_png(task.roc_figure(_task_curves(manifest, build_dir, pred, task), _pyplot())) if task else None,
+        delta_png=None if validation or task else _png(_delta_figure(m, names)),
+        flips=[] if task else [(title, total, [(i, _thumbnail(image), before, after, true)
+                                               for i, image, before, after, true in shown])
+                               for title, total, shown in flip_groups(manifest, build_dir)],
         size_rows=[(k, a["path"], f"{a['bytes']:,}", a["sha256"][:16]) for k, a in sorted(art.items())],
         input_tensor=tensor(q["input"]), output_tensor=tensor(q["output"]),
         source=str(q.get("source")) if validation else None,
         int8_share=None if validation else f"{100 * m['size']['int8_over_float']:.1f}")
+
+
+def _task_curves(manifest, build_dir, pred, task):
+    """{label: (clip scores, clip labels)} of the float model (a build), the host's int8 (or the validated
+    file) and each target that ran, from predictions.npz and the targets' outputs."""
+    import numpy as np
+
+    groups = pred["groups"] if "groups" in pred.files else None
+    curves = {}
+    for label, key in (("float", "float_scores"), ("int8 (host)", "int8_host_scores"), ("host", "host_scores")):
+        if key in pred.files:
+            curves[label] = task.clip_scores(pred[key], pred["labels"], groups)
+    ids = [str(i) for i in pred["ids"]]
+    for name in sorted(manifest["metrics"].get("targets", {})):
+        path = Path(build_dir) / f"target-{name}.npz"
+        if path.exists():
+            with np.load(path) as t:
+                if "scores" in t.files:
+                    keep = np.isin(ids, [str(i) for i in t["ids"]])
+                    curves[name] = task.clip_scores(t["scores"], pred["labels"][keep],
+                                                    None if groups is None else groups[keep])
+    return curves
 
 
 def _fit(manifest):

@@ -104,11 +104,6 @@ def _plan_modules(config):
 
 def plan(config):
     """Every stage of a full build (or of the validation of a model file), in order."""
-    if config.task.kind == "anomaly":
-        raise InputError("task.kind = 'anomaly' is not available yet: its data are read and split (0/1 labels, whole "
-                         "clips) and the autoencoder recipe trains, but its ROC AUC evaluation, gate checks and report "
-                         "are not built, so a build would publish accuracy figures that mean nothing for it. Use "
-                         "task.kind = 'classification'.")
     stages = []
     for _, module in _plan_modules(config):
         stages += module.stages(config) if hasattr(module, "stages") else [module.STAGE]

@@ -12,10 +12,11 @@ from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
+from pipeline.release import tasks
 from pipeline.release.metrics import accuracy_record, compare
 
 STAGE = Stage(
-    "evaluate", __name__, config=("preprocess", "train.recipe"),
+    "evaluate", __name__, config=("preprocess", "train.recipe", "task.kind"),
     inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"),
     outputs=("predictions.npz",), backend="jax",
     toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime", "onnx"),
@@ -63,6 +64,11 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar.update(1)
     bar.close()
 
+    if stage_cfg.task.kind != "classification":
+        outputs = {"float": float_logits, "int8_host": preprocess.dequantize(int8_out, info["outputs"][0]),
+                   "float_tflite": float_tfl_out, "onnx": onnx_out,
+                   "onnx_int8": preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])}
+        return _task_metrics(tasks.get(stage_cfg.task.kind), outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
     top1 = {
         "float": float_logits.argmax(1),
         "int8_host": int8_out.argmax(1),
@@ -85,6 +91,32 @@ def run(stage_cfg, inputs, out_dir, ctx):
         ids=ids, labels=labels, float_top1=top1["float"], onnx_top1=top1["onnx"],
         host_output=int8_out, int8_top1=top1["int8_host"], onnx_int8_output=int8_onnx_out,
     )
+    id_list = [str(s) for s in ids]
+    return {
+        "metrics": metrics,
+        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
+                       "labels": [int(v) for v in labels]},
+    }
+
+
+def _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir):
+    """The record of a task other than classification: each model's metrics on the test split, the int8
+    ONNX against the int8 .tflite, and every model's per-sample scores in predictions.npz."""
+    import numpy as np
+
+    labels, ids = data["y"][idx], data["ids"][idx]
+    groups = data["groups"][idx] if "groups" in data else None
+    metrics, scores = {}, {}
+    for name, out in outputs.items():
+        metrics[name], scores[name] = task.metrics(out, x, labels, groups)
+    same = int8_onnx_out.reshape(len(ids), -1) == int8_out.reshape(len(ids), -1)
+    metrics["onnx_int8"].update(
+        bitexact_fraction_vs_int8_tflite=round(float(same.mean()), 6),
+        max_dequantized_diff_vs_int8_tflite=round(float(np.abs(outputs["onnx_int8"] - outputs["int8_host"]).max()), 6),
+        score_correlation_vs_int8_tflite=round(task.correlation(scores["onnx_int8"], scores["int8_host"]), 6))
+    extra = {} if groups is None else {"groups": groups}
+    atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=int8_out,
+                    onnx_int8_output=int8_onnx_out, **{f"{k}_scores": v for k, v in scores.items()}, **extra)
     id_list = [str(s) for s in ids]
     return {
         "metrics": metrics,

@@ -6,6 +6,8 @@ outputs are kept in `predictions.npz` for the targets' bit-exact comparison."""
 import hashlib
 from importlib import metadata
 
+import numpy as np
+
 from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
@@ -16,6 +18,7 @@ from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
 from pipeline.engine.text import clip
 from pipeline.model import usermodel
+from pipeline.release import tasks
 from pipeline.release.metrics import accuracy_record, nonfinite
 
 
@@ -25,7 +28,7 @@ def stages(config):
 
     name = copied_name(config.validate.model)
     return [Stage(
-        "host", __name__, config=("preprocess",), inputs=(name, "dataset.npz"), outputs=("predictions.npz",),
+        "host", __name__, config=("preprocess", "task.kind"), inputs=(name, "dataset.npz"), outputs=("predictions.npz",),
         toolchain=("ai-edge-litert" if name.endswith(".tflite") else "onnxruntime", "numpy"), params={"model": name},
     )]
 
@@ -42,8 +45,9 @@ def publish(records, config, build_dir):
             "artifacts": {"model": {"input": from_pixel(contract)}, "predictions": artifact(build_dir, "predictions.npz")}}
 
 
-def check_fits(info, images, class_names, origin, tensor=False):
-    """The test images (or features) must have the model's input shape, and the output one score per class."""
+def check_fits(info, images, class_names, origin, tensor=False, reconstruct=False):
+    """The test images (or features) must have the model's input shape, and the output one score per class
+    (`reconstruct`, an autoencoder: the input's shape)."""
     have = list(images.shape[1:])
     if tensor:
         want = list(info["inputs"][0]["shape"][1:])
@@ -59,6 +63,12 @@ def check_fits(info, images, class_names, origin, tensor=False):
             f"data.image_size = {want[0]} and data.channels = {want[-1]} (edgebuild validate does unless you set them)."
         )
     out = info["outputs"][0]["shape"]
+    if reconstruct:
+        if list(out[1:]) != have:
+            raise InputError(f"an anomaly model reconstructs its input window: {origin}'s output must have the shape of "
+                             f"its input, [batch, {', '.join(map(str, have))}]; it is {out}. Validate the autoencoder "
+                             "itself, or set task.kind = 'classification' for a classifier.")
+        return
     if len(out) != 2 or out[-1] != len(class_names):
         raise InputError(
             f"{origin} must output one score per class, shape [batch, {len(class_names)}] for the "
@@ -75,7 +85,8 @@ def run(cfg, inputs, out_dir, ctx):
     images, labels, ids = data["x"][idx], data["y"][idx], data["ids"][idx]
     class_names = [str(c) for c in data["class_names"]]
     tensor = preprocess.is_tensor(images, pp)
-    check_fits(info, images, class_names, "the model", tensor)
+    task = None if cfg.task.kind == "classification" else tasks.get(cfg.task.kind)
+    check_fits(info, images, class_names, "the model", tensor, reconstruct=task is not None)
     x = onnx_info.model_input(images, pp, info["inputs"][0])
     version = metadata.version(runtime)
     bar = ctx.progress.bar(1, "host", unit="model")
@@ -85,6 +96,8 @@ def run(cfg, inputs, out_dir, ctx):
         raise ModelRefused(f"the host runtime ({runtime} {version})", clip(exc, 500) or type(exc).__name__) from None
     finally:
         bar.close()
+    if task:
+        return _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor)
     top1 = preprocess.dequantize(raw, info["outputs"][0]).argmax(1)
     # A model fed the wrong input convention scores near chance: stop with the setting that fits
     # (measured on at most 500 test images, stratified, under each common convention).
@@ -103,6 +116,27 @@ def run(cfg, inputs, out_dir, ctx):
         "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
                        "labels": [int(v) for v in labels]},
         "preprocess": preprocess.describe(pp, images.shape[-1], info["inputs"][0]["scale"],
+                                          info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"]), tensor),
+    }
+
+
+def _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor):
+    """The host record of a task other than classification (no input-convention probe: that is a pixel
+    classifier's check)."""
+    x = preprocess.to_float(images, cfg.preprocess) if not np.issubdtype(images.dtype, np.integer) else \
+        preprocess.dequantize(images, info["inputs"][0])  # pre-quantized features: what they stand for
+    groups = data["groups"][data["test"]] if "groups" in data else None
+    metrics, scores = task.metrics(preprocess.dequantize(raw, info["outputs"][0]), x, labels, groups)
+    metrics.update(runtime=runtime, nonfinite_outputs=nonfinite(raw), runtime_version=version,
+                   output_dtype=str(raw.dtype), input_layout=onnx_info.layout(info["inputs"][0]))
+    extra = {} if groups is None else {"groups": groups}
+    atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_scores=scores, **extra)
+    id_list = [str(s) for s in ids]
+    return {
+        "metrics": {"host": metrics},
+        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
+                       "labels": [int(v) for v in labels]},
+        "preprocess": preprocess.describe(cfg.preprocess, images.shape[-1], info["inputs"][0]["scale"],
                                           info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"]), tensor),
     }
 

@@ -9,9 +9,11 @@ from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_save_model
 from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
+from pipeline.release import tasks
 
 STAGE = Stage(
-    "qat", __name__, config=("build.seed", "qat", "preprocess", "train.recipe"), inputs=("float.keras", "dataset.npz"),
+    "qat", __name__, config=("build.seed", "qat", "preprocess", "train.recipe", "task.kind"),
+    inputs=("float.keras", "dataset.npz"),
     outputs=("qat.keras",), backend="jax", toolchain=usermodel.JAX_TOOLCHAIN,
     external=lambda config: usermodel.model_files(config.train, False),
 )
@@ -24,8 +26,9 @@ def stages(config):
 
 def manifest(record, config):
     """The manifest's "qat" section: the learned ranges and the epoch kept."""
-    return {k: record.get(k) for k in ("ranges", "input_range", "float_val_accuracy", "history", "initial",
-                                       "kept_epoch", "kept_by", "kept_val_accuracy")}
+    section = {k: record.get(k) for k in ("ranges", "input_range", "float_val_accuracy", "history", "initial",
+                                          "kept_epoch", "kept_by", "kept_val_accuracy")}
+    return section | ({"kept_val_loss": record["kept_val_loss"]} if "kept_val_loss" in record else {})
 
 
 def publish(records, config, build_dir):
@@ -48,12 +51,15 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)
+    input_range = preprocess.float_range(pp, x_train.shape[-1], data["x"][data["train"]])
+    task = None if stage_cfg.task.kind == "classification" else tasks.get(stage_cfg.task.kind)
+    if task:  # the task's own fitting data (an autoencoder: the normal windows, reconstructed)
+        (x_train, y_train), (x_val, y_val) = task.fit_arrays(x_train, y_train), task.fit_arrays(x_val, y_val)
     float_model = keras.models.load_model(float_path)
     float_val = None
-    if len(x_val):
+    if len(x_val) and not task:  # the val-accuracy collapse check is classification's (anomaly: the gate's AUC)
         logits = float_model.predict(x_val, batch_size=256, verbose=0)
         float_val = round(float((logits.argmax(-1) == y_val).mean()), 5)
-    input_range = preprocess.float_range(pp, x_train.shape[-1], data["x"][data["train"]])
     try:
         model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum)
     except qat.UnsupportedLayerError as exc:
@@ -62,9 +68,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
     qat.init_ranges(model, x_train[: cfg.init_samples])
     started = time.perf_counter()
     fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, cfg.learning_rate,
-                         progress, "qat", keep_best=True)
+                         progress, "qat", keep_best=True, reconstruct=task is not None)
     seconds = time.perf_counter() - started
-    best = fitted["kept_val_accuracy"]
+    best = fitted.get("kept_val_accuracy")
     if float_val is not None and best is not None and float_val - best > cfg.max_val_drop:
         before = (fitted["initial"] or {}).get("val_accuracy")
         raise InputError(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
 from pipeline.device import environment, fanout, oplint
@@ -24,6 +25,7 @@ from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import Stage
+from pipeline.release import tasks
 from pipeline.release.metrics import compare, finite_max
 
 
@@ -75,7 +77,7 @@ def stages(config):
         out.append(Stage(
             stage_name(name), __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
-                    "validate.isa_samples", "validate.kernels"),
+                    "validate.isa_samples", "validate.kernels", "task.kind"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
             toolchain=("numpy", *HOST_READER[targets_mod.model_format(target)], *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
@@ -271,6 +273,10 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     names = [str(c) for c in data["class_names"]]
     labels = data["y"][idx]
     record.update(compare(outputs, host_out, labels, ids, names))
+    scores = None
+    if cfg.task.kind != "classification":  # the task's own figures replace top-1 accuracy and agreement
+        scores = _task_compare(tasks.get(cfg.task.kind), record, inputs[ctx.params["model"]], data, idx, outputs,
+                               host_out, cfg)
     record["executor"] = first["executor"]
     record.update(_merged_run([r["run"] for r, _ in parts], len(idx)))
     record["kernels"] = target.kernels  # (the run's own "kernels" is the validator's flag)
@@ -279,8 +285,8 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     if all("twin_outputs" in arrays for _, arrays in parts):
         twin_out = np.concatenate([arrays["twin_outputs"] for _, arrays in parts])
         agreement = compare(outputs, twin_out, labels, ids, names)
-        record["isa"].update({k: agreement[k] for k in ("bitexact_fraction", "max_abs_diff", "top1_agreement",
-                                                        "flipped_ids")})
+        shared = ("bitexact_fraction", "max_abs_diff") + (("top1_agreement", "flipped_ids") if scores is None else ())
+        record["isa"].update({k: agreement[k] for k in shared})
     if all("reference_outputs" in arrays for _, arrays in parts):
         mine = np.concatenate([arrays["reference_outputs"] for _, arrays in parts])
         theirs = np.concatenate([arrays["twin_reference_outputs"] for _, arrays in parts])
@@ -290,8 +296,25 @@ def merge(cfg, inputs, parts, out_dir, ctx):
                                       "bitexact_fraction": round(float(same.mean()), 6) if same.size else 1.0,
                                       "max_abs_diff": finite_max(wide)}
     record["first_difference"] = _first_of([r["first_difference"] for r, _ in parts], outputs, twin_out, host_out)
-    atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs)
+    atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs,
+                    **({} if scores is None else {"scores": scores}))
     return record
+
+
+def _task_compare(task, record, model_path, data, idx, outputs, host_out, cfg):
+    """A task other than classification: its figures (from the dequantized outputs and the float inputs)
+    replace the record's top-1 ones; returns the target's per-sample scores."""
+    info = onnx_info.describe(model_path)
+    images = data["x"][idx]
+    x = (preprocess.dequantize(images, info["inputs"][0]) if np.issubdtype(images.dtype, np.integer)
+         else preprocess.to_float(images, cfg.preprocess))
+    out_q = info["outputs"][0]
+    figures, scores = task.compare(preprocess.dequantize(outputs, out_q), preprocess.dequantize(host_out, out_q), x,
+                                   data["y"][idx], data["groups"][idx] if "groups" in data else None)
+    for key in ("accuracy", "per_class", "top1_agreement", "flipped_ids"):
+        record.pop(key, None)
+    record.update(figures)
+    return scores
 
 
 RUN_NUMBERS = ("shards", "batch", "threads", "wall_seconds", "inference_seconds")

@@ -9,6 +9,7 @@ from pipeline.engine.errors import InputError
 from pipeline.engine.fsutil import atomic_save_model
 from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
+from pipeline.release import tasks
 
 STAGE = Stage(
     "train", __name__, config=("build.seed", "train", "preprocess", "task.kind"), inputs=("dataset.npz",),
@@ -104,11 +105,12 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)
-    reconstruct = stage_cfg.task.kind == "anomaly"
-    if reconstruct:  # an autoencoder learns to reconstruct normal windows only
-        x_train, x_val = x_train[y_train == 0], x_val[y_val == 0]
-        y_train, y_val = x_train, x_val
-    num_classes = tuple(x_train.shape[1:]) if reconstruct else len(data["class_names"])
+    task = None if stage_cfg.task.kind == "classification" else tasks.get(stage_cfg.task.kind)
+    reconstruct = task is not None  # (the one other task: an autoencoder, fitted to reconstruct)
+    if task:  # e.g. an autoencoder learns to reconstruct the normal windows only
+        (x_train, y_train), (x_val, y_val) = task.fit_arrays(x_train, y_train), task.fit_arrays(x_val, y_val)
+    num_classes = (task.model_outputs(x_train.shape[1:], data["class_names"]) if task
+                   else len(data["class_names"]))
     devices = _distribution(cfg)  # before any variable exists, so every variable is laid out by it
     batch_size = cfg.batch_size
     if devices["count"] > 1:

@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tfconvert import full_integer, run_int8  # noqa: E402
 
 source, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
@@ -61,24 +62,10 @@ def serve(features):
     return net.logits(features, batch=1)
 
 
-converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], net)
-converter.optimizations = [tf.lite.Optimize.DEFAULT]
-converter.representative_dataset = lambda: ([x[i:i + 1]] for i in train[:200])
-converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-converter.inference_input_type = converter.inference_output_type = tf.int8
-(out / "kws_int8.tflite").write_bytes(converter.convert())
-
-interpreter = tf.lite.Interpreter(model_path=str(out / "kws_int8.tflite"))
-interpreter.allocate_tensors()
-inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-scale, zero = inp["quantization"]
-quantized = np.clip(np.round(x[test] / scale) + zero, -128, 127).astype(np.int8)
+(out / "kws_int8.tflite").write_bytes(full_integer(serve, net, x[train[:200]]))
+quantized, outputs = run_int8(out / "kws_int8.tflite", x[test])
 np.savez(out / "test_int8.npz", x=quantized, y=y[test], class_names=names)
-top1 = []
-for q in quantized:
-    interpreter.set_tensor(inp["index"], q[None])
-    interpreter.invoke()
-    top1.append(int(interpreter.get_tensor(outp["index"])[0].argmax()))
+top1 = [int(o.argmax()) for o in outputs]
 accuracy = float((np.asarray(top1) == y[test]).mean())
 (out / "expected.json").write_text(json.dumps({"kws_int8.tflite": accuracy, "top1": top1}))
 print(f"kws_int8.tflite: {accuracy:.4f} on {len(test)} test samples (TensorFlow's interpreter)")

@@ -92,13 +92,6 @@ def test_a_build_refuses_integer_features_and_an_anomaly_split_without_anomalies
         data_stage.run(cfg, {}, tmp_path, None)
 
 
-def test_an_anomaly_build_is_refused_until_its_evaluation_exists():
-    from pipeline import stages
-
-    with pytest.raises(InputError, match="task.kind = 'anomaly' is not available yet.*ROC AUC evaluation"):
-        stages.plan(_config("task.kind='anomaly'"))
-
-
 def test_splits_keep_each_group_whole_and_the_test_set_fingerprint_covers_groups(tmp_path):
     x, y = _mfcc_like(n=120)
     group = np.asarray([f"utt{i % 40}" for i in range(120)])  # 3 windows per group, one label each (i % 40 % 3)
