@@ -36,6 +36,7 @@ def run(args, work, targets_cache):
         "formats": formats.formats(manifests[0][1]),
         "validation": validation.validation_cost(manifests[0][0], args.repeats, targets_cache, work),
         "accuracy": accuracy.accuracy(work, targets_cache, manifests[0][0]),
+        "anomaly": accuracy.anomaly(work, targets_cache),
         "bring_a_trained_model": byo.bring_a_trained_model(work),
     }
 
@@ -54,6 +55,8 @@ def markdown(r):
              build.build_times_markdown(r["build_times"]),
              validation.validation_markdown(r["validation"]),
              accuracy.accuracy_markdown(r["accuracy"])]
+    if r.get("anomaly"):
+        parts.append(accuracy.anomaly_markdown(r["anomaly"]))
     if r.get("bring_a_trained_model"):
         parts.append(byo.byo_markdown(r["bring_a_trained_model"]))
     parts.append(build.artifacts_markdown(r["artifacts"]))

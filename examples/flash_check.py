@@ -10,6 +10,7 @@ art = m["artifacts"]["int8_tflite"]
 model = manifest_path.parent / art["path"]
 assert hashlib.sha256(model.read_bytes()).hexdigest() == art["sha256"], f"{model} changed since the build"
 inp = art["input"]  # manifests older than from_pixel always meant pixel / 255
+assert "from_feature" not in inp, f"a feature model: its input is {inp['formula']}, not pixels"
 fp = inp.get("from_pixel") or {"pixel_scale": 1 / 255, "pixel_offset": 0.0, "mean": [0.0], "std": [1.0]}
 
 def to_int8(pixels):  # uint8 camera pixels (H, W, C) -> the model's int8 input tensor

@@ -280,7 +280,8 @@ def gate(ctx, build_dir, config_path, sets, baseline, junit, as_json, no_baselin
 
 def _model_overrides(model, data, out):
     """Typed overrides for validating a model file: its test set, and the image size and channels its
-    input tensor has (before the user's own --set, so an explicit one wins and is then checked)."""
+    input tensor has, or the tensor form for a feature input (before the user's own --set, so an explicit
+    one wins and is then checked)."""
     import re
 
     from pipeline.device import onnx_info
@@ -295,9 +296,16 @@ def _model_overrides(model, data, out):
                          f"{model}'s input {tensor['name']!r} has shape {tensor.get('shape_signature', tensor['shape'])} "
                          "(-1 = dynamic). Export it with a fixed height, width and channels.")
     given = [("validate.model", str(path))]
-    if len(shape) == 3 and shape[0] == shape[1] and shape[2] in (1, 3) and 8 <= shape[0] <= 512:
-        # an image input: the test images are loaded at its size (a feature input takes x as it is)
+    image_like = len(shape) == 3 and shape[2] in (1, 3)
+    if image_like and shape[0] == shape[1] and 8 <= shape[0] <= 512:
+        # an image input: the test images are loaded at its size
         given += [("data.image_size", shape[0]), ("data.channels", shape[2])]
+    elif image_like and data and not str(data).endswith(".npz"):
+        raise InputError(f"edgebuild loads test images square, 8 to 512 pixels (batch, size, size, 1 or 3); {model}'s "
+                         f"input shape is {tensor['shape']}. Give the test set as an .npz of inputs of that shape "
+                         "(read as they are), or export the model at a square size.")
+    else:  # a feature input: x is read as it is, whatever its dtype or range
+        given.append(("preprocess.form", "tensor"))
     if data:
         given.append(("data.test_source", data))
     out = Path(out) if out else Path("build") / ("validate-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "model"))

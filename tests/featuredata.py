@@ -8,7 +8,9 @@
   shifted harmonics, clicks or bearing noise. Log-mel windows of 5 frames x 128 bands = 640 floats,
   as the machine-sound baseline takes them; a group is one clip.
 
-numpy and scipy only. Both are deterministic and cached by content in the directory given."""
+numpy and scipy only. Both are deterministic, and each file is made once: an existing path is
+reused as it is, whatever the arguments, so give each set of parameters its own path (the tests and
+the bench do)."""
 
 import subprocess
 import tempfile

@@ -17,7 +17,7 @@ def _load(size, *sets):
 def test_an_image_folder_loads_like_image_dataset_from_directory():
     import keras
 
-    x, y, ids, names, _ = _load(64, "data.resize='keras'")
+    x, y, ids, names, *_ = _load(64, "data.resize='keras'")
     ds = keras.utils.image_dataset_from_directory(SIGNS, image_size=(64, 64), batch_size=None, shuffle=False)
     pairs = [(img.numpy(), int(label)) for img, label in ds]
     ref = np.stack([img for img, _ in pairs])
@@ -29,5 +29,5 @@ def test_an_image_folder_loads_like_image_dataset_from_directory():
 
 @pytest.mark.parametrize("size", [100, 32])
 def test_the_keras_loader_keeps_the_data_contract(size):
-    x, y, ids, names, _ = _load(size, "data.resize='keras'")
+    x, y, ids, names, *_ = _load(size, "data.resize='keras'")
     assert x.dtype == np.uint8 and x.shape[1:] == (size, size, 3) and len(ids) == len(y) == len(x)

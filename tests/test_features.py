@@ -12,12 +12,17 @@ import featuredata
 from conftest import ALL_TARGETS, REPO, _shared, edgebuild
 
 
-@pytest.fixture(scope="module")
-def keywords(tmp_path_factory):
+def _feature_file(tmp_path_factory, make, name):
+    """A feature data file made once per run by `make` (tests/featuredata.py), shared by the workers."""
     out, lock = _shared(tmp_path_factory, "features")
     with lock:
         out.mkdir(exist_ok=True)
-        return featuredata.keywords(out / "keywords.npz")
+        return make(out / name)
+
+
+@pytest.fixture(scope="module")
+def keywords(tmp_path_factory):
+    return _feature_file(tmp_path_factory, featuredata.keywords, "keywords.npz")
 
 
 def test_a_keyword_spotter_builds_from_synthesized_speech_and_runs_on_every_target(keywords, tmp_path, cache_dir):
@@ -27,8 +32,9 @@ def test_a_keyword_spotter_builds_from_synthesized_speech_and_runs_on_every_targ
         "--set", "data.calibration_samples=60", "--set", "train.recipe='ds_cnn_kws'", "--set", "train.width=4",
         "--set", "train.epochs=15", "--set", "train.learning_rate=0.01", "--set", "qat.epochs=2",
         "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", "--set", "gate.min_int8_accuracy=0.8",
-        env={"EDGEBUILD_CACHE": str(cache_dir)})
+        "--set", "task.top_k=2", env={"EDGEBUILD_CACHE": str(cache_dir)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "top-2 accuracy: float" in proc.stdout
     m = json.loads((tmp_path / "kws" / "manifest.json").read_text())
     assert m["input_shape"] == [49, 10] and m["preprocess"]["form"] == "tensor"
     art = m["artifacts"]["int8_tflite"]
@@ -40,7 +46,28 @@ def test_a_keyword_spotter_builds_from_synthesized_speech_and_runs_on_every_targ
     assert sorted(metrics["targets"]) == sorted(ALL_TARGETS)
     for name, t in metrics["targets"].items():
         assert not t.get("refused") and t["top1_agreement"] >= 0.99, (name, t)
+    for record in (metrics["float"], metrics["int8_host"], metrics["onnx_int8"], *metrics["targets"].values()):
+        assert record["top_k"]["k"] == 2 and record["accuracy"] <= record["top_k"]["accuracy"] <= 1.0
     assert m["gate"]["verdict"] == "pass"
+    validated = _validate_built(tmp_path / "kws", tmp_path, cache_dir)
+    assert validated["accuracy"] == metrics["int8_host"]["accuracy"]
+    assert validated["top1"] == metrics["int8_host"]["top1"]
+
+
+def _validate_built(build, tmp_path, cache_dir, *sets):
+    """`edgebuild validate` of a build's own int8 .tflite on its test split (saved as a user would save
+    it: x, y, class_names, group): the host's record."""
+    import numpy as np
+
+    with np.load(build / "dataset.npz") as d:
+        test = d["test"]
+        extra = {"group": d["groups"][test]} if "groups" in d.files else {}
+        np.savez(tmp_path / "test-split.npz", x=d["x"][test], y=d["y"][test], class_names=d["class_names"], **extra)
+    proc = edgebuild("--quiet", "validate", str(build / "model_int8.tflite"), "--data", str(tmp_path / "test-split.npz"),
+                     "--out", str(tmp_path / "validated"), "--target", "cortex-m-tflm", *sets,
+                     env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "validated" / "manifest.json").read_text())["metrics"]["host"]
 
 
 def _made_outside(tmp_path_factory, name, script, data):
@@ -92,10 +119,7 @@ def test_integer_features_of_another_dtype_than_the_model_input_are_refused(outs
 
 @pytest.fixture(scope="module")
 def machine_sounds(tmp_path_factory):
-    out, lock = _shared(tmp_path_factory, "features")
-    with lock:
-        out.mkdir(exist_ok=True)
-        return featuredata.machine_sounds(out / "machine.npz")
+    return _feature_file(tmp_path_factory, featuredata.machine_sounds, "machine.npz")
 
 
 def test_an_anomaly_detector_builds_from_synthetic_machine_sounds_and_runs_on_every_target(machine_sounds, tmp_path,
@@ -131,6 +155,8 @@ def test_an_anomaly_detector_builds_from_synthetic_machine_sounds_and_runs_on_ev
     assert m["gate"]["verdict"] == "pass"
     report = (build / "report.html").read_text()
     assert 'id="roc"' in report and 'id="confusion"' not in report
+    validated = _validate_built(build, tmp_path, cache_dir, "--set", "task.kind='anomaly'")
+    assert (validated["auc"], validated["pauc"]) == (metrics["int8_host"]["auc"], metrics["int8_host"]["pauc"])
 
 
 @pytest.fixture(scope="module")

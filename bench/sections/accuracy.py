@@ -24,14 +24,73 @@ ACCURACY_CASES = [
                                                     "data.calibration_samples=100"]),
 ]
 KEYWORDS = dict(words=("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"), noisy=3, noise=(-1.6, -0.9))
+# Anomaly detection, judged by ROC AUC over clips: synthetic machine sounds with subtle anomalies (a 1%
+# harmonic shift, faint clicks and bearing noise), 120 normal and 60 anomalous clips (MACHINE).
+ANOMALY_CASES = [
+    ("synthetic machine sounds 640 log-mel, autoencoder", ['data.source="{machine}"', 'task.kind="anomaly"',
+                                                          'train.recipe="autoencoder"', "train.width=8",
+                                                          "train.epochs=30", "data.calibration_samples=100"]),
+]
+MACHINE = dict(normal_clips=120, anomalous_clips=60, strength=0.15)
+
+
+def _featuredata():
+    sys.path.insert(0, str(REPO / "tests"))
+    import featuredata
+
+    return featuredata
 
 
 def _keywords(work):
     """The keyword case's data, made once in `work` by the tests' own generator (tests/featuredata.py)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    import featuredata
+    return _featuredata().keywords(work / "keywords.npz", **KEYWORDS)
 
-    return featuredata.keywords(work / "keywords.npz", **KEYWORDS)
+
+def anomaly(work, targets_cache):
+    """Float vs post-training int8 vs edgebuild's QAT int8 of each anomaly case, by ROC AUC (and pAUC at
+    FPR <= 0.1) over the test clips; the same splits and calibration set within a case."""
+    rows = []
+    for label, overrides in ANOMALY_CASES:
+        machine = _featuredata().machine_sounds(work / "machine.npz", **MACHINE)
+        overrides = [o.replace("{machine}", str(machine)) for o in overrides]
+        build_dir = _build(work, targets_cache, label, overrides)
+        m = json.loads((build_dir / "manifest.json").read_text())
+        ptq = _ptq(work, build_dir)
+        f, qat = m["metrics"]["float"], m["metrics"]["int8_host"]
+        rows.append({"case": label, "overrides": overrides, "params": m["train"]["params"], "test_clips": f["clips"],
+                     "anomalous_clips": f["anomalous_clips"], "float_auc": f["auc"], "ptq_int8_auc": ptq["ptq_int8_auc"],
+                     "qat_int8_auc": qat["auc"], "float_pauc": f["pauc"], "ptq_int8_pauc": ptq["ptq_int8_pauc"],
+                     "qat_int8_pauc": qat["pauc"]})
+        log(f"anomaly {label}: AUC float {f['auc']:.4f} ptq {ptq['ptq_int8_auc']:.4f} qat {qat['auc']:.4f}")
+    return rows
+
+
+def anomaly_markdown(rows):
+    out = ["| model | params | test clips (anomalous) | float AUC | PTQ int8 AUC | QAT int8 AUC (edgebuild) | "
+           "float / PTQ / QAT pAUC |", "|---|---|---|---|---|---|---|"]
+    for a in rows:
+        out.append(f"| {a['case']} | {a['params']:,} | {a['test_clips']} ({a['anomalous_clips']}) | {a['float_auc']:.4f} | "
+                   f"{a['ptq_int8_auc']:.4f} | {a['qat_int8_auc']:.4f} | {a['float_pauc']:.4f} / "
+                   f"{a['ptq_int8_pauc']:.4f} / {a['qat_int8_pauc']:.4f} |")
+    return "\n".join(out)
+
+
+def _build(work, targets_cache, label, overrides):
+    """The build directory of one case, built with no targets in a cache of its own."""
+    slug = "".join(c if c.isalnum() else "-" for c in label)[:40]
+    out = work / f"acc-{slug}"
+    cache = fresh_cache(work, f"acc-cache-{slug}", targets_cache)
+    edgebuild(["build", "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
+               "--set", "validate.targets=[]", *sets(overrides)], cache)
+    return out / "digits"
+
+
+def _ptq(work, build_dir):
+    """bench/ptq.py's figures for the build's float model (TensorFlow in a child process)."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-m", "bench.ptq", str(build_dir), str(work / "ptq.json")],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    return json.loads((work / "ptq.json").read_text())
 
 
 def accuracy(work, targets_cache, default_build):
@@ -42,20 +101,9 @@ def accuracy(work, targets_cache, default_build):
             continue
         if any("{keywords}" in o for o in overrides):
             overrides = [o.replace("{keywords}", str(_keywords(work))) for o in overrides]
-        if not overrides:
-            build_dir = default_build
-        else:
-            slug = "".join(c if c.isalnum() else "-" for c in label)[:40]
-            out = work / f"acc-{slug}"
-            cache = fresh_cache(work, f"acc-cache-{slug}", targets_cache)
-            edgebuild(["build", "--set", f'build.out_dir="{out}"', "--set", f'data.calibration_file="{out}/calib.json"',
-                       "--set", "validate.targets=[]", *sets(overrides)], cache)
-            build_dir = out / "digits"
+        build_dir = default_build if not overrides else _build(work, targets_cache, label, overrides)
         m = json.loads((build_dir / "manifest.json").read_text())
-        env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        subprocess.run([sys.executable, "-m", "bench.ptq", str(build_dir), str(work / "ptq.json")],
-                       cwd=REPO, env=env, check=True, capture_output=True)
-        ptq = json.loads((work / "ptq.json").read_text())
+        ptq = _ptq(work, build_dir)
         f, qat = m["metrics"]["float"]["accuracy"], m["metrics"]["int8_host"]["accuracy"]
         rows.append({
             "case": label, "overrides": overrides, "params": m["train"]["params"],

@@ -63,10 +63,10 @@ def check_calibration(calib, ids, images, labels, train_idx, cfg, origin):
                 f"calibration sample {s['id']} from {origin} has different content than when the "
                 f"set was made. {CALIBRATION_FIX}"
             )
-    missing = sorted(set(np.unique(labels).tolist()) - {s["label"] for s in samples})
+    missing = sorted(set(np.unique(labels[train_idx]).tolist()) - {s["label"] for s in samples})
     if missing:
         raise InputError(
-            f"the calibration set must cover every class; {origin} has no samples of class(es) "
+            f"the calibration set must cover every class of the train split; {origin} has no samples of class(es) "
             f"{first_few(missing)}. Point data.calibration_file at a new path to create a new, stratified set."
         )
 

@@ -34,12 +34,26 @@ def is_tensor(x, cfg):
     return cfg.form == "tensor" or (cfg.form == "auto" and np.asarray(x).dtype != np.uint8)
 
 
+def check_form(cfg, tensor, what="x"):
+    """Refuse the [preprocess] keys of the other form: pixel_range/mean/std mean nothing for features, and
+    scale/offset nothing for pixels, so either would be silently ignored."""
+    if tensor and ([float(v) for v in cfg.pixel_range] != [0.0, 1.0] or cfg.mean or cfg.std):
+        raise InputError(f"preprocess.pixel_range, mean and std map pixels, and {what} is read as features (the tensor "
+                         f"form: x * scale + offset); received pixel_range {cfg.pixel_range}, mean {cfg.mean}, std "
+                         f"{cfg.std}. Use preprocess.scale and offset for features, or set preprocess.form = 'pixels'.")
+    if not tensor and (cfg.scale or cfg.offset):
+        raise InputError(f"preprocess.scale and offset map features, and {what} is read as images (pixels); received "
+                         f"scale {cfg.scale}, offset {cfg.offset}. Use preprocess.pixel_range, mean and std for "
+                         "pixels, or set preprocess.form = 'tensor'.")
+
+
 def tensor_params(cfg, channels):
     """(scale[c], offset[c]) of the tensor form over the last axis (`channels` values)."""
     for name in ("scale", "offset"):
         if len(getattr(cfg, name)) not in (0, 1, channels):
             raise InputError(f"config key 'preprocess.{name}' needs one value or one per channel (the features' last "
-                             f"axis: {channels}); received {len(getattr(cfg, name))}: {getattr(cfg, name)}.")
+                             f"axis: {channels}); received {len(getattr(cfg, name))}: {getattr(cfg, name)}. Give one "
+                             f"value, or {channels}.")
     return _per_channel(cfg.scale, 1.0, channels), _per_channel(cfg.offset, 0.0, channels)
 
 
@@ -77,9 +91,9 @@ def to_input(images, cfg, tensor, origin="the model"):
     """uint8 images -> the input tensor `tensor` describes (tflite_info's dtype, scale, zero_point):
     float32 through the float formula, int8/uint8 quantized with the tensor's own parameters."""
     dtype = tensor["dtype"]
+    if fed_unchanged(images, cfg, tensor):
+        return images  # features already quantized for this input, as an embedded runner feeds them
     if is_tensor(images, cfg) and not np.issubdtype(images.dtype, np.floating):
-        if dtype == str(images.dtype):
-            return images  # features already quantized for this input, as an embedded runner feeds them
         if dtype != "float32":
             raise InputError(f"integer features must be in the model's input dtype to be fed unchanged; x is "
                              f"{images.dtype}, {origin}'s input is {dtype}. Save x as {dtype} (quantized with the "
@@ -93,6 +107,18 @@ def to_input(images, cfg, tensor, origin="the model"):
                          "none, so pixels cannot be mapped to it. Convert with inference_input_type and a "
                          "representative dataset.")
     return to_int8(images, cfg, tensor["scale"], tensor["zero_point"] or 0, dtype)
+
+
+def fed_unchanged(x, cfg, tensor):
+    """Whether `x` goes into the input `tensor` as it is: integer features in the input's own dtype."""
+    return is_tensor(x, cfg) and not np.issubdtype(np.asarray(x).dtype, np.floating) and str(x.dtype) == tensor["dtype"]
+
+
+def float_input(x, cfg, tensor):
+    """What the model's input stands for, in float64: the float formula, or, for features fed unchanged
+    (pre-quantized to the input), their dequantized values. An anomaly score compares a reconstruction
+    with this."""
+    return dequantize(x, tensor) if fed_unchanged(x, cfg, tensor) else to_float64(x, cfg)
 
 
 def dequantize(values, tensor):

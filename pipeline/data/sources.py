@@ -355,6 +355,9 @@ def _labels(y, names, path, task):
             other = sorted(set(np.unique(y).tolist()) - {0, 1})
             raise InputError(f"an anomaly task's labels are 0 (normal) and 1 (anomaly); y in {path} also holds "
                              f"{first_few([_number(v) for v in other])}. Relabel the windows.")
+        if names is not None and len(names) != 2:
+            raise InputError(f"an anomaly task has two classes, normal (0) and anomaly (1); class_names in {path} has "
+                             f"{len(names)}. Drop the class_names array, or give two names.")
         return y.astype(np.int64), names or list(ANOMALY_CLASSES)
     if y.min() < 0 or y.max() >= (len(names) if names else MAX_CLASSES):
         top = len(names) - 1 if names else MAX_CLASSES - 1

@@ -93,8 +93,8 @@ def load_splits(cfg, seed, form="auto", task="classification"):
             raise InputError(f"data.test_source must hold samples like data.source's; its x is {t_images.dtype} "
                              f"{list(t_images.shape[1:])} per sample, data.source's {images.dtype} "
                              f"{list(images.shape[1:])}. Make the two alike.")
-        if groups is not None:
-            groups = np.concatenate([groups, np.asarray([f"test:{g}" for g in t_groups.tolist()])])
+        if groups is not None:  # one name space: a clip named in both sources is the same clip (refused below)
+            groups = np.concatenate([groups, t_groups])
         images = np.concatenate([images, t_images])
         labels = np.concatenate([labels, t_labels])
         ids = list(ids) + list(t_ids)
@@ -109,6 +109,14 @@ def load_splits(cfg, seed, form="auto", task="classification"):
         train_idx, val_idx, test_idx = _split_from_array(split)
         origin = f"{cfg.source} (its split array)"
         fixed = True
+    elif task == "anomaly":  # an autoencoder trains on normal windows only: every anomalous one is tested
+        normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
+        parts = stratified_split(labels[normal], seed, cfg.val_fraction, cfg.test_fraction, cfg.max_samples,
+                                 None if groups is None else groups[normal])
+        train_idx, val_idx = normal[parts[0]], normal[parts[1]]
+        test_idx = np.sort(np.concatenate([normal[parts[2]], anomalous])).astype(np.int64)
+        origin = (f"{cfg.source} (normal {'clips' if groups is not None else 'windows'} split by seed {seed}; every "
+                  "anomalous one in the test set)")
     else:
         train_idx, val_idx, test_idx = stratified_split(
             labels, seed, cfg.val_fraction, cfg.test_fraction, cfg.max_samples, groups
@@ -127,18 +135,22 @@ def test_set_record(images, labels, ids, class_names, splits, test_info, allow_o
     fit = np.concatenate([train_idx, val_idx])
     fit_hashes = {hashes[i] for i in fit}
     overlap = [ids[i] for i in test_idx if hashes[i] in fit_hashes]
-    what = "images"
-    if groups is not None:
-        fit_groups = {groups[i] for i in fit}
-        shared = sorted({groups[i] for i in test_idx} & fit_groups)
-        overlap += [f"group {g}" for g in shared]
-        what = "samples or groups (clips)"
-    if overlap and test_info["fixed"] and not allow_overlap:
+    refuse = test_info["fixed"] and not allow_overlap
+    if overlap and refuse:
         raise InputError(
-            f"a held-out test set must not contain {what} that are also trained, validated or calibrated on; "
-            f"{len(overlap)} of {len(test_idx)} test {what} from {test_info['source']} occur in data.source's "
+            f"a held-out test set must not contain images that are also trained, validated or calibrated on; "
+            f"{len(overlap)} of {len(test_idx)} test images from {test_info['source']} occur in data.source's "
             f"train/val split ({first_few(overlap)}). Remove them from one side, or set data.allow_overlap = true "
             "to accept it (recorded in the manifest)."
+        )
+    test_groups = set() if groups is None else {groups[i] for i in test_idx}
+    shared = sorted(test_groups & {groups[i] for i in fit}) if groups is not None else []
+    if shared and refuse:
+        raise InputError(
+            f"a held-out test set must not share a clip (group) with train/val: {len(shared)} of its {len(test_groups)} "
+            f"groups from {test_info['source']} also have windows in data.source's train/val split "
+            f"({first_few(shared)}). Move each clip to one side, or set data.allow_overlap = true to accept it "
+            "(recorded in the manifest)."
         )
     fp = hashlib.sha256(json.dumps(class_names).encode())
     for i in test_idx:
@@ -147,14 +159,15 @@ def test_set_record(images, labels, ids, class_names, splits, test_info, allow_o
         if groups is not None:
             fp.update(str(groups[i]).encode() + b"\0")
     counts = np.bincount(labels[test_idx], minlength=len(class_names))
-    record_groups = {} if groups is None else {"groups": int(len(set(groups[i] for i in test_idx)))}
+    record_groups = {} if groups is None else {"groups": len(test_groups)}
     return {
         **test_info,
         **record_groups,
         "fingerprint": fp.hexdigest(),
         "size": int(len(test_idx)),
         "per_class": {name: int(c) for name, c in zip(class_names, counts)},
-        "overlap": {"count": len(overlap), "ids": overlap[:20], "allowed": bool(allow_overlap)},
+        "overlap": {"count": len(overlap), "ids": overlap[:20], "allowed": bool(allow_overlap),
+                    **({} if groups is None else {"groups": len(shared), "group_ids": shared[:20]})},
     }
 
 

@@ -78,6 +78,9 @@ class TaskConfig:
                         "(y: 0 normal, 1 anomaly; the model reconstructs its input; a window's score is its mean squared "
                         "reconstruction error, a clip's the mean of its windows; judged by ROC AUC over clips)",
                         choices=("classification", "anomaly"))
+    top_k: int = setting(1, "classification: also measure top-k accuracy (the true class among the k highest "
+                         "scores, ties included, as tf.math.in_top_k) of every model and target; 1 = top-1 only",
+                         min=1, max=1000)
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,10 @@ class GateConfig:
                                   max=1.0)
     max_target_auc_diff: float = setting(0.01, "anomaly tasks: maximum |AUC difference| between a target and the host",
                                          min=0.0, max=1.0)
-    min_score_correlation: float = setting(0.99, "anomaly tasks: minimum correlation of a target's (and the int8 "
-                                           "ONNX's) anomaly scores with the host's int8 .tflite", min=-1.0, max=1.0)
+    min_score_correlation: float = setting(0.99, "anomaly tasks: minimum correlation of a target's anomaly scores "
+                                           "with the host's run of the same model file (the int8 .tflite, or the int8 "
+                                           "ONNX for an ONNX target), and of the int8 ONNX's with the int8 .tflite",
+                                           min=-1.0, max=1.0)
     max_latency_ms: float = setting(0.0, "Linux boards validated over SSH (validate.boards): p99 ms per image on the "
                                "board, overriding the target's [budget] (0 = each target's own)", min=0.0, max=1e7)
 
@@ -301,7 +306,7 @@ def check_preprocess(cfg, channels):
         raise InputError(f"config key 'preprocess.std' must be positive; received {cfg.std!r}.")
     if any(v == 0 for v in _numbers("scale", cfg.scale)):
         raise InputError(f"config key 'preprocess.scale' must not be 0 (every feature would become the offset); "
-                         f"received {cfg.scale!r}.")
+                         f"received {cfg.scale!r}. Use a non-zero factor (1 = as they are).")
     _numbers("offset", cfg.offset)
 
 
@@ -402,6 +407,18 @@ def from_dict(raw, origin="edgebuild.toml"):
 def _check_together(config, origin):
     """Rules that tie several keys together."""
     check_preprocess(config.preprocess, config.data.channels)
+    recipe = "" if config.validate.model else config.train.recipe  # (a model file is validated, not built)
+    if config.task.kind == "anomaly" and recipe in BUILTIN and recipe != "autoencoder":
+        raise InputError(f"an anomaly model reconstructs its input window, and the built-in recipe {recipe!r} is a "
+                         f"classifier; received train.recipe = {recipe!r} with task.kind = 'anomaly' in {origin}. Set "
+                         "train.recipe = 'autoencoder' (or your own autoencoder).")
+    if config.task.kind != "anomaly" and recipe == "autoencoder":
+        raise InputError(f"the autoencoder recipe reconstructs its input and outputs no class scores; received "
+                         f"train.recipe = 'autoencoder' with task.kind = {config.task.kind!r} in {origin}. Set "
+                         "task.kind = 'anomaly', or choose a classifier recipe.")
+    if config.task.kind != "classification" and config.task.top_k > 1:
+        raise InputError(f"task.top_k ranks class scores, and a task.kind = {config.task.kind!r} model outputs none; "
+                         f"received task.top_k = {config.task.top_k} in {origin}. Remove task.top_k.")
     t = config.train
     pp = config.preprocess
     if t.recipe in ("mobilenet_v3_small", "efficientnet_v2_b0") and (

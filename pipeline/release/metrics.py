@@ -11,6 +11,23 @@ def accuracy_record(top1, labels, class_names):
     return {"accuracy": round(float((top1 == labels).mean()), 6), "per_class": per_class, "samples": int(len(labels))}
 
 
+def top_k_accuracy(scores, labels, k):
+    """The fraction of samples whose true class is among the k highest scores; classes tied with the k-th
+    score count as in the top k (tf.math.in_top_k's rule)."""
+    scores = np.asarray(scores, np.float64).reshape(len(labels), -1)
+    true = scores[np.arange(len(labels)), labels]
+    with np.errstate(invalid="ignore"):
+        above = (scores > true[:, None]).sum(axis=1)
+    return round(float(((above < k) & np.isfinite(true)).mean()), 6)  # a NaN or inf true score is a miss
+
+
+def with_top_k(record, scores, labels, k):
+    """The record with its top-k accuracy when k > 1 (task.top_k)."""
+    if k > 1:
+        record["top_k"] = {"k": int(k), "accuracy": top_k_accuracy(scores, labels, k)}
+    return record
+
+
 def finite_max(values):
     """The largest finite value (an int for integer values; 0 when there is none): a manifest never holds
     a NaN."""

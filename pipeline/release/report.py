@@ -38,7 +38,8 @@ def _twin_cell(t):
 
 def _target_table(targets, task=None):
     trows = [("target", "runtime", "accuracy" if task is None else "ROC", "vs host: top-1 agree" if task is None else
-              "vs host: scores", "bit-exact", "max|d|", "vs x86 twin: bit-exact", "samples/s", "samples")]
+              "vs host: scores", "bit-exact", "max|d|", "vs x86 twin: bit-exact", "img/s" if task is None else "samples/s",
+              "samples")]
     for name, t in sorted(targets.items()):
         if t.get("refused"):
             trows.append((name, f"{t['runtime']} {t['runtime_version']}", "refused: " + text.clip(t["refused"], 70),
@@ -136,12 +137,24 @@ def validation_summary(manifest):
     lines += text.table([("runtime", "accuracy" if task is None else "ROC", "samples"),
                          (f"{host['runtime']} {host['runtime_version']} (host)", _metric_cell(host, task),
                           str(host["samples"]))])
+    lines += _top_k_lines(m)
     if m.get("targets"):
         lines.append("")
         lines += _target_table(m["targets"], task)
     lines += ["", _tensor_line("input ", art["input"]), _tensor_line("output", art["output"])]
     lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
     return "\n".join(lines + _gate_lines(manifest))
+
+
+def _top_k_lines(m):
+    """['top-5 accuracy: float 99.1%, int8 ..., <target> ...'] when task.top_k > 1 measured it, else []."""
+    top_k = [(name, m[key]["top_k"]) for name, key in (("float", "float"), ("int8", "int8_host"),
+                                                       ("int8 onnx", "onnx_int8"), ("host", "host"))
+             if "top_k" in m.get(key, {})]
+    top_k += [(name, t["top_k"]) for name, t in sorted((m.get("targets") or {}).items()) if "top_k" in t]
+    if not top_k:
+        return []
+    return [f"top-{top_k[0][1]['k']} accuracy: " + ", ".join(f"{n} {_pct(r['accuracy']).strip()}" for n, r in top_k)]
 
 
 def accuracy_rows(manifest):
@@ -188,6 +201,7 @@ def summary(manifest, sections=()):
         lines.append(f"qat kept epoch {kept}: val accuracy {_pct(manifest['qat']['kept_val_accuracy']).strip()}"
                      f" (float model {_pct(manifest['qat'].get('float_val_accuracy')).strip()})")
     lines += text.table(rows)
+    lines += _top_k_lines(m)
     if "onnx_int8" in m and task is not None:
         o = m["onnx_int8"]
         lines.append(f"int8 ONNX vs int8 TFLite (host): score correlation {o['score_correlation_vs_int8_tflite']:.4f}, "
@@ -432,7 +446,8 @@ def html(manifest, build_dir, sections=()):
         input_line=(f"features: {pre.get('float_formula')}, scale {pre.get('scale')}, offset {pre.get('offset')}"
                     if pre.get("form") == "tensor" else
                     "pixel range {}, mean {}, std {}".format(*(pre.get(k, "-") for k in ("pixel_range", "mean", "std")))),
-        metric_title="Accuracy" if task is None else "ROC AUC", agree_title="top-1 agreement with host" if task is None
+        metric_title="Accuracy" if task is None else "ROC AUC",
+        metric_column="test accuracy" if task is None else "test ROC AUC (pAUC at FPR <= 0.1)", agree_title="top-1 agreement with host" if task is None
         else "anomaly-score correlation with host",
         softmax_removed=(manifest.get("train") or {}).get("softmax_removed"),
         gate=gate and {"verdict": gate["verdict"], "head": ("", "check", "baseline", "got", "limit", "detail"),

@@ -7,6 +7,7 @@ indices, class names, and the groups when the data has them).
 
 import numpy as np
 
+from pipeline.data import preprocess
 from pipeline.data.sources import source_fingerprint
 from pipeline.data.splits import load_splits, test_set_record
 from pipeline.engine.errors import InputError
@@ -26,7 +27,7 @@ STAGE = Stage(
     "data", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn", "tensorflow", "tensorflow-cpu"), external=external,
     config=("build.seed", "data.source", "data.test_source", "data.allow_overlap", "data.image_size", "data.channels",
             "data.mixed_sizes", "data.resize", "data.val_fraction", "data.test_fraction", "data.max_samples",
-            "preprocess.form", "task.kind"),
+            "preprocess", "task.kind"),
 )
 
 
@@ -42,10 +43,15 @@ def run(cfg, inputs, out_dir, ctx):
     seed, data_cfg, task = cfg.build.seed, cfg.data, cfg.task.kind
     images, labels, ids, class_names, splits, test_info, groups = load_splits(data_cfg, seed, cfg.preprocess.form, task)
     train_idx, val_idx, test_idx = splits
-    if not np.issubdtype(images.dtype, np.floating) and images.dtype != np.uint8:
+    tensor = preprocess.is_tensor(images, cfg.preprocess)
+    if tensor and not np.issubdtype(images.dtype, np.floating):
         raise InputError(f"a build trains a float model, so it needs float features; x is {images.dtype}. Save x as "
                          "float32 (integer features in a model's input dtype are for validating that model: "
                          "edgebuild validate MODEL --data X.npz).")
+    preprocess.check_form(cfg.preprocess, tensor, data_cfg.source)
+    if tensor and cfg.preprocess.form == "auto":
+        print(f"{data_cfg.source}: x read as features ({images.dtype}, {list(images.shape[1:])} per sample: "
+              "preprocess.form = 'auto'; set preprocess.form = 'pixels' to read it as images)")
     num_classes = len(class_names)
     needs = (("test", test_idx, range(num_classes)), ("train", train_idx, range(1 if task == "anomaly" else num_classes)))
     for split_name, idx, wanted in needs:
@@ -72,5 +78,4 @@ def run(cfg, inputs, out_dir, ctx):
         "input_shape": list(images.shape[1:]),
         "splits": counts,
         "test_set": test_set,
-        **({"input_dtype": str(images.dtype)} if images.dtype != np.uint8 else {}),
     }

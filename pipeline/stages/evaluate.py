@@ -13,10 +13,10 @@ from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
 from pipeline.model import usermodel
 from pipeline.release import tasks
-from pipeline.release.metrics import accuracy_record, compare
+from pipeline.release.metrics import accuracy_record, compare, with_top_k
 
 STAGE = Stage(
-    "evaluate", __name__, config=("preprocess", "train.recipe", "task.kind"),
+    "evaluate", __name__, config=("preprocess", "train.recipe", "task.kind", "task.top_k"),
     inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"),
     outputs=("predictions.npz",), backend="jax",
     toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime", "onnx"),
@@ -77,6 +77,11 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "onnx_int8": int8_onnx_out.argmax(1),
     }
     metrics = {k: accuracy_record(v, labels, class_names) for k, v in top1.items()}
+    scores = {"float": float_logits, "int8_host": preprocess.dequantize(int8_out, info["outputs"][0]),
+              "float_tflite": float_tfl_out, "onnx": onnx_out,
+              "onnx_int8": preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])}
+    for name, out in scores.items():
+        with_top_k(metrics[name], out, labels, stage_cfg.task.top_k)
     for k in ("int8_host", "float_tflite", "onnx", "onnx_int8"):
         metrics[k]["top1_agreement_with_float"] = round(float((top1[k] == top1["float"]).mean()), 6)
     metrics["onnx_int8"].update(_vs_tflite(int8_onnx_out, int8_out, onnx_q["outputs"][0], info["outputs"][0],

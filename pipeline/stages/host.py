@@ -6,7 +6,6 @@ outputs are kept in `predictions.npz` for the targets' bit-exact comparison."""
 import hashlib
 from importlib import metadata
 
-import numpy as np
 
 from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
@@ -19,7 +18,7 @@ from pipeline.engine.stage import Stage
 from pipeline.engine.text import clip
 from pipeline.model import usermodel
 from pipeline.release import tasks
-from pipeline.release.metrics import accuracy_record, nonfinite
+from pipeline.release.metrics import accuracy_record, nonfinite, with_top_k
 
 
 
@@ -28,7 +27,7 @@ def stages(config):
 
     name = copied_name(config.validate.model)
     return [Stage(
-        "host", __name__, config=("preprocess", "task.kind"), inputs=(name, "dataset.npz"), outputs=("predictions.npz",),
+        "host", __name__, config=("preprocess", "task.kind", "task.top_k"), inputs=(name, "dataset.npz"), outputs=("predictions.npz",),
         toolchain=("ai-edge-litert" if name.endswith(".tflite") else "onnxruntime", "numpy"), params={"model": name},
     )]
 
@@ -72,7 +71,9 @@ def check_fits(info, images, class_names, origin, tensor=False, reconstruct=Fals
     if len(out) != 2 or out[-1] != len(class_names):
         raise InputError(
             f"{origin} must output one score per class, shape [batch, {len(class_names)}] for the "
-            f"{len(class_names)} classes of the test set; its output shape is {out}. Check the test set's classes."
+            f"{len(class_names)} classes of the test set; its output shape is {out}. "
+            + ("It outputs its input's shape: for an autoencoder, set task.kind = 'anomaly'." if list(out[1:]) == have
+               else "Check the test set's classes.")
         )
 
 
@@ -106,7 +107,8 @@ def run(cfg, inputs, out_dir, ctx):
         usermodel.check_input_convention(
             lambda c: run_model(model, onnx_info.model_input(images[few], c, info["inputs"][0])),
             images[few], labels[few], pp, images.shape[-1], "the model")
-    metrics = accuracy_record(top1, labels, class_names)
+    metrics = with_top_k(accuracy_record(top1, labels, class_names), preprocess.dequantize(raw, info["outputs"][0]),
+                         labels, cfg.task.top_k)
     metrics.update(top1=[int(v) for v in top1], runtime=runtime, nonfinite_outputs=nonfinite(raw),
                    runtime_version=version, output_dtype=str(raw.dtype), input_layout=onnx_info.layout(info["inputs"][0]))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
@@ -123,8 +125,7 @@ def run(cfg, inputs, out_dir, ctx):
 def _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor):
     """The host record of a task other than classification (no input-convention probe: that is a pixel
     classifier's check)."""
-    x = preprocess.to_float(images, cfg.preprocess) if not np.issubdtype(images.dtype, np.integer) else \
-        preprocess.dequantize(images, info["inputs"][0])  # pre-quantized features: what they stand for
+    x = preprocess.float_input(images, cfg.preprocess, info["inputs"][0])
     groups = data["groups"][data["test"]] if "groups" in data else None
     metrics, scores = task.metrics(preprocess.dequantize(raw, info["outputs"][0]), x, labels, groups)
     metrics.update(runtime=runtime, nonfinite_outputs=nonfinite(raw), runtime_version=version,

@@ -64,8 +64,9 @@ def run(cfg, inputs, out_dir, ctx):
     source = Path(cfg.validate.model)
     info = onnx_info.describe(source)  # a file that is no TFLite flatbuffer or ONNX model is refused here, in one line
     if len(info["inputs"]) != 1 or len(info["outputs"]) != 1:
-        raise InputError(f"edgebuild validates image classifiers with one input and one output tensor; {source} has "
-                         f"{len(info['inputs'])} inputs and {len(info['outputs'])} outputs.")
+        raise InputError(f"edgebuild validates models with one input and one output tensor; {source} has "
+                         f"{len(info['inputs'])} inputs and {len(info['outputs'])} outputs. Export the path to validate "
+                         "as a model of its own.")
     data = onnx_info.external_data(source) if onnx_info.is_onnx(source) else {}
     if data:
         _embed_external_data(source, out_dir / ctx.params["copy"])

@@ -26,7 +26,7 @@ from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.remote import remote_for
 from pipeline.engine.stage import Stage
 from pipeline.release import tasks
-from pipeline.release.metrics import compare, finite_max
+from pipeline.release.metrics import compare, finite_max, with_top_k
 
 
 def deployed_model(config, target):
@@ -77,7 +77,7 @@ def stages(config):
         out.append(Stage(
             stage_name(name), __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
-                    "validate.isa_samples", "validate.kernels", "task.kind"),
+                    "validate.isa_samples", "validate.kernels", "task.kind", "task.top_k"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
             toolchain=("numpy", *HOST_READER[targets_mod.model_format(target)], *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
@@ -146,7 +146,7 @@ def run(cfg, inputs, out_dir, ctx):
                              f"{len(idx)}; received {shard[0]}/{shard[1]}. Use fewer shards.")
         part = np.array_split(np.arange(len(idx)), shard[1])[shard[0] - 1]
         idx, subset = idx[part], subset[part]
-    host_out = np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset]
+    host_out = flat(np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset])
     record, arrays = _measure(cfg, target, inputs[ctx.params["model"]], data, idx, host_out, out_dir, ctx)
     if shard:
         atomic_save_npz(out_dir / "shard.npz", **arrays)
@@ -179,6 +179,7 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
         reference = _reference_samples(cfg, target, info)
         outputs, record["run"], ref_out = _run(target, root, model_path, x, out_dir, cfg.validate.shards,
                                                container=container, reference=reference, boards=boards)
+        outputs, ref_out = flat(outputs), flat(ref_out)
     except ModelRefused as exc:
         ctx.progress.warn(str(exc))
         reason = exc.reason + (_crash_note(target, root, model_path, x, out_dir) if exc.crashed else "")
@@ -186,6 +187,7 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
     finally:
         bar.close()
     isa, twin_out, twin_ref = _isa_run(target, root, model_path, x, out_dir, cfg.validate.shards, reference)
+    twin_out, twin_ref = flat(twin_out), flat(twin_ref)
     record["isa"] = isa
     lost = {r["lost_on"] for r in record["run"].get("reruns", [])}
     board = next((b for b in boards if b.describe()["board"] not in lost), None)  # one still reachable
@@ -266,13 +268,14 @@ def merge(cfg, inputs, parts, out_dir, ctx):
         return record
     first = parts[0][0]
     outputs = np.concatenate([arrays["outputs"] for _, arrays in parts])
-    host_out = np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset]
+    host_out = flat(np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset])
     if outputs.shape != host_out.shape:
         raise InputError(f"the shards of target {target.name} must hold one output per class for each test sample "
                          f"{host_out.shape}; they hold {outputs.shape}. Run the shards again.")
     names = [str(c) for c in data["class_names"]]
     labels = data["y"][idx]
     record.update(compare(outputs, host_out, labels, ids, names))
+    with_top_k(record, outputs, labels, cfg.task.top_k)  # (raw outputs: dequantizing keeps their order)
     scores = None
     if cfg.task.kind != "classification":  # the task's own figures replace top-1 accuracy and agreement
         scores = _task_compare(tasks.get(cfg.task.kind), record, inputs[ctx.params["model"]], data, idx, outputs,
@@ -301,13 +304,17 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     return record
 
 
+def flat(outputs):
+    """Outputs as (samples, values): a model whose output has more axes (an autoencoder's (N, 5, 128)
+    reconstruction) is compared value by value, as a classifier's (N, classes) is; None stays None."""
+    return None if outputs is None else outputs.reshape(len(outputs), -1)
+
+
 def _task_compare(task, record, model_path, data, idx, outputs, host_out, cfg):
     """A task other than classification: its figures (from the dequantized outputs and the float inputs)
     replace the record's top-1 ones; returns the target's per-sample scores."""
     info = onnx_info.describe(model_path)
-    images = data["x"][idx]
-    x = (preprocess.dequantize(images, info["inputs"][0]) if np.issubdtype(images.dtype, np.integer)
-         else preprocess.to_float(images, cfg.preprocess))
+    x = preprocess.float_input(data["x"][idx], cfg.preprocess, info["inputs"][0])
     out_q = info["outputs"][0]
     figures, scores = task.compare(preprocess.dequantize(outputs, out_q), preprocess.dequantize(host_out, out_q), x,
                                    data["y"][idx], data["groups"][idx] if "groups" in data else None)

@@ -5,6 +5,7 @@ data.test_source and a validation of another model file on it can gate against e
 
 import numpy as np
 
+from pipeline.data import preprocess
 from pipeline.data.sources import source_fingerprint
 from pipeline.data.splits import load_test_source, test_set_record
 from pipeline.engine.errors import InputError
@@ -21,7 +22,7 @@ def external(config):
 
 STAGE = Stage(
     "testset", __name__, outputs=("dataset.npz",), toolchain=("numpy", "pillow", "scikit-learn", "tensorflow", "tensorflow-cpu"), external=external,
-    config=("data.test_source", "data.image_size", "data.channels", "data.mixed_sizes", "data.resize", "preprocess.form",
+    config=("data.test_source", "data.image_size", "data.channels", "data.mixed_sizes", "data.resize", "preprocess",
             "task.kind"),
 )
 
@@ -39,6 +40,7 @@ def run(cfg, inputs, out_dir, ctx):
         raise InputError(f"an anomaly test set needs normal (0) and anomalous (1) windows, or its ROC AUC is "
                          f"undefined; {cfg.data.test_source} has only {class_names[int(labels[0])]!r} windows. Add the "
                          "other kind.")
+    preprocess.check_form(cfg.preprocess, preprocess.is_tensor(images, cfg.preprocess), cfg.data.test_source)
     test = np.arange(len(labels), dtype=np.int64)
     empty = np.zeros((0,), np.int64)
     info = {"source": cfg.data.test_source, "fixed": True}

@@ -87,7 +87,7 @@ def test_a_build_refuses_integer_features_and_an_anomaly_split_without_anomalies
     with pytest.raises(InputError, match="needs float features; x is int8"):
         data_stage.run(cfg, {}, tmp_path, None)
     normal = _npz(tmp_path / "normal.npz", x=x, y=np.zeros(60, np.int64))
-    cfg = _config(f"data.source={normal!r}", "task.kind='anomaly'")
+    cfg = _config(f"data.source={normal!r}", "task.kind='anomaly'", "train.recipe='autoencoder'")
     with pytest.raises(InputError, match="the test split has no anomaly windows"):
         data_stage.run(cfg, {}, tmp_path, None)
 
@@ -120,3 +120,59 @@ def test_the_keyword_front_end_gives_49_frames_of_10_coefficients():
     assert features.shape == (49, 10) and np.isfinite(features).all()
     quiet = featuredata.mfcc(np.zeros(featuredata.RATE) + 1e-4 * np.sin(2 * np.pi * 440.0 * t))
     assert features[:, 0].mean() > quiet[:, 0].mean() + 10  # the energy coefficient follows the loudness
+
+
+def test_top_k_counts_the_true_class_among_the_k_highest_scores_ties_included():
+    from pipeline.release.metrics import top_k_accuracy
+
+    scores = np.asarray([[3, 2, 1], [1, 2, 3], [2, 2, 2], [0, 5, 5]], np.int8)
+    labels = np.asarray([0, 0, 1, 0])
+    assert top_k_accuracy(scores, labels, 1) == 0.5  # sample 2: a three-way tie counts in
+    assert top_k_accuracy(scores, labels, 2) == 0.5
+    assert top_k_accuracy(scores, labels, 3) == 1.0
+    with pytest.raises(InputError, match="top_k ranks class scores, and a task.kind = 'anomaly' model outputs none"):
+        _config("task.kind='anomaly'", "train.recipe='autoencoder'", "task.top_k=5")
+    with pytest.raises(InputError, match="the built-in recipe 'small_cnn' is a classifier.*Set train.recipe = 'autoencoder'"):
+        _config("task.kind='anomaly'")
+    with pytest.raises(InputError, match="autoencoder recipe reconstructs its input.*Set task.kind = 'anomaly'"):
+        _config("train.recipe='autoencoder'")
+    _config("task.kind='anomaly'", "validate.model='m.tflite'")  # a model file: no recipe is built
+
+
+def test_an_anomaly_split_trains_on_normal_clips_and_tests_every_anomalous_one(tmp_path):
+    x, _ = _mfcc_like(n=120)
+    group = np.asarray([f"clip{i // 4}" for i in range(120)])
+    y = np.asarray([int(i // 4 >= 24) for i in range(120)])  # 24 normal clips, 6 anomalous, 4 windows each
+    source = _npz(tmp_path / "m.npz", x=x, y=y, group=group)
+    *_, (train, val, test), info, groups = load_splits(_config(f"data.source={source!r}").data, 0, task="anomaly")
+    assert set(y[train]) == set(y[val]) == {0} and (y[test] == 1).sum() == 24
+    assert not set(groups[test]) & set(groups[np.concatenate([train, val])])
+    assert "every anomalous one in the test set" in info["source"]
+
+
+def test_the_keys_of_the_other_form_are_refused_not_ignored():
+    with pytest.raises(InputError, match="pixel_range, mean and std map pixels, and x is read as features"):
+        preprocess.check_form(_config("preprocess.pixel_range=[0, 255]").preprocess, tensor=True)
+    with pytest.raises(InputError, match="scale and offset map features, and x is read as images"):
+        preprocess.check_form(_config("preprocess.scale=[2.0]").preprocess, tensor=False)
+    preprocess.check_form(_config("preprocess.scale=[2.0]").preprocess, tensor=True)
+
+
+def test_a_test_source_sharing_a_clip_with_the_training_data_is_refused(tmp_path):
+    x, y = _mfcc_like(n=60)
+    group = np.asarray([f"clip{i // 3}" for i in range(60)])
+    y = np.asarray([int(g[4:]) % 3 for g in group])
+    train = _npz(tmp_path / "train.npz", x=x, y=y, group=group)
+    test = _npz(tmp_path / "test.npz", x=x[:9] + 1.0, y=y[:9], group=group[:9])  # other windows of clip0..clip2
+    cfg = _config(f"data.source={train!r}", f"data.test_source={test!r}")
+    with pytest.raises(InputError, match="must not share a clip \\(group\\) with train/val: 3 of its 3 groups"):
+        data_stage.run(cfg, {}, tmp_path, None)
+
+
+def test_pre_quantized_features_are_scored_against_what_they_stand_for():
+    pp = _config("preprocess.scale=[2.0]").preprocess
+    tensor = {"dtype": "int8", "scale": 0.5, "zero_point": 1}
+    raw = np.asarray([[3, -1]], np.int8)
+    assert preprocess.float_input(raw, pp, tensor).tolist() == [[1.0, -1.0]]  # (q - zp) * scale, fed unchanged
+    floats = np.asarray([[3.0, -1.0]], np.float32)
+    assert preprocess.float_input(floats, pp, tensor).tolist() == [[6.0, -2.0]]  # the float formula

@@ -7,10 +7,11 @@ every other kind is one module here with the same functions, which they call thr
 - `fit_arrays(x, y)`: the (inputs, targets) a model is fitted on, from one split;
 - `metrics(outputs, x, labels, groups)`: one model's record on the test set, from its (dequantized)
   outputs and the float inputs `x`, and the per-sample scores (`scores`);
+- `correlation(a, b)`, `clip_scores(scores, labels, groups)`: how scores agree, and per clip;
 - `compare(target, host, x, labels, groups)`: a target's (dequantized) outputs against the host's;
 - `gate_checks(manifest, cfg, baseline)`: the task's own gate checks (the bit-exactness, budget and
   model checks are shared);
-- `summary(manifest)`: the report's lines, and `figures(manifest, build_dir)` its plots.
+- `metric_cell(record)`: a model's figure in the report's tables, and `roc_figure(curves, plt)` its plot.
 """
 
 import importlib
