@@ -176,3 +176,20 @@ def test_pre_quantized_features_are_scored_against_what_they_stand_for():
     assert preprocess.float_input(raw, pp, tensor).tolist() == [[1.0, -1.0]]  # (q - zp) * scale, fed unchanged
     floats = np.asarray([[3.0, -1.0]], np.float32)
     assert preprocess.float_input(floats, pp, tensor).tolist() == [[6.0, -2.0]]  # the float formula
+
+
+def test_a_changed_feature_sample_is_drawn_as_a_spectrogram_picture():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pipeline.release.report import _feature_picture, _thumbnail
+
+    mfcc = np.zeros((49, 10), np.float32)
+    mfcc[:, 0] = np.arange(49)  # the energy coefficient rises over time
+    picture = _feature_picture(mfcc)
+    assert picture.shape == (10, 49, 1) and picture.dtype == np.uint8  # time across, coefficients up
+    assert picture[-1, 0, 0] == 0 and picture[-1, -1, 0] == 255  # coefficient 0 at the bottom, scaled to 0..255
+    png = Image.open(io.BytesIO(base64.b64decode(_thumbnail(mfcc))))
+    assert png.size[0] == 128 and png.mode == "L"
