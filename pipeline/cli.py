@@ -128,9 +128,10 @@ def _quiet_env():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage log lines.")
 @click.pass_context
 def main(ctx, debug, quiet):
-    """Build a Keras 3 image model into int8 TFLite and ONNX artifacts, validated on emulated ARM
-    boards, a microcontroller's runtime (TFLM) and an NPU's compiler (Vela), gated against accuracy
-    thresholds and each device's budgets, described by manifest.json.
+    """Build a Keras 3 model (an image classifier, a classifier of feature tensors such as keyword
+    MFCCs, or an anomaly autoencoder) into int8 TFLite and ONNX artifacts, validated on emulated ARM
+    boards, a microcontroller's runtime (TFLM) and an NPU's compiler (Vela), gated against accuracy (or
+    ROC AUC) thresholds and each device's budgets, described by manifest.json.
 
     Start with `edgebuild build` (uses ./edgebuild.toml if present, else built-in defaults:
     scikit-learn's digits, a small CNN, targets rpi4-bookworm-tflite, rpi5-litert, cortex-m-tflm and
