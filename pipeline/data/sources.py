@@ -298,12 +298,16 @@ def _load_npz(source, cfg, form="auto", task="classification"):
     path = Path(source)
     arrays = _read_npz(path)
     x, y = arrays["x"], arrays["y"]
-    if form == "tensor" or form == "auto" and not looks_like_pixels(x):
-        x = _features(x, y, path)
-        y, names = _labels(y, arrays.get("class_names"), path, task)
-        return Loaded(x, y, [f"{path.name}/{i}" for i in range(len(y))], names, _split(arrays.get("split"), y, path),
-                      _groups(arrays.get("group"), y, path))
-    return _load_npz_images(path, arrays, cfg, task)
+    if form == "pixels" or form == "auto" and looks_like_pixels(x):
+        if form == "auto" and np.issubdtype(x.dtype, np.floating) and x.shape[1] != x.shape[2]:
+            print(f"{path}: x {x.dtype} {list(x.shape[1:])} per sample is read as images (floats within 0..255, "
+                  f"preprocess.form = 'auto') and resized to {cfg.image_size}x{cfg.image_size}; if these are "
+                  "features, set preprocess.form = 'tensor'")
+        return _load_npz_images(path, arrays, cfg, task)
+    x = _features(x, y, path)
+    y, names = _labels(y, arrays.get("class_names"), path, task)
+    return Loaded(x, y, [f"{path.name}/{i}" for i in range(len(y))], names, _split(arrays.get("split"), y, path),
+                  _groups(arrays.get("group"), y, path))
 
 
 def _load_npz_images(path, arrays, cfg, task):
@@ -342,7 +346,7 @@ def _load_npz_images(path, arrays, cfg, task):
 
 def _labels(y, names, path, task):
     """(y as int64 class ids, class names) of an .npz, refused in one line where they do not fit together
-    or the task (anomaly: 0 normal, 1 anomaly, both present)."""
+    or the task (anomaly: 0 normal, 1 anomaly; the data stage checks that both are there to test)."""
     if np.issubdtype(y.dtype, np.floating):
         _require_finite(y, "y", path, "Labels must be integers 0..K-1.")
         if not np.all(y == np.round(y)):
