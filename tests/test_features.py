@@ -190,3 +190,43 @@ def test_an_anomaly_baseline_of_another_task_is_refused(outside_anomaly, outside
     assert proc.returncode == 3, proc.stdout + proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "a baseline must be of the same task; the baseline was made with task.kind = 'classification'" in line, line
+
+
+def _vibration(path, seed=0):
+    """Sensor windows (N, 64, 3): three classes of dominant frequency on three axes, with noise; 8 windows
+    per recording (the group)."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    t = np.arange(64) / 64.0
+    x, y, group = [], [], []
+    for recording in range(60):
+        label = recording % 3
+        freq = (3.0, 7.0, 12.0)[label] * rng.uniform(0.9, 1.1)
+        for w in range(8):
+            phase = rng.uniform(0, 2 * np.pi, 3)
+            x.append(np.sin(2 * np.pi * freq * t[:, None] + phase) + rng.normal(0, 0.3, (64, 3)))
+            y.append(label)
+            group.append(f"rec{recording}")
+    np.savez(path, x=np.asarray(x, np.float32), y=np.asarray(y), class_names=np.asarray(["idle", "walk", "run"]),
+             group=np.asarray(group))
+    return path
+
+
+def test_a_conv1d_sensor_model_goes_through_qat_to_full_integer_int8(tmp_path, cache_dir):
+    source = _vibration(tmp_path / "vibration.npz")
+    proc = edgebuild(
+        "--quiet", "build", "--set", "build.name='vib'", "--set", f"build.out_dir={str(tmp_path)!r}",
+        "--set", f"data.source={str(source)!r}", "--set", f"data.calibration_file={str(tmp_path / 'calib.json')!r}",
+        "--set", "data.calibration_samples=60", "--set", "train.recipe='tests.user_models.sensor_models:conv1d'",
+        "--set", "train.epochs=15", "--set", "train.learning_rate=0.01", "--set", "qat.epochs=2",
+        "--set", "validate.targets=['cortex-m-tflm']", "--set", "gate.min_int8_accuracy=0.8",
+        env={"EDGEBUILD_CACHE": str(cache_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((tmp_path / "vib" / "manifest.json").read_text())
+    art = m["artifacts"]["int8_tflite"]
+    assert m["artifacts"]["int8_tflite"]["quantization"] == "qat" and not art["float_ops"]
+    assert art["input"]["shape"] == [1, 64, 3] and art["input"]["dtype"] == "int8"
+    assert any("conv1d" in name for name in m["qat"]["ranges"])
+    assert m["metrics"]["int8_host"]["accuracy"] >= 0.8
+    assert m["metrics"]["targets"]["cortex-m-tflm"]["top1_agreement"] >= 0.99

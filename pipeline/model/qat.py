@@ -148,6 +148,25 @@ class QuantConv2D(_QuantizedKernelMixin, keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantConv1D(_QuantizedKernelMixin, keras.layers.Conv1D):
+    """Conv1D with per-output-channel int8 weight fake-quant (BatchNorm already folded in): a 1-D
+    feature model's convolution (sensor windows, audio frames), computed as a 2-D convolution over a
+    width of 1 with the kernel fake-quantized in its 2-D shape, so the converter sees the Conv2D
+    pattern it quantizes (a fake-quantized 1-D kernel expanded to 2-D is an op it refuses in int8)."""
+
+    def call(self, inputs, training=False):
+        padding = self.padding
+        if padding == "causal":  # as keras.layers.Conv1D pads it
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+        k, cin, cout = self.kernel.shape
+        kernel = _quantize_weight(ops.reshape(self.kernel, (k, 1, cin, cout)), per_channel=True)
+        y = ops.conv(ops.expand_dims(inputs, 2), kernel, strides=(self.strides[0], 1), padding=padding,
+                     dilation_rate=(self.dilation_rate[0], 1), data_format="channels_last")
+        return self._finish(ops.squeeze(y, 2), training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class QuantDepthwiseConv2D(_QuantizedKernelMixin, keras.layers.DepthwiseConv2D):
     """DepthwiseConv2D with per-channel int8 weight fake-quant.
 
@@ -179,12 +198,15 @@ class QuantDense(_QuantizedKernelMixin, keras.layers.Dense):
 
 
 QUANT_LAYERS = {
+    keras.layers.Conv1D: QuantConv1D,
     keras.layers.Conv2D: QuantConv2D,
     keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
     keras.layers.Dense: QuantDense,
 }
 # Layers that only move or select int8 values: they keep their input's scale, no quantizer needed.
 PASSTHROUGH = (
+    keras.layers.MaxPooling1D,
+    keras.layers.ZeroPadding1D,
     keras.layers.MaxPooling2D,
     keras.layers.Flatten,
     keras.layers.Reshape,
@@ -194,6 +216,8 @@ PASSTHROUGH = (
 )
 # Layers that compute new values without weights: quantize their output.
 REQUANTIZE = (
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.AveragePooling1D,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.AveragePooling2D,
     keras.layers.Add,
@@ -331,8 +355,8 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
             else:
                 raise UnsupportedLayerError(
                     f"layer '{layer.name}' ({type(layer).__name__}) has no int8 QAT rule. "
-                    "Use Conv2D/DepthwiseConv2D/Dense/BatchNormalization/ReLU/pooling layers, "
-                    "or replace the layer."
+                    "Use Conv1D/Conv2D/DepthwiseConv2D/Dense/BatchNormalization/ReLU and 1-D or 2-D pooling "
+                    "layers, replace the layer, or set qat.enabled = false (post-training quantization)."
                 )
             tensors[id(out_tensor)] = y
     outputs = [tensors[id(t)] for t in model.outputs]
@@ -343,9 +367,9 @@ def _unsupported(layer):
     """The message of a layer that reaches none of the rewrite's rules (after the rules themselves were
     tried), or None."""
     if isinstance(layer, keras.layers.BatchNormalization):
-        return (f"layer '{layer.name}' (BatchNormalization) follows no Conv2D/Dense it can be folded into, so "
-                "int8 would not match training. Place BatchNormalization directly after a Conv2D, DepthwiseConv2D "
-                "or Dense layer.")
+        return (f"layer '{layer.name}' (BatchNormalization) follows no Conv1D/Conv2D/Dense it can be folded into, "
+                "so int8 would not match training. Place BatchNormalization directly after a Conv1D, Conv2D, "
+                "DepthwiseConv2D or Dense layer.")
     if not isinstance(layer, keras.layers.Layer) or (_is_custom(layer) and not layer.weights):
         return None
     if _is_custom(layer):
@@ -370,6 +394,10 @@ def _rescaling_as_depthwise(layer, x, momentum):
 def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentum):
     """Build the fake-quantized replacement of a Conv2D/DepthwiseConv2D/Dense layer."""
     config = layer.get_config()
+    if isinstance(layer, keras.layers.Conv1D) and config.get("data_format") == "channels_first":
+        raise UnsupportedLayerError(f"layer '{layer.name}' (Conv1D) is channels_first, and QAT quantizes a Conv1D "
+                                    "channels_last (as the TFLite converter runs it). Build it with "
+                                    "data_format='channels_last'.")
     weights = _weights(layer)
     depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
     kernel, bias = weights[0], (weights[1] if layer.use_bias else None)

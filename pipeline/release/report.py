@@ -446,6 +446,7 @@ def html(manifest, build_dir, sections=()):
         input_line=(f"features: {pre.get('float_formula')}, scale {pre.get('scale')}, offset {pre.get('offset')}"
                     if pre.get("form") == "tensor" else
                     "pixel range {}, mean {}, std {}".format(*(pre.get(k, "-") for k in ("pixel_range", "mean", "std")))),
+        unit="samples" if pre.get("form") == "tensor" else "images",
         metric_title="Accuracy" if task is None else "ROC AUC",
         metric_column="test accuracy" if task is None else "test ROC AUC (pAUC at FPR <= 0.1)", agree_title="top-1 agreement with host" if task is None
         else "anomaly-score correlation with host",
