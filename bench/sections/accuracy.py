@@ -1,5 +1,6 @@
 """The whole run's accuracy comparison (`python -m bench`): float vs post-training int8 vs edgebuild's
-QAT int8, same splits and same calibration set, per case."""
+QAT int8, same splits and same calibration set, per case: images, a keyword spotter on synthesized
+speech (accuracy), and an anomaly autoencoder on synthetic machine sounds (ROC AUC over clips)."""
 
 import json
 import os
