@@ -140,8 +140,11 @@ def _target_checks(m, cfg, prefix, classification=True):
                                  t["accuracy"] >= cfg.min_int8_accuracy,
                                  detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
             need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
+            flips, tied = len(t.get("flipped_ids") or []), t.get("tied_flips", 0)
             checks.append(check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
-                                 t["top1_agreement"] >= need))
+                                 t["top1_agreement"] >= need,
+                                 detail=f"{flips} differ, {tied} of them at an exact int8 tie of the host's top scores "
+                                        "(argmax takes the lowest index there)" if tied else ""))
         if t.get("output_dtype", "int8").startswith("float"):  # float outputs: reported, not held to int8 steps
             continue
         tol, isa = t["tolerances"], t.get("isa") or {}

@@ -51,6 +51,8 @@ def compare(target_out, host_out, labels, ids, class_names):
         diff = np.abs(target_out.astype(wide) - host_out.astype(wide))
     t1, h1 = target_out.argmax(1), host_out.argmax(1)
     rec = accuracy_record(t1, labels, class_names)
+    top_two = np.sort(host_out.reshape(len(host_out), -1), axis=1)[:, -2:] if host_out.shape[-1] > 1 else None
+    tied = np.zeros(len(h1), bool) if top_two is None else top_two[:, 0] == top_two[:, 1]
     rec.update(
         bitexact_fraction=round(float((diff == 0).mean()), 6),
         max_abs_diff=finite_max(diff),
@@ -58,5 +60,7 @@ def compare(target_out, host_out, labels, ids, class_names):
         output_dtype=str(host_out.dtype),
         top1_agreement=round(float((t1 == h1).mean()), 6),
         flipped_ids=[str(s) for s in ids[t1 != h1]],
+        # disagreements where the host's own top score is an exact tie (argmax takes the lowest index there)
+        tied_flips=int((tied & (t1 != h1)).sum()),
     )
     return rec

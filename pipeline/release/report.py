@@ -314,7 +314,9 @@ def _history_figure(manifest):
         if hist.get(f"val_{metric}"):
             ax.plot(epochs, hist[f"val_{metric}"], marker="o", label=f"val {metric}")
         if (rec.get("initial") or {}).get(f"val_{metric}") is not None:
-            ax.axhline(rec["initial"][f"val_{metric}"], color="gray", linestyle=":", label="val before fine-tuning")
+            trained = name == "qat" or rec.get("pretrained") or str(rec.get("recipe", "")).endswith((".keras", ".h5"))
+            ax.axhline(rec["initial"][f"val_{metric}"], color="gray", linestyle=":",
+                       label="val before fine-tuning" if trained else "val before training")
         if rec.get("float_val_accuracy") is not None:
             ax.axhline(rec["float_val_accuracy"], color="black", linestyle="--", linewidth=0.8, label="float model val")
         if rec.get("kept_epoch"):

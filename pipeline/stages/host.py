@@ -110,7 +110,8 @@ def run(cfg, inputs, out_dir, ctx):
     metrics = with_top_k(accuracy_record(top1, labels, class_names), preprocess.dequantize(raw, info["outputs"][0]),
                          labels, cfg.task.top_k)
     metrics.update(top1=[int(v) for v in top1], runtime=runtime, nonfinite_outputs=nonfinite(raw),
-                   runtime_version=version, output_dtype=str(raw.dtype), input_layout=onnx_info.layout(info["inputs"][0]))
+                   runtime_version=version, output_dtype=str(raw.dtype),
+                   input_layout="features" if tensor else onnx_info.layout(info["inputs"][0]))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
     id_list = [str(s) for s in ids]
     return {
@@ -129,7 +130,7 @@ def _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version,
     groups = data["groups"][data["test"]] if "groups" in data else None
     metrics, scores = task.metrics(preprocess.dequantize(raw, info["outputs"][0]), x, labels, groups)
     metrics.update(runtime=runtime, nonfinite_outputs=nonfinite(raw), runtime_version=version,
-                   output_dtype=str(raw.dtype), input_layout=onnx_info.layout(info["inputs"][0]))
+                   output_dtype=str(raw.dtype), input_layout="features" if tensor else onnx_info.layout(info["inputs"][0]))
     extra = {} if groups is None else {"groups": groups}
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_scores=scores, **extra)
     id_list = [str(s) for s in ids]

@@ -214,3 +214,19 @@ def test_budgets_are_checked_per_target_and_gate_keys_override_them():
     # [gate] overrides every target's budget: each target running the 250,000-MAC model fails
     assert failed(gate.evaluate(m, strict)) == {f"MACs ({n})" for n in ("cortex-m-tflm", "rpi4-bookworm-tflite",
                                                                           "rpi5-litert")}
+
+
+def test_a_disagreement_at_an_exact_int8_tie_of_the_host_is_named():
+    import numpy as np
+
+    from pipeline.release.metrics import compare
+
+    host = np.asarray([[-10, -10, -57], [5, 1, 0], [0, 0, -63]], np.int8)  # two exact ties at the top
+    target = np.asarray([[-11, -10, -57], [5, 1, 0], [0, 0, -63]], np.int8)  # one step flips the first
+    rec = compare(target, host, np.asarray([0, 0, 0]), np.asarray(["a", "b", "c"]), ["x", "y", "z"])
+    assert rec["flipped_ids"] == ["a"] and rec["tied_flips"] == 1
+    m = copy.deepcopy(MANIFEST)
+    name, t = next(iter(sorted(m["metrics"]["targets"].items())))
+    t.update(top1_agreement=0.5, flipped_ids=["a", "b"], tied_flips=1)
+    agreement = next(c for c in gate.evaluate(m, CFG)["checks"] if c["name"] == f"host/target top-1 agreement ({name})")
+    assert not agreement["passed"] and "2 differ, 1 of them at an exact int8 tie" in agreement["detail"]
