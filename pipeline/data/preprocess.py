@@ -129,12 +129,12 @@ def dequantize(values, tensor):
     return values.astype(np.float64)
 
 
-def float_range(cfg, channels, features=None):
+def float_range(cfg, channels, inputs=None):
     """(min, max) of the model input over every pixel value and channel: the int8 input range. For
-    features (the tensor form) it is their own range (the training features'), widened to hold 0."""
-    if features is not None and is_tensor(features, cfg):
-        x = to_float64(features, cfg)
-        return float(min(x.min(), 0.0)), float(max(x.max(), 0.0))
+    features (the tensor form) it is the range of their model `inputs` (the training ones), widened to
+    hold 0."""
+    if inputs is not None:
+        return float(min(inputs.min(), 0.0)), float(max(inputs.max(), 0.0))
     scale, offset, mean, std = params(cfg, channels)
     ends = np.stack([(offset - mean) / std, (255.0 * scale + offset - mean) / std])
     return float(ends.min()), float(ends.max())

@@ -171,6 +171,14 @@ def test_set_record(images, labels, ids, class_names, splits, test_info, allow_o
     }
 
 
+def test_split_record(ids, labels):
+    """The manifest's `test_split`: the test ids in order, their sha256 (what a baseline must share) and
+    the labels."""
+    id_list = [str(s) for s in ids]
+    return {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
+            "labels": [int(v) for v in labels]}
+
+
 def load_dataset(path):
     """Read a `dataset.npz` written by this stage into a dict of arrays."""
     with np.load(path, allow_pickle=False) as f:

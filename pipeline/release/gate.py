@@ -350,8 +350,9 @@ def evaluate_task(manifest, cfg, baseline, task):
 def evaluate(manifest, cfg, baseline=None, declared=()):
     """Run every check (and the `declared` ones: the checks of stages declared outside the built-in
     ones); return {"verdict", "checks", "baseline"}."""
-    if tasks.kind(manifest) != "classification":
-        checks = evaluate_task(manifest, cfg, baseline, tasks.get(tasks.kind(manifest)))
+    task = tasks.get(tasks.kind(manifest))
+    if task:
+        checks = evaluate_task(manifest, cfg, baseline, task)
         return _verdict(checks + list(declared), baseline)
     if manifest.get("kind") == "validation":
         verdict = evaluate_validation(manifest, cfg, baseline)

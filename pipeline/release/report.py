@@ -13,8 +13,7 @@ def _task(manifest):
     """The task module of a manifest's task kind (None: classification, the report's own views)."""
     from pipeline.release import tasks
 
-    kind = tasks.kind(manifest)
-    return None if kind == "classification" else tasks.get(kind)
+    return tasks.get(tasks.kind(manifest))
 
 
 def _metric_cell(record, task):

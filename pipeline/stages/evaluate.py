@@ -3,10 +3,9 @@ on the test split, per class, and top-1 agreement between them; the int8 ONNX is
 the int8 TFLite output by output (raw and dequantized). Writes every model's test predictions to
 `predictions.npz` so targets and the gate compare by sample id."""
 
-import hashlib
 
 from pipeline.data import preprocess
-from pipeline.data.splits import load_dataset
+from pipeline.data.splits import load_dataset, test_split_record
 from pipeline.device import onnx_info, tflite_info
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.fsutil import atomic_save_npz
@@ -64,11 +63,13 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar.update(1)
     bar.close()
 
-    if stage_cfg.task.kind != "classification":
-        outputs = {"float": float_logits, "int8_host": preprocess.dequantize(int8_out, info["outputs"][0]),
-                   "float_tflite": float_tfl_out, "onnx": onnx_out,
-                   "onnx_int8": preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])}
-        return _task_metrics(tasks.get(stage_cfg.task.kind), outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
+    # every model's outputs, dequantized: a task's metrics, and top-k
+    outputs = {"float": float_logits, "int8_host": preprocess.dequantize(int8_out, info["outputs"][0]),
+               "float_tflite": float_tfl_out, "onnx": onnx_out,
+               "onnx_int8": preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])}
+    task = tasks.get(stage_cfg.task.kind)
+    if task:
+        return _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
     top1 = {
         "float": float_logits.argmax(1),
         "int8_host": int8_out.argmax(1),
@@ -77,10 +78,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "onnx_int8": int8_onnx_out.argmax(1),
     }
     metrics = {k: accuracy_record(v, labels, class_names) for k, v in top1.items()}
-    scores = {"float": float_logits, "int8_host": preprocess.dequantize(int8_out, info["outputs"][0]),
-              "float_tflite": float_tfl_out, "onnx": onnx_out,
-              "onnx_int8": preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])}
-    for name, out in scores.items():
+    for name, out in outputs.items():
         with_top_k(metrics[name], out, labels, stage_cfg.task.top_k)
     for k in ("int8_host", "float_tflite", "onnx", "onnx_int8"):
         metrics[k]["top1_agreement_with_float"] = round(float((top1[k] == top1["float"]).mean()), 6)
@@ -96,11 +94,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
         ids=ids, labels=labels, float_top1=top1["float"], onnx_top1=top1["onnx"],
         host_output=int8_out, int8_top1=top1["int8_host"], onnx_int8_output=int8_onnx_out,
     )
-    id_list = [str(s) for s in ids]
     return {
         "metrics": metrics,
-        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
-                       "labels": [int(v) for v in labels]},
+        "test_split": test_split_record(ids, labels),
     }
 
 
@@ -122,11 +118,9 @@ def _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
     extra = {} if groups is None else {"groups": groups}
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=int8_out,
                     onnx_int8_output=int8_onnx_out, **{f"{k}_scores": v for k, v in scores.items()}, **extra)
-    id_list = [str(s) for s in ids]
     return {
         "metrics": metrics,
-        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
-                       "labels": [int(v) for v in labels]},
+        "test_split": test_split_record(ids, labels),
     }
 
 

@@ -3,13 +3,11 @@
 input tensor's own dtype and quantization; accuracy comes from the dequantized outputs, and the raw
 outputs are kept in `predictions.npz` for the targets' bit-exact comparison."""
 
-import hashlib
 from importlib import metadata
-
 
 from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
-from pipeline.data.splits import load_dataset
+from pipeline.data.splits import load_dataset, test_split_record
 from pipeline.device import onnx_info
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused
@@ -86,7 +84,7 @@ def run(cfg, inputs, out_dir, ctx):
     images, labels, ids = data["x"][idx], data["y"][idx], data["ids"][idx]
     class_names = [str(c) for c in data["class_names"]]
     tensor = preprocess.is_tensor(images, pp)
-    task = None if cfg.task.kind == "classification" else tasks.get(cfg.task.kind)
+    task = tasks.get(cfg.task.kind)
     check_fits(info, images, class_names, "the model", tensor, reconstruct=task is not None)
     x = onnx_info.model_input(images, pp, info["inputs"][0])
     version = metadata.version(runtime)
@@ -113,11 +111,9 @@ def run(cfg, inputs, out_dir, ctx):
                    runtime_version=version, output_dtype=str(raw.dtype),
                    input_layout="features" if tensor else onnx_info.layout(info["inputs"][0]))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
-    id_list = [str(s) for s in ids]
     return {
         "metrics": {"host": metrics},
-        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
-                       "labels": [int(v) for v in labels]},
+        "test_split": test_split_record(ids, labels),
         "preprocess": preprocess.describe(pp, images.shape[-1], info["inputs"][0]["scale"],
                                           info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"]), tensor),
     }
@@ -133,11 +129,9 @@ def _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version,
                    output_dtype=str(raw.dtype), input_layout="features" if tensor else onnx_info.layout(info["inputs"][0]))
     extra = {} if groups is None else {"groups": groups}
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_scores=scores, **extra)
-    id_list = [str(s) for s in ids]
     return {
         "metrics": {"host": metrics},
-        "test_split": {"ids": id_list, "sha256": hashlib.sha256("\n".join(id_list).encode()).hexdigest(),
-                       "labels": [int(v) for v in labels]},
+        "test_split": test_split_record(ids, labels),
         "preprocess": preprocess.describe(cfg.preprocess, images.shape[-1], info["inputs"][0]["scale"],
                                           info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"]), tensor),
     }

@@ -51,9 +51,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)
-    features = data["x"][data["train"]] if preprocess.is_tensor(data["x"], pp) else None  # (their range)
+    features = x_train if preprocess.is_tensor(data["x"], pp) else None  # features: their own range
     input_range = preprocess.float_range(pp, x_train.shape[-1], features)
-    task = None if stage_cfg.task.kind == "classification" else tasks.get(stage_cfg.task.kind)
+    task = tasks.get(stage_cfg.task.kind)
     if task:  # the task's own fitting data (an autoencoder: the normal windows, reconstructed)
         (x_train, y_train), (x_val, y_val) = task.fit_arrays(x_train, y_train), task.fit_arrays(x_val, y_val)
     float_model = keras.models.load_model(float_path)

@@ -277,8 +277,9 @@ def merge(cfg, inputs, parts, out_dir, ctx):
     record.update(compare(outputs, host_out, labels, ids, names))
     with_top_k(record, outputs, labels, cfg.task.top_k)  # (raw outputs: dequantizing keeps their order)
     scores = None
-    if cfg.task.kind != "classification":  # the task's own figures replace top-1 accuracy and agreement
-        scores = _task_compare(tasks.get(cfg.task.kind), record, inputs[ctx.params["model"]], data, idx, outputs,
+    task = tasks.get(cfg.task.kind)
+    if task:  # the task's own figures replace top-1 accuracy and agreement
+        scores = _task_compare(task, record, inputs[ctx.params["model"]], data, idx, outputs,
                                host_out, cfg)
     record["executor"] = first["executor"]
     record.update(_merged_run([r["run"] for r, _ in parts], len(idx)))

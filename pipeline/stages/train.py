@@ -105,7 +105,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     x_train, y_train = split_arrays(data, "train", pp)
     x_val, y_val = split_arrays(data, "val", pp)
-    task = None if stage_cfg.task.kind == "classification" else tasks.get(stage_cfg.task.kind)
+    task = tasks.get(stage_cfg.task.kind)
     reconstruct = task is not None  # (the one other task: an autoencoder, fitted to reconstruct)
     if task:  # e.g. an autoencoder learns to reconstruct the normal windows only
         (x_train, y_train), (x_val, y_val) = task.fit_arrays(x_train, y_train), task.fit_arrays(x_val, y_val)

@@ -1,6 +1,7 @@
 """Tasks: what a model's outputs mean and how they are judged (`task.kind`). Classification (top-1
 of logits) is the built-in path of the evaluate, host and target stages, the gate and the report;
-every other kind is one module here with the same functions, which they call through `get(kind)`:
+every other kind is one module here with the same functions, which they call through `get(kind)`
+(None for classification):
 
 - `model_outputs(input_shape, class_names)`: what a recipe is asked to output (the `num_classes`
   argument: the classes, or the shape an autoencoder reconstructs);
@@ -25,7 +26,7 @@ def kind(manifest):
 
 
 def get(name):
-    """The module of a task kind other than classification."""
-    if name not in KINDS or name == "classification":
+    """The module of a task kind; None for classification (the built-in path)."""
+    if name not in KINDS:
         raise ValueError(f"no task module for {name!r}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return None if name == "classification" else importlib.import_module(f"{__name__}.{name}")
