@@ -87,7 +87,7 @@ class TaskConfig:
 class TrainConfig:
     recipe: str = setting("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
                      "efficientnet_v2_b0, ds_cnn_kws (keyword spotting on 49x10 MFCCs), autoencoder (dense, for "
-                     "task.kind = 'anomaly'), 'module.path:function' (your (input_shape, num_classes) -> keras.Model; "
+                     "task.kind = 'anomaly'), vit_tiny (a vision transformer of about 18k parameters), 'module.path:function' (your (input_shape, num_classes) -> keras.Model; "
                      "for an anomaly task num_classes is the input's shape, which the model reconstructs), "
                      "imported from the working directory) or a trained .keras file (fine-tuned for "
                      "train.epochs; 0 = as is)", recipe=True)
@@ -115,6 +115,10 @@ class QatConfig:
     batch_size: int = setting(64, "batch size", min=1, max=1_000_000)
     learning_rate: float = setting(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
                              "model is adjusted to int8, not retrained", min=0.0, max=10.0)
+    transformer_learning_rate: float = setting(3e-4, "the learning rate instead, for a model with LayerNormalization, "
+                                               "MultiHeadAttention or EinsumDense: their int8 variance and attention "
+                                               "probabilities start it further from float, so QAT must really "
+                                               "fine-tune it", min=0.0, max=10.0)
     max_val_drop: float = setting(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
     ema_momentum: float = setting(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
@@ -255,7 +259,7 @@ def canonical_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0", "ds_cnn_kws", "autoencoder")
+BUILTIN = ("small_cnn", "ds_cnn", "mobilenet_v3_small", "efficientnet_v2_b0", "ds_cnn_kws", "autoencoder", "vit_tiny")
 
 
 def recipe_kind(recipe):

@@ -17,8 +17,12 @@ _BASE_ARGS = {"self", "name", "dtype", "trainable", "autocast", "input_shape", "
               "input_dtype", "batch_input_shape", "dtype_policy", "activity_regularizer"}
 
 
+# edgebuild's own QAT layers (trusted like Keras's)
+QAT_MODULES = ("pipeline.model.qat", "pipeline.model.fakequant", "pipeline.model.attention")
+
+
 def _is_keras_own(cls):
-    return cls.__module__.startswith(("keras.", "keras_", "pipeline.model.qat"))
+    return cls.__module__.startswith(("keras.", "keras_")) or cls.__module__ in QAT_MODULES
 
 
 def _sample_inputs(layer, rng):

@@ -5,138 +5,23 @@ Keras 3 has no QAT API, so this module provides it. The same layers load under t
 becomes TF's FakeQuant op, which the TFLite converter folds into int8 tensors whose scale and zero
 point are exactly the ranges trained here.
 
-Conventions, matching what TFLite's int8 kernels expect:
-- weights: symmetric, narrow range [-127, 127]; per output channel for convolutions, per tensor for
-  Dense (per-channel Dense makes the converter fail with "tfl.transpose op has mismatched
-  quantized axes").
-- activations: asymmetric per tensor, range tracked by an exponential moving average of each
-  batch's min/max, initialised from the first real batch (never from zero).
-- BatchNormalization is folded into the preceding convolution/dense before QAT, so the int8 graph
-  is the graph that was fine-tuned.
+The fake-quant conventions (weights symmetric, activations asymmetric per tensor) are in
+`fakequant`; the transformer layers (LayerNormalization, attention, EinsumDense) in `attention`.
+BatchNormalization is folded into the preceding convolution/dense before QAT, so the int8 graph
+is the graph that was fine-tuned.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-PACKAGE = "edgebuild"
-
-
-def _fake_quant(x, lo, hi, narrow_range=False, axis=None):
-    return keras.quantizers.fake_quant_with_min_max_vars(
-        x, lo, hi, num_bits=8, narrow_range=narrow_range, axis=axis
-    )
-
-
-def _quantize_weight(w, per_channel):
-    """Symmetric fake-quant of a kernel; per channel on the last axis when asked."""
-    if per_channel:
-        reduce_axes = tuple(range(len(w.shape) - 1))
-        bound = ops.max(ops.abs(w), axis=reduce_axes)
-        bound = ops.maximum(bound, 1e-8)
-        return _fake_quant(w, -bound, bound, narrow_range=True, axis=len(w.shape) - 1)
-    bound = ops.maximum(ops.max(ops.abs(w)), 1e-8)
-    return _fake_quant(w, -bound, bound, narrow_range=True)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ActivationQuantizer(keras.layers.Layer):
-    """Fake-quantizes a tensor to int8, tracking its range with an EMA (or a fixed range).
-
-    Optionally applies an activation first, so ReLU and its quantizer become one fused op in the
-    converted graph.
-    """
-
-    def __init__(self, activation=None, momentum=0.99, fixed_range=None, **kwargs):
-        super().__init__(**kwargs)
-        self.activation = keras.activations.get(activation)
-        self.momentum = float(momentum)
-        self.fixed_range = None if fixed_range is None else [float(v) for v in fixed_range]
-
-    def build(self, input_shape):
-        lo, hi = self.fixed_range if self.fixed_range else (0.0, 0.0)
-        self.range_min = self.add_weight(
-            name="range_min", shape=(), initializer=keras.initializers.Constant(lo), trainable=False
-        )
-        self.range_max = self.add_weight(
-            name="range_max", shape=(), initializer=keras.initializers.Constant(hi), trainable=False
-        )
-        # 1.0 once a real batch has set the range; the first batch replaces the zeros outright.
-        self.seen = self.add_weight(
-            name="seen",
-            shape=(),
-            initializer=keras.initializers.Constant(1.0 if self.fixed_range else 0.0),
-            trainable=False,
-        )
-
-    def call(self, inputs, training=False):
-        x = self.activation(inputs)
-        if training and not self.fixed_range:
-            batch_min = ops.minimum(ops.min(x), 0.0)
-            batch_max = ops.maximum(ops.max(x), 0.0)
-            m = self.momentum
-            seen = self.seen
-            self.range_min.assign(
-                seen * (m * self.range_min + (1 - m) * batch_min) + (1 - seen) * batch_min
-            )
-            self.range_max.assign(
-                seen * (m * self.range_max + (1 - m) * batch_max) + (1 - seen) * batch_max
-            )
-            self.seen.assign(1.0)
-        lo = ops.minimum(self.range_min, 0.0)
-        hi = ops.maximum(self.range_max, lo + 1e-6)
-        return _fake_quant(x, lo, hi)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            activation=keras.activations.serialize(self.activation),
-            momentum=self.momentum,
-            fixed_range=self.fixed_range,
-        )
-        return config
-
-
-class _QuantizedKernelMixin:
-    """Shared constructor, build and get_config for layers that fake-quantize a kernel and maybe
-    their output; listed before the Keras layer class so its methods wrap the layer's."""
-
-    def __init__(self, *args, quantize_output=True, output_momentum=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.quantize_output = bool(quantize_output)
-        self.output_momentum = float(output_momentum)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_output_quantizer(self.compute_output_shape(input_shape))
-
-    def _build_output_quantizer(self, shape):
-        if self.quantize_output:
-            self.output_quantizer = ActivationQuantizer(
-                momentum=self.output_momentum, name=f"{self.name}_out_quant", dtype=self.dtype_policy
-            )
-            self.output_quantizer.build(shape)
-        else:
-            self.output_quantizer = None
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "quantize_output": self.quantize_output,
-            "output_momentum": self.output_momentum,
-        }
-
-    def _finish(self, y, training):
-        """Bias, activation and the output's fake-quant, after the layer's own (quantized-kernel) op."""
-        if self.use_bias:
-            y = ops.add(y, self.bias)
-        y = self.activation(y)
-        if self.output_quantizer is not None:
-            y = self.output_quantizer(y, training=training)
-        return y
+from pipeline.model import attention
+from pipeline.model.fakequant import (  # noqa: F401 (ActivationQuantizer and _quantize_weight are this module's API too)
+    PACKAGE,
+    ActivationQuantizer,
+    _QuantizedKernelMixin,
+    _quantize_weight,
+)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -203,6 +88,12 @@ QUANT_LAYERS = {
     keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
     keras.layers.Dense: QuantDense,
 }
+# Transformer layers, each rewritten by its function in `attention` (args, kwargs: the node's call).
+TRANSFORMER_RULES = {
+    keras.layers.LayerNormalization: lambda layer, args, kwargs, momentum: attention.layer_norm(layer, args[0], momentum),
+    keras.layers.EinsumDense: lambda layer, args, kwargs, momentum: attention.einsum_dense(layer, args[0], momentum),
+    keras.layers.MultiHeadAttention: attention.rewrite_attention,
+}
 # Layers that only move or select int8 values: they keep their input's scale, no quantizer needed.
 PASSTHROUGH = (
     keras.layers.MaxPooling1D,
@@ -267,6 +158,12 @@ def _activation_name(layer):
     return None
 
 
+def has_transformer_layers(model):
+    """Whether `model` has a layer the `attention` rules rewrite (LayerNormalization, MultiHeadAttention,
+    EinsumDense)."""
+    return any(type(layer) in TRANSFORMER_RULES for layer in model._flatten_layers(include_self=False))
+
+
 def unsupported_layers(model):
     """Every layer of `model` the QAT rewrite has no rule for, each as the message naming it ([] when
     every layer has one): what `edgebuild check-model` lists before any training."""
@@ -282,7 +179,8 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
     """Return a QAT copy of a functional/sequential float model, BatchNorm folded.
 
     Walks the model graph in topological order and rebuilds it: Conv2D/DepthwiseConv2D/Dense
-    become fake-quantized layers (absorbing a following BatchNorm), activations become
+    become fake-quantized layers (absorbing a following BatchNorm), LayerNormalization,
+    MultiHeadAttention and EinsumDense their `attention` forms, activations become
     `ActivationQuantizer`s, averaging/merging layers get an output quantizer, data-movement
     layers pass through. Anything else raises `UnsupportedLayerError` naming the layer; with
     `problems` (a list), each such message is appended instead and the layer is kept as it is, so
@@ -320,6 +218,14 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
             out_tensor = node.outputs[0]
             if id(layer) in folded_bn or id(layer) in fused_act:
                 y = args[0]
+            elif type(layer) in TRANSFORMER_RULES:
+                try:
+                    y = TRANSFORMER_RULES[type(layer)](layer, args, kwargs, momentum)
+                except attention.UnsupportedAttention as exc:
+                    if problems is None:
+                        raise UnsupportedLayerError(str(exc)) from None
+                    problems.append(str(exc))
+                    y = layer(*args, **kwargs)
             elif type(layer) in QUANT_LAYERS:
                 y = _quantize_layer(layer, node, args[0], sole_consumer, folded_bn, fused_act, momentum)
             elif _activation_name(layer):
@@ -355,8 +261,9 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
             else:
                 raise UnsupportedLayerError(
                     f"layer '{layer.name}' ({type(layer).__name__}) has no int8 QAT rule. "
-                    "Use Conv1D/Conv2D/DepthwiseConv2D/Dense/BatchNormalization/ReLU and 1-D or 2-D pooling "
-                    "layers, replace the layer, or set qat.enabled = false (post-training quantization)."
+                    "Use Conv1D/Conv2D/DepthwiseConv2D/Dense/EinsumDense/BatchNormalization/LayerNormalization/"
+                    "MultiHeadAttention, activations and 1-D or 2-D pooling layers, replace the layer, or set "
+                    "qat.enabled = false (post-training quantization)."
                 )
             tensors[id(out_tensor)] = y
     outputs = [tensors[id(t)] for t in model.outputs]

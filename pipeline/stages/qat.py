@@ -26,7 +26,7 @@ def stages(config):
 
 def manifest(record, config):
     """The manifest's "qat" section: the learned ranges and the epoch kept."""
-    section = {k: record.get(k) for k in ("ranges", "input_range", "float_val_accuracy", "history", "initial",
+    section = {k: record.get(k) for k in ("ranges", "input_range", "learning_rate", "float_val_accuracy", "history", "initial",
                                           "kept_epoch", "kept_by", "kept_val_accuracy")}
     return section | ({"kept_val_loss": record["kept_val_loss"]} if "kept_val_loss" in record else {})
 
@@ -67,25 +67,35 @@ def run(stage_cfg, inputs, out_dir, ctx):
         raise InputError(f"QAT cannot quantize this model: {exc}") from None
     # Ranges start from real data: one pass over the first training samples in training mode.
     qat.init_ranges(model, x_train[: cfg.init_samples])
+    transformer = qat.has_transformer_layers(float_model)
+    learning_rate = cfg.transformer_learning_rate if transformer else cfg.learning_rate
+    if transformer:
+        print(f"qat: transformer layers, so qat.transformer_learning_rate = {learning_rate:g} "
+                     f"(not qat.learning_rate = {cfg.learning_rate:g})")
     started = time.perf_counter()
-    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, cfg.learning_rate,
+    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, learning_rate,
                          progress, "qat", keep_best=True, reconstruct=task is not None)
     seconds = time.perf_counter() - started
     best = fitted.get("kept_val_accuracy")
     if float_val is not None and best is not None and float_val - best > cfg.max_val_drop:
         before = (fitted["initial"] or {}).get("val_accuracy")
+        key = "qat.transformer_learning_rate" if transformer else "qat.learning_rate"
+        # fine-tuning that made it worse went too far; one that never recovered int8's loss did too little
+        fix = (f"Raise {key} (now {learning_rate:g}), for example to {learning_rate * 10:g}, or qat.epochs"
+               if before is not None and float_val - before > cfg.max_val_drop
+               else f"Lower {key} (now {learning_rate:g}), for example to {learning_rate / 10:g}")
         raise InputError(
             f"QAT lost the model's accuracy: its best val accuracy is {100 * best:.1f}% (epoch "
             f"{fitted['kept_epoch']} of {cfg.epochs}), {100 * (float_val - best):.1f} pp below the float model's "
             f"{100 * float_val:.1f}% (qat.max_val_drop = {cfg.max_val_drop}); before fine-tuning, the fake-quantized "
-            f"model scored {100 * before:.1f}%. Lower qat.learning_rate (now {cfg.learning_rate:g}), for example to "
-            f"{cfg.learning_rate / 10:g}; nothing was published."
+            f"model scored {100 * before:.1f}%. {fix}; nothing was published."
         )
     atomic_save_model(model, out_dir / "qat.keras")
     return {
         "seconds": round(seconds, 2),
         "ranges": qat.activation_ranges(model),
         "input_range": list(input_range),
+        "learning_rate": learning_rate,
         "float_val_accuracy": float_val,
         **fitted,
     }

@@ -24,9 +24,10 @@ def test_target_image_uses_the_configured_cache_dir(tmp_path, monkeypatch):
 
 
 def test_preflight_treats_the_qat_layers_as_edgebuilds_own():
-    from pipeline.model import preflight, qat
+    from pipeline.model import attention, preflight, qat
 
-    for cls in (qat.ActivationQuantizer, qat.QuantConv2D, qat.QuantDepthwiseConv2D, qat.QuantDense):
+    for cls in (qat.ActivationQuantizer, qat.QuantConv2D, qat.QuantDepthwiseConv2D, qat.QuantDense,
+                attention.QuantLayerNormalization, attention.QuantEinsumDense, attention.QuantAttention):
         assert preflight._is_keras_own(cls), cls
 
 
