@@ -23,16 +23,30 @@ def _convert_error(exc):
 
 
 def export_int8(model, calibration, path):
+    """The full-integer int8 `.tflite`, with the model's dynamic batch dimension; at a fixed batch of 1
+    when that makes the converter compute shapes at run time (SHAPE, REDUCE_PROD, PACK: an einsum or a
+    reshape over the batch, as attention has), which microcontroller runtimes and Vela lack and which
+    a device running one sample at a time does not need."""
+    from pipeline.device import tflite_info
+
+    _export_int8(model, calibration, path)
+    if any(op["name"] == "SHAPE" for op in tflite_info.describe(path)["ops"]):
+        _export_int8(model, calibration, path, batch=1)
+
+
+def _export_int8(model, calibration, path, batch=None):
     import tensorflow as tf
 
     def representative():
         for i in range(len(calibration)):
             yield [calibration[i : i + 1]]
 
+    signature = None if batch is None else [tf.TensorSpec((batch,) + tuple(model.inputs[0].shape[1:]),
+                                                          model.inputs[0].dtype)]
     tmp = _tmp(path)
     try:
         model.export(
-            str(tmp), format="litert", verbose=False,
+            str(tmp), format="litert", verbose=False, input_signature=signature,
             optimizations=[tf.lite.Optimize.DEFAULT],
             representative_dataset=representative,
             inference_input_type=tf.int8, inference_output_type=tf.int8,
@@ -57,6 +71,9 @@ def export_float(model, path):
 
 
 def export_onnx(model, path, opset):
+    from pipeline.model import onnx_ops
+
+    onnx_ops.register()
     tmp = _tmp(path)
     model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
     os.replace(tmp, path)
@@ -70,9 +87,11 @@ def export_int8_onnx(tflite_path, path, opset, tflite_info):
     import tf2onnx
 
     from pipeline.device import onnx_info
+    from pipeline.model import onnx_ops
 
     import onnx
 
+    onnx_ops.register()
     tmp = _tmp(path)
     try:
         model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=opset)

@@ -279,7 +279,8 @@ def _delta_figure(metrics, class_names):
 
     series = {"int8 host": metrics["int8_host"]["per_class"]}
     for name, t in sorted(metrics.get("targets", {}).items()):
-        series[name] = t["per_class"]
+        if "per_class" in t:  # not a target that refused or crashed on the model
+            series[name] = t["per_class"]
     ref = metrics["float"]["per_class"]
     # wide enough for every bar, narrow enough that the page does not shrink the labels away
     fig, ax = plt.subplots(figsize=(min(11, max(6, 0.3 * len(class_names) * len(series))), 3.4))
