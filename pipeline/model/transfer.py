@@ -90,9 +90,11 @@ def load_pretrained(model, path):
 
 def apply_mode(model, mode, unfreeze_top=0, lora_rank=4):
     """Set what trains: 'full' everything; 'freeze' the head (and the top N weighted backbone
-    layers); 'lora' low-rank adapters on the backbone's Conv2D/Dense kernels plus the head."""
+    layers); 'lora' low-rank adapters on the backbone's Conv2D/Dense/EinsumDense kernels (a
+    MultiHeadAttention's query, key, value and output projections included) plus the head."""
     import keras
 
+    LORA_LAYERS = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.EinsumDense)
     if mode == "full":
         return
     backbone = [layer for layer in model.layers if layer.weights and layer.name != HEAD]
@@ -105,14 +107,20 @@ def apply_mode(model, mode, unfreeze_top=0, lora_rank=4):
     elif mode == "lora":
         adapted = 0
         for layer in backbone:
-            if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
-                layer.trainable = True
-                layer.enable_lora(lora_rank)  # freezes the kernel itself; trains A and B
-                if layer.bias is not None:
-                    layer.bias.trainable = False
-                adapted += 1
+            targets = [sub for sub in layer._flatten_layers(include_self=True) if type(sub) in LORA_LAYERS]
+            if not targets:
+                continue
+            layer.trainable = True  # a MultiHeadAttention's own projections are its sub-layers
+            for sub in layer._flatten_layers(include_self=True):
+                if type(sub) in LORA_LAYERS:
+                    sub.enable_lora(lora_rank)  # freezes the kernel itself; trains A and B
+                    adapted += 1
+                for variable in sub._trainable_variables:  # biases, a LayerNorm's gamma/beta stay frozen
+                    if not variable.name.startswith("lora_"):
+                        variable.trainable = False
         if not adapted:
-            raise InputError("train.finetune = 'lora' needs Conv2D or Dense layers in the backbone; this model has none.")
+            raise InputError("train.finetune = 'lora' needs Conv2D, Dense, EinsumDense or MultiHeadAttention layers in "
+                             "the backbone; this model has none. Use train.finetune = 'freeze' or 'full'.")
 
 
 def param_counts(model):
@@ -134,14 +142,13 @@ def merge_lora(model, x):
 
     merged = keras.models.clone_model(model, clone_function=clone_layer)
     for old, new in zip(model.layers, merged.layers):
-        if not old.weights:
-            continue
-        if getattr(old, "lora_enabled", False):
-            new.kernel.assign(keras.ops.convert_to_numpy(old.kernel))
-            if old.bias is not None:
-                new.bias.assign(keras.ops.convert_to_numpy(old.bias))
-        else:
-            new.set_weights(old.get_weights())
+        # layer by layer and sub-layer by sub-layer (a MultiHeadAttention's projections), by variable
+        # name; an adapted kernel is read through `kernel`, which adds the low-rank product
+        for old_sub, new_sub in zip(old._flatten_layers(include_self=True), new._flatten_layers(include_self=True)):
+            own = {v.name: v for v in old_sub._trainable_variables + old_sub._non_trainable_variables}
+            for variable in new_sub._trainable_variables + new_sub._non_trainable_variables:
+                lora = variable.name == "kernel" and getattr(old_sub, "lora_enabled", False)
+                variable.assign(keras.ops.convert_to_numpy(old_sub.kernel if lora else own[variable.name]))
         new.trainable = True
     a = keras.ops.convert_to_numpy(model(x, training=False))
     b = keras.ops.convert_to_numpy(merged(x, training=False))
