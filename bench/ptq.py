@@ -48,7 +48,8 @@ def main(build_dir, out_json):
         Path(out_json).write_text(json.dumps({"ptq_int8_auc": record["auc"], "ptq_int8_pauc": record["pauc"],
                                               "ptq_int8_bytes": ptq_path.stat().st_size}))
         return
-    result = {"ptq_int8_accuracy": float((out.argmax(1) == y_test).mean()), "ptq_int8_bytes": ptq_path.stat().st_size}
+    result = {"ptq_int8_accuracy": float((out.argmax(1) == y_test).mean()), "ptq_int8_bytes": ptq_path.stat().st_size,
+              "ptq_float_ops": info["float_ops"]}  # ops the converter left in float (a Keras LayerNorm's NEG)
 
     kq = keras.models.load_model(build_dir / "float.keras")
     try:

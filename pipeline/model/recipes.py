@@ -81,6 +81,35 @@ def autoencoder(input_shape, num_classes, width=16, blocks=3):
     return keras.Model(inputs, outputs, name="autoencoder")
 
 
+def vit_tiny(input_shape, num_classes, width=16, blocks=2):
+    """A tiny vision transformer: a strided Conv2D patch embedding onto a grid of at most 8x8 tokens of
+    2 * width features, a depthwise 3x3 convolution added on that grid as the position encoding (the
+    conditional position encoding of Chu et al., 2021, which needs no table of the token count), then
+    `blocks` pre-norm blocks (LayerNormalization, 2-head MultiHeadAttention, residual;
+    LayerNormalization, Dense(gelu) MLP of ratio 2, residual), a final LayerNormalization, global
+    average pooling over the tokens and a dense head. About 18k parameters at the defaults."""
+    if len(input_shape) != 3:
+        raise ValueError(f"vit_tiny takes images (height, width, channels); received an input of shape {tuple(input_shape)}.")
+    dim, heads = 2 * width, 2
+    patch = max(1, max(int(input_shape[0]), int(input_shape[1])) // 8)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Conv2D(dim, patch, strides=patch, name="patch_embed")(inputs)
+    x = keras.layers.Add(name="pos_add")([x, keras.layers.DepthwiseConv2D(3, padding="same", name="pos_conv")(x)])
+    x = keras.layers.Reshape((-1, dim), name="tokens")(x)
+    for i in range(blocks):
+        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln1")(x)
+        h = keras.layers.MultiHeadAttention(heads, dim // heads, name=f"block{i}_attn")(h, h)
+        x = keras.layers.Add(name=f"block{i}_res1")([x, h])
+        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(x)
+        h = keras.layers.Dense(2 * dim, activation="gelu", name=f"block{i}_mlp1")(h)
+        h = keras.layers.Dense(dim, name=f"block{i}_mlp2")(h)
+        x = keras.layers.Add(name=f"block{i}_res2")([x, h])
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="token_pool")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="vit_tiny")
+
+
 def _application(app, input_shape, num_classes, **kwargs):
     """A keras.applications backbone (random init: pretrained weights come from train.weights, a
     local file) flattened into one functional graph with the input rescaling inside the model,
@@ -106,4 +135,5 @@ def efficientnet_v2_b0(input_shape, num_classes, width=16, blocks=3):
 
 
 RECIPES = {"small_cnn": small_cnn, "ds_cnn": ds_cnn, "mobilenet_v3_small": mobilenet_v3_small,
-           "efficientnet_v2_b0": efficientnet_v2_b0, "ds_cnn_kws": ds_cnn_kws, "autoencoder": autoencoder}
+           "efficientnet_v2_b0": efficientnet_v2_b0, "ds_cnn_kws": ds_cnn_kws, "autoencoder": autoencoder,
+           "vit_tiny": vit_tiny}

@@ -1,0 +1,70 @@
+"""`python -m bench --only transformers`: the built-in `vit_tiny` beside the CNNs' figures, per case
+(digits and the sign-language photos at 32x32): float, post-training int8 (the float model through the
+converter with the build's calibration set, as bench/ptq.py does for every accuracy case) and
+edgebuild's QAT int8 on the host, the share of float the int8 keeps, the paired flips float -> int8,
+and what QAT costs per epoch beside training. Nothing here is asserted."""
+
+import json
+
+import numpy as np
+
+from bench.common import SIGNS, Section, log
+from bench.sections.accuracy import _build, _ptq
+
+EPOCHS = 40  # a transformer learns more slowly than the CNNs' 10 epochs on a thousand images
+CASES = [
+    ("digits 32x32, vit_tiny", ['train.recipe="vit_tiny"', f"train.epochs={EPOCHS}"]),
+    ("sign-language photos 32x32 RGB, vit_tiny", [f'data.source="{SIGNS}"', "data.channels=3",
+                                                  "data.calibration_samples=100", 'train.recipe="vit_tiny"',
+                                                  f"train.epochs={EPOCHS}"]),
+]
+
+
+def _flips(build_dir):
+    """(right -> wrong, wrong -> right) from the float model to the host's int8, on the test set."""
+    with np.load(build_dir / "predictions.npz") as p:
+        y, f, q = p["labels"], p["float_top1"], p["int8_top1"]
+    return int(((f == y) & (q != y)).sum()), int(((f != y) & (q == y)).sum())
+
+
+def transformers(work, targets_cache):
+    rows = []
+    for label, overrides in CASES:
+        if any("sign-language" in o for o in overrides) and not SIGNS.is_dir():
+            log(f"transformers {label}: skipped, {SIGNS} is not there")
+            continue
+        build_dir = _build(work, targets_cache, label, overrides)
+        m = json.loads((build_dir / "manifest.json").read_text())
+        ptq = _ptq(work, build_dir)
+        f, qat = m["metrics"]["float"]["accuracy"], m["metrics"]["int8_host"]["accuracy"]
+        train, q = m["train"], m["qat"]
+        lost, won = _flips(build_dir)
+        rows.append({
+            "case": label, "overrides": overrides, "params": train["params"], "test_samples": m["splits"]["test"],
+            "float": f, "ptq_int8": round(ptq["ptq_int8_accuracy"], 6), "ptq_float_ops": ptq["ptq_float_ops"],
+            "qat_int8": qat, "qat_keeps": round(qat / f, 4), "ptq_keeps": round(ptq["ptq_int8_accuracy"] / f, 4),
+            "flips_right_to_wrong": lost, "flips_wrong_to_right": won, "qat_learning_rate": q.get("learning_rate"),
+            # the first epoch of each includes XLA compiling its steps
+            "train_s_per_epoch": round(train["seconds"] / len(train["history"]["loss"]), 2),
+            "qat_s_per_epoch": round(json.loads((build_dir / "records" / "qat.json").read_text())["seconds"]
+                                     / len(q["history"]["loss"]), 2),
+            "int8_bytes": m["artifacts"]["int8_tflite"]["bytes"], "ops": sorted(o["name"] for o in m["artifacts"]["int8_tflite"]["ops"]),
+        })
+        log(f"transformers {label}: float {f:.4f} ptq {ptq['ptq_int8_accuracy']:.4f} qat {qat:.4f}")
+    return rows
+
+
+def markdown(rows):
+    out = ["| case | params | float | PTQ int8 (float ops left) | QAT int8 (edgebuild) | int8 keeps | flips float→int8 "
+           "(lost / won) | int8 bytes | s/epoch train / QAT |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        left = ", ".join(r["ptq_float_ops"]) or "none"
+        out.append(f"| {r['case']} | {r['params']:,} | {100 * r['float']:.2f}% | {100 * r['ptq_int8']:.2f}% ({left}) | "
+                   f"{100 * r['qat_int8']:.2f}% | {100 * r['qat_keeps']:.1f}% | {r['flips_right_to_wrong']} / "
+                   f"{r['flips_wrong_to_right']} | {r['int8_bytes']:,} | {r['train_s_per_epoch']} / {r['qat_s_per_epoch']} |")
+    return "\n".join(out)
+
+
+SECTION = Section("A vision transformer beside the CNNs",
+                  "vit_tiny on digits and the sign-language photos: float, post-training and QAT int8",
+                  "transformers", lambda args, work, tc: transformers(work, tc), markdown)
