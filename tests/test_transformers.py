@@ -14,6 +14,8 @@ def test_a_team_vit_builds_to_full_integer_int8_and_keeps_its_accuracy_on_litert
         "--set", f"data.calibration_file={str(tmp_path / 'calib.json')!r}", "--set", "data.image_size=16",
         "--set", "train.recipe='tests.user_models.vit_models:build'", "--set", "train.epochs=15",
         "--set", 'validate.targets=["rpi5-litert", "cortex-m-tflm"]', "--set", "gate.min_int8_accuracy=0.6", env={"EDGEBUILD_CACHE": str(cache_dir)})
+    # the gate fails on the microcontroller alone (below); everything else is published
+    assert proc.returncode == 1 and (tmp_path / "vit" / "manifest.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((tmp_path / "vit" / "manifest.json").read_text())
     qat_log = (tmp_path / "vit" / "logs" / "qat.log").read_text()
     assert "qat: transformer layers, so qat.transformer_learning_rate = 0.0003" in qat_log
@@ -30,10 +32,10 @@ def test_a_team_vit_builds_to_full_integer_int8_and_keeps_its_accuracy_on_litert
     litert = metrics["targets"]["rpi5-litert"]
     assert litert["accuracy"] >= 0.98 * float_acc and litert["top1_agreement"] >= 0.99
     # both GELU forms reached tf2onnx: the float and int8 ONNX load and agree with the .tflite
-    assert metrics["onnx"]["accuracy"] == float_acc and metrics["onnx_int8"]["accuracy"] >= 0.98 * float_acc
+    one = 1 / m["splits"]["test"]  # one test sample
+    assert abs(metrics["onnx"]["accuracy"] - float_acc) <= one and metrics["onnx_int8"]["accuracy"] >= 0.98 * float_acc
     checks = {c["name"]: c for c in m["gate"]["checks"]}
     refused = checks["runs on target (cortex-m-tflm)"]
     assert not refused["passed"] and "GELU" in refused["detail"]
     failed = sorted(name for name, c in checks.items() if not c["passed"])
     assert failed == ["runs on target (cortex-m-tflm)"], failed
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

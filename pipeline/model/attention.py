@@ -1,7 +1,8 @@
 """QAT layers for transformer blocks, each written as the ops LiteRT runs in full integer int8:
 
-- `QuantLayerNormalization`: MEAN, SUB, MUL, MEAN, RSQRT, MUL, ADD (Keras's own form computes
-  `-mean * inv`, a NEG the converter leaves in float between a DEQUANTIZE and a QUANTIZE);
+- `QuantLayerNormalization`: MEAN, SUB, MUL (the square), MEAN, ADD (epsilon), MAXIMUM (a floor),
+  RSQRT, MUL, MUL (gamma), ADD (beta) (Keras's own form computes `-mean * inv`, a NEG the converter
+  leaves in float between a DEQUANTIZE and a QUANTIZE);
 - `QuantEinsumDense`: the einsum (FULLY_CONNECTED or BATCH_MATMUL after conversion) with its kernel
   fake-quantized per tensor, like Dense;
 - `QuantAttention`: scaled dot-product attention over projected query, key and value: BATCH_MATMUL,
@@ -42,7 +43,7 @@ def _requantize_like(quantizer, x):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class QuantLayerNormalization(keras.layers.LayerNormalization):
-    """LayerNormalization over the last axis, as int8 ops, with its output fake-quantized."""
+    """LayerNormalization over the last axis (rms_scaling=False), as int8 ops, its output fake-quantized."""
 
     def __init__(self, output_momentum=0.99, **kwargs):
         super().__init__(**kwargs)
@@ -62,18 +63,18 @@ class QuantLayerNormalization(keras.layers.LayerNormalization):
         def fq(name, x):
             return getattr(self, f"{name}_quantizer")(x, training=training)
 
-        centered = inputs if self.rms_scaling else fq("centered", inputs - fq("mean", ops.mean(inputs, axis=-1, keepdims=True)))
+        centered = fq("centered", inputs - fq("mean", ops.mean(inputs, axis=-1, keepdims=True)))
         variance = fq("variance", ops.mean(fq("squared", centered * centered), axis=-1, keepdims=True))
         variance = _requantize_like(self.variance_quantizer, variance + self.epsilon)
         # int8 RSQRT maps an input of 0 to its output's largest value; a floor of one variance step does
         # the same here (and keeps the inverse finite for the range to track)
         step = ops.maximum(self.variance_quantizer.range_max / 255.0, 1e-12)
         y = fq("normalized", centered * fq("inverse", ops.rsqrt(ops.maximum(variance, step))))
-        if self.scale and self.center and not self.rms_scaling:
+        if self.scale and self.center:
             y = fq("scaled", y * self.gamma) + self.beta
         elif self.scale:
             y = y * self.gamma
-        elif self.center and not self.rms_scaling:
+        elif self.center:
             y = y + self.beta
         return self.output_quantizer(y, training=training)
 
@@ -149,6 +150,10 @@ def _einsum_copy(dense, name, momentum, scale=1.0):
 def layer_norm(layer, x, momentum):
     """The QAT form of a LayerNormalization over the last axis, its gamma and beta copied."""
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if layer.rms_scaling:
+        raise UnsupportedAttention(
+            f"layer '{layer.name}' (LayerNormalization) uses rms_scaling=True, which the int8 QAT rewrite does not "
+            "express; it quantizes the mean-and-variance form. Build it with rms_scaling=False (Keras deprecates it).")
     if [a % len(x.shape) for a in axes] != [len(x.shape) - 1]:
         raise UnsupportedAttention(
             f"layer '{layer.name}' (LayerNormalization) normalizes over axes {list(layer.axis) if isinstance(layer.axis, (list, tuple)) else layer.axis}; "
@@ -173,20 +178,22 @@ def einsum_dense(layer, x, momentum):
 def rewrite_attention(layer, args, kwargs, momentum):
     """The QAT form of one MultiHeadAttention call `layer(*args, **kwargs)` on already rewritten
     tensors: query/key/value projections, attention, output projection. Raises UnsupportedAttention
-    for what it does not express (masks, a gate, returned scores)."""
+    for what it does not express (masks, a gate, returned scores). Attention dropout, a training-time
+    step with nothing in the int8 graph, is left out of QAT's fine-tuning."""
     problems = [k for k in ("attention_mask", "return_attention_scores", "use_causal_mask", "query_mask",
                             "value_mask", "key_mask") if kwargs.get(k) is not None and kwargs.get(k) is not False]
     if getattr(layer, "_use_gate", False):
-        problems.append("use_gate")
+        problems.append("use_gate (a constructor setting)")
     if getattr(layer, "_sliding_window", None) is not None:
-        problems.append("sliding_window")
+        problems.append("sliding_window (a constructor setting)")
     if problems:
         raise UnsupportedAttention(
-            f"layer '{layer.name}' (MultiHeadAttention) is called with {', '.join(problems)}, which the int8 QAT "
-            "rewrite does not express; it quantizes plain self- or cross-attention (query, value[, key]). Drop "
-            "those arguments or set qat.enabled = false (post-training quantization)."
+            f"layer '{layer.name}' (MultiHeadAttention) uses {', '.join(problems)}, which the int8 QAT rewrite "
+            "does not express; it quantizes plain self- or cross-attention (query, value[, key]). Drop those "
+            "arguments or set qat.enabled = false (post-training quantization)."
         )
-    query, value = args[0], (args[1] if len(args) > 1 else kwargs["value"])
+    query = args[0] if args else kwargs["query"]
+    value = args[1] if len(args) > 1 else kwargs["value"]
     key = args[2] if len(args) > 2 else kwargs.get("key")
     key = value if key is None else key
     made = []

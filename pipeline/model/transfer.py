@@ -107,15 +107,18 @@ def apply_mode(model, mode, unfreeze_top=0, lora_rank=4):
     elif mode == "lora":
         adapted = 0
         for layer in backbone:
-            targets = [sub for sub in layer._flatten_layers(include_self=True) if type(sub) in LORA_LAYERS]
+            # a MultiHeadAttention's query, key, value and output projections are its own sub-layers
+            if isinstance(layer, keras.layers.MultiHeadAttention):
+                targets = [sub for sub in layer._flatten_layers(include_self=False) if type(sub) in LORA_LAYERS]
+            else:
+                targets = [layer] if type(layer) in LORA_LAYERS else []
             if not targets:
                 continue
-            layer.trainable = True  # a MultiHeadAttention's own projections are its sub-layers
-            for sub in layer._flatten_layers(include_self=True):
-                if type(sub) in LORA_LAYERS:
-                    sub.enable_lora(lora_rank)  # freezes the kernel itself; trains A and B
-                    adapted += 1
-                for variable in sub._trainable_variables:  # biases, a LayerNorm's gamma/beta stay frozen
+            layer.trainable = True
+            for sub in targets:
+                sub.enable_lora(lora_rank)  # freezes the kernel itself; trains A and B
+                adapted += 1
+                for variable in sub._trainable_variables:  # the bias stays frozen
                     if not variable.name.startswith("lora_"):
                         variable.trainable = False
         if not adapted:

@@ -87,8 +87,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
         raise InputError(
             f"QAT lost the model's accuracy: its best val accuracy is {100 * best:.1f}% (epoch "
             f"{fitted['kept_epoch']} of {cfg.epochs}), {100 * (float_val - best):.1f} pp below the float model's "
-            f"{100 * float_val:.1f}% (qat.max_val_drop = {cfg.max_val_drop}); before fine-tuning, the fake-quantized "
-            f"model scored {100 * before:.1f}%. {fix}; nothing was published."
+            f"{100 * float_val:.1f}% (qat.max_val_drop = {cfg.max_val_drop})"
+            + (f"; before fine-tuning, the fake-quantized model scored {100 * before:.1f}%" if before is not None else "")
+            + f". {fix}; nothing was published."
         )
     atomic_save_model(model, out_dir / "qat.keras")
     return {
