@@ -13,7 +13,8 @@ per stage, cold, at an earlier revision vs now), --only bytecode --at BUILD_DIR 
 without their compiled bytecode), --only ci (a fresh CI runner with a warm remote cache vs fully cold, and a
 large test set validated in 1 vs 2 shards run as separate invocations and merged), --only suite (the test
 suite with 1 and 2 pytest-xdist workers), --only fit (does each bundled model fit the devices: arena, MACs,
-Vela's figures, and each target stage's time).
+Vela's figures, and each target stage's time), --only transformers (vit_tiny beside the CNNs: float,
+post-training and QAT int8).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
 

@@ -51,17 +51,20 @@ def transformers(work, targets_cache):
             "int8_bytes": m["artifacts"]["int8_tflite"]["bytes"], "ops": sorted(o["name"] for o in m["artifacts"]["int8_tflite"]["ops"]),
         })
         log(f"transformers {label}: float {f:.4f} ptq {ptq['ptq_int8_accuracy']:.4f} qat {qat:.4f}")
-    return rows
+    return {"train_epochs": EPOCHS, "cases": rows}
 
 
-def markdown(rows):
+def markdown(section):
     out = ["| case | params | float | PTQ int8 (float ops left) | QAT int8 (edgebuild) | int8 keeps | flips float→int8 "
            "(lost / won) | int8 bytes | s/epoch train / QAT |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in section["cases"]:
         left = ", ".join(r["ptq_float_ops"]) or "none"
         out.append(f"| {r['case']} | {r['params']:,} | {100 * r['float']:.2f}% | {100 * r['ptq_int8']:.2f}% ({left}) | "
                    f"{100 * r['qat_int8']:.2f}% | {100 * r['qat_keeps']:.1f}% | {r['flips_right_to_wrong']} / "
                    f"{r['flips_wrong_to_right']} | {r['int8_bytes']:,} | {r['train_s_per_epoch']} / {r['qat_s_per_epoch']} |")
+    out += ["", f"Defaults but train.epochs = {section['train_epochs']}; QAT at qat.transformer_learning_rate. The first "
+            "epoch of train and of QAT includes XLA compiling its steps. PTQ converts Keras's own LayerNormalization, "
+            "whose NEG the converter leaves in float (so that int8 model is not full-integer)."]
     return "\n".join(out)
 
 

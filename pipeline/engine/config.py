@@ -87,7 +87,7 @@ class TaskConfig:
 class TrainConfig:
     recipe: str = setting("small_cnn", "small_cnn (conv/BN/ReLU), ds_cnn (depthwise-separable), mobilenet_v3_small, "
                      "efficientnet_v2_b0, ds_cnn_kws (keyword spotting on 49x10 MFCCs), autoencoder (dense, for "
-                     "task.kind = 'anomaly'), vit_tiny (a vision transformer of about 18k parameters), 'module.path:function' (your (input_shape, num_classes) -> keras.Model; "
+                     "task.kind = 'anomaly'), vit_tiny (a vision transformer of about 27k parameters), 'module.path:function' (your (input_shape, num_classes) -> keras.Model; "
                      "for an anomaly task num_classes is the input's shape, which the model reconstructs), "
                      "imported from the working directory) or a trained .keras file (fine-tuned for "
                      "train.epochs; 0 = as is)", recipe=True)
