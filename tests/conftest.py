@@ -35,7 +35,7 @@ UNIT = REPO / "tests" / "unit"
 SLOWEST_FIRST = ("test_usermodel.py",  # 110 s
                  "test_applications.py",  # 64 s
                  "test_features.py",  # 93 s (2026-12-03, AMD EPYC), no tiny build needed
-                 "test_transformers.py",  # one ViT build, no tiny build needed
+                 "test_transformers.py",  # 83 s (2026-12-03, AMD EPYC), one ViT build, no tiny build needed
                  "test_cache.py",  # 88 s
                  "test_bad_input.py", "test_validate_model.py", "test_byo.py", "test_transfer.py")  # 54-59 s each
 
