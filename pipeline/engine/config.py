@@ -112,6 +112,9 @@ class QatConfig:
                             "the float model calibrated and converted with no QAT rewrite")
     epochs: int = setting(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept; 0: "
                           "post-training quantization)", min=0, max=10_000)
+    gelu: str = setting("auto", "how GELU is quantized: 'native' (LiteRT's int8 GELU op), 'sigmoid' (x * sigmoid(1.702 x): "
+                        "MUL and LOGISTIC, which every int8 runtime has; QAT fine-tunes to it) or 'auto' ('sigmoid' when "
+                        "a validate.targets runtime has no GELU kernel: TFLM, Ethos-U)", choices=("auto", "native", "sigmoid"))
     batch_size: int = setting(64, "batch size", min=1, max=1_000_000)
     learning_rate: float = setting(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
                              "model is adjusted to int8, not retrained", min=0.0, max=10.0)
@@ -119,6 +122,9 @@ class QatConfig:
                                                "MultiHeadAttention or EinsumDense: their int8 variance and attention "
                                                "probabilities start it further from float, so QAT must really "
                                                "fine-tune it", min=0.0, max=10.0)
+    transformer_epochs: int = setting(10, "the epochs instead, for a model with LayerNormalization, MultiHeadAttention "
+                                      "or EinsumDense (0 = qat.epochs): their rewrite starts further from float, and an "
+                                      "epoch of a small ViT costs about a second", min=0, max=10_000)
     max_val_drop: float = setting(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
     ema_momentum: float = setting(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.model.fakequant import PACKAGE, ActivationQuantizer, _fake_quant, _quantize_weight
+from pipeline.model.fakequant import PACKAGE, UNIT_RANGE, ActivationQuantizer, _fake_quant, _quantize_weight
 
-SOFTMAX_RANGE = [0.0, 255.0 / 256.0]  # int8 SOFTMAX's output: scale 1/256, zero point -128
+VARIANCE_FLOOR_STEPS = 4  # see QuantLayerNormalization.call
+SOFTMAX_RANGE = UNIT_RANGE  # int8 SOFTMAX's output: scale 1/256, zero point -128
 
 
 class UnsupportedAttention(ValueError):
@@ -66,10 +67,14 @@ class QuantLayerNormalization(keras.layers.LayerNormalization):
         centered = fq("centered", inputs - fq("mean", ops.mean(inputs, axis=-1, keepdims=True)))
         variance = fq("variance", ops.mean(fq("squared", centered * centered), axis=-1, keepdims=True))
         variance = _requantize_like(self.variance_quantizer, variance + self.epsilon)
-        # int8 RSQRT maps an input of 0 to its output's largest value; a floor of one variance step does
-        # the same here (and keeps the inverse finite for the range to track)
+        # A floor of VARIANCE_FLOOR_STEPS steps of the int8 variance: near zero, one step is a large
+        # relative change, and RSQRT turns the 1-step rounding differences between kernel libraries'
+        # MEAN (XNNPACK, LiteRT's optimized and reference kernels, TFLM) into tens of steps of the
+        # normalized tokens; at the floor one step moves the inverse by at most 1/(2 * floor). A token
+        # with less variance (a blank patch) is normalized less, and QAT trains the model to that.
         step = ops.maximum(self.variance_quantizer.range_max / 255.0, 1e-12)
-        y = fq("normalized", centered * fq("inverse", ops.rsqrt(ops.maximum(variance, step))))
+        floor = VARIANCE_FLOOR_STEPS * step
+        y = fq("normalized", centered * fq("inverse", ops.rsqrt(ops.maximum(variance, floor))))
         if self.scale and self.center:
             y = fq("scaled", y * self.gamma) + self.beta
         elif self.scale:

@@ -142,3 +142,39 @@ class _QuantizedKernelMixin:
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)
         return y
+
+
+# int8 LOGISTIC's (and SOFTMAX's) output: scale 1/256, zero point -128, what LiteRT's and TFLM's kernels require
+UNIT_RANGE = [0.0, 255.0 / 256.0]
+SIGMOID_GELU_SCALE = 1.702  # gelu(x) ~ x * sigmoid(1.702 x) (Hendrycks & Gimpel, 2016), within 0.021 everywhere
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SigmoidGelu(keras.layers.Layer):
+    """GELU as x * sigmoid(1.702 x), fake-quantized where the converter puts int8 tensors: three int8
+    ops (MUL by a constant, LOGISTIC, MUL) that every int8 runtime has, for a runtime without a GELU
+    kernel (TensorFlow Lite Micro, and so an Ethos-U's CPU fallback; Vela has no GELU either). QAT
+    fine-tunes the model to the approximation."""
+
+    def __init__(self, momentum=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+
+    def build(self, input_shape):
+        make = lambda suffix, **kw: ActivationQuantizer(name=f"{self.name}_{suffix}", dtype=self.dtype_policy, **kw)
+        self.scaled_quantizer = make("scaled_quant", momentum=self.momentum)
+        self.gate_quantizer = make("gate_quant", fixed_range=UNIT_RANGE)
+        self.output_quantizer = make("out_quant", momentum=self.momentum)
+        for quantizer in (self.scaled_quantizer, self.gate_quantizer, self.output_quantizer):
+            quantizer.build(input_shape)
+
+    def call(self, inputs, training=False):
+        scaled = self.scaled_quantizer(ops.multiply(inputs, SIGMOID_GELU_SCALE), training=training)
+        gate = self.gate_quantizer(ops.sigmoid(scaled), training=training)
+        return self.output_quantizer(ops.multiply(inputs, gate), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}

@@ -19,6 +19,7 @@ from pipeline.model import attention
 from pipeline.model.fakequant import (  # noqa: F401 (ActivationQuantizer and _quantize_weight are this module's API too)
     PACKAGE,
     ActivationQuantizer,
+    SigmoidGelu,
     _QuantizedKernelMixin,
     _quantize_weight,
 )
@@ -175,7 +176,16 @@ def unsupported_layers(model):
     return problems
 
 
-def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
+GELU_FORMS = ("native", "sigmoid")  # GELU kept (LiteRT's int8 GELU), or as x * sigmoid(1.702 x) (`SigmoidGelu`)
+
+
+def _is_gelu(layer):
+    """A GELU as an Activation layer or as keras.ops.gelu in a functional model (exact or tanh)."""
+    return _activation_name(layer) == "gelu" or (
+        not isinstance(layer, keras.layers.Layer) and type(layer).__name__ == "Gelu")
+
+
+def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None, gelu="native"):
     """Return a QAT copy of a functional/sequential float model, BatchNorm folded.
 
     Walks the model graph in topological order and rebuilds it: Conv2D/DepthwiseConv2D/Dense
@@ -184,8 +194,11 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
     `ActivationQuantizer`s, averaging/merging layers get an output quantizer, data-movement
     layers pass through. Anything else raises `UnsupportedLayerError` naming the layer; with
     `problems` (a list), each such message is appended instead and the layer is kept as it is, so
-    every one is found.
+    every one is found. `gelu`: one of GELU_FORMS, for every GELU (a layer's activation, an Activation
+    layer, keras.ops.gelu).
     """
+    if gelu not in GELU_FORMS:
+        raise ValueError(f"gelu must be one of {GELU_FORMS}; received {gelu!r}")
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     if len(model.inputs) != 1:
@@ -227,7 +240,9 @@ def quantize_model(model, input_range=(0.0, 1.0), momentum=0.99, problems=None):
                     problems.append(str(exc))
                     y = layer(*args, **kwargs)
             elif type(layer) in QUANT_LAYERS:
-                y = _quantize_layer(layer, node, args[0], sole_consumer, folded_bn, fused_act, momentum)
+                y = _quantize_layer(layer, node, args[0], sole_consumer, folded_bn, fused_act, momentum, gelu)
+            elif gelu == "sigmoid" and _is_gelu(layer):
+                y = SigmoidGelu(momentum=momentum, name=layer.name)(args[0])
             elif _activation_name(layer):
                 y = ActivationQuantizer(
                     activation=_activation_name(layer), momentum=momentum, name=layer.name
@@ -298,8 +313,9 @@ def _rescaling_as_depthwise(layer, x, momentum):
     return y
 
 
-def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentum):
-    """Build the fake-quantized replacement of a Conv2D/DepthwiseConv2D/Dense layer."""
+def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentum, gelu="native"):
+    """Build the fake-quantized replacement of a Conv2D/DepthwiseConv2D/Dense layer (its GELU
+    activation as a `SigmoidGelu` after it with gelu = "sigmoid")."""
     config = layer.get_config()
     if isinstance(layer, keras.layers.Conv1D) and config.get("data_format") == "channels_first":
         raise UnsupportedLayerError(f"layer '{layer.name}' (Conv1D) is channels_first, and QAT quantizes a Conv1D "
@@ -324,6 +340,9 @@ def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentu
         config["activation"] = _activation_name(act_layer)
         fused_act.add(id(act_layer))
 
+    sigmoid_gelu = gelu == "sigmoid" and config.get("activation") == "gelu"
+    if sigmoid_gelu:
+        config["activation"] = "linear"
     config["use_bias"] = bias is not None
     config.pop("bias_initializer", None)
     qlayer = QUANT_LAYERS[type(layer)].from_config(
@@ -333,7 +352,7 @@ def _quantize_layer(layer, node, x, sole_consumer, folded_bn, fused_act, momentu
     qlayer.kernel.assign(kernel)
     if bias is not None:
         qlayer.bias.assign(bias)
-    return y
+    return SigmoidGelu(momentum=momentum, name=f"{layer.name}_gelu")(y) if sigmoid_gelu else y
 
 
 def init_ranges(model, x):

@@ -1,6 +1,7 @@
 """qat stage: fold BatchNorm, insert fake-quant, fine-tune on JAX, keep the best epoch, save the QAT
 `.keras`; a QAT that loses more than `qat.max_val_drop` of the float model's val accuracy is refused."""
 
+import dataclasses
 import time
 
 from pipeline.data import preprocess
@@ -20,14 +21,32 @@ STAGE = Stage(
 
 
 def stages(config):
-    """The QAT stage, or none in post-training quantization (qat.enabled = false or qat.epochs = 0)."""
-    return [] if config.qat.post_training else [STAGE]
+    """The QAT stage, or none in post-training quantization (qat.enabled = false or qat.epochs = 0). Its
+    GELU form (qat.gelu, "auto" resolved against validate.targets) is a parameter, so its cache key
+    changes with the form, not with every edit of the target list."""
+    if config.qat.post_training:
+        return []
+    form, lacking = gelu_form(config)
+    return [dataclasses.replace(STAGE, params={"gelu": form, "gelu_for": lacking})]
+
+
+def gelu_form(config):
+    """(form, targets): qat.gelu, with "auto" resolved to "sigmoid" when a target's runtime has no GELU
+    kernel (the targets named), else "native"."""
+    if config.qat.gelu != "auto":
+        return config.qat.gelu, []
+    from pipeline.device.targets import kind_module, load_target
+
+    lacking = [name for name in config.validate.targets
+               if "GELU" in kind_module(load_target(name, check_hashes=False).kind).MISSING_OPS]
+    return ("sigmoid" if lacking else "native"), lacking
 
 
 def manifest(record, config):
     """The manifest's "qat" section: the learned ranges and the epoch kept."""
-    section = {k: record.get(k) for k in ("ranges", "input_range", "learning_rate", "float_val_accuracy", "history", "initial",
-                                          "kept_epoch", "kept_by", "kept_val_accuracy")}
+    keys = ("ranges", "input_range", "learning_rate", "epochs", "gelu", "float_val_accuracy", "history", "initial",
+            "kept_epoch", "kept_by", "kept_val_accuracy")
+    section = {k: record.get(k) for k in keys}
     return section | ({"kept_val_loss": record["kept_val_loss"]} if "kept_val_loss" in record else {})
 
 
@@ -61,19 +80,26 @@ def run(stage_cfg, inputs, out_dir, ctx):
     if len(x_val) and not task:  # the val-accuracy collapse check is classification's (anomaly: the gate's AUC)
         logits = float_model.predict(x_val, batch_size=256, verbose=0)
         float_val = round(float((logits.argmax(-1) == y_val).mean()), 5)
+    gelu = ctx.params.get("gelu", "native")
     try:
-        model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum)
+        model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum, gelu=gelu)
     except qat.UnsupportedLayerError as exc:
         raise InputError(f"QAT cannot quantize this model: {exc}") from None
+    if gelu == "sigmoid" and any(isinstance(layer, qat.SigmoidGelu) for layer in model.layers):
+        why = (f"{', '.join(ctx.params['gelu_for'])} run(s) TFLM, which has no GELU kernel" if ctx.params.get("gelu_for")
+               else "qat.gelu = 'sigmoid'")
+        print(f"qat: GELU as x * sigmoid(1.702 x) (MUL, LOGISTIC): {why}")
     # Ranges start from real data: one pass over the first training samples in training mode.
     qat.init_ranges(model, x_train[: cfg.init_samples])
     transformer = qat.has_transformer_layers(float_model)
     learning_rate = cfg.transformer_learning_rate if transformer else cfg.learning_rate
+    epochs = cfg.transformer_epochs if transformer and cfg.transformer_epochs else cfg.epochs
     if transformer:
         print(f"qat: transformer layers, so qat.transformer_learning_rate = {learning_rate:g} "
-                     f"(not qat.learning_rate = {cfg.learning_rate:g})")
+              f"(not qat.learning_rate = {cfg.learning_rate:g}) and {epochs} epochs (qat.transformer_epochs; "
+              f"qat.epochs = {cfg.epochs})")
     started = time.perf_counter()
-    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), cfg.epochs, cfg.batch_size, learning_rate,
+    fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), epochs, cfg.batch_size, learning_rate,
                          progress, "qat", keep_best=True, reconstruct=task is not None)
     seconds = time.perf_counter() - started
     best = fitted.get("kept_val_accuracy")
@@ -81,12 +107,13 @@ def run(stage_cfg, inputs, out_dir, ctx):
         before = (fitted["initial"] or {}).get("val_accuracy")
         key = "qat.transformer_learning_rate" if transformer else "qat.learning_rate"
         # fine-tuning that made it worse went too far; one that never recovered int8's loss did too little
-        fix = (f"Raise {key} (now {learning_rate:g}), for example to {learning_rate * 10:g}, or qat.epochs"
+        fix = (f"Raise {key} (now {learning_rate:g}), for example to {learning_rate * 10:g}, or "
+               + ("qat.transformer_epochs" if transformer and cfg.transformer_epochs else "qat.epochs")
                if before is not None and float_val - before > cfg.max_val_drop
                else f"Lower {key} (now {learning_rate:g}), for example to {learning_rate / 10:g}")
         raise InputError(
             f"QAT lost the model's accuracy: its best val accuracy is {100 * best:.1f}% (epoch "
-            f"{fitted['kept_epoch']} of {cfg.epochs}), {100 * (float_val - best):.1f} pp below the float model's "
+            f"{fitted['kept_epoch']} of {epochs}), {100 * (float_val - best):.1f} pp below the float model's "
             f"{100 * float_val:.1f}% (qat.max_val_drop = {cfg.max_val_drop})"
             + (f"; before fine-tuning, the fake-quantized model scored {100 * before:.1f}%" if before is not None else "")
             + f". {fix}; nothing was published."
@@ -97,6 +124,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "ranges": qat.activation_ranges(model),
         "input_range": list(input_range),
         "learning_rate": learning_rate,
+        "epochs": epochs,
+        "gelu": gelu,
         "float_val_accuracy": float_val,
         **fitted,
     }

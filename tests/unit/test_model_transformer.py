@@ -92,6 +92,45 @@ def test_the_qat_layers_round_trip_through_a_keras_file(tmp_path):
     assert isinstance(again.get_layer("attn1_attention"), attention.QuantAttention)
 
 
+def test_gelu_as_sigmoid_replaces_every_form_of_gelu_and_round_trips(tmp_path):
+    # the three ways a model has a GELU: a layer's activation, an Activation layer, keras.ops.gelu (tanh)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Dense(16, activation="gelu", name="mlp")(keras.layers.Flatten()(inputs))
+    h = keras.layers.Activation("gelu", name="act")(keras.layers.Dense(16, name="fc")(h))
+    h = keras.ops.gelu(keras.layers.Dense(16, name="fc2")(h), approximate=True)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(h))
+    x = np.random.default_rng(5).random((64, 8, 8, 1), dtype=np.float32)
+    native = qat.quantize_model(model)
+    assert not any(isinstance(layer, qat.SigmoidGelu) for layer in native.layers)
+    q = qat.quantize_model(model, gelu="sigmoid")
+    gelus = [layer for layer in q.layers if isinstance(layer, qat.SigmoidGelu)]
+    assert len(gelus) == 3 and q.get_layer("mlp").get_config()["activation"] == "linear"
+    assert all(keras.activations.serialize(getattr(layer, "activation", keras.activations.linear)) != "gelu"
+               for layer in q._flatten_layers())
+    qat.init_ranges(q, x)
+    # what int8 LOGISTIC writes: scale 1/256, zero point -128
+    assert qat.activation_ranges(q)["mlp_gelu/mlp_gelu_gate_quant"] == [0.0, 255 / 256]
+    # x * sigmoid(1.702 x) is within 0.021 of GELU; with 8-bit fake quant on every tensor, close to float
+    assert _snr_db(model(x), q(x)) > 25
+    q.save(tmp_path / "q.keras")
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(tmp_path / "q.keras")(x)), np.asarray(q(x)), atol=1e-5)
+    with pytest.raises(ValueError, match="gelu must be one of"):
+        qat.quantize_model(model, gelu="erf")
+
+
+def test_qat_gelu_auto_takes_the_sigmoid_form_when_a_target_runs_tflm():
+    from pipeline.engine import config
+    from pipeline.stages import qat as qat_stage
+
+    (stage,) = qat_stage.stages(config.load(None, []))  # the default targets: two run TFLM
+    assert stage.params == {"gelu": "sigmoid", "gelu_for": ["cortex-m-tflm", "ethos-u55-128"]}
+    linux = config.load(None, ['validate.targets=["rpi4-bookworm-tflite", "rpi5-litert"]'])
+    assert qat_stage.gelu_form(linux) == ("native", [])
+    assert qat_stage.gelu_form(config.load(None, ["qat.gelu='native'"])) == ("native", [])
+    assert qat_stage.gelu_form(config.load(None, ['validate.targets=["rpi5-litert"]', "qat.gelu='sigmoid'"])) == ("sigmoid", [])
+    assert qat_stage.stages(config.load(None, ["qat.enabled=false"])) == []
+
+
 def test_vit_tiny_is_a_transformer_qat_rewrites():
     model = recipes.vit_tiny((16, 16, 1), 10)
     assert 10_000 < model.count_params() < 40_000
