@@ -1,8 +1,8 @@
 """A vision transformer end to end: a team's plain-Keras ViT (tests/user_models/vit_models.py: LayerNorm,
 MultiHeadAttention, exact and tanh GELU) through `build` with the default QAT: a full-integer int8 .tflite
 of the ops LiteRT and TFLM run (BATCH_MATMUL, SOFTMAX, the LayerNorm decomposition, and GELU as
-x * sigmoid(1.702 x), since a microcontroller target's TFLM has no GELU kernel), on a LiteRT board, on
-TFLM and as int8 ONNX."""
+x * sigmoid(1.702 x), qat.gelu's default, since TFLM has no GELU kernel), on a LiteRT board, on TFLM and
+as int8 ONNX."""
 
 import json
 
@@ -24,7 +24,7 @@ def test_a_team_vit_builds_to_full_integer_int8_and_keeps_its_accuracy_on_litert
     assert proc.returncode == (1 if failed else 0) and set(failed) <= drift, (failed, proc.stdout[-3000:] + proc.stderr[-3000:])
     qat_log = (tmp_path / "vit" / "logs" / "qat.log").read_text()
     assert "qat: transformer layers, so qat.transformer_learning_rate = 0.0003" in qat_log
-    assert "qat: GELU as x * sigmoid(1.702 x) (MUL, LOGISTIC): cortex-m-tflm run(s) TFLM" in qat_log
+    assert "qat: GELU as x * sigmoid(1.702 x) (MUL, LOGISTIC), which TFLM and Vela run too" in qat_log
     assert m["qat"]["learning_rate"] == 0.0003 and m["qat"]["epochs"] == 10 and m["qat"]["gelu"] == "sigmoid"
     art = m["artifacts"]["int8_tflite"]
     ops = {op["name"] for op in art["ops"]}

@@ -13,7 +13,10 @@ from bench.sections.accuracy import _build, _ptq
 
 EPOCHS = 40  # a transformer learns more slowly than the CNNs' 10 epochs on a thousand images
 CASES = [
-    ("digits 32x32, vit_tiny", ['train.recipe="vit_tiny"', f"train.epochs={EPOCHS}"]),
+    ("digits 32x32, vit_tiny, GELU as x*sigmoid(1.702x)", ['train.recipe="vit_tiny"', f"train.epochs={EPOCHS}",
+                                                           'qat.gelu="sigmoid"']),
+    ("digits 32x32, vit_tiny, GELU native (LiteRT's op)", ['train.recipe="vit_tiny"', f"train.epochs={EPOCHS}",
+                                                          'qat.gelu="native"']),
     ("sign-language photos 32x32 RGB, vit_tiny", [f'data.source="{SIGNS}"', "data.channels=3",
                                                   "data.calibration_samples=100", 'train.recipe="vit_tiny"',
                                                   f"train.epochs={EPOCHS}"]),
@@ -44,6 +47,7 @@ def transformers(work, targets_cache):
             "float": f, "ptq_int8": round(ptq["ptq_int8_accuracy"], 6), "ptq_float_ops": ptq["ptq_float_ops"],
             "qat_int8": qat, "qat_keeps": round(qat / f, 4), "ptq_keeps": round(ptq["ptq_int8_accuracy"] / f, 4),
             "flips_right_to_wrong": lost, "flips_wrong_to_right": won, "qat_learning_rate": q.get("learning_rate"),
+            "qat_epochs": q.get("epochs"), "qat_gelu": q.get("gelu"),
             # the first epoch of each includes XLA compiling its steps
             "train_s_per_epoch": round(train["seconds"] / len(train["history"]["loss"]), 2),
             "qat_s_per_epoch": round(json.loads((build_dir / "records" / "qat.json").read_text())["seconds"]
@@ -62,7 +66,9 @@ def markdown(section):
         out.append(f"| {r['case']} | {r['params']:,} | {100 * r['float']:.2f}% | {100 * r['ptq_int8']:.2f}% ({left}) | "
                    f"{100 * r['qat_int8']:.2f}% | {100 * r['qat_keeps']:.1f}% | {r['flips_right_to_wrong']} / "
                    f"{r['flips_wrong_to_right']} | {r['int8_bytes']:,} | {r['train_s_per_epoch']} / {r['qat_s_per_epoch']} |")
-    out += ["", f"Defaults but train.epochs = {section['train_epochs']}; QAT at qat.transformer_learning_rate. The first "
+    epochs = sorted({str(r.get("qat_epochs") or 3) for r in section["cases"]})
+    out += ["", f"Defaults but train.epochs = {section['train_epochs']}; QAT at qat.transformer_learning_rate for "
+            f"{'/'.join(epochs)} epochs (the best kept). The first "
             "epoch of train and of QAT includes XLA compiling its steps. PTQ converts Keras's own LayerNormalization, "
             "whose NEG the converter leaves in float (so that int8 model is not full-integer)."]
     return "\n".join(out)

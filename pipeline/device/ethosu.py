@@ -23,7 +23,6 @@ from pathlib import Path
 from pipeline.device import tflm
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 
-MISSING_OPS = tflm.MISSING_OPS  # the CPU runs what Vela leaves (Vela has no GELU either) on TFLM
 FIELDS = ("npu",)  # besides targets.COMMON: the [npu] table
 NPU_KEYS = ("vela_version", "accelerator_config", "system_config", "memory_mode", "clock_hz")
 ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512",

@@ -130,7 +130,6 @@ class Target:
         return bool(self.twin_platforms) or self.kind != "linux"
 
 
-MISSING_OPS = ()  # the `linux` kind's runtimes (LiteRT, tflite-runtime, onnxruntime) have every op QAT makes
 OPTIONAL = {"twin_platforms": (), "twin_wheel_sha256": {}}  # a target without them has no x86 twin
 COMMON = {"name", "description", "kind", "runtime", "runtime_version", "kernels"}  # every kind's fields
 # The Linux fields a microcontroller or NPU target does not have: what it runs on is the build host.

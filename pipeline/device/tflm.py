@@ -18,9 +18,6 @@ from pathlib import Path
 
 from pipeline.engine.errors import InputError
 
-# Builtin ops the pinned TFLM has no kernel for, where the QAT rewrite has an int8 form that it runs
-# (qat.gelu = "auto"): its interpreter refuses a model with GELU ("Didn't find op for builtin opcode").
-MISSING_OPS = ("GELU",)
 FIELDS = ()  # its target-file fields besides targets.COMMON ([budget] and [tolerances] are optional tables)
 PACKAGE = "tflite-micro"
 WHAT_RUNS = ("TensorFlow Lite Micro's interpreter and reference kernels on the build host's CPU: the microcontroller's "

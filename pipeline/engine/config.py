@@ -112,9 +112,9 @@ class QatConfig:
                             "the float model calibrated and converted with no QAT rewrite")
     epochs: int = setting(3, "quantization-aware fine-tuning epochs (the epoch with the best val accuracy is kept; 0: "
                           "post-training quantization)", min=0, max=10_000)
-    gelu: str = setting("auto", "how GELU is quantized: 'native' (LiteRT's int8 GELU op), 'sigmoid' (x * sigmoid(1.702 x): "
-                        "MUL and LOGISTIC, which every int8 runtime has; QAT fine-tunes to it) or 'auto' ('sigmoid' when "
-                        "a validate.targets runtime has no GELU kernel: TFLM, Ethos-U)", choices=("auto", "native", "sigmoid"))
+    gelu: str = setting("sigmoid", "how GELU is quantized: 'sigmoid' (x * sigmoid(1.702 x): MUL and LOGISTIC, which every "
+                        "int8 runtime has, TFLM and Vela included; QAT fine-tunes to it) or 'native' (LiteRT's int8 GELU "
+                        "op, one op, which TFLM and Vela lack)", choices=("sigmoid", "native"))
     batch_size: int = setting(64, "batch size", min=1, max=1_000_000)
     learning_rate: float = setting(1e-5, "Adam learning rate (peak of a cosine decay); low, so a converged or pretrained "
                              "model is adjusted to int8, not retrained", min=0.0, max=10.0)
@@ -144,6 +144,10 @@ def post_training(qat):
 
 @dataclass(frozen=True)
 class ExportConfig:
+    formats: list = setting(["tflite", "onnx"], "the formats to export: 'tflite' (always: every target and the int8 "
+                            "ONNX are made from the int8 .tflite) and 'onnx' (the float and int8 ONNX; a conversion "
+                            "that fails fails the gate's 'ONNX export' check and keeps the TFLite results)",
+                            items=str, choices=("tflite", "onnx"))
     onnx_opset: int = setting(17, "ONNX opset for tf2onnx", min=9, max=30)
     allowed_float_ops: list = setting([], "op names allowed to stay float in the int8 model (recorded in the manifest)",
                                  items=str)
@@ -370,7 +374,12 @@ def _check_value(where, f, value):
     if meta.get("name"):
         for v in value if isinstance(value, list) else [value]:
             check_name(v, where)
-    if "choices" in meta and value not in meta["choices"]:
+    if "choices" in meta and isinstance(value, list):  # a list's items are each one of the choices
+        wrong = [v for v in value if v not in meta["choices"]]
+        if wrong or len(set(value)) != len(value):
+            raise InputError(f"config key '{where}' is a list of distinct items from {', '.join(map(repr, meta['choices']))}; "
+                             f"received {value!r}. Keep each of those at most once."[:300])
+    elif "choices" in meta and value not in meta["choices"]:
         raise InputError(
             f"config key '{where}' must be one of {', '.join(map(repr, meta['choices']))}; "
             f"received {value!r}."
@@ -429,6 +438,10 @@ def _check_together(config, origin):
     if config.task.kind != "classification" and config.task.top_k > 1:
         raise InputError(f"task.top_k ranks class scores, and a task.kind = {config.task.kind!r} model outputs none; "
                          f"received task.top_k = {config.task.top_k} in {origin}. Remove task.top_k.")
+    if "tflite" not in config.export.formats:
+        raise InputError(f"export.formats must include 'tflite': the int8 .tflite is what every target runs and what the "
+                         f"int8 ONNX is converted from; received {config.export.formats} in {origin}. Set "
+                         "export.formats = [\"tflite\"] or [\"tflite\", \"onnx\"].")
     t = config.train
     pp = config.preprocess
     if t.recipe in ("mobilenet_v3_small", "efficientnet_v2_b0") and (

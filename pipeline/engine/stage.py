@@ -16,6 +16,8 @@ it never knows a stage by name.
   with the digest of the stage's code (computed by `pipeline.engine.codehash`).
 - `optional`: outputs the stage may leave unwritten (a compiled model that its compiler refused); a
   run without them is not cached.
+- `optional_inputs`: inputs the stage runs without when an earlier stage left them unwritten (its
+  `run` finds only the present ones in `inputs`; the absent ones are not part of its key).
 - `shardable`: the stage can run in parts on separate machines. Its `run` then receives
   ctx.params["shard"] = [i, n] and writes its part's arrays to shard.npz; its module's
   `merge(cfg, inputs, parts, out_dir, ctx)` makes the stage's outputs and record from the parts
@@ -43,6 +45,7 @@ class Stage:
     params: dict = field(default_factory=dict)  # per-instance values passed to run as ctx.params
     shardable: bool = False
     optional: tuple = ()  # outputs that may be absent (see the module's docstring)
+    optional_inputs: tuple = ()  # inputs that may be absent (see the module's docstring)
     cacheable: bool = True  # False: always run, never stored (a run on real hardware proves the hardware now)
 
     @property

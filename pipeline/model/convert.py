@@ -3,6 +3,7 @@
 loads in onnxruntime."""
 
 import os
+from pathlib import Path
 
 from pipeline.engine.errors import InputError
 
@@ -75,7 +76,14 @@ def export_onnx(model, path, opset):
 
     onnx_ops.register()
     tmp = _tmp(path)
-    model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
+    try:
+        model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
+    except Exception as exc:  # noqa: BLE001 (tf2onnx raises ValueError, KeyError or its own on an op it cannot convert)
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"tf2onnx cannot convert the float model to ONNX ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
+            f"Replace the layer that produces that op, or set export.formats = [\"tflite\"] to build without ONNX."
+        ) from None
     os.replace(tmp, path)
 
 
@@ -96,7 +104,9 @@ def export_int8_onnx(tflite_path, path, opset, tflite_info):
     try:
         model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=opset)
         onnx.save(canonical_names(model), str(tmp))
-        check_onnx_loads(tmp)
+        # per-channel DequantizeLinear (an axis and a scale per channel) is ONNX opset 13
+        check_onnx_loads(tmp, fix=f"Raise export.onnx_opset to 13 or more (now {opset}): int8 ONNX's per-channel "
+                                  "DequantizeLinear needs opset 13" if opset < 13 else "")
         info = onnx_info.describe_onnx(tmp)
     except InputError:
         tmp.unlink(missing_ok=True)
@@ -105,7 +115,8 @@ def export_int8_onnx(tflite_path, path, opset, tflite_info):
         tmp.unlink(missing_ok=True)
         raise InputError(
             f"tf2onnx cannot convert the int8 model to ONNX ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
-            "Replace the layer that produces that op, or raise export.onnx_opset (QDQ per-channel needs 13 or more)."
+            "Replace the layer that produces that op, raise export.onnx_opset if it is below 13 (QDQ per-channel "
+            "needs 13), or set export.formats = [\"tflite\"] to build without ONNX."
         ) from None
     for side in ("inputs", "outputs"):
         mine, theirs = info[side][0], tflite_info[side][0]
@@ -169,7 +180,7 @@ def check_full_integer(info, allowed_float_ops):
     return problems
 
 
-def check_onnx_loads(path):
+def check_onnx_loads(path, fix=""):
     """The ONNX file must load in onnxruntime before it is published (tf2onnx can emit ops, such as
     Erfc from a GELU, that onnxruntime has no kernel for)."""
     import onnxruntime as ort
@@ -177,8 +188,10 @@ def check_onnx_loads(path):
     try:
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types; all mean "refused"
-        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        reason = reason.replace(f"Load model from {path} failed:", "").replace(str(path), Path(path).name)[:300]
         raise InputError(
-            f"the ONNX export must load in onnxruntime; it refuses this model ({reason}). Replace the layer "
-            "that produces that op, or lower/raise export.onnx_opset; nothing was published."
+            f"the ONNX export must load in onnxruntime; it refuses this model ({reason}). "
+            + (fix or "Replace the layer that produces that op, or set export.formats = [\"tflite\"] to build without "
+                      "ONNX") + "; nothing was published."
         ) from None

@@ -290,6 +290,8 @@ def prepare(stage, config, build_dir, external, records):
     inputs = {}
     for name in stage.inputs:
         path = build_dir / name
+        if not path.exists() and name in stage.optional_inputs:
+            continue
         if not path.exists():
             raise InputError(
                 f"stage {stage.name} needs {name} from an earlier stage; {path} does not exist. "

@@ -167,13 +167,13 @@ def accuracy_rows(manifest):
                  "runtime": f"{host['runtime']} {host['runtime_version']} (host)", "accuracy": host.get("accuracy"),
                  "cell": _metric_cell(host, task), "agreement": None, "bytes": model["bytes"]}]
     rows = [("float", "keras (jax)", "float", "float_keras"), ("float", "tflite", "float_tflite", "float_tflite"),
-            ("float", "onnxruntime", "onnx", "onnx"), ("int8", "ai-edge-litert (host)", "int8_host", "int8_tflite")]
-    if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
-        rows.append(("int8 onnx", "onnxruntime (host)", "onnx_int8", "int8_onnx"))
+            ("float", "onnxruntime", "onnx", "onnx"), ("int8", "ai-edge-litert (host)", "int8_host", "int8_tflite"),
+            ("int8 onnx", "onnxruntime (host)", "onnx_int8", "int8_onnx")]
+    # a build without ONNX (export.formats, or a conversion that failed) has no onnx rows
     return [{"model": model, "runtime": runtime, "accuracy": m[metric].get("accuracy"),
              "cell": _metric_cell(m[metric], task),
              "agreement": m[metric].get("top1_agreement_with_float") if metric != "float" else None,
-             "bytes": art[artifact]["bytes"]} for model, runtime, metric, artifact in rows]
+             "bytes": art[artifact]["bytes"]} for model, runtime, metric, artifact in rows if metric in m]
 
 
 def declared_lines(sections):

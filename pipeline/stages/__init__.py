@@ -147,13 +147,16 @@ def schemas():
 
 
 def gate_checks(manifest, config, baseline=None):
-    """The declared stages' gate checks. A stage whose section the manifest lacks fails its check: the
-    build was made without it."""
+    """The gate checks of the plan's stage modules that declare `gate(section, config, baseline)`, built-in
+    or declared, in plan order. A declared stage whose section the manifest lacks fails its check: the
+    build was made without it (a built-in one is skipped: a build from before its section)."""
     checks = []
     if manifest.get("kind") == "validation":
         return checks
-    for name, module in DECLARED.items():
+    for name, module in _plan_modules(config):
         if not hasattr(module, "gate"):
+            continue
+        if name not in manifest and name not in DECLARED:
             continue
         if name not in manifest:
             checks.append(check(f"{name}: section in the manifest", "missing", "present", False,

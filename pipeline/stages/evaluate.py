@@ -17,7 +17,7 @@ from pipeline.release.metrics import accuracy_record, compare, with_top_k
 STAGE = Stage(
     "evaluate", __name__, config=("preprocess", "train.recipe", "task.kind", "task.top_k"),
     inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"),
-    outputs=("predictions.npz",), backend="jax",
+    outputs=("predictions.npz",), backend="jax", optional_inputs=("model.onnx", "model_int8.onnx"),
     toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime", "onnx"),
     external=lambda config: usermodel.model_files(config.train, False),
 )
@@ -38,7 +38,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
     usermodel.register_user_layers(stage_cfg.train.recipe)
 
     pp, progress = stage_cfg.preprocess, ctx.progress
-    dataset_path, float_keras, onnx_path = inputs["dataset.npz"], inputs["float.keras"], inputs["model.onnx"]
+    dataset_path, float_keras = inputs["dataset.npz"], inputs["float.keras"]
+    onnx = "model.onnx" in inputs and "model_int8.onnx" in inputs  # export.formats has "onnx", and it was made
     int8_tflite, float_tflite = inputs["model_int8.tflite"], inputs["model_float.tflite"]
 
     data = load_dataset(dataset_path)
@@ -46,7 +47,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     images, labels = data["x"][idx], data["y"][idx]
     class_names = [str(c) for c in data["class_names"]]
     x = preprocess.to_float(images, pp)
-    bar = progress.bar(5, "evaluate", unit="model")
+    bar = progress.bar(5 if onnx else 3, "evaluate", unit="model")
 
     float_logits = keras.models.load_model(float_keras).predict(x, batch_size=256, verbose=0)
     bar.update(1)
@@ -56,44 +57,38 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar.update(1)
     float_tfl_out = run_tflite(float_tflite, x)
     bar.update(1)
-    onnx_out = run_onnx(onnx_path, x)
-    bar.update(1)
-    onnx_q = onnx_info.describe_onnx(inputs["model_int8.onnx"])
-    int8_onnx_out = run_onnx(inputs["model_int8.onnx"], preprocess.to_input(images, pp, onnx_q["inputs"][0]))
-    bar.update(1)
-    bar.close()
-
     # every model's outputs, dequantized: a task's metrics, and top-k
     outputs = {"float": float_logits, "int8_host": preprocess.dequantize(int8_out, info["outputs"][0]),
-               "float_tflite": float_tfl_out, "onnx": onnx_out,
-               "onnx_int8": preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])}
+               "float_tflite": float_tfl_out}
+    int8_onnx_out = None
+    if onnx:
+        outputs["onnx"] = run_onnx(inputs["model.onnx"], x)
+        bar.update(1)
+        onnx_q = onnx_info.describe_onnx(inputs["model_int8.onnx"])
+        int8_onnx_out = run_onnx(inputs["model_int8.onnx"], preprocess.to_input(images, pp, onnx_q["inputs"][0]))
+        outputs["onnx_int8"] = preprocess.dequantize(int8_onnx_out, onnx_q["outputs"][0])
+        bar.update(1)
+    bar.close()
     task = tasks.get(stage_cfg.task.kind)
     if task:
         return _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
-    top1 = {
-        "float": float_logits.argmax(1),
-        "int8_host": int8_out.argmax(1),
-        "float_tflite": float_tfl_out.argmax(1),
-        "onnx": onnx_out.argmax(1),
-        "onnx_int8": int8_onnx_out.argmax(1),
-    }
+    top1 = {name: out.argmax(1) for name, out in outputs.items()}
     metrics = {k: accuracy_record(v, labels, class_names) for k, v in top1.items()}
     for name, out in outputs.items():
         with_top_k(metrics[name], out, labels, stage_cfg.task.top_k)
-    for k in ("int8_host", "float_tflite", "onnx", "onnx_int8"):
+    for k in set(top1) - {"float"}:
         metrics[k]["top1_agreement_with_float"] = round(float((top1[k] == top1["float"]).mean()), 6)
-    metrics["onnx_int8"].update(_vs_tflite(int8_onnx_out, int8_out, onnx_q["outputs"][0], info["outputs"][0],
-                                           labels, data["ids"][idx], class_names))
+    if onnx:
+        metrics["onnx_int8"].update(_vs_tflite(int8_onnx_out, int8_out, onnx_q["outputs"][0], info["outputs"][0],
+                                               labels, data["ids"][idx], class_names))
     ids = data["ids"][idx]
     flips = ids[top1["int8_host"] != top1["float"]]
     metrics["int8_host"]["flips_vs_float"] = [str(s) for s in flips]
-    for k in ("float", "int8_host", "onnx_int8"):
+    for k in {"float", "int8_host", "onnx_int8"} & set(top1):
         metrics[k]["top1"] = [int(v) for v in top1[k]]
-    atomic_save_npz(
-        out_dir / "predictions.npz",
-        ids=ids, labels=labels, float_top1=top1["float"], onnx_top1=top1["onnx"],
-        host_output=int8_out, int8_top1=top1["int8_host"], onnx_int8_output=int8_onnx_out,
-    )
+    arrays = {"ids": ids, "labels": labels, "float_top1": top1["float"], "onnx_top1": top1.get("onnx"),
+              "host_output": int8_out, "int8_top1": top1["int8_host"], "onnx_int8_output": int8_onnx_out}
+    atomic_save_npz(out_dir / "predictions.npz", **{k: v for k, v in arrays.items() if v is not None})
     return {
         "metrics": metrics,
         "test_split": test_split_record(ids, labels),
@@ -110,14 +105,16 @@ def _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
     metrics, scores = {}, {}
     for name, out in outputs.items():
         metrics[name], scores[name] = task.metrics(out, x, labels, groups)
-    same = int8_onnx_out.reshape(len(ids), -1) == int8_out.reshape(len(ids), -1)
-    metrics["onnx_int8"].update(
-        bitexact_fraction_vs_int8_tflite=round(float(same.mean()), 6),
-        max_dequantized_diff_vs_int8_tflite=round(float(np.abs(outputs["onnx_int8"] - outputs["int8_host"]).max()), 6),
-        score_correlation_vs_int8_tflite=round(task.correlation(scores["onnx_int8"], scores["int8_host"]), 6))
     extra = {} if groups is None else {"groups": groups}
+    if int8_onnx_out is not None:
+        same = int8_onnx_out.reshape(len(ids), -1) == int8_out.reshape(len(ids), -1)
+        metrics["onnx_int8"].update(
+            bitexact_fraction_vs_int8_tflite=round(float(same.mean()), 6),
+            max_dequantized_diff_vs_int8_tflite=round(float(np.abs(outputs["onnx_int8"] - outputs["int8_host"]).max()), 6),
+            score_correlation_vs_int8_tflite=round(task.correlation(scores["onnx_int8"], scores["int8_host"]), 6))
+        extra["onnx_int8_output"] = int8_onnx_out
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=int8_out,
-                    onnx_int8_output=int8_onnx_out, **{f"{k}_scores": v for k, v in scores.items()}, **extra)
+                    **{f"{k}_scores": v for k, v in scores.items()}, **extra)
     return {
         "metrics": metrics,
         "test_split": test_split_record(ids, labels),

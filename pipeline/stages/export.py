@@ -29,11 +29,34 @@ STAGE = Stage(
 )
 
 
+ONNX_OUTPUTS = ("model.onnx", "model_int8.onnx")
+
+
 def stages(config):
-    """The export stage; in post-training quantization (no QAT stage) it reads no qat.keras."""
-    if config.qat.post_training:
-        return [dataclasses.replace(STAGE, inputs=tuple(i for i in STAGE.inputs if i != "qat.keras"))]
-    return [STAGE]
+    """The export stage; in post-training quantization (no QAT stage) it reads no qat.keras. Without
+    "onnx" in export.formats it makes no ONNX; with it, the ONNX files are optional outputs: a model
+    tf2onnx or onnxruntime cannot take keeps its TFLite results and fails the gate's ONNX check."""
+    inputs = tuple(i for i in STAGE.inputs if i != "qat.keras") if config.qat.post_training else STAGE.inputs
+    if "onnx" not in config.export.formats:
+        return [dataclasses.replace(STAGE, inputs=inputs, outputs=tuple(o for o in STAGE.outputs if o not in ONNX_OUTPUTS))]
+    return [dataclasses.replace(STAGE, inputs=inputs, optional=ONNX_OUTPUTS)]
+
+
+def manifest(record, config):
+    """The manifest's "export" section: the formats asked for and made, and why ONNX was not (one line)."""
+    return {"formats": record.get("formats", ["tflite", "onnx"]), "made": record.get("made", ["tflite", "onnx"]),
+            **({"onnx_error": record["onnx_error"]} if record.get("onnx_error") else {})}
+
+
+def gate(section, config, baseline=None):
+    """The "ONNX export" check: failed when ONNX was asked for and tf2onnx or onnxruntime refused it."""
+    from pipeline.engine.stage import check
+
+    if "onnx" not in section["formats"]:
+        return []
+    error = section.get("onnx_error")
+    return [check("ONNX export", "refused" if error else "made", "converts and loads in onnxruntime", not error,
+                  detail=error or "the float and int8 ONNX")]
 
 
 def publish(records, config, build_dir):
@@ -42,24 +65,25 @@ def publish(records, config, build_dir):
     from pipeline.release.manifest import artifact, from_pixel, tensor
 
     record = records["export"]
-    int8, int8_onnx, contract = record["int8"], record["int8_onnx"], record["preprocess"]
+    int8, int8_onnx, contract = record["int8"], record.get("int8_onnx"), record["preprocess"]
     artifacts = {
         "int8_tflite": artifact(build_dir, "model_int8.tflite", input={**tensor(int8["inputs"][0]), **from_pixel(contract)},
                                 output=tensor(int8["outputs"][0]), ops=int8["ops"], float_ops=record["float_ops_kept"],
                                 quantization=record.get("quantization", "qat")),
         "float_tflite": artifact(build_dir, "model_float.tflite"),
-        "onnx": artifact(build_dir, "model.onnx"),
-        "int8_onnx": artifact(build_dir, "model_int8.onnx", format="onnx", opset=int8_onnx["opset"],
-                              converted_from="int8_tflite",
-                              input={**tensor(int8_onnx["inputs"][0]), **from_pixel(contract)},
-                              output=tensor(int8_onnx["outputs"][0]), ops=int8_onnx["ops"],
-                              float_ops=int8_onnx["float_ops"]),
     }
     int8_bytes, float_bytes = artifacts["int8_tflite"]["bytes"], artifacts["float_tflite"]["bytes"]
-    int8_onnx_bytes, float_onnx_bytes = artifacts["int8_onnx"]["bytes"], artifacts["onnx"]["bytes"]
-    size = {"int8_bytes": int8_bytes, "float_bytes": float_bytes, "int8_over_float": round(int8_bytes / float_bytes, 4),
-            "int8_onnx_bytes": int8_onnx_bytes, "float_onnx_bytes": float_onnx_bytes,
-            "int8_onnx_over_float_onnx": round(int8_onnx_bytes / float_onnx_bytes, 4)}
+    size = {"int8_bytes": int8_bytes, "float_bytes": float_bytes, "int8_over_float": round(int8_bytes / float_bytes, 4)}
+    if int8_onnx:  # ONNX asked for and made
+        artifacts["onnx"] = artifact(build_dir, "model.onnx")
+        artifacts["int8_onnx"] = artifact(build_dir, "model_int8.onnx", format="onnx", opset=int8_onnx["opset"],
+                                          converted_from="int8_tflite",
+                                          input={**tensor(int8_onnx["inputs"][0]), **from_pixel(contract)},
+                                          output=tensor(int8_onnx["outputs"][0]), ops=int8_onnx["ops"],
+                                          float_ops=int8_onnx["float_ops"])
+        int8_onnx_bytes, float_onnx_bytes = artifacts["int8_onnx"]["bytes"], artifacts["onnx"]["bytes"]
+        size |= {"int8_onnx_bytes": int8_onnx_bytes, "float_onnx_bytes": float_onnx_bytes,
+                 "int8_onnx_over_float_onnx": round(int8_onnx_bytes / float_onnx_bytes, 4)}
     return {"preprocessing": contract["int8_formula"], "preprocess": contract, "artifacts": artifacts,
             "metrics": {"size": size}}
 
@@ -80,7 +104,8 @@ def run(stage_cfg, inputs, out_dir, ctx):
     data = load_dataset(dataset_path)
     calib = json.loads(open(calibration_path).read())
     calibration = preprocess.to_float(data["x"][calibration_indices(data, calib)], pp)
-    bar = progress.bar(4, "export", unit="artifact")
+    onnx = "onnx" in cfg.formats
+    bar = progress.bar(4 if onnx else 2, "export", unit="artifact")
     # the QAT model carries its trained ranges; in post-training quantization the float model is calibrated
     float_model = None if qat_path else keras.models.load_model(float_path)
     export_int8(keras.models.load_model(qat_path) if qat_path else float_model, calibration,
@@ -89,9 +114,6 @@ def run(stage_cfg, inputs, out_dir, ctx):
     float_model = float_model or keras.models.load_model(float_path)
     float_model(calibration[:1])  # the ONNX exporter needs a model that has been called
     export_float(float_model, out_dir / "model_float.tflite")
-    bar.update(1)
-    export_onnx(float_model, out_dir / "model.onnx", cfg.onnx_opset)
-    check_onnx_loads(out_dir / "model.onnx")
     bar.update(1)
 
     info = tflite_info.describe(out_dir / "model_int8.tflite")
@@ -103,13 +125,27 @@ def run(stage_cfg, inputs, out_dir, ctx):
             + "; ".join(problems)
             + ". Replace the layers that produce them, or list ops in export.allowed_float_ops."
         )
-    onnx_info = export_int8_onnx(out_dir / "model_int8.tflite", out_dir / "model_int8.onnx", cfg.onnx_opset, info)
-    bar.update(1)
+    onnx_info, onnx_error = None, None
+    if onnx:
+        try:
+            export_onnx(float_model, out_dir / "model.onnx", cfg.onnx_opset)
+            check_onnx_loads(out_dir / "model.onnx")
+            bar.update(1)
+            onnx_info = export_int8_onnx(out_dir / "model_int8.tflite", out_dir / "model_int8.onnx", cfg.onnx_opset, info)
+            bar.update(1)
+        except InputError as exc:  # the TFLite results stand; the gate's ONNX check fails with this line
+            onnx_error = str(exc).replace("; nothing was published", "")
+            for name in ONNX_OUTPUTS:
+                (out_dir / name).unlink(missing_ok=True)
+            progress.warn(f"no ONNX: {onnx_error}")
     bar.close()
     qin = info["inputs"][0]
     record = {
         "int8": info,
         "int8_onnx": onnx_info,
+        "formats": list(cfg.formats),
+        "made": ["tflite"] + (["onnx"] if onnx_info else []),
+        "onnx_error": onnx_error,
         "quantization": "qat" if qat_path else "post-training",
         # the pixel -> input step this artifact was calibrated and will be validated with
         "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"],

@@ -1,7 +1,6 @@
 """qat stage: fold BatchNorm, insert fake-quant, fine-tune on JAX, keep the best epoch, save the QAT
 `.keras`; a QAT that loses more than `qat.max_val_drop` of the float model's val accuracy is refused."""
 
-import dataclasses
 import time
 
 from pipeline.data import preprocess
@@ -21,25 +20,8 @@ STAGE = Stage(
 
 
 def stages(config):
-    """The QAT stage, or none in post-training quantization (qat.enabled = false or qat.epochs = 0). Its
-    GELU form (qat.gelu, "auto" resolved against validate.targets) is a parameter, so its cache key
-    changes with the form, not with every edit of the target list."""
-    if config.qat.post_training:
-        return []
-    form, lacking = gelu_form(config)
-    return [dataclasses.replace(STAGE, params={"gelu": form, "gelu_for": lacking})]
-
-
-def gelu_form(config):
-    """(form, targets): qat.gelu, with "auto" resolved to "sigmoid" when a target's runtime has no GELU
-    kernel (the targets named), else "native"."""
-    if config.qat.gelu != "auto":
-        return config.qat.gelu, []
-    from pipeline.device.targets import kind_module, load_target
-
-    lacking = [name for name in config.validate.targets
-               if "GELU" in kind_module(load_target(name, check_hashes=False).kind).MISSING_OPS]
-    return ("sigmoid" if lacking else "native"), lacking
+    """The QAT stage, or none in post-training quantization (qat.enabled = false or qat.epochs = 0)."""
+    return [] if config.qat.post_training else [STAGE]
 
 
 def manifest(record, config):
@@ -80,15 +62,14 @@ def run(stage_cfg, inputs, out_dir, ctx):
     if len(x_val) and not task:  # the val-accuracy collapse check is classification's (anomaly: the gate's AUC)
         logits = float_model.predict(x_val, batch_size=256, verbose=0)
         float_val = round(float((logits.argmax(-1) == y_val).mean()), 5)
-    gelu = ctx.params.get("gelu", "native")
+    gelu = cfg.gelu
     try:
         model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum, gelu=gelu)
     except qat.UnsupportedLayerError as exc:
         raise InputError(f"QAT cannot quantize this model: {exc}") from None
-    if gelu == "sigmoid" and any(isinstance(layer, qat.SigmoidGelu) for layer in model.layers):
-        why = (f"{', '.join(ctx.params['gelu_for'])} run(s) TFLM, which has no GELU kernel" if ctx.params.get("gelu_for")
-               else "qat.gelu = 'sigmoid'")
-        print(f"qat: GELU as x * sigmoid(1.702 x) (MUL, LOGISTIC): {why}")
+    if any(isinstance(layer, qat.SigmoidGelu) for layer in model.layers):
+        print("qat: GELU as x * sigmoid(1.702 x) (MUL, LOGISTIC), which TFLM and Vela run too (qat.gelu = 'sigmoid'; "
+              "'native' keeps LiteRT's GELU op)")
     # Ranges start from real data: one pass over the first training samples in training mode.
     qat.init_ranges(model, x_train[: cfg.init_samples])
     transformer = qat.has_transformer_layers(float_model)

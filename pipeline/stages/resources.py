@@ -17,9 +17,13 @@ def stages(config):
 
         models = {"model": copied_name(config.validate.model)}
     else:
-        models = {"int8_tflite": "model_int8.tflite", "int8_onnx": "model_int8.onnx"}
+        models = {"int8_tflite": "model_int8.tflite"}
+        if "onnx" in config.export.formats:
+            models["int8_onnx"] = "model_int8.onnx"
+    # (the int8 ONNX is absent when export's conversion failed; the gate's "ONNX export" check says why)
     return [Stage("resources", __name__, config=(), inputs=tuple(models.values()),
-                  toolchain=("ai-edge-litert", "onnx", "tflite-micro", "numpy"), params={"models": models})]
+                  optional_inputs=("model_int8.onnx",), toolchain=("ai-edge-litert", "onnx", "tflite-micro", "numpy"),
+                  params={"models": models})]
 
 
 def manifest(record, config):
@@ -30,6 +34,8 @@ def manifest(record, config):
 def run(cfg, inputs, out_dir, ctx):
     record = {}
     for key, name in ctx.params["models"].items():
+        if name not in inputs:
+            continue
         path = inputs[name]
         report = resources.resources(path)
         if path.suffix == ".tflite":

@@ -73,12 +73,18 @@ def stages(config):
         boards = {"boards": list(config.validate.boards), "ssh_config": config.validate.ssh_config,
                   "board_python": config.validate.board_python} if name == on_boards else {}
         model, reference = deployed_model(config, target)
+        if model == "model_int8.onnx" and "onnx" not in config.export.formats:
+            raise InputError(f"target {name} runs the int8 ONNX, and export.formats = {config.export.formats} makes none; "
+                             f"received both in the config. Add \"onnx\" to export.formats, or remove {name} from "
+                             "validate.targets.")
         made = targets_mod.kind_module(target.kind).outputs(target)  # a compiled model, for an NPU
         out.append(Stage(
             stage_name(name), __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
                     "validate.isa_samples", "validate.kernels", "task.kind", "task.top_k"),
             inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
+            # the int8 ONNX is absent when export's conversion failed: the target is refused, naming why
+            optional_inputs=(model,) if model == "model_int8.onnx" else (),
             toolchain=("numpy", *HOST_READER[targets_mod.model_format(target)], *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
             group="targets", params={"target": name, "model": model, "reference": reference,
@@ -146,8 +152,13 @@ def run(cfg, inputs, out_dir, ctx):
                              f"{len(idx)}; received {shard[0]}/{shard[1]}. Use fewer shards.")
         part = np.array_split(np.arange(len(idx)), shard[1])[shard[0] - 1]
         idx, subset = idx[part], subset[part]
-    host_out = flat(np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset])
-    record, arrays = _measure(cfg, target, inputs[ctx.params["model"]], data, idx, host_out, out_dir, ctx)
+    if ctx.params["model"] not in inputs:  # export made no int8 ONNX (the gate's "ONNX export" check says why)
+        record = {"samples": int(len(idx)), "refused": "no int8 ONNX to run: export could not make it (see the "
+                                                        "'ONNX export' check)"}
+        arrays = {"ids": data["ids"][idx], "outputs": np.zeros((0,), np.float32)}
+    else:
+        host_out = flat(np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset])
+        record, arrays = _measure(cfg, target, inputs[ctx.params["model"]], data, idx, host_out, out_dir, ctx)
     if shard:
         atomic_save_npz(out_dir / "shard.npz", **arrays)
         return record

@@ -22,6 +22,10 @@ def test_defaults_load_and_overrides_parse_as_toml():
     ("data.channels=2", "must be one of 1, 3"),
     ("train.recipe=small_cn", "Did you mean 'small_cnn'?"),
     ("epochs=2", "--set takes section.key=value"),
+    ('export.formats=["onnx"]', "export.formats must include 'tflite'"),
+    ('export.formats=["tflite", "pt"]', "a list of distinct items from 'tflite', 'onnx'"),
+    ('export.formats=["tflite", "tflite"]', "a list of distinct items"),
+    ("qat.gelu='erf'", "must be one of 'sigmoid', 'native'"),
 ])
 def test_bad_values_name_the_key_and_the_fix(override, message):
     with pytest.raises(InputError, match=message.replace("?", r"\?").replace("(", r"\(")):
@@ -54,3 +58,23 @@ def test_an_unknown_key_or_section_in_set_is_named_as_coming_from_set():
         config_mod.load(None, ["preprocess.pixel_rang=[-1, 1]"])
     with pytest.raises(InputError, match=r"unknown config section \[preprocss\] \(from --set preprocss.pixel_range\)"):
         config_mod.load(None, ["preprocss.pixel_range=[-1, 1]"])
+
+
+def test_export_formats_decide_the_onnx_files_every_stage_reads():
+    from pipeline.stages import evaluate, export, resources, target
+
+    both, tflite = config_mod.load(None, []), config_mod.load(None, ['export.formats=["tflite"]'])
+    (stage,) = export.stages(both)
+    # asked for, the ONNX files may still be missing (a conversion that failed); the stages after export run without
+    assert set(export.ONNX_OUTPUTS) <= set(stage.outputs) and set(stage.optional) == set(export.ONNX_OUTPUTS)
+    assert set(evaluate.STAGE.optional_inputs) == set(export.ONNX_OUTPUTS)
+    (stage,) = export.stages(tflite)
+    assert not set(export.ONNX_OUTPUTS) & set(stage.outputs)
+    assert resources.stages(tflite)[0].inputs == ("model_int8.tflite",)
+    assert resources.stages(both)[0].inputs == ("model_int8.tflite", "model_int8.onnx")
+    with pytest.raises(InputError, match="target rpi5-onnxruntime runs the int8 ONNX"):
+        target.stages(config_mod.load(None, ['export.formats=["tflite"]', 'validate.targets=["rpi5-onnxruntime"]']))
+    assert export.gate({"formats": ["tflite"], "made": ["tflite"]}, tflite) == []
+    (made,) = export.gate({"formats": ["tflite", "onnx"], "made": ["tflite", "onnx"]}, both)
+    (refused,) = export.gate({"formats": ["tflite", "onnx"], "made": ["tflite"], "onnx_error": "tf2onnx: no"}, both)
+    assert made["passed"] and not refused["passed"] and refused["detail"] == "tf2onnx: no"

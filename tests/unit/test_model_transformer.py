@@ -118,19 +118,6 @@ def test_gelu_as_sigmoid_replaces_every_form_of_gelu_and_round_trips(tmp_path):
         qat.quantize_model(model, gelu="erf")
 
 
-def test_qat_gelu_auto_takes_the_sigmoid_form_when_a_target_runs_tflm():
-    from pipeline.engine import config
-    from pipeline.stages import qat as qat_stage
-
-    (stage,) = qat_stage.stages(config.load(None, []))  # the default targets: two run TFLM
-    assert stage.params == {"gelu": "sigmoid", "gelu_for": ["cortex-m-tflm", "ethos-u55-128"]}
-    linux = config.load(None, ['validate.targets=["rpi4-bookworm-tflite", "rpi5-litert"]'])
-    assert qat_stage.gelu_form(linux) == ("native", [])
-    assert qat_stage.gelu_form(config.load(None, ["qat.gelu='native'"])) == ("native", [])
-    assert qat_stage.gelu_form(config.load(None, ['validate.targets=["rpi5-litert"]', "qat.gelu='sigmoid'"])) == ("sigmoid", [])
-    assert qat_stage.stages(config.load(None, ["qat.enabled=false"])) == []
-
-
 def test_vit_tiny_is_a_transformer_qat_rewrites():
     model = recipes.vit_tiny((16, 16, 1), 10)
     assert 10_000 < model.count_params() < 40_000
