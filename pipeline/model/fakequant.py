@@ -161,7 +161,9 @@ class SigmoidGelu(keras.layers.Layer):
         self.momentum = float(momentum)
 
     def build(self, input_shape):
-        make = lambda suffix, **kw: ActivationQuantizer(name=f"{self.name}_{suffix}", dtype=self.dtype_policy, **kw)
+        def make(suffix, **kw):
+            return ActivationQuantizer(name=f"{self.name}_{suffix}", dtype=self.dtype_policy, **kw)
+
         self.scaled_quantizer = make("scaled_quant", momentum=self.momentum)
         self.gate_quantizer = make("gate_quant", fixed_range=UNIT_RANGE)
         self.output_quantizer = make("out_quant", momentum=self.momentum)

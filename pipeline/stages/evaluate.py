@@ -105,16 +105,16 @@ def _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
     metrics, scores = {}, {}
     for name, out in outputs.items():
         metrics[name], scores[name] = task.metrics(out, x, labels, groups)
-    extra = {} if groups is None else {"groups": groups}
+    arrays = {"ids": ids, "labels": labels, "host_output": int8_out}
     if int8_onnx_out is not None:
         same = int8_onnx_out.reshape(len(ids), -1) == int8_out.reshape(len(ids), -1)
         metrics["onnx_int8"].update(
             bitexact_fraction_vs_int8_tflite=round(float(same.mean()), 6),
             max_dequantized_diff_vs_int8_tflite=round(float(np.abs(outputs["onnx_int8"] - outputs["int8_host"]).max()), 6),
             score_correlation_vs_int8_tflite=round(task.correlation(scores["onnx_int8"], scores["int8_host"]), 6))
-        extra["onnx_int8_output"] = int8_onnx_out
-    atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=int8_out,
-                    **{f"{k}_scores": v for k, v in scores.items()}, **extra)
+        arrays["onnx_int8_output"] = int8_onnx_out
+    extra = {} if groups is None else {"groups": groups}
+    atomic_save_npz(out_dir / "predictions.npz", **arrays, **{f"{k}_scores": v for k, v in scores.items()}, **extra)
     return {
         "metrics": metrics,
         "test_split": test_split_record(ids, labels),
