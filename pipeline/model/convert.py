@@ -23,16 +23,22 @@ def _convert_error(exc):
     )
 
 
-def export_int8(model, calibration, path):
+def export_int8(model, calibration, path, batch=None):
     """The full-integer int8 `.tflite`, with the model's dynamic batch dimension; at a fixed batch of 1
     when that makes the converter compute shapes at run time (SHAPE, REDUCE_PROD, PACK: an einsum or a
-    reshape over the batch, as attention has), which microcontroller runtimes and Vela lack and which
-    a device running one sample at a time does not need."""
+    reshape over the batch, as attention and squeeze-excite have), which microcontroller runtimes and
+    Vela lack and which a device running one sample at a time does not need. `batch=1`: at a batch of 1
+    at once (the caller knows the float model's graph computes shapes), saving a conversion."""
     from pipeline.device import tflite_info
 
-    _export_int8(model, calibration, path)
-    if any(op["name"] == "SHAPE" for op in tflite_info.describe(path)["ops"]):
+    _export_int8(model, calibration, path, batch=batch)
+    if batch is None and has_shape_op(tflite_info.describe(path)):
         _export_int8(model, calibration, path, batch=1)
+
+
+def has_shape_op(info):
+    """Whether a `.tflite` (its `tflite_info.describe`) computes shapes at run time."""
+    return any(op["name"] == "SHAPE" for op in info["ops"])
 
 
 def _export_int8(model, calibration, path, batch=None):
