@@ -12,13 +12,13 @@ def _tmp(path):
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
-def _convert_error(exc):
+def _convert_error(exc, what="int8"):
     text = str(exc)
     ops = sorted({w.strip("'\",.:") for w in text.replace("\n", " ").split() if w.startswith(("tf.", "'tf."))})
     detail = f" ops: {', '.join(ops)}" if ops else ""
     first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.splitlines()[0] if text else "")
     return (
-        f"int8 conversion needs every op to be a TFLite builtin int8 op; the converter refused "
+        f"{what} conversion needs every op to be a TFLite builtin {what} op; the converter refused "
         f"this model{detail} ({first[:300]}). Replace those layers or ops."
     )
 
@@ -72,8 +72,14 @@ def export_float(model, path):
     import tensorflow as tf
 
     tmp = _tmp(path)
-    model.export(str(tmp), format="litert", verbose=False,
-                 target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+    try:
+        model.export(str(tmp), format="litert", verbose=False,
+                     target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        if "ConverterError" in type(exc).__name__ or "convert" in str(exc).lower():
+            raise InputError(_convert_error(exc, "float")) from None
+        raise
     os.replace(tmp, path)
 
 

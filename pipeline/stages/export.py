@@ -108,16 +108,21 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar = progress.bar(4 if onnx else 2, "export", unit="artifact")
     float_model = keras.models.load_model(float_path)
     float_model(calibration[:1])  # the ONNX exporter needs a model that has been called
-    export_float(float_model, out_dir / "model_float.tflite")
-    bar.update(1)
     # A float graph that computes shapes at run time (SHAPE) makes the int8 one do so too: convert it at a
     # batch of 1 at once instead of converting twice (EfficientNetV2B0: 40 s less; the same bytes, and
     # the float model first leaves both files' bytes as they were, measured on small_cnn, EfficientNetV2B0
     # and a ViT). The QAT model carries its trained ranges; in post-training quantization the float model
     # is calibrated.
-    batch = 1 if has_shape_op(tflite_info.describe(out_dir / "model_float.tflite")) else None
+    try:
+        export_float(float_model, out_dir / "model_float.tflite")
+        batch, float_refused = (1 if has_shape_op(tflite_info.describe(out_dir / "model_float.tflite")) else None), None
+    except InputError as exc:  # the int8 conversion's refusal, which names the same ops, is the one to report
+        batch, float_refused = None, exc
+    bar.update(1)
     export_int8(keras.models.load_model(qat_path) if qat_path else float_model, calibration,
                 out_dir / "model_int8.tflite", batch=batch)
+    if float_refused:
+        raise float_refused
     bar.update(1)
 
     info = tflite_info.describe(out_dir / "model_int8.tflite")
