@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.model.fakequant import PACKAGE, UNIT_RANGE, ActivationQuantizer, _fake_quant, _quantize_weight
+from pipeline.model.fakequant import PACKAGE, UNIT_RANGE, _fake_quant, _quantize_weight, output_quantizer
 
 VARIANCE_FLOOR_STEPS = 4  # see QuantLayerNormalization.call
 SOFTMAX_RANGE = UNIT_RANGE  # int8 SOFTMAX's output: scale 1/256, zero point -128
@@ -27,13 +27,6 @@ SOFTMAX_RANGE = UNIT_RANGE  # int8 SOFTMAX's output: scale 1/256, zero point -12
 
 class UnsupportedAttention(ValueError):
     """A MultiHeadAttention call the rewrite cannot express; the message names the layer and why."""
-
-
-def _output_quantizer(layer, shape, momentum, fixed_range=None, suffix="out_quant"):
-    quantizer = ActivationQuantizer(momentum=momentum, fixed_range=fixed_range, name=f"{layer.name}_{suffix}",
-                                    dtype=layer.dtype_policy)
-    quantizer.build(shape)
-    return quantizer
 
 
 def _requantize_like(quantizer, x):
@@ -57,8 +50,8 @@ class QuantLayerNormalization(keras.layers.LayerNormalization):
         for name, shape in (("mean", reduced), ("centered", input_shape), ("squared", input_shape),
                             ("variance", reduced), ("inverse", reduced), ("normalized", input_shape),
                             ("scaled", input_shape)):
-            setattr(self, f"{name}_quantizer", _output_quantizer(self, shape, self.output_momentum, suffix=f"{name}_quant"))
-        self.output_quantizer = _output_quantizer(self, input_shape, self.output_momentum)
+            setattr(self, f"{name}_quantizer", output_quantizer(self, shape, self.output_momentum, suffix=f"{name}_quant"))
+        self.output_quantizer = output_quantizer(self, input_shape, self.output_momentum)
 
     def call(self, inputs, training=False):
         def fq(name, x):
@@ -97,7 +90,7 @@ class QuantEinsumDense(keras.layers.EinsumDense):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.output_quantizer = _output_quantizer(self, self.compute_output_shape(input_shape), self.output_momentum)
+        self.output_quantizer = output_quantizer(self, self.compute_output_shape(input_shape), self.output_momentum)
 
     def call(self, inputs, training=False):
         y = ops.einsum(self.equation, inputs, _quantize_weight(self.kernel, per_channel=False))
@@ -124,9 +117,9 @@ class QuantAttention(keras.layers.Layer):
 
     def build(self, query_shape, key_shape, value_shape):
         scores = ops.einsum(self.dot_equation, keras.KerasTensor(key_shape), keras.KerasTensor(query_shape)).shape
-        self.scores_quantizer = _output_quantizer(self, scores, self.output_momentum, suffix="scores_quant")
-        self.probs_quantizer = _output_quantizer(self, scores, self.output_momentum, SOFTMAX_RANGE, suffix="probs_quant")
-        self.output_quantizer = _output_quantizer(self, self.compute_output_shape(query_shape, key_shape, value_shape),
+        self.scores_quantizer = output_quantizer(self, scores, self.output_momentum, suffix="scores_quant")
+        self.probs_quantizer = output_quantizer(self, scores, self.output_momentum, SOFTMAX_RANGE, suffix="probs_quant")
+        self.output_quantizer = output_quantizer(self, self.compute_output_shape(query_shape, key_shape, value_shape),
                                                   self.output_momentum)
 
     def call(self, query, key, value, training=False):

@@ -96,6 +96,14 @@ class ActivationQuantizer(keras.layers.Layer):
         return config
 
 
+def output_quantizer(layer, shape, momentum, fixed_range=None, suffix="out_quant"):
+    """A built `ActivationQuantizer` named after `layer` (`<layer>_<suffix>`) for a tensor of `shape`."""
+    quantizer = ActivationQuantizer(momentum=momentum, fixed_range=fixed_range, name=f"{layer.name}_{suffix}",
+                                    dtype=layer.dtype_policy)
+    quantizer.build(shape)
+    return quantizer
+
+
 class _QuantizedKernelMixin:
     """Shared constructor, build and get_config for layers that fake-quantize a kernel and maybe
     their output; listed before the Keras layer class so its methods wrap the layer's."""
@@ -112,16 +120,10 @@ class _QuantizedKernelMixin:
     def _build_output_quantizer(self, shape):
         self.preactivation_quantizer = None
         if self.quantize_output:
-            self.output_quantizer = ActivationQuantizer(
-                momentum=self.output_momentum, name=f"{self.name}_out_quant", dtype=self.dtype_policy
-            )
-            self.output_quantizer.build(shape)
+            self.output_quantizer = output_quantizer(self, shape, self.output_momentum)
             if keras.activations.serialize(self.activation) not in FUSED_ACTIVATIONS:
                 # GELU, swish, sigmoid...: their own int8 op, so the layer's output before it is an int8 tensor
-                self.preactivation_quantizer = ActivationQuantizer(
-                    momentum=self.output_momentum, name=f"{self.name}_preact_quant", dtype=self.dtype_policy
-                )
-                self.preactivation_quantizer.build(shape)
+                self.preactivation_quantizer = output_quantizer(self, shape, self.output_momentum, suffix="preact_quant")
         else:
             self.output_quantizer = None
 
@@ -161,14 +163,9 @@ class SigmoidGelu(keras.layers.Layer):
         self.momentum = float(momentum)
 
     def build(self, input_shape):
-        def make(suffix, **kw):
-            return ActivationQuantizer(name=f"{self.name}_{suffix}", dtype=self.dtype_policy, **kw)
-
-        self.scaled_quantizer = make("scaled_quant", momentum=self.momentum)
-        self.gate_quantizer = make("gate_quant", fixed_range=UNIT_RANGE)
-        self.output_quantizer = make("out_quant", momentum=self.momentum)
-        for quantizer in (self.scaled_quantizer, self.gate_quantizer, self.output_quantizer):
-            quantizer.build(input_shape)
+        self.scaled_quantizer = output_quantizer(self, input_shape, self.momentum, suffix="scaled_quant")
+        self.gate_quantizer = output_quantizer(self, input_shape, 0.99, UNIT_RANGE, suffix="gate_quant")
+        self.output_quantizer = output_quantizer(self, input_shape, self.momentum)
 
     def call(self, inputs, training=False):
         scaled = self.scaled_quantizer(ops.multiply(inputs, SIGMOID_GELU_SCALE), training=training)
