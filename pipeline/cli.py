@@ -354,6 +354,9 @@ def _targets_for(config, added):
               "(sets data.test_source).")
 @click.option("--target", "-t", "target_names", multiple=True, help="Target name, added to validate.targets "
               "(repeatable).")
+@click.option("--float", "float_model", type=click.Path(dir_okay=False), help="The float Keras model (.keras) a "
+              ".tflite was made from: adds the per-layer error report (each int8 tensor against its float layer, "
+              "on the host and each target). Sets validate.float_model.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output directory of a model file's validation "
               "(default build/validate-<model file name>).")
 @click.option("--shard", metavar="I/N", help="Run only the I-th of N parts of the test set on each --target, for a "
@@ -372,18 +375,20 @@ def _targets_for(config, added):
 @gate_options("Print the manifest as JSON on stdout (logs go to stderr).")
 @no_baseline_option
 @click.pass_context
-def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_config, board_python, config_path, sets,
-             no_remote, baseline, junit, as_json, no_baseline):
+def validate(ctx, path, data_source, target_names, float_model, out, shard, boards, ssh_config, board_python,
+             config_path, sets, no_remote, baseline, junit, as_json, no_baseline):
     """Prove a model on the host and on emulated ARM targets, and gate it.
 
     \b
-    edgebuild validate MODEL.tflite|MODEL.onnx --data TEST_SET [--baseline manifest.json]
+    edgebuild validate MODEL.tflite|MODEL.onnx --data TEST_SET [--float FLOAT.keras] [--baseline manifest.json]
         A .tflite or .onnx built anywhere (float32, int8 or uint8 input; an .onnx may be NCHW):
         runs it on the host and on each target of validate.targets that runs its format (plus
         --target) over your whole test set, with pixels (or an .npz's features, of any rank)
         fed through [preprocess] and the model's own input quantization. Image size and channels
         come from the model; integer features in the input's dtype are fed unchanged. Writes
-        manifest.json (kind "validation") and report.html, and gates them.
+        manifest.json (kind "validation") and report.html, and gates them. With --float, the
+        .tflite's per-layer error against the float model it was made from, on the host and
+        each target (the worst layers in the manifest, a chart in the report).
     edgebuild validate [BUILD_DIR] --target NAME
         A finished build's int8 model on more targets: adds their results to its manifest and
         gates it again, with the build's own config ([gate] and [validate] from --config over it)
@@ -401,6 +406,11 @@ def validate(ctx, path, data_source, target_names, out, shard, boards, ssh_confi
 
     sets = [*_local_only(sets, no_remote), *_board_overrides(boards, ssh_config, board_python, target_names)]
     model_file = path is not None and not Path(path).is_dir()
+    if float_model:
+        if not model_file:
+            raise click.UsageError("--float goes with a model file: edgebuild validate MODEL.tflite --data TEST_SET "
+                                   "--float FLOAT.keras (a build compares with its own float model already).")
+        sets = [*sets, ("validate.float_model", str(Path(float_model).resolve()))]
     if shard is not None:
         if model_file or not target_names or data_source or out:
             raise click.UsageError("--shard goes with a build and its targets: edgebuild validate BUILD_DIR --target "

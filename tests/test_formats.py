@@ -55,3 +55,34 @@ def test_an_onnx_conversion_that_fails_keeps_tflite_and_fails_its_checks(tiny_bu
     assert not list(d.glob("*.onnx")) and (d / "model_int8.tflite").exists()
     assert m["metrics"]["int8_host"]["accuracy"] == tiny_build["manifest"]["metrics"]["int8_host"]["accuracy"]
     assert checks["int8 accuracy (cortex-m-tflm)"]["passed"]
+
+
+def test_int16_activations_build_in_16x8_and_run_on_litert_and_tflm(tiny_build, cache_dir, tmp_path):
+    int16 = ['export.activations="int16"', "qat.enabled=false", 'export.formats=["tflite"]']
+    # 16x8 is post-training and has no ONNX form: the config says so before anything runs
+    proc, _ = _build(tiny_build, cache_dir, tmp_path, 'export.activations="int16"', 'validate.targets=[]')
+    assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Set qat.enabled = false" in proc.stderr and 'export.formats = ["tflite"]' in proc.stderr
+
+    proc, d = _build(tiny_build, cache_dir, tmp_path, *int16, 'validate.targets=["rpi5-litert", "cortex-m-tflm"]')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    m = json.loads((d / "manifest.json").read_text())
+    art = m["artifacts"]["int8_tflite"]
+    assert (art["activations"], art["quantization"]) == ("int16", "post-training")
+    assert art["input"]["dtype"] == art["output"]["dtype"] == "int16"
+    from pipeline.device import tflite_info
+
+    info = tflite_info.describe(d / "model_int8.tflite")
+    assert [t["dtype"] for t in info["inputs"] + info["outputs"]] == ["int16", "int16"] and not info["float_ops"]
+    checks = {c["name"]: c for c in m["gate"]["checks"]}
+    assert checks["int16 input/output dtype"]["got"] == "int16/int16"
+    float_acc = m["metrics"]["float"]["accuracy"]
+    assert m["metrics"]["int8_host"]["accuracy"] >= float_acc - 0.01  # (the host's run of the quantized model)
+    for name in ("rpi5-litert", "cortex-m-tflm"):
+        t = m["metrics"]["targets"][name]
+        assert t["output_dtype"] == "int16" and t["accuracy"] >= float_acc - 0.01 and t["top1_agreement"] == 1.0
+        assert checks[f"int16 accuracy ({name})"]["passed"]
+        assert t["layers"]["tensors"] and all(r["snr_db"] > 25 for r in t["layers"]["tensors"])
+    # TFLM's int16 kernels are held to LiteRT's reference kernels' within a step; rpi5's ISA bit-exact
+    assert checks["max |diff| vs LiteRT reference kernels (cortex-m-tflm)"]["passed"]
+    assert checks["ISA: bit-exact vs x86 twin, reference kernels (rpi5-litert)"]["got"] == 1.0

@@ -26,7 +26,10 @@ def test_report_is_self_contained_and_shows_this_builds_numbers(tiny_build):
     assert f"{100 * m['metrics']['int8_host']['accuracy']:6.2f}%".strip() in text
     assert f"gate: {m['gate']['verdict'].upper()}" in text
     images = _images(text)
-    assert set(images) == {"confusion", "per-class", "history"}
+    assert set(images) == {"confusion", "per-class", "history", "layers"}
+    # the per-layer chart and the worst layers of the host and each .tflite target, by their float layers' names
+    worst = m["layers"]["host"]["worst"][0]
+    assert f"<td>host</td><td>{worst['layer']}</td><td>{worst['op']}</td>" in text
     for img in images.values():
         assert img.size[0] > 300 and img.size[1] > 200
         assert len(img.convert("RGB").getcolors(1 << 20)) > 50, "a plot, not a blank image"

@@ -78,11 +78,11 @@ def to_float(images, cfg):
     return to_float64(images, cfg).astype(np.float32)
 
 
-INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
 def to_int8(images, cfg, scale, zero_point, dtype="int8"):
-    """uint8 images -> the int8 (or uint8) input tensor of a model quantized with (scale, zero_point)."""
+    """uint8 images -> the int8 (or uint8, int16) input tensor of a model quantized with (scale, zero_point)."""
     lo, hi = INTEGER_RANGES[dtype]
     return np.clip(np.round(to_float64(images, cfg) / scale) + zero_point, lo, hi).astype(dtype)
 
@@ -101,7 +101,8 @@ def to_input(images, cfg, tensor, origin="the model"):
     if dtype == "float32":
         return to_float(images, cfg)
     if dtype not in INTEGER_RANGES:
-        raise InputError(f"{origin}'s input must be float32, int8 or uint8; it is {dtype}. Export it with one of those.")
+        raise InputError(f"{origin}'s input must be float32, int8, uint8 or int16; it is {dtype}. Export it with one of "
+                         "those.")
     if not tensor.get("scale"):
         raise InputError(f"{origin}'s {dtype} input must carry per-tensor quantization (scale, zero point); it has "
                          "none, so pixels cannot be mapped to it. Convert with inference_input_type and a "

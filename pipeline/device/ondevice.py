@@ -9,6 +9,7 @@ tflite-runtime, or TensorFlow Lite Micro with `--runtime tflite-micro`), onnxrun
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --runtime tflite-micro  (arena usage on stderr)
     python3 ondevice.py MODEL.onnx INPUTS.npy OUT.npy --batch 1 --threads 1
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0     (every tensor of sample 0)
+    python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0 --dump-count 32  (of samples 0-31, stacked)
 
 Reads inputs (N, H, W, C) of the model's input dtype (int8, uint8 or float32), runs the interpreter
 at the given batch size in one long-lived process, writes the raw outputs to OUT.npy and a JSON line
@@ -179,7 +180,8 @@ def runtime_version(runtime):
 
 def dump(Interpreter, runtime, args, x):
     """Run one sample with every intermediate tensor kept, on the builtin kernels (default delegates
-    off: a delegate keeps its own intermediates), and save them as t<index> in an .npz."""
+    off: a delegate keeps its own intermediates), and save them as t<index> in an .npz. With
+    --dump-count N, samples --dump .. --dump + N - 1 one at a time, each tensor stacked over them."""
     import numpy as np
 
     try:
@@ -196,25 +198,39 @@ def dump(Interpreter, runtime, args, x):
         if not fixed:
             interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
         interp.allocate_tensors()
-        sample = x[args.dump : args.dump + 1]
-        if fixed and int(signature[0]) > 1:
-            sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
-        interp.set_tensor(inp["index"], sample)
-        interp.invoke()
+        runs = []
+        for i in range(args.dump, args.dump + (args.dump_count or 1)):
+            sample = x[i : i + 1]
+            if fixed and int(signature[0]) > 1:
+                sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
+            interp.set_tensor(inp["index"], sample)
+            interp.invoke()
+            runs.append(kept_tensors(interp, runtime))
     except Exception as exc:
         print(json.dumps({"refused": " ".join(str(exc).split())[:500]}))
         return 3
-    tensors = {}
+    if args.dump_count:
+        tensors = {k: np.stack([run[k] for run in runs]) for k in runs[0] if all(k in run for run in runs)}
+    else:
+        tensors = runs[0]
+    np.savez(args.out, **tensors)
+    print(json.dumps({"runtime": runtime, "runtime_version": runtime_version(runtime), "tensors": len(tensors)}))
+    return 0
+
+
+def kept_tensors(interp, runtime):
+    """{"t<index>": a copy of the tensor} of every tensor the interpreter kept after an invoke."""
+    import numpy as np
+
     if runtime == "tflite-micro":
-        tensors = {f"t{i}": v for i, v in interp.tensors().items()}
-    for detail in [] if runtime == "tflite-micro" else interp.get_tensor_details():
+        return {f"t{i}": v for i, v in interp.tensors().items()}
+    tensors = {}
+    for detail in interp.get_tensor_details():
         try:
             tensors[f"t{detail['index']}"] = np.array(interp.get_tensor(detail["index"]))
         except ValueError:  # a tensor without data (an unused or freed buffer)
             continue
-    np.savez(args.out, **tensors)
-    print(json.dumps({"runtime": runtime, "runtime_version": runtime_version(runtime), "tensors": len(tensors)}))
-    return 0
+    return tensors
 
 
 def main(argv=None):
@@ -227,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dump", type=int, help="run only this sample and write every tensor to OUT (.npz)")
+    parser.add_argument("--dump-count", type=int, metavar="N",
+                        help="with --dump: N samples from that one, each tensor stacked over them")
     parser.add_argument("--runtime", choices=["tflite-micro"], help="run a .tflite on TensorFlow Lite Micro")
     parser.add_argument("--kernels", choices=sorted(KERNELS), default="default",
                         help="the TFLite runtime's kernels (dumps use builtin unless reference is asked)")

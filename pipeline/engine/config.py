@@ -149,6 +149,10 @@ class ExportConfig:
                             "that fails fails the gate's 'ONNX export' check and keeps the TFLite results)",
                             items=str, choices=("tflite", "onnx"))
     onnx_opset: int = setting(17, "ONNX opset for tf2onnx", min=9, max=30)
+    activations: str = setting("int8", "the quantized model's activations: 'int8' (full integer) or 'int16' (LiteRT's "
+                               "16x8 mode: 16-bit activations, 8-bit weights, int16 input and output; post-training, "
+                               "from the float model and the calibration set, so it needs qat.enabled = false, and "
+                               "export.formats = [\"tflite\"]: tf2onnx has no 16x8 form)", choices=("int8", "int16"))
     allowed_float_ops: list = setting([], "op names allowed to stay float in the int8 model (recorded in the manifest)",
                                  items=str)
 
@@ -170,6 +174,9 @@ class ValidateConfig:
                        choices=("qemu", "container"))
     model: str = setting("", "a .tflite built elsewhere to validate on data.test_source instead of building one "
                     "(set by `edgebuild validate MODEL --data SOURCE`; '' = build)")
+    float_model: str = setting("", "the float Keras model (.keras) a validated .tflite was made from: the per-layer error "
+                          "report compares each int8 tensor with its activations (set by `edgebuild validate MODEL "
+                          "--float FLOAT.keras`; '' = no per-layer report)")
     boards: list = setting([], "real boards (ssh host names or ~/.ssh/config aliases) that run validate.board_target over "
                       "SSH instead of emulation; several: the test set is split over them, and a part whose board "
                       "drops runs again on another", items=str)

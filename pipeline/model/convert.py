@@ -23,17 +23,23 @@ def _convert_error(exc, what="int8"):
     )
 
 
-def export_int8(model, calibration, path, batch=None):
+# export.activations -> the converter's op set and the input/output type: full integer, or LiteRT's 16x8 mode
+ACTIVATIONS = {"int8": ("TFLITE_BUILTINS_INT8", "int8"),
+               "int16": ("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8", "int16")}
+
+
+def export_int8(model, calibration, path, batch=None, activations="int8"):
     """The full-integer int8 `.tflite`, with the model's dynamic batch dimension; at a fixed batch of 1
     when that makes the converter compute shapes at run time (SHAPE, REDUCE_PROD, PACK: an einsum or a
     reshape over the batch, as attention and squeeze-excite have), which microcontroller runtimes and
     Vela lack and which a device running one sample at a time does not need. `batch=1`: at a batch of 1
-    at once (the caller knows the float model's graph computes shapes), saving a conversion."""
+    at once (the caller knows the float model's graph computes shapes), saving a conversion.
+    `activations="int16"`: LiteRT's 16x8 mode (int16 activations, input and output; int8 weights)."""
     from pipeline.device import tflite_info
 
-    _export_int8(model, calibration, path, batch=batch)
+    _export_int8(model, calibration, path, batch=batch, activations=activations)
     if batch is None and has_shape_op(tflite_info.describe(path)):
-        _export_int8(model, calibration, path, batch=1)
+        _export_int8(model, calibration, path, batch=1, activations=activations)
 
 
 def has_shape_op(info):
@@ -41,8 +47,10 @@ def has_shape_op(info):
     return any(op["name"] == "SHAPE" for op in info["ops"])
 
 
-def _export_int8(model, calibration, path, batch=None):
+def _export_int8(model, calibration, path, batch=None, activations="int8"):
     import tensorflow as tf
+
+    ops, io = ACTIVATIONS[activations]
 
     def representative():
         for i in range(len(calibration)):
@@ -56,8 +64,8 @@ def _export_int8(model, calibration, path, batch=None):
             str(tmp), format="litert", verbose=False, input_signature=signature,
             optimizations=[tf.lite.Optimize.DEFAULT],
             representative_dataset=representative,
-            inference_input_type=tf.int8, inference_output_type=tf.int8,
-            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+            inference_input_type=getattr(tf, io), inference_output_type=getattr(tf, io),
+            target_spec={"supported_ops": [getattr(tf.lite.OpsSet, ops)]},
         )
     except Exception as exc:
         if tmp.exists():
@@ -178,12 +186,12 @@ def canonical_names(model):
     return model
 
 
-def check_full_integer(info, allowed_float_ops):
+def check_full_integer(info, allowed_float_ops, dtype="int8"):
     problems = []
     for side in ("inputs", "outputs"):
         for t in info[side]:
-            if t["dtype"] != "int8":
-                problems.append(f"{side[:-1]} '{t['name']}' is {t['dtype']}, not int8")
+            if t["dtype"] != dtype:
+                problems.append(f"{side[:-1]} '{t['name']}' is {t['dtype']}, not {dtype}")
     if info["flex_ops"] or info["custom_ops"]:
         problems.append(f"non-builtin ops {', '.join(info['custom_ops'])}")
     floats = [op for op in info["float_ops"] if op not in allowed_float_ops]

@@ -7,6 +7,7 @@ verdict "pass"/"fail"; renderers turn it into a terminal table, JUnit XML and Ma
 
 import re
 
+from pipeline.device.layer_error import worst_line
 from pipeline.engine import text
 from pipeline.engine.errors import InputError
 from pipeline.engine.stage import check
@@ -138,7 +139,8 @@ def _target_checks(m, cfg, prefix, classification=True):
         if classification:
             checks.append(check(f"{prefix}accuracy ({name})", t["accuracy"], f">= {cfg.min_int8_accuracy}",
                                  t["accuracy"] >= cfg.min_int8_accuracy,
-                                 detail=f"{t['samples']} samples" + (" (sampled)" if t.get("sampled") else "")))
+                                 detail="; ".join(filter(None, (f"{t['samples']} samples" + (" (sampled)" if t.get(
+                                     "sampled") else ""), worst_line(t.get("layers")))))))
             need = max(cfg.min_target_agreement, t["tolerances"]["min_top1_agreement"])
             flips, tied = len(t.get("flipped_ids") or []), t.get("tied_flips", 0)
             checks.append(check(f"host/target top-1 agreement ({name})", t["top1_agreement"], f">= {need}",
@@ -167,6 +169,15 @@ def _target_checks(m, cfg, prefix, classification=True):
             else:  # no top-1 for this task: the outputs' drift alone
                 checks.append(check(f"{t.get('kernels', 'production')} kernels vs x86 twin ({name})", isa["max_abs_diff"],
                                      f"max |diff| <= {most}", isa["max_abs_diff"] <= most, detail=drift))
+        elif isa.get("twin") and t.get("kind") in CROSS_RUNTIME_TWIN and t.get("output_dtype") == "int16":
+            # 16x8 on a microcontroller runtime, whose twin is another runtime: TFLM's int16 FULLY_CONNECTED rounds
+            # one int16 step (1/256 of an int8 step) apart from LiteRT's reference kernels on some outputs (measured:
+            # 15% of the tests' model's). The step bound is gated; the bit-exact fraction is reported.
+            most = tol.get("max_isa_abs_diff", 0)
+            checks.append(check(f"max |diff| vs LiteRT reference kernels ({name})", isa["max_abs_diff"], f"<= {most}",
+                                 isa["max_abs_diff"] <= most,
+                                 detail=f"{isa['bitexact_fraction']:.4f} of outputs bit-exact (reported: another "
+                                        "runtime's int16 rounding)"))
         elif isa.get("twin") and not classification and t.get("kind") in CROSS_RUNTIME_TWIN:
             # a task's many-valued outputs (a reconstruction) on a microcontroller runtime, whose twin is another
             # runtime (LiteRT's reference kernels): TFLM's FULLY_CONNECTED rounds apart from it, and the steps add
@@ -318,10 +329,11 @@ def evaluate_validation(manifest, cfg, baseline=None):
     host, art = manifest["metrics"]["host"], manifest["artifacts"]["model"]
     checks = _finite_check("host", host)
     checks.append(check("accuracy (host)", host["accuracy"], f">= {cfg.min_int8_accuracy}",
-                         host["accuracy"] >= cfg.min_int8_accuracy))
+                         host["accuracy"] >= cfg.min_int8_accuracy,
+                         detail=worst_line((manifest.get("layers") or {}).get("host"))))
     checks += _target_checks(manifest["metrics"], cfg, "")
     checks += _budget_checks(manifest, cfg)
-    if art["input"]["dtype"] in ("int8", "uint8"):
+    if art["input"]["dtype"] in ("int8", "uint8", "int16"):
         checks += _integer_model_checks(manifest, art, cfg)
     if baseline is not None:
         checks += _baseline_checks(manifest, baseline, cfg, "model", "accuracy ")
@@ -339,12 +351,18 @@ def evaluate_task(manifest, cfg, baseline, task):
     checks += _target_checks(m, cfg, "", classification=False)
     checks += _budget_checks(manifest, cfg)
     art = manifest["artifacts"]["model" if validation else "int8_tflite"]
-    if not validation or art["input"]["dtype"] in ("int8", "uint8"):
+    if not validation or art["input"]["dtype"] in ("int8", "uint8", "int16"):
         checks += _integer_model_checks(manifest, art, cfg)
     if not validation:
-        io = f"{art['input']['dtype']}/{art['output']['dtype']}"
-        checks.append(check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
+        checks.append(_io_check(art))
     return checks
+
+
+def _io_check(art):
+    """The built model's input and output are integer, of its activations' width (int8, or int16 in 16x8)."""
+    want = art.get("activations", "int8")
+    io = f"{art['input']['dtype']}/{art['output']['dtype']}"
+    return check(f"{want} input/output dtype", io, f"{want}/{want}", io == f"{want}/{want}")
 
 
 def evaluate(manifest, cfg, baseline=None, declared=()):
@@ -359,21 +377,22 @@ def evaluate(manifest, cfg, baseline=None, declared=()):
         return _verdict(verdict["checks"] + list(declared), baseline)
     m = manifest["metrics"]
     checks = []
+    art = manifest["artifacts"]["int8_tflite"]
+    q = art.get("activations", "int8")  # the quantized model's name in the checks: int8, or int16 (16x8)
     float_acc, int8 = m["float"]["accuracy"], m["int8_host"]
-    checks.append(check("int8 accuracy (host)", int8["accuracy"], f">= {cfg.min_int8_accuracy}",
+    checks.append(check(f"{q} accuracy (host)", int8["accuracy"], f">= {cfg.min_int8_accuracy}",
                          int8["accuracy"] >= cfg.min_int8_accuracy))
     drop = round(float_acc - int8["accuracy"], 6)
-    checks.append(check("int8 drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop))
+    checks.append(check(f"{q} drop vs float", drop, f"<= {cfg.max_int8_drop}", drop <= cfg.max_int8_drop,
+                         detail=worst_line((manifest.get("layers") or {}).get("host"))))
     counts = (manifest.get("test_set") or {}).get("per_class")
     checks.append(_class_check("worst class drop vs float", m["float"]["per_class"], int8["per_class"], counts, cfg))
     labels = (manifest.get("test_split") or {}).get("labels")
-    checks.append(_regressed_check("float->int8", m["float"]["top1"], int8["top1"], labels, cfg, float_acc))
-    checks += _target_checks(m, cfg, "int8 ")
+    checks.append(_regressed_check(f"float->{q}", m["float"]["top1"], int8["top1"], labels, cfg, float_acc))
+    checks += _target_checks(m, cfg, f"{q} ")
     checks += _budget_checks(manifest, cfg)
-    art = manifest["artifacts"]["int8_tflite"]
     checks += _integer_model_checks(manifest, art, cfg)
-    io = f"{art['input']['dtype']}/{art['output']['dtype']}"
-    checks.append(check("int8 input/output dtype", io, "int8/int8", io == "int8/int8"))
+    checks.append(_io_check(art))
     if "onnx_int8" in m:  # builds before the int8 ONNX artifact have none
         checks += _onnx_int8_checks(m, cfg, labels, counts)
     if baseline is not None:

@@ -2,7 +2,12 @@
 
 from pathlib import Path
 
+from pipeline.device.layer_error import worst_line
 from pipeline.engine import text
+
+
+def _db(v):
+    return "-" if v is None else f"{v:.1f}"
 
 
 def _pct(v):
@@ -142,6 +147,7 @@ def validation_summary(manifest):
         lines += _target_table(m["targets"], task)
     lines += ["", _tensor_line("input ", art["input"]), _tensor_line("output", art["output"])]
     lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
+    lines += ["", *layer_lines(manifest)] if layer_lines(manifest) else []
     return "\n".join(lines + _gate_lines(manifest))
 
 
@@ -216,9 +222,11 @@ def summary(manifest, sections=()):
         lines += _target_table(m["targets"], task)
     q = art["int8_tflite"]
     lines.append("")
-    lines.append(f"int8 input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
-    lines.append(f"int8 output scale {q['output']['scale']:.8g} zero_point {q['output']['zero_point']}  shape {q['output']['shape']}")
+    width = q.get("activations", "int8")
+    lines.append(f"{width} input  scale {q['input']['scale']:.8g} zero_point {q['input']['zero_point']}  shape {q['input']['shape']}")
+    lines.append(f"{width} output scale {q['output']['scale']:.8g} zero_point {q['output']['zero_point']}  shape {q['output']['shape']}")
     lines += ["", *resource_lines(manifest)] if manifest.get("resources") else []
+    lines += ["", *layer_lines(manifest)] if layer_lines(manifest) else []
     return "\n".join(lines + declared_lines(sections) + _gate_lines(manifest))
 
 
@@ -293,6 +301,45 @@ def _delta_figure(metrics, class_names):
     ax.set_ylabel("accuracy − float (pp)")
     ax.set_title("per-class accuracy change vs the float model")
     ax.legend(fontsize=8)
+    return fig
+
+
+def layer_reports(manifest):
+    """[(where, the per-layer report)]: the build host's, then each target's that has one."""
+    found = [("host", (manifest.get("layers") or {}).get("host"))]
+    found += [(name, t.get("layers")) for name, t in sorted(manifest["metrics"].get("targets", {}).items())]
+    return [(where, r) for where, r in found if r and r.get("tensors")]
+
+
+def layer_lines(manifest):
+    """One summary line per runtime with a per-layer report: the layer that loses the most there."""
+    reports = layer_reports(manifest)
+    if not reports:
+        return []
+    samples = reports[0][1]["samples"]
+    return [f"per-layer error vs the float model ({samples} test samples), SNR at each quantized tensor:"] + [
+        f"  {where}: {worst_line(r) or 'no layer compared'}; lowest SNR "
+        f"{min((row['snr_db'] for row in r['tensors'] if row['snr_db'] is not None), default=float('nan')):.1f} dB"
+        for where, r in reports]
+
+
+def _layers_figure(manifest):
+    """The SNR of every compared tensor, named by its float layer, on the host and each target."""
+    reports = layer_reports(manifest)
+    if not reports:
+        return None
+    plt = _pyplot()
+    names = [row["layer"] for row in reports[0][1]["tensors"]]
+    fig, ax = plt.subplots(figsize=(min(12, max(6, 0.35 * len(names))), 3.8))
+    for where, r in reports:
+        snr = {row["layer"]: row["snr_db"] for row in r["tensors"]}
+        ax.plot(range(len(names)), [snr.get(n) if snr.get(n) is not None else float("nan") for n in names],
+                marker="o", markersize=3, label=where)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("SNR vs float (dB)")
+    ax.set_title("per-layer error of the int8 model (higher is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -412,6 +459,7 @@ def html(manifest, build_dir, sections=()):
         cms = {"float": _confusion(pred["labels"], pred["float_top1"], n),
                "int8 (host)": _confusion(pred["labels"], pred["int8_top1"], n)}
     history_fig = None if validation else _history_figure(manifest)
+    layers_fig = _layers_figure(manifest)
     test_set = manifest.get("test_set") or {}
     pre = manifest.get("preprocess") or {}
     art = manifest["artifacts"]
@@ -460,6 +508,9 @@ def html(manifest, build_dir, sections=()):
         confusion_png=_png(_confusion_figure(cms, names)) if cms else None,
         roc_png=_png(task.roc_figure(_task_curves(manifest, build_dir, pred, task), _pyplot())) if task else None,
         delta_png=None if validation or task else _png(_delta_figure(m, names)),
+        layers_png=_png(layers_fig) if layers_fig else None,
+        layer_rows=[(where, row["layer"], row["op"], _db(row["snr_db"]), row["cosine"], row["max_abs_error"],
+                     _db(row["lost_db"])) for where, r in layer_reports(manifest) for row in r["worst"]],
         flips=[] if task else [(title, total, [(i, _thumbnail(image), before, after, true)
                                                for i, image, before, after, true in shown])
                                for title, total, shown in flip_groups(manifest, build_dir)],

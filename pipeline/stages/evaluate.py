@@ -10,14 +10,15 @@ from pipeline.device import onnx_info, tflite_info
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
-from pipeline.model import usermodel
+from pipeline.data.sampling import stratified_subset
+from pipeline.model import layer_refs, usermodel
 from pipeline.release import tasks
 from pipeline.release.metrics import accuracy_record, compare, with_top_k
 
 STAGE = Stage(
     "evaluate", __name__, config=("preprocess", "train.recipe", "task.kind", "task.top_k"),
     inputs=("dataset.npz", "float.keras", "model_int8.tflite", "model_float.tflite", "model.onnx", "model_int8.onnx"),
-    outputs=("predictions.npz",), backend="jax", optional_inputs=("model.onnx", "model_int8.onnx"),
+    outputs=("predictions.npz", "layers.npz"), backend="jax", optional_inputs=("model.onnx", "model_int8.onnx"),
     toolchain=(*usermodel.JAX_TOOLCHAIN, "ai-edge-litert", "onnxruntime", "onnx"),
     external=lambda config: usermodel.model_files(config.train, False),
 )
@@ -28,7 +29,7 @@ def publish(records, config, build_dir):
     from pipeline.release.manifest import artifact
 
     record = records["evaluate"]
-    return {"metrics": record["metrics"], "test_split": record["test_split"],
+    return {"metrics": record["metrics"], "test_split": record["test_split"], "layers": {"host": record["layers"]},
             "artifacts": {"predictions": artifact(build_dir, "predictions.npz")}}
 
 
@@ -49,12 +50,14 @@ def run(stage_cfg, inputs, out_dir, ctx):
     x = preprocess.to_float(images, pp)
     bar = progress.bar(5 if onnx else 3, "evaluate", unit="model")
 
-    float_logits = keras.models.load_model(float_keras).predict(x, batch_size=256, verbose=0)
+    float_model = keras.models.load_model(float_keras)
+    float_logits = float_model.predict(x, batch_size=256, verbose=0)
     bar.update(1)
     info = tflite_info.describe(int8_tflite)
     qin = info["inputs"][0]
     int8_out = run_tflite(int8_tflite, preprocess.to_input(images, pp, qin))
     bar.update(1)
+    layers = _layer_report(float_model, int8_tflite, images, labels, pp, qin, out_dir)
     float_tfl_out = run_tflite(float_tflite, x)
     bar.update(1)
     # every model's outputs, dequantized: a task's metrics, and top-k
@@ -71,7 +74,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
     bar.close()
     task = tasks.get(stage_cfg.task.kind)
     if task:
-        return _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir)
+        return {**_task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir), "layers": layers}
     top1 = {name: out.argmax(1) for name, out in outputs.items()}
     metrics = {k: accuracy_record(v, labels, class_names) for k, v in top1.items()}
     for name, out in outputs.items():
@@ -92,7 +95,23 @@ def run(stage_cfg, inputs, out_dir, ctx):
     return {
         "metrics": metrics,
         "test_split": test_split_record(ids, labels),
+        "layers": layers,
     }
+
+
+def _layer_report(float_model, int8_tflite, images, labels, pp, qin, out_dir):
+    """The int8 model's per-layer error against the float model on the build host, on a fixed stratified
+    subset of the test set (its references saved to layers.npz for the targets)."""
+    import shutil
+    import tempfile
+
+    few = stratified_subset(labels, layer_refs.SAMPLES, 0)
+    work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
+    try:
+        return layer_refs.host_report(float_model, int8_tflite, preprocess.to_float(images[few], pp),
+                                      preprocess.to_input(images[few], pp, qin), work, out_dir / "layers.npz")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir):

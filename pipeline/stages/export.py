@@ -37,6 +37,14 @@ def stages(config):
     "onnx" in export.formats it makes no ONNX; with it, the ONNX files are optional outputs: a model
     tf2onnx or onnxruntime cannot take keeps its TFLite results and fails the gate's ONNX check."""
     inputs = tuple(i for i in STAGE.inputs if i != "qat.keras") if config.qat.post_training else STAGE.inputs
+    if config.export.activations == "int16":
+        wrong = ([] if config.qat.post_training else ["qat.enabled = false (16x8 is post-training: QAT trains int8 "
+                                                      "ranges)"]) + \
+                (["export.formats = [\"tflite\"] (tf2onnx has no 16x8 form)"] if "onnx" in config.export.formats else [])
+        if wrong:
+            raise InputError(f"export.activations = \"int16\" converts the float model in LiteRT's 16x8 mode; received "
+                             f"qat.enabled = {str(config.qat.enabled).lower()}, export.formats = "
+                             f"{json.dumps(config.export.formats)}. Set {' and '.join(wrong)}.")
     if "onnx" not in config.export.formats:
         return [dataclasses.replace(STAGE, inputs=inputs, outputs=tuple(o for o in STAGE.outputs if o not in ONNX_OUTPUTS))]
     return [dataclasses.replace(STAGE, inputs=inputs, optional=ONNX_OUTPUTS)]
@@ -69,7 +77,8 @@ def publish(records, config, build_dir):
     artifacts = {
         "int8_tflite": artifact(build_dir, "model_int8.tflite", input={**tensor(int8["inputs"][0]), **from_pixel(contract)},
                                 output=tensor(int8["outputs"][0]), ops=int8["ops"], float_ops=record["float_ops_kept"],
-                                quantization=record.get("quantization", "qat")),
+                                quantization=record.get("quantization", "qat"),
+                                activations=record.get("activations", "int8")),
         "float_tflite": artifact(build_dir, "model_float.tflite"),
     }
     int8_bytes, float_bytes = artifacts["int8_tflite"]["bytes"], artifacts["float_tflite"]["bytes"]
@@ -93,7 +102,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
 
     import pipeline.model.qat  # noqa: F401 (registers the QAT layers so load_model finds them)
     from pipeline.model.convert import (
-        check_full_integer, check_onnx_loads, export_float, export_int8, export_int8_onnx, export_onnx, has_shape_op)
+        ACTIVATIONS, check_full_integer, check_onnx_loads, export_float, export_int8, export_int8_onnx, export_onnx, has_shape_op)
 
     usermodel.register_user_layers(stage_cfg.train.recipe)
 
@@ -120,13 +129,13 @@ def run(stage_cfg, inputs, out_dir, ctx):
         batch, float_refused = None, exc
     bar.update(1)
     export_int8(keras.models.load_model(qat_path) if qat_path else float_model, calibration,
-                out_dir / "model_int8.tflite", batch=batch)
+                out_dir / "model_int8.tflite", batch=batch, activations=cfg.activations)
     if float_refused:
         raise float_refused
     bar.update(1)
 
     info = tflite_info.describe(out_dir / "model_int8.tflite")
-    problems = check_full_integer(info, cfg.allowed_float_ops)
+    problems = check_full_integer(info, cfg.allowed_float_ops, dtype=ACTIVATIONS[cfg.activations][1])
     if problems:
         (out_dir / "model_int8.tflite").unlink()
         raise InputError(
@@ -156,8 +165,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "made": ["tflite"] + (["onnx"] if onnx_info else []),
         "onnx_error": onnx_error,
         "quantization": "qat" if qat_path else "post-training",
+        "activations": cfg.activations,
         # the pixel -> input step this artifact was calibrated and will be validated with
-        "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"],
+        "preprocess": preprocess.describe(pp, data["x"].shape[-1], qin["scale"], qin["zero_point"], qin["dtype"],
                                           tensor=preprocess.is_tensor(data["x"], pp)),
         "allowed_float_ops": list(cfg.allowed_float_ops),
         "float_ops_kept": [op for op in info["float_ops"] if op in cfg.allowed_float_ops],

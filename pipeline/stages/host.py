@@ -24,20 +24,40 @@ def stages(config):
     from pipeline.stages.model_file import copied_name
 
     name = copied_name(config.validate.model)
+    layers = bool(config.validate.float_model) and name.endswith(".tflite")  # the per-layer report, against it
     return [Stage(
-        "host", __name__, config=("preprocess", "task.kind", "task.top_k"), inputs=(name, "dataset.npz"), outputs=("predictions.npz",),
-        toolchain=("ai-edge-litert" if name.endswith(".tflite") else "onnxruntime", "numpy"), params={"model": name},
+        "host", __name__, config=("preprocess", "task.kind", "task.top_k"), inputs=(name, "dataset.npz"),
+        outputs=("predictions.npz", *(("layers.npz",) if layers else ())),
+        toolchain=("ai-edge-litert" if name.endswith(".tflite") else "onnxruntime", "numpy",
+                   *(usermodel.JAX_TOOLCHAIN if layers else ())),
+        backend="jax" if layers else None,
+        params={"model": name, "float_model": str(config.validate.float_model) if layers else ""},
+        external=(lambda config: {"float_model": _float_model(config)}) if layers else None,
     )]
+
+
+def _float_model(config):
+    """The sha256 of validate.float_model, checked to be a Keras model file."""
+    from pathlib import Path
+
+    from pipeline.engine.fsutil import sha256_file
+
+    path = Path(config.validate.float_model)
+    if path.suffix.lower() not in (".keras", ".h5") or not path.is_file():
+        raise InputError(f"--float takes the float Keras model (.keras or Keras 2 .h5) the .tflite was made from; "
+                         f"received {path}{'' if path.is_file() else ', which does not exist'}. Pass that file.")
+    return sha256_file(path)
 
 
 def publish(records, config, build_dir):
     """The manifest's host accuracy of the validated file, the pixel -> input contract it was fed with (also
-    on the model artifact's input), the test split and predictions.npz."""
+    on the model artifact's input), the test split and predictions.npz (and the per-layer report with --float)."""
     from pipeline.release.manifest import artifact, from_pixel
 
     record = records["host"]
     contract = record["preprocess"]
-    return {"preprocessing": from_pixel(contract)["formula"], "preprocess": contract,
+    return {**({"layers": {"host": record["layers"]}} if record.get("layers") else {}),
+            "preprocessing": from_pixel(contract)["formula"], "preprocess": contract,
             "metrics": {"host": record["metrics"]["host"]}, "test_split": record["test_split"],
             "artifacts": {"model": {"input": from_pixel(contract)}, "predictions": artifact(build_dir, "predictions.npz")}}
 
@@ -95,8 +115,11 @@ def run(cfg, inputs, out_dir, ctx):
         raise ModelRefused(f"the host runtime ({runtime} {version})", clip(exc, 500) or type(exc).__name__) from None
     finally:
         bar.close()
+    layers = _layer_report(ctx.params["float_model"], model, images, labels, cfg.preprocess, info, out_dir) \
+        if ctx.params.get("float_model") else None
     if task:
-        return _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor)
+        record = _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor)
+        return {**record, **({"layers": layers} if layers else {})}
     top1 = preprocess.dequantize(raw, info["outputs"][0]).argmax(1)
     # A model fed the wrong input convention scores near chance: stop with the setting that fits
     # (measured on at most 500 test images, stratified, under each common convention).
@@ -112,11 +135,37 @@ def run(cfg, inputs, out_dir, ctx):
                    input_layout="features" if tensor else onnx_info.layout(info["inputs"][0]))
     atomic_save_npz(out_dir / "predictions.npz", ids=ids, labels=labels, host_output=raw, host_top1=top1)
     return {
+        **({"layers": layers} if layers else {}),
         "metrics": {"host": metrics},
         "test_split": test_split_record(ids, labels),
         "preprocess": preprocess.describe(pp, images.shape[-1], info["inputs"][0]["scale"],
                                           info["inputs"][0]["zero_point"], _int_dtype(info["inputs"][0]["dtype"]), tensor),
     }
+
+
+def _layer_report(float_model, model, images, labels, pp, info, out_dir):
+    """The per-layer error of the validated .tflite against the float Keras model it was made from, on a
+    fixed stratified subset of the test set (its references saved to layers.npz for the targets)."""
+    import shutil
+    import tempfile
+
+    import keras
+
+    from pipeline.model import layer_refs
+
+    float_net = keras.models.load_model(float_model, compile=False)
+    few = stratified_subset(labels, layer_refs.SAMPLES, 0)
+    qin = info["inputs"][0]
+    x_float = preprocess.float_input(images[few], pp, qin).astype("float32")
+    if tuple(float_net.inputs[0].shape[1:]) != x_float.shape[1:]:
+        raise InputError(f"--float must be the float model the .tflite was made from: its input is "
+                         f"{list(float_net.inputs[0].shape)}, the .tflite's {qin['shape']}. Pass that model.")
+    work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
+    try:
+        return layer_refs.host_report(float_net, model, x_float, onnx_info.model_input(images[few], pp, qin), work,
+                                      out_dir / "layers.npz")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor):

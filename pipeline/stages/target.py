@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.data import preprocess
 from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset
-from pipeline.device import environment, fanout, oplint
+from pipeline.device import environment, fanout, layer_error, oplint
 from pipeline.device import targets as targets_mod
 from pipeline.device import onnx_info, tflite_info
 from pipeline.engine.errors import InputError, ModelRefused, StageError
@@ -82,9 +82,11 @@ def stages(config):
             stage_name(name), __name__,
             config=("build.seed", "preprocess", "validate.sample", "validate.shards", "validate.executor",
                     "validate.isa_samples", "validate.kernels", "task.kind", "task.top_k"),
-            inputs=(model, "dataset.npz", "predictions.npz"), outputs=(f"target-{name}.npz", *made), optional=made,
-            # the int8 ONNX is absent when export's conversion failed: the target is refused, naming why
-            optional_inputs=(model,) if model == "model_int8.onnx" else (),
+            inputs=(model, "dataset.npz", "predictions.npz", *LAYERS), outputs=(f"target-{name}.npz", *made),
+            optional=made,
+            # the int8 ONNX is absent when export's conversion failed: the target is refused, naming why; the
+            # float references of the per-layer report are absent when no float model was given to validate
+            optional_inputs=((model,) if model == "model_int8.onnx" else ()) + LAYERS,
             toolchain=("numpy", *HOST_READER[targets_mod.model_format(target)], *KIND_TOOLCHAIN.get(target.kind, ())),
             external=lambda config, name=name: _environment(name),
             group="targets", params={"target": name, "model": model, "reference": reference,
@@ -109,6 +111,8 @@ def publish(records, config, build_dir):
                 artifacts[f"compiled_{name}"] = artifact(build_dir, made, for_target=name)
     return {"metrics": {"targets": targets}, "artifacts": artifacts}
 
+
+LAYERS = ("layers.npz",)  # the float model's activations the per-layer report compares with (layer_refs)
 
 # what the kinds that run on the build host load there (a Linux target's runtime is pinned by its file)
 # and what reads the model file on the build host (its ops and tensors) for every kind
@@ -158,16 +162,18 @@ def run(cfg, inputs, out_dir, ctx):
         arrays = {"ids": data["ids"][idx], "outputs": np.zeros((0,), np.float32)}
     else:
         host_out = flat(np.load(inputs["predictions.npz"])[ctx.params["reference"]][subset])
-        record, arrays = _measure(cfg, target, inputs[ctx.params["model"]], data, idx, host_out, out_dir, ctx)
+        layers = inputs.get("layers.npz") if not shard or shard[0] == 1 else None  # (one part reports them)
+        record, arrays = _measure(cfg, target, inputs[ctx.params["model"]], data, idx, host_out, out_dir, ctx, layers)
     if shard:
         atomic_save_npz(out_dir / "shard.npz", **arrays)
         return record
     return merge(cfg, inputs, [(record, arrays)], out_dir, ctx)
 
 
-def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
+def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=None):
     """Run the target (and its x86 twin) on the samples `idx`: (what a part records, its arrays). The
-    first difference is looked for within the part: against the twin when they differ, else the host."""
+    first difference is looked for within the part: against the twin when they differ, else the host.
+    With `layers` (the float references), the per-layer report on the target too."""
     info = onnx_info.describe(model_path)
     ids = data["ids"][idx]
     record = {"samples": int(len(idx))}
@@ -204,12 +210,31 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx):
     board = next((b for b in boards if b.describe()["board"] not in lost), None)  # one still reachable
     record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
                                                    out_dir, board)
+    if layers is not None and not onnx_info.is_onnx(model_path):
+        record["layers"] = _layer_report(target, root, model_path, layers, out_dir, board)
     arrays = {"ids": ids, "outputs": outputs}
     if twin_out is not None:
         arrays["twin_outputs"] = twin_out
     if ref_out is not None and twin_ref is not None:
         arrays.update(reference_outputs=ref_out, twin_reference_outputs=twin_ref)
     return record, arrays
+
+
+def _layer_report(target, root, model_path, layers, out_dir, board=None):
+    """The per-layer report on the target: the fixed subset run on it with every tensor kept (its builtin
+    kernels, or the reference ones it is set to; TFLM's own), against the float model's activations."""
+    x, input_snr, names, refs = layer_error.load_references(layers)
+    work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
+    try:
+        dumps = fanout.dump_tensors(target, root, model_path, x, work, "target", runner=board, count=len(x))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    where = f"{target.name}: {target.runtime} {target.runtime_version}, " + (
+        "reference kernels" if target.kind != "linux" or target.kernels == "reference" else "builtin kernels")
+    if dumps is None:
+        return {"samples": int(len(x)), "where": where, "tensors": [], "worst": [],
+                "note": "the target could not keep every tensor"}
+    return layer_error.summary(layer_error.report(model_path, dumps, refs, names, input_snr), int(len(x)), where)
 
 
 def _crash_note(target, root, model_path, x, out_dir):
@@ -311,6 +336,8 @@ def merge(cfg, inputs, parts, out_dir, ctx):
                                       "bitexact_fraction": round(float(same.mean()), 6) if same.size else 1.0,
                                       "max_abs_diff": finite_max(wide)}
     record["first_difference"] = _first_of([r["first_difference"] for r, _ in parts], outputs, twin_out, host_out)
+    if "layers" in first:
+        record["layers"] = first["layers"]
     atomic_save_npz(out_dir / f"target-{target.name}.npz", ids=ids, outputs=outputs,
                     **({} if scores is None else {"scores": scores}))
     return record

@@ -81,8 +81,11 @@ def test_pixels_become_the_input_tensor_the_file_describes(dtype, scale, zp):
         assert np.abs(q.astype(int).ravel() - expect).max() <= 1 and (q.astype(int).ravel() == expect).mean() > 0.9
     f = preprocess.to_input(pixels, pp, {"dtype": "float32", "scale": None, "zero_point": None})
     assert f.dtype == np.float32
-    with pytest.raises(InputError, match="float32, int8 or uint8"):
-        preprocess.to_input(pixels, pp, {"dtype": "int16", "scale": 1.0, "zero_point": 0})
+    with pytest.raises(InputError, match="float32, int8, uint8 or int16"):
+        preprocess.to_input(pixels, pp, {"dtype": "int32", "scale": 1.0, "zero_point": 0})
+    # an int16 input (LiteRT's 16x8 mode) is quantized with its own scale, to int16's range
+    q16 = preprocess.to_input(pixels, pp, {"dtype": "int16", "scale": 1 / 32767, "zero_point": 0})
+    assert q16.dtype == np.int16 and q16.min() >= -32768 and q16.max() == 32767
 
 
 def test_a_baseline_whose_figures_contradict_its_predictions_is_refused(tmp_path):
