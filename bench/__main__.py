@@ -14,7 +14,8 @@ without their compiled bytecode), --only ci (a fresh CI runner with a warm remot
 large test set validated in 1 vs 2 shards run as separate invocations and merged), --only suite (the test
 suite with 1 and 2 pytest-xdist workers), --only fit (does each bundled model fit the devices: arena, MACs,
 Vela's figures, and each target stage's time), --only transformers (vit_tiny beside the CNNs: float,
-post-training and QAT int8).
+post-training and QAT int8), --only quantization (per case: float, post-training int8, QAT int8 and 16x8,
+with paired flips, sizes and the per-layer report's worst layer).
 Timings are medians of --repeats runs, with their min-max spread; nothing here is asserted.
 """
 

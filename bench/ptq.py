@@ -5,7 +5,10 @@
    the QAT model, so the only difference is QAT).
 2. Keras's own `model.quantize("int8")`: accuracy in Keras, then its LiteRT export attempted.
 
-Usage: python -m bench.ptq BUILD_DIR OUT.json
+3. With --int16: LiteRT's 16x8 mode (int16 activations, int8 weights) of the same float model, and the
+   per-layer report's worst layer of the PTQ int8 and the 16x8 model.
+
+Usage: python -m bench.ptq BUILD_DIR OUT.json [--int16]
 """
 
 import json
@@ -49,7 +52,17 @@ def main(build_dir, out_json):
                                               "ptq_int8_bytes": ptq_path.stat().st_size}))
         return
     result = {"ptq_int8_accuracy": float((out.argmax(1) == y_test).mean()), "ptq_int8_bytes": ptq_path.stat().st_size,
-              "ptq_float_ops": info["float_ops"]}  # ops the converter left in float (a Keras LayerNorm's NEG)
+              "ptq_float_ops": info["float_ops"],  # ops the converter left in float (a Keras LayerNorm's NEG)
+              "ptq_int8_top1": out.argmax(1).tolist()}
+    if "--int16" in sys.argv:  # LiteRT's 16x8 mode (export.activations = "int16"), the same float model and calibration
+        path16 = build_dir / "bench_ptq_int16x8.tflite"
+        export_int8(model, calibration, path16, activations="int16")
+        q16 = tflite_info.describe(path16)["inputs"][0]
+        out16 = run_tflite(path16, preprocess.to_input(x_test, pp, q16))
+        result.update(int16x8_accuracy=float((out16.argmax(1) == y_test).mean()), int16x8_bytes=path16.stat().st_size,
+                      int16x8_top1=out16.argmax(1).tolist())
+        result["ptq_int8_worst_layer"] = _worst_layer(model, ptq_path, x_test, y_test, pp, build_dir / "bench-ptq-layers")
+        result["int16x8_worst_layer"] = _worst_layer(model, path16, x_test, y_test, pp, build_dir / "bench-int16-layers")
 
     kq = keras.models.load_model(build_dir / "float.keras")
     try:
@@ -68,5 +81,25 @@ def main(build_dir, out_json):
     Path(out_json).write_text(json.dumps(result))
 
 
+def _worst_layer(model, tflite_path, x_test, y_test, pp, work):
+    """The per-layer report's worst row for a .tflite of this float model (layer_refs, as evaluate runs it)."""
+    import shutil
+
+    from pipeline.data import preprocess
+    from pipeline.data.sampling import stratified_subset
+    from pipeline.device import tflite_info
+    from pipeline.model import layer_refs
+
+    few = stratified_subset(y_test, layer_refs.SAMPLES, 0)  # the samples evaluate's report uses
+    q = tflite_info.describe(tflite_path)["inputs"][0]
+    try:
+        report = layer_refs.host_report(model, tflite_path, preprocess.to_float(x_test[few], pp),
+                                        preprocess.to_input(x_test[few], pp, q), work, work.with_suffix(".npz"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        work.with_suffix(".npz").unlink(missing_ok=True)
+    return report["worst"][0] if report["worst"] else None
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main(*[a for a in sys.argv[1:] if not a.startswith("--")])

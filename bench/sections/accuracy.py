@@ -86,10 +86,11 @@ def _build(work, targets_cache, label, overrides):
     return out / "digits"
 
 
-def _ptq(work, build_dir):
-    """bench/ptq.py's figures for the build's float model (TensorFlow in a child process)."""
+def _ptq(work, build_dir, int16=False):
+    """bench/ptq.py's figures for the build's float model (TensorFlow in a child process); with `int16`,
+    LiteRT's 16x8 mode and the worst layers too."""
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "bench.ptq", str(build_dir), str(work / "ptq.json")],
+    subprocess.run([sys.executable, "-m", "bench.ptq", str(build_dir), str(work / "ptq.json"), *(["--int16"] if int16 else [])],
                    cwd=REPO, env=env, check=True, capture_output=True)
     return json.loads((work / "ptq.json").read_text())
 

@@ -43,15 +43,50 @@ def set_seed(seed):
         module_utils.tensorflow._available = False
 
 
+def distillation_targets(labels, teacher_logits):
+    """Labels and a teacher's logits as one target array (N, 1 + classes), what `distillation_loss` reads."""
+    import numpy as np
+
+    return np.concatenate([np.asarray(labels, "float32")[:, None], np.asarray(teacher_logits, "float32")], axis=1)
+
+
+def distillation_loss(weight, temperature):
+    """(1 - weight) * cross-entropy with the labels + weight * T^2 * KL(teacher_T || student_T), on targets
+    made by `distillation_targets` (Hinton et al.: the teacher's softened logits carry how similar the
+    classes are, which a quantized student fits more easily than the labels alone)."""
+    from keras import ops
+
+    def loss(y, logits):
+        labels = ops.cast(y[:, 0], "int32")
+        teacher = y[:, 1:]
+        ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        p_teacher = ops.softmax(teacher / temperature, axis=-1)
+        kl = ops.sum(p_teacher * (ops.log_softmax(teacher / temperature, axis=-1)
+                                  - ops.log_softmax(logits / temperature, axis=-1)), axis=-1)
+        return (1.0 - weight) * ce + weight * temperature * temperature * kl
+
+    return loss
+
+
+def _label_accuracy(y, logits):
+    """Top-1 accuracy against the label column of distillation targets."""
+    from keras import ops
+
+    return ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(y[:, 0], "int32")), "float32")
+
+
 def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, keep_best, initial_candidate=False,
-        reconstruct=False):
+        reconstruct=False, distill=None):
     """Adam with a cosine decay to zero, sparse cross-entropy on logits (`reconstruct`: mean squared
     error against the input, an autoencoder's loss). Returns a record with the per-epoch history, the
     epoch kept and its val accuracy (val loss for a reconstruction), and the model before fitting
     ("initial").
 
     keep_best: restore the epoch with the best val accuracy (lowest val loss); initial_candidate: the
-    model as given (epoch 0, a trained model) competes too, so fine-tuning never leaves it worse on val."""
+    model as given (epoch 0, a trained model) competes too, so fine-tuning never leaves it worse on val.
+    distill: (weight, temperature, teacher's train logits, teacher's val logits): the loss mixes the labels'
+    cross-entropy with the teacher's softened logits (`distillation_loss`); accuracy is still the labels'.
+    The model is compiled with the plain loss again afterwards, so what is saved names no custom loss."""
     import keras
     import numpy as np
 
@@ -62,14 +97,20 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
     monitor = f"val_{metric}" if has_val else metric
     sign = -1.0 if reconstruct else 1.0  # the kept epoch maximises sign * monitor
     steps = math.ceil(len(x_train) / batch_size)
+    plain_loss = keras.losses.MeanSquaredError() if reconstruct else keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)
+    if distill:
+        weight, temperature, teacher_train, teacher_val = distill
+        y_train = distillation_targets(y_train, teacher_train)
+        y_val = distillation_targets(y_val, teacher_val) if has_val else y_val
     model.compile(
         # Cosine decay to zero: the last epochs move the weights little, so BatchNorm's moving
         # statistics (and QAT's activation ranges) match the final weights.
         optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=max(1, epochs * steps))),
-        loss=keras.losses.MeanSquaredError() if reconstruct else keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True),
-        metrics=[] if reconstruct else ["accuracy"],
+        loss=distillation_loss(weight, temperature) if distill else plain_loss,
+        metrics=[] if reconstruct else [keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")
+                                        if distill else "accuracy"],
     )
     initial = None
     if has_val:
@@ -105,6 +146,8 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
         )
         if keep_best and state["weights"] is not None:
             model.set_weights(state["weights"])
+    if distill:
+        model.compile(optimizer=model.optimizer, loss=plain_loss, metrics=["accuracy"])
     hist = {k: [_round(v) for v in vals] for k, vals in history.history.items()}
     kept = state["epoch"] if epochs and keep_best else epochs
     if not has_val:

@@ -26,7 +26,7 @@ def stages(config):
 
 def manifest(record, config):
     """The manifest's "qat" section: the learned ranges and the epoch kept."""
-    keys = ("ranges", "input_range", "learning_rate", "epochs", "gelu", "float_val_accuracy", "history", "initial",
+    keys = ("ranges", "input_range", "learning_rate", "epochs", "gelu", "distill", "float_val_accuracy", "history", "initial",
             "kept_epoch", "kept_by", "kept_val_accuracy")
     section = {k: record.get(k) for k in keys}
     return section | ({"kept_val_loss": record["kept_val_loss"]} if "kept_val_loss" in record else {})
@@ -79,9 +79,14 @@ def run(stage_cfg, inputs, out_dir, ctx):
         print(f"qat: transformer layers, so qat.transformer_learning_rate = {learning_rate:g} "
               f"(not qat.learning_rate = {cfg.learning_rate:g}) and {epochs} epochs (qat.transformer_epochs; "
               f"qat.epochs = {cfg.epochs})")
+    distill = None
+    if cfg.distill and not task:  # the float model teaches: its logits, once, on the training and val samples
+        distill = (cfg.distill, cfg.distill_temperature, float_model.predict(x_train, batch_size=256, verbose=0),
+                   float_model.predict(x_val, batch_size=256, verbose=0) if len(x_val) else None)
+        print(f"qat: distilling from the float model (weight {cfg.distill:g}, temperature {cfg.distill_temperature:g})")
     started = time.perf_counter()
     fitted = fitting.fit(model, (x_train, y_train), (x_val, y_val), epochs, cfg.batch_size, learning_rate,
-                         progress, "qat", keep_best=True, reconstruct=task is not None)
+                         progress, "qat", keep_best=True, reconstruct=task is not None, distill=distill)
     seconds = time.perf_counter() - started
     best = fitted.get("kept_val_accuracy")
     if float_val is not None and best is not None and float_val - best > cfg.max_val_drop:
@@ -107,6 +112,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
         "learning_rate": learning_rate,
         "epochs": epochs,
         "gelu": gelu,
+        "distill": {"weight": cfg.distill, "temperature": cfg.distill_temperature} if distill else None,
         "float_val_accuracy": float_val,
         **fitted,
     }
