@@ -214,18 +214,21 @@ def crashed(returncode, stderr):
     return f"the runtime crashed ({name}{', ' + m.group(2) if m else ''}) running the model (no op named: no per-op trace)"
 
 
-def dump_tensors(target, root, model, x, work, side, runner=None, count=None):
+def dump_tensors(target, root, model, x, work, side, runner=None, count=None, only=None):
     """Every tensor of the single sample `x` (shape (1, ...)) on the target, its x86 twin or the build
     host ('target', 'twin', 'host'), builtin kernels; returns {tensor index: array}, or None when that
     side cannot run the dump (the reason is in work/dump.log). With `count`, of the first `count`
-    samples of `x`, each array stacked over them (one run of the validator)."""
+    samples of `x`, each array stacked over them (one run of the validator); with `only`, of those tensor
+    indices alone."""
     import numpy as np
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / f"{side}-x.npy", x)
     args = [model, work / f"{side}-x.npy", work / f"{side}.npz", "--dump", "0",
-            *(["--dump-count", str(count)] if count else []), *([] if side == "host" else kernel_args(target))]
+            *(["--dump-count", str(count)] if count else []),
+            *(["--dump-tensors", ",".join(map(str, sorted(only)))] if only is not None else []),
+            *([] if side == "host" else kernel_args(target))]
     if side == "host":
         cmd = [sys.executable, str(targets.ONDEVICE), *map(str, args)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}

@@ -53,7 +53,7 @@ def tensor_error(quantized, scale, zero_point, reference):
     err = q - f
     signal, noise = float((f * f).sum()), float((err * err).sum())
     norms = float(np.sqrt((q * q).sum() * signal))
-    return {"snr_db": round(10 * np.log10(signal / noise), 2) if signal > 0 and noise > 0 else None,
+    return {"snr_db": round(float(10 * np.log10(signal / noise)), 2) if signal > 0 and noise > 0 else None,
             "cosine": round(float((q * f).sum()) / norms, 6) if norms > 0 else None,
             "max_abs_error": round(float(np.abs(err).max()), 6) if err.size else 0.0}
 
@@ -85,7 +85,7 @@ def report(path, dumps, references, layers, input_snr):
         row = {"layer": layers[t], "op": info["op"], "tensor": info["name"][:160],
                **tensor_error(dumps[t], info["scale"], info["zero_point"], references[t])}
         before = [min(v, IDEAL_SNR_DB[info["dtype"]]) for v in (upstream(i, set()) for i in reads[t]) if v is not None]
-        row["lost_db"] = (round(min(before) - row["snr_db"], 2)
+        row["lost_db"] = (round(float(min(before) - row["snr_db"]), 2)
                           if before and row["snr_db"] is not None else None)
         if row["snr_db"] is not None:
             snr[t] = row["snr_db"]

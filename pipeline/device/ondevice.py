@@ -205,7 +205,8 @@ def dump(Interpreter, runtime, args, x):
                 sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
             interp.set_tensor(inp["index"], sample)
             interp.invoke()
-            runs.append(kept_tensors(interp, runtime))
+            kept = kept_tensors(interp, runtime)
+            runs.append(kept if args.dump_tensors is None else {k: v for k, v in kept.items() if k in args.dump_tensors})
     except Exception as exc:
         print(json.dumps({"refused": " ".join(str(exc).split())[:500]}))
         return 3
@@ -245,6 +246,8 @@ def main(argv=None):
     parser.add_argument("--dump", type=int, help="run only this sample and write every tensor to OUT (.npz)")
     parser.add_argument("--dump-count", type=int, metavar="N",
                         help="with --dump: N samples from that one, each tensor stacked over them")
+    parser.add_argument("--dump-tensors", type=lambda s: {f"t{i}" for i in s.split(",") if i}, metavar="I,J,...",
+                        help="with --dump: keep only these tensor indices")
     parser.add_argument("--runtime", choices=["tflite-micro"], help="run a .tflite on TensorFlow Lite Micro")
     parser.add_argument("--kernels", choices=sorted(KERNELS), default="default",
                         help="the TFLite runtime's kernels (dumps use builtin unless reference is asked)")

@@ -124,24 +124,29 @@ def references(model, layers, x, tensors):
 
 
 SAMPLES = 32  # the fixed subset of the test set the per-layer report runs on (stratified, seed 0)
+REFERENCE_BYTES = 256 * 2**20  # at most this much float activation kept (fewer samples for a large model)
 
 
 def host_report(model, tflite_path, x_float, x_input, work, out_path):
     """The per-layer report of the .tflite on the build host (LiteRT, builtin kernels, every tensor
     kept) against the float Keras `model`, on float input `x_float` and the .tflite's own input
     `x_input` (the same samples); saves the references the targets compare with to `out_path` (.npz)
-    and returns the host's summary (layer_error.summary)."""
+    and returns the host's summary (layer_error.summary). A model whose compared activations would
+    take more than REFERENCE_BYTES over these samples is compared on the first samples that fit."""
     from pipeline.device import fanout, layer_error, tflite_info
 
     tensors, _, _ = layer_error.graph(tflite_path)
     info = tflite_info.describe(tflite_path)
     outputs = {t for t in tensors if tensors[t]["name"] in {o["name"] for o in info["outputs"]}}
     layers = match(model, tensors, outputs)
+    per_sample = 4 * sum(int(np.prod(tensors[t]["shape"][1:])) for t in layers)
+    keep = max(1, min(len(x_float), REFERENCE_BYTES // max(1, per_sample)))
+    x_float, x_input = x_float[:keep], x_input[:keep]
     refs = references(model, layers, x_float, tensors)
     qin = info["inputs"][0]
     input_snr = (layer_error.tensor_error(x_input, qin["scale"], qin["zero_point"], x_float)["snr_db"]
                  if qin["scale"] else None)
-    dumps = fanout.dump_tensors(None, None, tflite_path, x_input, work, "host", count=len(x_input))
+    dumps = fanout.dump_tensors(None, None, tflite_path, x_input, work, "host", count=len(x_input), only=set(refs))
     if dumps is None:
         raise RuntimeError(f"the host could not keep every tensor of {tflite_path}; see {work}/dump.log")
     rows = layer_error.report(tflite_path, dumps, refs, layers, input_snr)

@@ -226,7 +226,8 @@ def _layer_report(target, root, model_path, layers, out_dir, board=None):
     x, input_snr, names, refs = layer_error.load_references(layers)
     work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
     try:
-        dumps = fanout.dump_tensors(target, root, model_path, x, work, "target", runner=board, count=len(x))
+        dumps = fanout.dump_tensors(target, root, model_path, x, work, "target", runner=board, count=len(x),
+                                    only=set(refs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     where = f"{target.name}: {target.runtime} {target.runtime_version}, " + (
