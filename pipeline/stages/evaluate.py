@@ -5,12 +5,12 @@ the int8 TFLite output by output (raw and dequantized). Writes every model's tes
 
 
 from pipeline.data import preprocess
+from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset, test_split_record
 from pipeline.device import onnx_info, tflite_info
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.stage import Stage
-from pipeline.data.sampling import stratified_subset
 from pipeline.model import layer_refs, usermodel
 from pipeline.release import tasks
 from pipeline.release.metrics import accuracy_record, compare, with_top_k
@@ -29,7 +29,8 @@ def publish(records, config, build_dir):
     from pipeline.release.manifest import artifact
 
     record = records["evaluate"]
-    return {"metrics": record["metrics"], "test_split": record["test_split"], "layers": {"host": record["layers"]},
+    return {"metrics": record["metrics"], "test_split": record["test_split"],
+            **({"layers": {"host": record["layers"]}} if record.get("layers") else {}),  # (none in older builds)
             "artifacts": {"predictions": artifact(build_dir, "predictions.npz")}}
 
 
