@@ -86,6 +86,17 @@ def _build(work, targets_cache, label, overrides):
     return out / "digits"
 
 
+def built_cases(work, targets_cache, cases, section):
+    """(label, overrides, build directory, manifest) of each case of `cases` built with no targets (`_build`);
+    a case on the sign-language photos is skipped, and logged, where they are not there."""
+    for label, overrides in cases:
+        if any("sign-language" in o for o in overrides) and not SIGNS.is_dir():
+            log(f"{section} {label}: skipped, {SIGNS} is not there")
+            continue
+        build_dir = _build(work, targets_cache, label, overrides)
+        yield label, overrides, build_dir, json.loads((build_dir / "manifest.json").read_text())
+
+
 def _ptq(work, build_dir, int16=False):
     """bench/ptq.py's figures for the build's float model (TensorFlow in a child process); with `int16`,
     LiteRT's 16x8 mode and the worst layers too."""

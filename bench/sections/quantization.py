@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from bench.common import SIGNS, Section, edgebuild, log, sets
-from bench.sections.accuracy import _build, _ptq
+from bench.sections.accuracy import _ptq, built_cases
 
 CASES = [
     ("digits, small_cnn (default)", []),
@@ -61,12 +61,7 @@ def _worst(row):
 
 def quantization(work, targets_cache):
     rows = []
-    for label, overrides in CASES:
-        if any("sign-language" in o for o in overrides) and not SIGNS.is_dir():
-            log(f"quantization {label}: skipped, {SIGNS} is not there")
-            continue
-        build_dir = _build(work, targets_cache, label, overrides)
-        m = json.loads((build_dir / "manifest.json").read_text())
+    for label, overrides, build_dir, m in built_cases(work, targets_cache, CASES, "quantization"):
         ptq = _ptq(work, build_dir, int16=True)
         with np.load(build_dir / "predictions.npz") as p:
             y, float_top1, qat_top1 = p["labels"], p["float_top1"], p["int8_top1"]

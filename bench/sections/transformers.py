@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from bench.common import SIGNS, Section, log
-from bench.sections.accuracy import _build, _ptq
+from bench.sections.accuracy import _ptq, built_cases
 
 EPOCHS = 40  # a transformer learns more slowly than the CNNs' 10 epochs on a thousand images
 CASES = [
@@ -32,12 +32,7 @@ def _flips(build_dir):
 
 def transformers(work, targets_cache):
     rows = []
-    for label, overrides in CASES:
-        if any("sign-language" in o for o in overrides) and not SIGNS.is_dir():
-            log(f"transformers {label}: skipped, {SIGNS} is not there")
-            continue
-        build_dir = _build(work, targets_cache, label, overrides)
-        m = json.loads((build_dir / "manifest.json").read_text())
+    for label, overrides, build_dir, m in built_cases(work, targets_cache, CASES, "transformers"):
         ptq = _ptq(work, build_dir)
         f, qat = m["metrics"]["float"]["accuracy"], m["metrics"]["int8_host"]["accuracy"]
         train, q = m["train"], m["qat"]
