@@ -7,7 +7,7 @@ accuracy, byo) declare no SECTION: bench/full.py runs them together."""
 import importlib
 import pkgutil
 
-ORDER = ("isa", "formats", "speed", "bytecode", "ci", "suite", "fit", "transformers", "quantization")
+ORDER = ("isa", "formats", "speed", "bytecode", "ci", "suite", "fit", "transformers", "quantization", "quantization_large")
 
 
 def _discover():

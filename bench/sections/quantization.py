@@ -59,9 +59,9 @@ def _worst(row):
     return None if not row else {k: row[k] for k in ("layer", "op", "snr_db", "lost_db")}
 
 
-def quantization(work, targets_cache):
+def quantization(work, targets_cache, cases=CASES, variants=VARIANTS, section="quantization"):
     rows = []
-    for label, overrides, build_dir, m in built_cases(work, targets_cache, CASES, "quantization"):
+    for label, overrides, build_dir, m in built_cases(work, targets_cache, cases, section):
         ptq = _ptq(work, build_dir, int16=True)
         with np.load(build_dir / "predictions.npz") as p:
             y, float_top1, qat_top1 = p["labels"], p["float_top1"], p["int8_top1"]
@@ -70,8 +70,8 @@ def quantization(work, targets_cache):
                                 ptq["ptq_int8_worst_layer"]),
                    "qat_int8": (m["metrics"]["int8_host"]["accuracy"], qat_top1, m["artifacts"]["int8_tflite"]["bytes"],
                                 (m.get("layers") or {}).get("host", {}).get("worst", [None])[0]),
-                   "int16x8": (ptq["int16x8_accuracy"], ptq["int16x8_top1"], ptq["int16x8_bytes"],
-                               ptq["int16x8_worst_layer"])}
+                   "int16x8": (ptq.get("int16x8_accuracy"), ptq.get("int16x8_top1"), ptq.get("int16x8_bytes"),
+                               ptq.get("int16x8_worst_layer"))}
         train, qat = m["train"], m["qat"]
         row = {"case": label, "overrides": overrides, "params": train["params"], "test_samples": m["splits"]["test"],
                "float": f, "float_tflite_bytes": m["artifacts"]["float_tflite"]["bytes"],
@@ -79,22 +79,25 @@ def quantization(work, targets_cache):
                "qat_s_per_epoch": round(json.loads((build_dir / "records" / "qat.json").read_text())["seconds"]
                                         / len(qat["history"]["loss"]), 2)}
         for name, (acc, top1, size, worst) in figures.items():
+            if acc is None:  # 16x8 refused by the converter or LiteRT
+                row[name] = {"error": ptq.get("int16x8_error", "not made"), "worst_layer": None, "bytes": None}
+                continue
             lost, won = _flips(y, float_top1, top1)
             row[name] = {"accuracy": round(float(acc), 6), "keeps": round(float(acc) / f, 4), "right_to_wrong": lost,
                          "wrong_to_right": won, "bytes": size, "worst_layer": _worst(worst)}
         ptq_loss, qat_loss = f - row["ptq_int8"]["accuracy"], f - row["qat_int8"]["accuracy"]
         row["qat_won_back"] = round((ptq_loss - qat_loss) / ptq_loss, 4) if ptq_loss > 0 else None
         row["variants"] = []
-        for name, extra in VARIANTS:
+        for name, extra in variants:
             acc, top1, per_epoch, vm = _variant(work, build_dir, label, overrides, extra)
             lost, won = _flips(y, float_top1, top1)
             row["variants"].append({"variant": name, "settings": extra, "accuracy": acc, "keeps": round(acc / f, 4),
                                     "right_to_wrong": lost, "wrong_to_right": won, "qat_s_per_epoch": per_epoch,
                                     "won_back": round((ptq_loss - (f - acc)) / ptq_loss, 4) if ptq_loss > 0 else None,
                                     "worst_layer": _worst((vm.get("layers") or {}).get("host", {}).get("worst", [None])[0])})
-            log(f"quantization {label}, {name}: {acc:.4f}")
+            log(f"{section} {label}, {name}: {acc:.4f}")
         rows.append(row)
-        log(f"quantization {label}: float {f:.4f} ptq {row['ptq_int8']['accuracy']:.4f} qat "
+        log(f"{section} {label}: float {f:.4f} ptq {row['ptq_int8']['accuracy']:.4f} qat "
             f"{row['qat_int8']['accuracy']:.4f} int16x8 {row['int16x8']['accuracy']:.4f}")
     return {"cases": rows}
 
@@ -104,6 +107,8 @@ def markdown(section):
            "s/epoch train / QAT |", "|---|---|---|---|---|---|---|"]
 
     def cell(r):
+        if "error" in r:
+            return f"not made: {r['error'][:80]}"
         return (f"{100 * r['accuracy']:.2f}% (keeps {100 * r['keeps']:.1f}%; flips {r['right_to_wrong']} / "
                 f"{r['wrong_to_right']})")
 
@@ -131,7 +136,8 @@ def markdown(section):
         for name in ("ptq_int8", "qat_int8", "int16x8"):
             w = r[name]["worst_layer"]
             where = "-" if not w else f"{w['layer']} ({w['op']}: {w['snr_db']} dB, {w['lost_db']} dB lost)"
-            out.append(f"| {r['case']} | {name} | {r[name]['bytes']:,} | {where} |")
+            size = "-" if r[name]["bytes"] is None else f"{r[name]['bytes']:,}"
+            out.append(f"| {r['case']} | {name} | {size} | {where} |")
     out += ["", "Flips are paired against the float model on the same test samples (right → wrong / wrong → right). "
             "\"QAT won back\" is (PTQ's loss − QAT's loss) / PTQ's loss, shown where PTQ loses; a case whose PTQ "
             "loses under 1 pp is within a few samples' noise. The worst layer is the per-layer report's first row "
