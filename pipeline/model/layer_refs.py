@@ -59,8 +59,7 @@ def _fused_tail(model, name):
     kernel = _linear_kernel_layer(layer)
     while kernel and len(consumers.get(layer.name, [])) == 1:
         nxt = consumers[layer.name][0]
-        if isinstance(nxt, keras.layers.BatchNormalization) and isinstance(layer, keras.layers.Layer) and \
-                not isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(nxt, keras.layers.BatchNormalization) and not isinstance(layer, keras.layers.BatchNormalization):
             layer = nxt
         elif _activation(nxt) in FUSED_ACTIVATIONS:
             return nxt.name
@@ -107,7 +106,9 @@ def references(model, layers, x, tensors):
     name}) on float input x, reshaped to each tensor's per-sample shape (sizes that differ are left out)."""
     import keras
 
-    names = sorted(set(layers.values()), key=lambda n: [layer.name for layer in model.layers].index(n))
+    # (a layer called more than once has no single output to compare with)
+    names = sorted({n for n in layers.values() if len(model.get_layer(n)._inbound_nodes) == 1},
+                   key=lambda n: [layer.name for layer in model.layers].index(n))
     if not names:
         return {}
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
@@ -116,6 +117,8 @@ def references(model, layers, x, tensors):
     by_name = dict(zip(names, values))
     refs = {}
     for t, name in layers.items():
+        if name not in by_name:
+            continue
         value = np.asarray(by_name[name])
         shape = [len(x)] + list(tensors[t]["shape"][1:])
         if value.size == int(np.prod(shape)):
