@@ -125,9 +125,9 @@ class QatConfig:
     transformer_epochs: int = setting(10, "the epochs instead, for a model with LayerNormalization, MultiHeadAttention "
                                       "or EinsumDense (0 = qat.epochs): their rewrite starts further from float, and an "
                                       "epoch of a small ViT costs about a second", min=0, max=10_000)
-    distill: float = setting(0.0, "distillation from the float model during QAT: the weight of the float model's "
-                             "softened logits in the loss (KL at qat.distill_temperature), 1 - it the labels' "
-                             "cross-entropy's (0 = labels only); classification", min=0.0, max=1.0)
+    distill: float = setting(0.0, "distillation from the float model during QAT, a classifier's: the QAT loss is "
+                             "(1 - w) x the labels' cross-entropy + w x T^2 x KL(float || QAT model) of the logits "
+                             "softened at T = qat.distill_temperature; this is w (0 = the labels only)", min=0.0, max=1.0)
     distill_temperature: float = setting(2.0, "the softmax temperature of qat.distill", min=0.1, max=100.0)
     max_val_drop: float = setting(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
