@@ -88,23 +88,19 @@ def main(build_dir, out_json):
 
 def _worst_layer(model, tflite_path, x_test, y_test, pp, work):
     """The per-layer report's worst row for a .tflite of this float model (layer_refs, as evaluate runs it)."""
-    import shutil
-
     from pipeline.data import preprocess
-    from pipeline.data.sampling import stratified_subset
     from pipeline.device import tflite_info
     from pipeline.model import layer_refs
 
-    few = stratified_subset(y_test, layer_refs.SAMPLES, 0)  # the samples evaluate's report uses
+    few = layer_refs.subset(y_test)  # the samples evaluate's report uses
     q = tflite_info.describe(tflite_path)["inputs"][0]
     try:
         report = layer_refs.host_report(model, tflite_path, preprocess.to_float(x_test[few], pp),
-                                        preprocess.to_input(x_test[few], pp, q), work, work.with_suffix(".npz"))
+                                        preprocess.to_input(x_test[few], pp, q), work.with_suffix(".npz"))
     except Exception as exc:  # noqa: BLE001 (reported, not fatal to the bench)
         return {"layer": f"(no report: {type(exc).__name__}: {str(exc)[:120]})", "op": "-", "snr_db": None,
                 "lost_db": None}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         work.with_suffix(".npz").unlink(missing_ok=True)
     return report["worst"][0] if report["worst"] else None
 

@@ -64,7 +64,7 @@ def test_a_planted_bad_layer_is_named_first_on_the_host_and_on_a_target(pair, tm
     q = tflite_info.describe(pair / "int8.tflite")["inputs"][0]
     x_float = ((x.astype("float64") - q["zero_point"]) * q["scale"]).astype("float32")
     clean = layer_refs.host_report(keras.models.load_model(pair / "float.keras"), pair / "int8.tflite", x_float, x,
-                                   tmp_path / "work", tmp_path / "clean.npz")
+                                   tmp_path / "clean.npz")
     rows = {r["layer"]: r for r in clean["tensors"]}
     assert rows[planted]["snr_db"] > bad["snr_db"] + 20 and rows[planted]["cosine"] > 0.99 > bad["cosine"]
     assert clean["worst"][0]["layer"] != planted or clean["worst"][0]["lost_db"] < 10

@@ -13,6 +13,7 @@ whose size differs from its layer's output is not compared; nor is a layer that 
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -130,12 +131,23 @@ SAMPLES = 32  # the fixed subset of the test set the per-layer report runs on (s
 REFERENCE_BYTES = 256 * 2**20  # at most this much float activation kept (fewer samples for a large model)
 
 
-def host_report(model, tflite_path, x_float, x_input, work, out_path):
+def subset(labels):
+    """The indices of the fixed test subset the report runs on: SAMPLES of `labels`, stratified, seed 0."""
+    from pipeline.data.sampling import stratified_subset
+
+    return stratified_subset(labels, SAMPLES, 0)
+
+
+def host_report(model, tflite_path, x_float, x_input, out_path):
     """The per-layer report of the .tflite on the build host (LiteRT, builtin kernels, every tensor
     kept) against the float Keras `model`, on float input `x_float` and the .tflite's own input
-    `x_input` (the same samples); saves the references the targets compare with to `out_path` (.npz)
+    `x_input` (the same samples); saves the references the targets compare with to `out_path` (.npz;
+    the host's dump goes to a temporary directory beside it, removed after)
     and returns the host's summary (layer_error.summary). A model whose compared activations would
     take more than REFERENCE_BYTES over these samples is compared on the first samples that fit."""
+    import shutil
+    import tempfile
+
     from pipeline.device import fanout, layer_error, tflite_info
 
     tensors, _, _ = layer_error.graph(tflite_path)
@@ -149,9 +161,15 @@ def host_report(model, tflite_path, x_float, x_input, work, out_path):
     qin = info["inputs"][0]
     input_snr = (layer_error.tensor_error(x_input, qin["scale"], qin["zero_point"], x_float)["snr_db"]
                  if qin["scale"] else None)
-    dumps = fanout.dump_tensors(None, None, tflite_path, x_input, work, "host", count=len(x_input), only=set(refs))
-    if dumps is None:
-        raise RuntimeError(f"the host could not keep every tensor of {tflite_path}; see {work}/dump.log")
+    work = tempfile.mkdtemp(dir=Path(out_path).parent, prefix="layers-")
+    try:
+        dumps = fanout.dump_tensors(None, None, tflite_path, x_input, work, "host", count=len(x_input),
+                                    only=set(refs))
+        if dumps is None:
+            reason = (Path(work) / "dump.log").read_text()[-300:]
+            raise RuntimeError(f"the host could not keep every tensor of {tflite_path}: {reason}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     rows = layer_error.report(tflite_path, dumps, refs, layers, input_snr)
     layer_error.save_references(out_path, x_input, input_snr, layers, refs)
     return layer_error.summary(rows, len(x_input), "host: ai-edge-litert, builtin kernels")

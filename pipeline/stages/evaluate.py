@@ -5,7 +5,6 @@ the int8 TFLite output by output (raw and dequantized). Writes every model's tes
 
 
 from pipeline.data import preprocess
-from pipeline.data.sampling import stratified_subset
 from pipeline.data.splits import load_dataset, test_split_record
 from pipeline.device import onnx_info, tflite_info
 from pipeline.device.runtimes import run_onnx, run_tflite
@@ -103,16 +102,9 @@ def run(stage_cfg, inputs, out_dir, ctx):
 def _layer_report(float_model, int8_tflite, images, labels, pp, qin, out_dir):
     """The int8 model's per-layer error against the float model on the build host, on a fixed stratified
     subset of the test set (its references saved to layers.npz for the targets)."""
-    import shutil
-    import tempfile
-
-    few = stratified_subset(labels, layer_refs.SAMPLES, 0)
-    work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
-    try:
-        return layer_refs.host_report(float_model, int8_tflite, preprocess.to_float(images[few], pp),
-                                      preprocess.to_input(images[few], pp, qin), work, out_dir / "layers.npz")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    few = layer_refs.subset(labels)
+    return layer_refs.host_report(float_model, int8_tflite, preprocess.to_float(images[few], pp),
+                                  preprocess.to_input(images[few], pp, qin), out_dir / "layers.npz")
 
 
 def _task_metrics(task, outputs, x, data, idx, int8_out, int8_onnx_out, out_dir):

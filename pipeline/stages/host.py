@@ -146,26 +146,19 @@ def run(cfg, inputs, out_dir, ctx):
 def _layer_report(float_model, model, images, labels, pp, info, out_dir):
     """The per-layer error of the validated .tflite against the float Keras model it was made from, on a
     fixed stratified subset of the test set (its references saved to layers.npz for the targets)."""
-    import shutil
-    import tempfile
-
     import keras
 
     from pipeline.model import layer_refs
 
     float_net = keras.models.load_model(float_model, compile=False)
-    few = stratified_subset(labels, layer_refs.SAMPLES, 0)
+    few = layer_refs.subset(labels)
     qin = info["inputs"][0]
     x_float = preprocess.float_input(images[few], pp, qin).astype("float32")
     if tuple(float_net.inputs[0].shape[1:]) != x_float.shape[1:]:
         raise InputError(f"--float must be the float model the .tflite was made from: its input is "
                          f"{list(float_net.inputs[0].shape)}, the .tflite's {qin['shape']}. Pass that model.")
-    work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
-    try:
-        return layer_refs.host_report(float_net, model, x_float, onnx_info.model_input(images[few], pp, qin), work,
-                                      out_dir / "layers.npz")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return layer_refs.host_report(float_net, model, x_float, onnx_info.model_input(images[few], pp, qin),
+                                  out_dir / "layers.npz")
 
 
 def _task_run(task, cfg, info, raw, images, labels, ids, data, runtime, version, out_dir, tensor):
