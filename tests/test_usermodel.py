@@ -25,6 +25,8 @@ def test_preflight_refuses_unportable_layers(recipe, expected, tmp_path):
     for text in expected:
         assert text in proc.stdout
     assert "Traceback" not in proc.stderr
+    if recipe != f"{BAD}:forgets_argument":
+        return  # the build runs the same preflight: one case shows it refuses before training
     # the build refuses it before training, and writes no artifact
     out = tmp_path / "out"
     proc = edgebuild("build", "--config", str(TINY), "--set", f'train.recipe="{recipe}"',
