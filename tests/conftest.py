@@ -28,16 +28,20 @@ SIGNS = REPO / "tests" / "data" / "signs"  # 30 real photos per class (see its S
 UNIT = REPO / "tests" / "unit"
 
 
-# The longest test files first (their seconds in one run, 2026-11-26), so that `make test`'s two workers
-# do not end with one of them alone on a long file (`--no-loadscope-reorder`: the files are handed out in
-# this order, the others after them in collection order). test_applications.py needs no tiny build, so
-# one worker runs it while the other makes the tiny build.
-SLOWEST_FIRST = ("test_usermodel.py",  # 110 s
-                 "test_applications.py",  # 64 s
-                 "test_features.py",  # 93 s (2026-12-03, AMD EPYC), no tiny build needed
-                 "test_transformers.py",  # 83 s (2026-12-03, AMD EPYC), one ViT build, no tiny build needed
-                 "test_cache.py",  # 88 s
-                 "test_bad_input.py", "test_validate_model.py", "test_byo.py", "test_transfer.py")  # 54-59 s each
+# The longest test files first (their seconds in one `make test` from a fresh clone, 2026-12-04, AMD EPYC, before
+# the cuts of that day), so that `make test`'s two workers do not end with one of them alone on a long file
+# (`--no-loadscope-reorder`: the files are handed out in this order, the others after them in collection order).
+# test_usermodel.py makes the tiny build a third of the way in; the feature files need none.
+SLOWEST_FIRST = ("test_usermodel.py",  # 184 s, the tiny build's 40 s included
+                 "test_features.py",  # 254 s
+                 "test_transformers.py",  # 95 s, one ViT build, no tiny build needed
+                 "test_transfer.py",  # 95 s
+                 "test_byo.py",  # 74 s
+                 "test_cache.py",  # 70 s
+                 "test_validate_model.py",  # 69 s
+                 "test_boards.py",  # 58 s
+                 "test_applications.py",  # 56 s
+                 "test_formats.py", "test_multiprocess.py", "test_shards.py")  # 40-48 s each
 
 
 def pytest_collection_modifyitems(items):
