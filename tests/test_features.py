@@ -12,7 +12,8 @@ import featuredata
 from conftest import ALL_TARGETS, REPO, _shared, edgebuild
 
 # `validate MODEL --target NAME` adds NAME to validate.targets, which the repository's edgebuild.toml (the
-# tests' working directory) sets to every shipped target: these tests run on the targets they name only.
+# tests' working directory) sets to every shipped target: these tests run on the targets they name only. The
+# builds run one emulated process a target (validate.shards = 1: tests/tiny.toml says why).
 ONLY_NAMED = ("--set", "validate.targets=[]")
 
 
@@ -35,8 +36,8 @@ def test_a_keyword_spotter_builds_from_synthesized_speech_and_runs_on_every_targ
         "--set", f"data.source={str(keywords)!r}", "--set", f"data.calibration_file={str(tmp_path / 'calib.json')!r}",
         "--set", "data.calibration_samples=60", "--set", "train.recipe='ds_cnn_kws'", "--set", "train.width=4",
         "--set", "train.epochs=15", "--set", "train.learning_rate=0.01", "--set", "qat.epochs=2",
-        "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", "--set", "gate.min_int8_accuracy=0.8",
-        "--set", "task.top_k=2", env={"EDGEBUILD_CACHE": str(cache_dir)})
+        "--set", f"validate.targets={json.dumps(ALL_TARGETS)}", "--set", "validate.shards=1", "--set",
+        "gate.min_int8_accuracy=0.8", "--set", "task.top_k=2", env={"EDGEBUILD_CACHE": str(cache_dir)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "top-2 accuracy: float" in proc.stdout
     m = json.loads((tmp_path / "kws" / "manifest.json").read_text())
@@ -141,7 +142,8 @@ def test_an_anomaly_detector_builds_from_synthetic_machine_sounds_and_runs_on_ea
         "--set", "task.kind='anomaly'", "--set", f"data.source={str(machine_sounds)!r}",
         "--set", f"data.calibration_file={str(tmp_path / 'calib.json')!r}", "--set", "data.calibration_samples=100",
         "--set", "train.recipe='autoencoder'", "--set", "train.width=8", "--set", "train.epochs=30",
-        "--set", "qat.epochs=2", "--set", f"validate.targets={json.dumps(ANOMALY_TARGETS)}", "--set", "gate.min_auc=0.8",
+        "--set", "qat.epochs=2", "--set", f"validate.targets={json.dumps(ANOMALY_TARGETS)}", "--set", "validate.shards=1",
+        "--set", "gate.min_auc=0.8",
         env={"EDGEBUILD_CACHE": str(cache_dir)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     build = tmp_path / "machine"

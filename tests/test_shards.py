@@ -95,7 +95,7 @@ def test_merge_refuses_missing_repeated_changed_or_foreign_shards(tiny_build, sh
     foreign_dir = tmp_path / "foreign"
     shutil.copytree(sharded["dir"], foreign_dir / "tiny", ignore=shutil.ignore_patterns("shards"))
     proc = edgebuild("validate", str(foreign_dir / "tiny"), "--target", "rpi4-bookworm-tflite", "--shard", "2/3",
-                     *_args(tiny_build, foreign_dir), "--set", "validate.shards=1", env=sharded["env"])
+                     *_args(tiny_build, foreign_dir), "--set", "validate.shards=2", env=sharded["env"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     (foreign,) = (foreign_dir / "tiny" / "shards").glob("*.npz")
     other = _merge_files(tiny_build, sharded, [files[0], foreign, files[2]])
