@@ -28,20 +28,20 @@ SIGNS = REPO / "tests" / "data" / "signs"  # 30 real photos per class (see its S
 UNIT = REPO / "tests" / "unit"
 
 
-# The longest test files first (their seconds in one `make test` from a fresh clone, 2026-12-04, AMD EPYC, before
-# the cuts of that day), so that `make test`'s two workers do not end with one of them alone on a long file
-# (`--no-loadscope-reorder`: the files are handed out in this order, the others after them in collection order).
-# test_usermodel.py makes the tiny build a third of the way in; the feature files need none.
-SLOWEST_FIRST = ("test_usermodel.py",  # 184 s, the tiny build's 40 s included
-                 "test_features.py",  # 254 s
-                 "test_transformers.py",  # 95 s, one ViT build, no tiny build needed
-                 "test_transfer.py",  # 95 s
-                 "test_byo.py",  # 74 s
-                 "test_cache.py",  # 70 s
-                 "test_validate_model.py",  # 69 s
-                 "test_boards.py",  # 58 s
-                 "test_applications.py",  # 56 s
-                 "test_formats.py", "test_multiprocess.py", "test_shards.py")  # 40-48 s each
+# The longest test files first, longest to shortest (their seconds in one `make test` from a fresh clone,
+# 2026-12-04, AMD EPYC, 2 cores), so that `make test`'s two workers do not end with one of them alone on a long
+# file (`--no-loadscope-reorder`: the files are handed out in this order, the others after them in collection
+# order). test_usermodel.py makes the tiny build a third of the way in; the feature files need none.
+SLOWEST_FIRST = ("test_features.py",  # 184 s
+                 "test_usermodel.py",  # 166 s, the tiny build's 40 s included
+                 "test_transformers.py",  # 80 s, one ViT build, no tiny build needed
+                 "test_transfer.py",  # 74 s
+                 "test_byo.py",  # 60 s
+                 "test_validate_model.py",  # 57 s
+                 "test_cache.py", "test_applications.py", "test_boards.py", "test_gate.py",  # 47-51 s each
+                 "test_multiprocess.py",  # 45 s
+                 "test_faults.py", "test_remote_cache.py", "test_formats.py", "test_engine.py",  # 32-36 s each
+                 "test_shards.py", "test_model_transformer.py")  # 30 and 26 s
 
 
 def pytest_collection_modifyitems(items):
