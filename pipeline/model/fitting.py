@@ -93,6 +93,9 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
     x_train, y_train = train
     x_val, y_val = val
     has_val = len(x_val) > 0
+    # a val set of up to two VAL_BATCHes is one batch: XLA compiles the val step for each batch shape, and a
+    # last, partial batch would be a second compilation (seconds for a QAT graph) of the same step
+    val_batch = len(x_val) if len(x_val) <= 2 * VAL_BATCH else VAL_BATCH
     metric = "loss" if reconstruct else "accuracy"
     monitor = f"val_{metric}" if has_val else metric
     sign = -1.0 if reconstruct else 1.0  # the kept epoch maximises sign * monitor
@@ -114,7 +117,7 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
     )
     initial = None
     if has_val:
-        scores = model.evaluate(x_val, y_val, batch_size=VAL_BATCH, verbose=0, return_dict=True)
+        scores = model.evaluate(x_val, y_val, batch_size=val_batch, verbose=0, return_dict=True)
         initial = {f"val_{k}": _round(v) for k, v in scores.items() if k in ("loss", "accuracy")}
 
     state = {"best": -math.inf, "epoch": epochs, "weights": None, "seconds": []}
@@ -141,7 +144,7 @@ def fit(model, train, val, epochs, batch_size, learning_rate, progress, desc, ke
     if epochs:
         history = model.fit(
             x_train, y_train, validation_data=(x_val, y_val) if has_val else None,
-            epochs=epochs, batch_size=batch_size, validation_batch_size=VAL_BATCH, shuffle=True, verbose=0,
+            epochs=epochs, batch_size=batch_size, validation_batch_size=val_batch, shuffle=True, verbose=0,
             callbacks=[progress_mod.keras_callback(progress, desc, epochs, steps), _Track()],
         )
         if keep_best and state["weights"] is not None:
