@@ -11,10 +11,14 @@ import pytest
 import featuredata
 from conftest import REPO, _shared, edgebuild
 
-# `validate MODEL --target NAME` adds NAME to validate.targets, which the repository's edgebuild.toml (the
-# tests' working directory) sets to every shipped target: these tests run on the targets they name only. The
-# builds run one emulated process a target (validate.shards = 1: tests/tiny.toml says why).
-ONLY_NAMED = ("--set", "validate.targets=[]")
+
+def _validate(model, data, out, cache_dir, *args, targets=()):
+    """`edgebuild validate MODEL --data DATA --out OUT` on the host and on `targets` only: `--target` adds to
+    validate.targets, which the repository's edgebuild.toml (the tests' working directory) sets to every
+    shipped target, so it is emptied first."""
+    named = [a for t in targets for a in ("--target", t)]
+    return edgebuild("--quiet", "validate", str(model), "--data", str(data), "--out", str(out),
+                     "--set", "validate.targets=[]", *named, *args, env={"EDGEBUILD_CACHE": str(cache_dir)})
 
 
 def _feature_file(tmp_path_factory, make, name):
@@ -32,6 +36,7 @@ def keywords(tmp_path_factory):
 
 # The feature builds run on one target of each runtime family: LiteRT and onnxruntime under qemu, TFLM and the NPU.
 # rpi4's tflite-runtime runs a .tflite as rpi5's LiteRT does; the models made outside are validated on it below.
+# One emulated process a target (validate.shards = 1: tests/tiny.toml says why).
 ONE_OF_EACH = ["rpi5-litert", "rpi5-onnxruntime", "cortex-m-tflm", "ethos-u55-128"]
 
 
@@ -74,9 +79,7 @@ def _validate_built(build, tmp_path, cache_dir, *sets):
         test = d["test"]
         extra = {"group": d["groups"][test]} if "groups" in d.files else {}
         np.savez(tmp_path / "test-split.npz", x=d["x"][test], y=d["y"][test], class_names=d["class_names"], **extra)
-    proc = edgebuild("--quiet", "validate", str(build / "model_int8.tflite"), "--data", str(tmp_path / "test-split.npz"),
-                     "--out", str(tmp_path / "validated"), *ONLY_NAMED, *sets,
-                     env={"EDGEBUILD_CACHE": str(cache_dir)})
+    proc = _validate(build / "model_int8.tflite", tmp_path / "test-split.npz", tmp_path / "validated", cache_dir, *sets)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((tmp_path / "validated" / "manifest.json").read_text())["metrics"]["host"]
 
@@ -100,9 +103,8 @@ def outside_kws(keywords, tmp_path_factory):
 @pytest.mark.parametrize("features", ["test.npz", "test_int8.npz"])
 def test_a_keyword_model_made_outside_validates_like_tensorflows_interpreter(outside_kws, features, tmp_path, cache_dir):
     out, expected = outside_kws
-    proc = edgebuild("--quiet", "validate", str(out / "kws_int8.tflite"), "--data", str(out / features),
-                     "--out", str(tmp_path / "v"), "--target", "cortex-m-tflm", "--target", "rpi4-bookworm-tflite",
-                     *ONLY_NAMED, env={"EDGEBUILD_CACHE": str(cache_dir)})
+    proc = _validate(out / "kws_int8.tflite", out / features, tmp_path / "v", cache_dir,
+                     targets=("cortex-m-tflm", "rpi4-bookworm-tflite"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((tmp_path / "v" / "manifest.json").read_text())
     host = m["metrics"]["host"]
@@ -179,9 +181,8 @@ def outside_anomaly(machine_sounds, tmp_path_factory):
 
 def test_an_anomaly_model_made_outside_validates_like_tensorflows_interpreter(outside_anomaly, tmp_path, cache_dir):
     out, expected = outside_anomaly
-    proc = edgebuild("--quiet", "validate", str(out / "anomaly_int8.tflite"), "--data", str(out / "test.npz"),
-                     "--set", "task.kind='anomaly'", "--out", str(tmp_path / "v"), "--target", "cortex-m-tflm",
-                     "--target", "rpi4-bookworm-tflite", *ONLY_NAMED, env={"EDGEBUILD_CACHE": str(cache_dir)})
+    proc = _validate(out / "anomaly_int8.tflite", out / "test.npz", tmp_path / "v", cache_dir, "--set",
+                     "task.kind='anomaly'", targets=("cortex-m-tflm", "rpi4-bookworm-tflite"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((tmp_path / "v" / "manifest.json").read_text())
     host = m["metrics"]["host"]
@@ -195,12 +196,12 @@ def test_an_anomaly_model_made_outside_validates_like_tensorflows_interpreter(ou
 def test_an_anomaly_baseline_of_another_task_is_refused(outside_anomaly, outside_kws, tmp_path, cache_dir):
     out, _ = outside_anomaly
     kws_out, _ = outside_kws
-    first = edgebuild("--quiet", "validate", str(kws_out / "kws_int8.tflite"), "--data", str(kws_out / "test.npz"),
-                      "--out", str(tmp_path / "kws"), "--target", "cortex-m-tflm", *ONLY_NAMED, env={"EDGEBUILD_CACHE": str(cache_dir)})
+    first = _validate(kws_out / "kws_int8.tflite", kws_out / "test.npz", tmp_path / "kws", cache_dir,
+                      targets=("cortex-m-tflm",))
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    proc = edgebuild("--quiet", "validate", str(out / "anomaly_int8.tflite"), "--data", str(out / "test.npz"),
-                     "--set", "task.kind='anomaly'", "--out", str(tmp_path / "v"), "--target", "cortex-m-tflm", *ONLY_NAMED,
-                     "--baseline", str(tmp_path / "kws" / "manifest.json"), env={"EDGEBUILD_CACHE": str(cache_dir)})
+    proc = _validate(out / "anomaly_int8.tflite", out / "test.npz", tmp_path / "v", cache_dir, "--set",
+                     "task.kind='anomaly'", "--baseline", str(tmp_path / "kws" / "manifest.json"),
+                     targets=("cortex-m-tflm",))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "a baseline must be of the same task; the baseline was made with task.kind = 'classification'" in line, line
