@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ALL_TARGETS, REPO
-from pipeline.device import environment, fanout, onnx_info, oplint, targets
+from pipeline.device import environment, fanout, onnx_info, oplint, targets, tflite_info
 from pipeline.device.runtimes import run_onnx, run_tflite
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import file_lock
@@ -36,6 +36,21 @@ def test_emulated_interpreter_runs_a_tiny_int8_model(name, tiny_build, cache_dir
     host = run_onnx(model, x) if onnx_info.is_onnx(model) else run_tflite(model, x)
     diff = np.abs(out.astype(int) - host.astype(int)).max()
     assert diff <= target.tolerances.max_abs_diff
+    if onnx_info.is_onnx(model):
+        return
+    # the same process keeps every op's output tensor of 3 more inputs (the per-layer report's): what a
+    # process of its own keeping them gives, and the run's outputs as without them
+    outputs = {t for _, _, tensors in tflite_info.op_outputs(model) for t, _ in tensors}
+    extra = np.random.RandomState(1).randint(-128, 128, size=[3, *shape[1:]]).astype(np.int8)
+    out2, _ = fanout.run_sharded(target, root, model, x, tmp_path / "kept", shards=2, keep=(extra, outputs))
+    np.testing.assert_array_equal(out2, out)
+    with np.load(tmp_path / "kept" / "kept.npz") as f:
+        kept = {int(k[1:]): f[k] for k in f.files}
+    alone = fanout.dump_tensors(target, root, model, extra, tmp_path / "alone", "target", count=3, only=outputs)
+    assert set(kept) == set(alone) == outputs
+    for t in outputs:
+        assert kept[t].shape[0] == 3
+        np.testing.assert_array_equal(kept[t], alone[t], err_msg=f"tensor {t}")
 
 
 def test_a_target_refuses_a_model_in_the_other_format(tiny_build):

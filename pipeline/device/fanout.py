@@ -32,7 +32,7 @@ def executor_for(target, root, twin=False, container=None, log=print):
 
 
 def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, twin=False, container=None,
-                bytecode=True, reference=0, boards=None):
+                bytecode=True, reference=0, boards=None, keep=None):
     """Run the validator over `x` in `shards` parallel long-lived processes (on the target, or on its
     x86 twin with `twin`; in the target's OCI image with `container` = the cache directory that holds
     it); returns (outputs, info). `bytecode=False` ignores the environment's compiled modules (every
@@ -41,7 +41,11 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     outputs to work/reference.npy (a TFLite runtime only; info["reference_samples"] says how many).
     With `boards` (one executor per board, `executors.ssh`), the samples are split over the boards, and a
     part whose board is lost (the connection fails or drops) runs again on another board
-    (info["reruns"]); when no board is left, the run fails with each board's reason."""
+    (info["reruns"]); when no board is left, the run fails with each board's reason. With `keep` =
+    (inputs, tensor indices or None), the first process also runs those inputs (of x's dtype and shape)
+    one at a time with every tensor kept, after its part, into work/kept.npz (as `dump_tensors` does with
+    `count`, without another process: an emulated start is about 1.5 s of CPU); the file is missing when
+    the runtime could not keep them."""
     import numpy as np
 
     work = Path(work)
@@ -53,11 +57,15 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     started = time.perf_counter()
 
     def start(i, idx, runner):
-        np.save(work / f"x{i}.npy", x[idx])
+        kept = keep is not None and i == 0
+        np.save(work / f"x{i}.npy", np.concatenate([x[idx], keep[0]]) if kept else x[idx])
         args = [model, work / f"x{i}.npy", work / f"y{i}.npy",
                 "--batch", str(batch or target.batch_size), "--threads", str(threads or target.threads)]
         ref = max(0, min(len(idx), reference - int(idx[0])))
         args += kernel_args(target) + (["--reference", str(ref)] if ref else [])
+        if kept:
+            args += ["--keep-from", str(len(idx))]
+            args += ["--dump-tensors", ",".join(map(str, sorted(keep[1])))] if keep[1] is not None else []
         cmd, env = runner.command(args)
         if runner.name != "container":
             # a runtime's own temporary files (onnxruntime's telemetry writes $TMPDIR/.ses at import) stay
@@ -111,6 +119,8 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     refs = [work / f"y{i}.ref.npy" for i, info in enumerate(infos) if info.get("reference_samples")]
     if refs:
         np.save(work / "reference.npy", np.concatenate([np.load(r) for r in refs]))
+    if keep is not None and (infos[0].get("kept") or {}).get("samples"):
+        os.replace(work / "y0.kept.npz", work / "kept.npz")
     slowest = max(i["inference_seconds"] for i in infos)
     return outputs, {
         "runtime": infos[0]["runtime"],

@@ -10,6 +10,8 @@ tflite-runtime, or TensorFlow Lite Micro with `--runtime tflite-micro`), onnxrun
     python3 ondevice.py MODEL.onnx INPUTS.npy OUT.npy --batch 1 --threads 1
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0     (every tensor of sample 0)
     python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npz --dump 0 --dump-count 32  (of samples 0-31, stacked)
+    python3 ondevice.py MODEL.tflite INPUTS.npy OUT.npy --keep-from 300  (run 0-299, then keep every tensor
+                                                                          of 300-, into OUT.kept.npz)
 
 Reads inputs (N, H, W, C) of the model's input dtype (int8, uint8 or float32), runs the interpreter
 at the given batch size in one long-lived process, writes the raw outputs to OUT.npy and a JSON line
@@ -185,38 +187,46 @@ def dump(Interpreter, runtime, args, x):
     import numpy as np
 
     try:
-        if runtime == "tflite-micro":
-            interp = TflmInterpreter(args.model, preserve=True)
-        else:
-            kernels = "builtin" if args.kernels == "default" else args.kernels
-            resolver = getattr(sys.modules[Interpreter.__module__].OpResolverType, KERNELS[kernels])
-            interp = Interpreter(model_path=args.model, num_threads=1, experimental_preserve_all_tensors=True,
-                                 experimental_op_resolver_type=resolver)
-        inp = interp.get_input_details()[0]
-        signature = inp.get("shape_signature")
-        fixed = signature is not None and len(signature) and signature[0] != -1
-        if not fixed:
-            interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
-        interp.allocate_tensors()
-        runs = []
-        for i in range(args.dump, args.dump + (args.dump_count or 1)):
-            sample = x[i : i + 1]
-            if fixed and int(signature[0]) > 1:
-                sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
-            interp.set_tensor(inp["index"], sample)
-            interp.invoke()
-            kept = kept_tensors(interp, runtime)
-            runs.append(kept if args.dump_tensors is None else {k: v for k, v in kept.items() if k in args.dump_tensors})
+        tensors = keep_every_tensor(Interpreter, runtime, args, x[args.dump : args.dump + (args.dump_count or 1)])
     except Exception as exc:
         print(json.dumps({"refused": " ".join(str(exc).split())[:500]}))
         return 3
-    if args.dump_count:
-        tensors = {k: np.stack([run[k] for run in runs]) for k in runs[0] if all(k in run for run in runs)}
-    else:
-        tensors = runs[0]
+    if not args.dump_count:
+        tensors = {k: v[0] for k, v in tensors.items()}
     np.savez(args.out, **tensors)
     print(json.dumps({"runtime": runtime, "runtime_version": runtime_version(runtime), "tensors": len(tensors)}))
     return 0
+
+
+def keep_every_tensor(Interpreter, runtime, args, x):
+    """{"t<index>": that tensor of each sample of `x`, stacked} over every sample, run one at a time with
+    every intermediate tensor kept (builtin kernels unless --kernels reference; TFLM's own); only the
+    --dump-tensors ones when given. `Interpreter` is load_interpreter's for the default kernels."""
+    import numpy as np
+
+    if runtime == "tflite-micro":
+        interp = TflmInterpreter(args.model, preserve=True)
+    else:
+        kernels = "builtin" if args.kernels == "default" else args.kernels
+        resolver = getattr(sys.modules[Interpreter.__module__].OpResolverType, KERNELS[kernels])
+        interp = Interpreter(model_path=args.model, num_threads=1, experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=resolver)
+    inp = interp.get_input_details()[0]
+    signature = inp.get("shape_signature")
+    fixed = signature is not None and len(signature) and signature[0] != -1
+    if not fixed:
+        interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
+    interp.allocate_tensors()
+    runs = []
+    for i in range(len(x)):
+        sample = x[i : i + 1]
+        if fixed and int(signature[0]) > 1:
+            sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
+        interp.set_tensor(inp["index"], sample)
+        interp.invoke()
+        kept = kept_tensors(interp, runtime)
+        runs.append(kept if args.dump_tensors is None else {k: v for k, v in kept.items() if k in args.dump_tensors})
+    return {k: np.stack([run[k] for run in runs]) for k in runs[0] if all(k in run for run in runs)} if runs else {}
 
 
 def kept_tensors(interp, runtime):
@@ -247,7 +257,10 @@ def main(argv=None):
     parser.add_argument("--dump-count", type=int, metavar="N",
                         help="with --dump: N samples from that one, each tensor stacked over them")
     parser.add_argument("--dump-tensors", type=lambda s: {f"t{i}" for i in s.split(",") if i}, metavar="I,J,...",
-                        help="with --dump: keep only these tensor indices")
+                        help="with --dump or --keep-from: keep only these tensor indices")
+    parser.add_argument("--keep-from", type=int, metavar="K",
+                        help="run only inputs 0..K-1; then run each input from K on alone with every tensor kept "
+                             "(as --dump does), into OUT with .kept.npz: one process for both")
     parser.add_argument("--runtime", choices=["tflite-micro"], help="run a .tflite on TensorFlow Lite Micro")
     parser.add_argument("--kernels", choices=sorted(KERNELS), default="default",
                         help="the TFLite runtime's kernels (dumps use builtin unless reference is asked)")
@@ -265,6 +278,9 @@ def main(argv=None):
         Interpreter, runtime = load_interpreter(args.runtime, "default" if args.dump is not None else args.kernels)
     if args.dump is not None:
         return dump(Interpreter, runtime, args, x)
+    keep = None
+    if args.keep_from is not None:
+        x, keep = x[: args.keep_from], x[args.keep_from :]
     started = time.perf_counter()
     batch = max(1, min(args.batch, len(x)))
     try:
@@ -314,6 +330,14 @@ def main(argv=None):
         except Exception as exc:
             print(json.dumps({"refused": " ".join(f"reference kernels: {exc}".split())[:500]}))
             return 3
+    kept = None
+    if keep is not None and runtime != "onnxruntime":
+        try:  # a failure here is the tensors' alone: the run's outputs stand, and the line says why
+            tensors = keep_every_tensor(load_interpreter(args.runtime, "default")[0], runtime, args, keep)
+            np.savez(_suffixed(args.out, ".kept.npz"), **tensors)
+            kept = {"samples": int(len(keep)), "tensors": len(tensors)}
+        except Exception as exc:
+            kept = {"failed": " ".join(str(exc).split())[:500] or type(exc).__name__}
     print(json.dumps({
         "runtime": runtime,
         "runtime_version": runtime_version(runtime),
@@ -328,12 +352,18 @@ def main(argv=None):
         "inference_seconds": infer_s,
         "reference_samples": reference,
         "invoke_ms": invokes,
+        **({"kept": kept} if kept is not None else {}),
     }))
     return 0
 
 
 def _reference_path(out):
-    return out[: -len(".npy")] + ".ref.npy" if out.endswith(".npy") else out + ".ref.npy"
+    return _suffixed(out, ".ref.npy")
+
+
+def _suffixed(out, suffix):
+    """OUT with `suffix` in place of its .npy ending (a file beside it, fetched with it from a board)."""
+    return out[: -len(".npy")] + suffix if out.endswith(".npy") else out + suffix
 
 
 def run_reference(model, x):

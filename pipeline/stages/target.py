@@ -194,8 +194,10 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=
                                         log=lambda msg: bar.set_postfix_str(msg[:60])))
         container = ctx.cache_dir if record["executor"]["kind"] == "container" else None
         reference = _reference_samples(cfg, target, info)
-        outputs, record["run"], ref_out = _run(target, root, model_path, x, out_dir, cfg.validate.shards,
-                                               container=container, reference=reference, boards=boards)
+        keep = _layer_inputs(layers, model_path, x)
+        outputs, record["run"], ref_out, kept = _run(target, root, model_path, x, out_dir, cfg.validate.shards,
+                                                     container=container, reference=reference, boards=boards,
+                                                     keep=keep)
         outputs, ref_out = flat(outputs), flat(ref_out)
     except ModelRefused as exc:
         ctx.progress.warn(str(exc))
@@ -211,7 +213,8 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=
     record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
                                                    out_dir, board)
     if layers is not None and not onnx_info.is_onnx(model_path):
-        record["layers"] = _layer_report(target, root, model_path, layers, out_dir, board)
+        record["layers"] = _layer_report(target, root, model_path, layers, out_dir, board,
+                                         kept if keep is not None else NOT_KEPT)
     arrays = {"ids": ids, "outputs": outputs}
     if twin_out is not None:
         arrays["twin_outputs"] = twin_out
@@ -220,16 +223,36 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=
     return record, arrays
 
 
-def _layer_report(target, root, model_path, layers, out_dir, board=None):
+NOT_KEPT = object()  # _layer_report: the run kept no tensors of the subset, so it is run on its own
+
+
+def _layer_inputs(layers, model_path, x):
+    """(the per-layer subset's inputs, the tensor indices to keep) for the run to keep every tensor of, in
+    its first process; None when there is no report to make (an .onnx) or the subset is not the run's
+    dtype and shape (then it runs in a process of its own)."""
+    if layers is None or onnx_info.is_onnx(model_path):
+        return None
+    subset, _, _, refs = layer_error.load_references(layers)
+    if subset.dtype != x.dtype or subset.shape[1:] != x.shape[1:]:
+        return None
+    return subset, set(refs)
+
+
+def _layer_report(target, root, model_path, layers, out_dir, board=None, kept=NOT_KEPT):
     """The per-layer report on the target: the fixed subset run on it with every tensor kept (its builtin
-    kernels, or the reference ones it is set to; TFLM's own), against the float model's activations."""
+    kernels, or the reference ones it is set to; TFLM's own), against the float model's activations.
+    `kept`: those tensors as the run kept them ({index: array}, None when it could not), else a run of
+    their own."""
     x, input_snr, names, refs = layer_error.load_references(layers)
-    work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
-    try:
-        dumps = fanout.dump_tensors(target, root, model_path, x, work, "target", runner=board, count=len(x),
-                                    only=set(refs))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if kept is not NOT_KEPT:
+        dumps = kept
+    else:
+        work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
+        try:
+            dumps = fanout.dump_tensors(target, root, model_path, x, work, "target", runner=board, count=len(x),
+                                        only=set(refs))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     where = f"{target.name}: {target.runtime} {target.runtime_version}, " + (
         "reference kernels" if target.kind != "linux" or target.kernels == "reference" else "builtin kernels")
     if dumps is None:
@@ -476,14 +499,21 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
                                          "from a delegate's kernels (XNNPACK)"}
 
 
-def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None, reference=0, boards=None):
-    """(outputs, run info, the reference kernels' outputs of the first `reference` samples or None)."""
+def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None, reference=0, boards=None,
+         keep=None):
+    """(outputs, run info, the reference kernels' outputs of the first `reference` samples or None, and with
+    `keep` (inputs, tensor indices) every kept tensor of those inputs, {index: array}, or None when the
+    runtime could not keep them)."""
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix="work-"))
     try:
         outputs, info = fanout.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin,
-                                           container=container, reference=reference, boards=boards)
+                                           container=container, reference=reference, boards=boards, keep=keep)
         ref = np.load(work / "reference.npy") if info.get("reference_samples") else None
-        return outputs, info, ref
+        kept = None
+        if (work / "kept.npz").exists():
+            with np.load(work / "kept.npz") as f:
+                kept = {int(k[1:]): f[k] for k in f.files}
+        return outputs, info, ref, kept
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -527,8 +557,8 @@ def _isa_run(target, root, model_path, x, out_dir, shards, reference=0):
     try:
         # a Linux board's twin runs its optimized kernels natively (one process is fastest); a microcontroller's
         # twin runs reference kernels, as slow as the target's own, so it gets the target's shards
-        twin_out, twin_info, twin_ref = _run(target, root, model_path, x, out_dir,
-                                             1 if target.kind == "linux" else shards, twin=True, reference=reference)
+        twin_out, twin_info, twin_ref, _ = _run(target, root, model_path, x, out_dir,
+                                                1 if target.kind == "linux" else shards, twin=True, reference=reference)
     except ModelRefused as exc:
         return {"twin": None, "refused": exc.reason}, None, None
     twin = {k: twin_info.get(k) for k in ("runtime", "runtime_version", "machine", "python")}
