@@ -93,3 +93,5 @@ def test_validate_in_the_container_matches_the_qemu_target_byte_for_byte(built, 
     user_mode = np.load(tiny_build["dir"] / f"target-{TARGET}.npz")["outputs"]
     assert in_container.dtype == user_mode.dtype and np.array_equal(in_container, user_mode)
     assert record["accuracy"] == before["accuracy"] and record["runtime_version"] == before["runtime_version"]
+    # the per-layer report's tensors, kept by the same validator process in the image: the qemu run's report
+    assert record["layers"]["tensors"] and record["layers"]["tensors"] == before["layers"]["tensors"]
