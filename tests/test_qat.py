@@ -116,39 +116,3 @@ def test_every_layer_without_a_qat_rule_is_listed_not_only_the_first():
     problems = qat.unsupported_layers(keras.Model(inp, out))
     assert len(problems) == 2 and "'norm_a' (GroupNormalization)" in problems[0] and "'norm_b'" in problems[1]
     assert qat.unsupported_layers(models.small_cnn((12, 12, 1), 4, width=4, blocks=2)) == []
-
-
-def test_learned_ranges_train_and_are_baked_into_a_plain_qat_file(tmp_path):
-    """qat.ranges = "learned": the first batch sets each range, fitting moves it by gradient descent (not by
-    the EMA), and baked, the saved model is the usual one (no extra weights) with the same outputs."""
-    from pipeline.model import fakequant, fitting
-    from pipeline.engine import progress
-
-    model = _trained_bn_model()
-    rng = np.random.RandomState(0)
-    x, y = rng.rand(256, 12, 12, 1).astype("float32"), rng.randint(0, 4, 256)
-    with fakequant.learned_ranges():
-        q = qat.quantize_model(model)
-    quantizers = [l for l in q._flatten_layers(include_self=False, recursive=True)
-                  if isinstance(l, qat.ActivationQuantizer) and not l.fixed_range]
-    assert quantizers and all(l.learned for l in quantizers)
-    qat.init_ranges(q, x)
-    first = qat.activation_ranges(q)
-    fitting.fit(q, (x, y), (x[:64], y[:64]), 3, 32, 1e-3, progress.Progress(quiet=True), "qat", keep_best=False)
-    learned = qat.activation_ranges(q)
-    moved = [k for k in first if abs(learned[k][1] - first[k][1]) > 1e-4 * abs(first[k][1])]
-    assert moved, (first, learned)
-    # no EMA: a learned range moves by its shifts alone, so the plain range is still the first batch's
-    assert all(float(l.range_max) == first[l.path][1] for l in quantizers)
-    before = np.asarray(q(x[:16], training=False))
-    qat.bake_ranges(q)
-    assert qat.activation_ranges(q) == learned and not any(l.learned for l in quantizers)
-    assert not any("shift" in v.path for v in q.variables)
-    np.testing.assert_allclose(np.asarray(q(x[:16], training=False)), before, atol=1e-6)
-    q.save(tmp_path / "q.keras")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the optimizer's state loads too: no "Skipping variable loading"
-        again = keras.models.load_model(tmp_path / "q.keras")
-    np.testing.assert_array_equal(np.asarray(again(x[:16], training=False)), np.asarray(q(x[:16], training=False)))

@@ -132,9 +132,6 @@ class QatConfig:
     max_val_drop: float = setting(0.05, "fail the stage (exit 3) if QAT's best val accuracy is more than this below the "
                              "float model's", min=0.0, max=1.0)
     ema_momentum: float = setting(0.99, "momentum of the activation-range moving average", min=0.0, max=1.0)
-    ranges: str = setting("ema", "how activation ranges move in QAT: 'ema' (a moving average of each batch's min and "
-                          "max, qat.ema_momentum) or 'learned' (set by the first qat.init_samples, then trained by "
-                          "gradient descent from the values the fake-quant clips, PACT-style)", choices=("ema", "learned"))
     init_samples: int = setting(256, "training samples that initialise the activation ranges", min=1, max=1_000_000)
 
     @property

@@ -31,8 +31,6 @@ class UnsupportedAttention(ValueError):
 
 def _requantize_like(quantizer, x):
     """Fake-quantize `x` with `quantizer`'s current range, leaving the range as it is."""
-    if quantizer.learned:
-        return _fake_quant(x, *quantizer.bounds())
     lo = ops.minimum(quantizer.range_min, 0.0)
     return _fake_quant(x, lo, ops.maximum(quantizer.range_max, lo + 1e-6))
 
@@ -67,8 +65,7 @@ class QuantLayerNormalization(keras.layers.LayerNormalization):
         # MEAN (XNNPACK, LiteRT's optimized and reference kernels, TFLM) into tens of steps of the
         # normalized tokens; at the floor one step moves the inverse by at most 1/(2 * floor). A token
         # with less variance (a blank patch) is normalized less, and QAT trains the model to that.
-        top = self.variance_quantizer.bounds()[1] if self.variance_quantizer.learned else self.variance_quantizer.range_max
-        step = ops.maximum(top / 255.0, 1e-12)
+        step = ops.maximum(self.variance_quantizer.range_max / 255.0, 1e-12)
         floor = VARIANCE_FLOOR_STEPS * step
         y = fq("normalized", centered * fq("inverse", ops.rsqrt(ops.maximum(variance, floor))))
         if self.scale and self.center:

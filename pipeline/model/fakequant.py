@@ -6,14 +6,8 @@ Conventions, matching what TFLite's int8 kernels expect:
   Dense (per-channel Dense makes the converter fail with "tfl.transpose op has mismatched
   quantized axes").
 - activations: asymmetric per tensor, range tracked by an exponential moving average of each
-  batch's min/max, initialised from the first real batch (never from zero); or, built inside
-  `learned_ranges()`, set by that first batch and then trained by gradient descent (PACT-style: the
-  fake-quant's gradient with respect to its min and max comes from the values it clips), and baked
-  into the plain range by `bake()` before the model is saved, so the file is the usual one.
+  batch's min/max, initialised from the first real batch (never from zero).
 """
-
-import contextlib
-import contextvars
 
 import keras
 from keras import ops
@@ -22,22 +16,6 @@ from keras import ops
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 
 PACKAGE = "edgebuild"
-
-# A learned range is the first batch's scaled by exp(LEARNED_SHIFT_SCALE * shift), shift trained from 0: Adam moves
-# a trainable value by about its learning rate a step whatever the gradient's size, so the scale makes one step of
-# QAT's learning rate (1e-5) move a range by about 0.1%, at any tensor's scale.
-LEARNED_SHIFT_SCALE = 100.0
-_LEARNING = contextvars.ContextVar("learning_ranges", default=False)
-
-
-@contextlib.contextmanager
-def learned_ranges(enabled=True):
-    """Activation quantizers built inside learn their ranges (see the module's docstring)."""
-    token = _LEARNING.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _LEARNING.reset(token)
 
 
 def _fake_quant(x, lo, hi, narrow_range=False, axis=None):
@@ -70,7 +48,6 @@ class ActivationQuantizer(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.momentum = float(momentum)
         self.fixed_range = None if fixed_range is None else [float(v) for v in fixed_range]
-        self.learned = False  # (set in build, inside `learned_ranges()`)
 
     def build(self, input_shape):
         lo, hi = self.fixed_range if self.fixed_range else (0.0, 0.0)
@@ -87,38 +64,13 @@ class ActivationQuantizer(keras.layers.Layer):
             initializer=keras.initializers.Constant(1.0 if self.fixed_range else 0.0),
             trainable=False,
         )
-        self.learned = _LEARNING.get() and not self.fixed_range
-        if self.learned:
-            self.min_shift = self.add_weight(name="min_shift", shape=(), initializer="zeros", trainable=True)
-            self.max_shift = self.add_weight(name="max_shift", shape=(), initializer="zeros", trainable=True)
-
-    def bounds(self):
-        """The (min, max) the tensor is fake-quantized to: 0 within it, max above min."""
-        lo = ops.minimum(self.range_min, 0.0)
-        hi = ops.maximum(self.range_max, lo + 1e-6)
-        if self.learned:
-            lo = lo * ops.exp(LEARNED_SHIFT_SCALE * self.min_shift)
-            hi = ops.maximum(hi * ops.exp(LEARNED_SHIFT_SCALE * self.max_shift), lo + 1e-6)
-        return lo, hi
-
-    def bake(self):
-        """A learned range becomes the plain range (its shifts dropped): the layer is then saved, loaded and
-        converted as any other, with the range it learned."""
-        if not self.learned:
-            return
-        lo, hi = self.bounds()
-        self.range_min.assign(lo)
-        self.range_max.assign(hi)
-        for variable in (self.min_shift, self.max_shift):
-            self._untrack_variable(variable)
-        self.learned = False
 
     def call(self, inputs, training=False):
         x = self.activation(inputs)
         if training and not self.fixed_range:
             batch_min = ops.minimum(ops.min(x), 0.0)
             batch_max = ops.maximum(ops.max(x), 0.0)
-            m = 1.0 if self.learned else self.momentum  # learned: the first batch sets it, gradients move it after
+            m = self.momentum
             seen = self.seen
             self.range_min.assign(
                 seen * (m * self.range_min + (1 - m) * batch_min) + (1 - seen) * batch_min
@@ -127,8 +79,6 @@ class ActivationQuantizer(keras.layers.Layer):
                 seen * (m * self.range_max + (1 - m) * batch_max) + (1 - seen) * batch_max
             )
             self.seen.assign(1.0)
-        if self.learned:
-            return _fake_quant(x, *self.bounds())
         lo = ops.minimum(self.range_min, 0.0)
         hi = ops.maximum(self.range_max, lo + 1e-6)
         return _fake_quant(x, lo, hi)

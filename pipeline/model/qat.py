@@ -372,27 +372,12 @@ def init_ranges(model, x):
         variable.assign(value)
 
 
-def bake_ranges(model):
-    """Every learned activation range (`fakequant.learned_ranges`) made the plain range, before saving; a
-    fitted model's optimizer then starts afresh over the variables left (its state for the dropped shifts
-    would not load into the saved model's)."""
-    baked = False
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, ActivationQuantizer) and layer.learned:
-            layer.bake()
-            baked = True
-    if baked and getattr(model, "optimizer", None) is not None:
-        fresh = model.optimizer.__class__.from_config(model.optimizer.get_config())
-        fresh.build(model.trainable_variables)
-        model.optimizer = fresh
-
-
 def activation_ranges(model):
     """{quantizer path: [min, max]} of every activation quantizer, as trained."""
     ranges = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, ActivationQuantizer):
-            pair = layer.bounds() if layer.learned else (layer.range_min, layer.range_max)
-            lo, hi = (float(keras.ops.convert_to_numpy(v)) for v in pair)
+            lo = float(keras.ops.convert_to_numpy(layer.range_min))
+            hi = float(keras.ops.convert_to_numpy(layer.range_max))
             ranges[layer.path if hasattr(layer, "path") else layer.name] = [lo, hi]
     return ranges

@@ -26,7 +26,7 @@ def stages(config):
 
 def manifest(record, config):
     """The manifest's "qat" section: the learned ranges and the epoch kept."""
-    keys = ("ranges", "range_mode", "input_range", "learning_rate", "epochs", "gelu", "distill", "float_val_accuracy", "history", "initial",
+    keys = ("ranges", "input_range", "learning_rate", "epochs", "gelu", "distill", "float_val_accuracy", "history", "initial",
             "kept_epoch", "kept_by", "kept_val_accuracy")
     section = {k: record.get(k) for k in keys}
     return section | ({"kept_val_loss": record["kept_val_loss"]} if "kept_val_loss" in record else {})
@@ -41,7 +41,7 @@ def publish(records, config, build_dir):
 def run(stage_cfg, inputs, out_dir, ctx):
     import keras
 
-    from pipeline.model import fakequant, fitting, qat
+    from pipeline.model import fitting, qat
 
     usermodel.register_user_layers(stage_cfg.train.recipe)
 
@@ -64,8 +64,7 @@ def run(stage_cfg, inputs, out_dir, ctx):
         float_val = round(float((logits.argmax(-1) == y_val).mean()), 5)
     gelu = cfg.gelu
     try:
-        with fakequant.learned_ranges(cfg.ranges == "learned"):
-            model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum, gelu=gelu)
+        model = qat.quantize_model(float_model, input_range=input_range, momentum=cfg.ema_momentum, gelu=gelu)
     except qat.UnsupportedLayerError as exc:
         raise InputError(f"QAT cannot quantize this model: {exc}") from None
     if any(isinstance(layer, qat.SigmoidGelu) for layer in model.layers):
@@ -105,12 +104,10 @@ def run(stage_cfg, inputs, out_dir, ctx):
             + (f"; before fine-tuning, the fake-quantized model scored {100 * before:.1f}%" if before is not None else "")
             + f". {fix}; nothing was published."
         )
-    qat.bake_ranges(model)
     atomic_save_model(model, out_dir / "qat.keras")
     return {
         "seconds": round(seconds, 2),
         "ranges": qat.activation_ranges(model),
-        "range_mode": cfg.ranges,
         "input_range": list(input_range),
         "learning_rate": learning_rate,
         "epochs": epochs,
