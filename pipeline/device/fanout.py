@@ -44,8 +44,8 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     (info["reruns"]); when no board is left, the run fails with each board's reason. With `keep` =
     (inputs, tensor indices or None), the first process also runs those inputs (of x's dtype and shape)
     one at a time with every tensor kept, after its part, into work/kept.npz (as `dump_tensors` does with
-    `count`, without another process: an emulated start is about 1.5 s of CPU); the file is missing when
-    the runtime could not keep them."""
+    `count`, without another process: an emulated start is about 1.5 s of CPU); when the runtime could not
+    keep them, work/kept.failed holds its reason instead."""
     import numpy as np
 
     work = Path(work)
@@ -119,8 +119,11 @@ def run_sharded(target, root, model, x, work, shards, threads=None, batch=None, 
     refs = [work / f"y{i}.ref.npy" for i, info in enumerate(infos) if info.get("reference_samples")]
     if refs:
         np.save(work / "reference.npy", np.concatenate([np.load(r) for r in refs]))
-    if keep is not None and (infos[0].get("kept") or {}).get("samples"):
+    kept = infos[0].get("kept") or {}
+    if keep is not None and kept.get("samples"):
         os.replace(work / "y0.kept.npz", work / "kept.npz")
+    elif keep is not None:
+        (work / "kept.failed").write_text(kept.get("failed") or "the validator kept no tensors")
     slowest = max(i["inference_seconds"] for i in infos)
     return outputs, {
         "runtime": infos[0]["runtime"],

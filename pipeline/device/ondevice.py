@@ -211,22 +211,31 @@ def keep_every_tensor(Interpreter, runtime, args, x):
         resolver = getattr(sys.modules[Interpreter.__module__].OpResolverType, KERNELS[kernels])
         interp = Interpreter(model_path=args.model, num_threads=1, experimental_preserve_all_tensors=True,
                              experimental_op_resolver_type=resolver)
-    inp = interp.get_input_details()[0]
-    signature = inp.get("shape_signature")
-    fixed = signature is not None and len(signature) and signature[0] != -1
-    if not fixed:
-        interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
-    interp.allocate_tensors()
     runs = []
-    for i in range(len(x)):
-        sample = x[i : i + 1]
-        if fixed and int(signature[0]) > 1:
-            sample = np.concatenate([sample, np.zeros((int(signature[0]) - 1,) + sample.shape[1:], sample.dtype)])
-        interp.set_tensor(inp["index"], sample)
-        interp.invoke()
+    for _ in each_alone(interp, x):
         kept = kept_tensors(interp, runtime)
         runs.append(kept if args.dump_tensors is None else {k: v for k, v in kept.items() if k in args.dump_tensors})
     return {k: np.stack([run[k] for run in runs]) for k in runs[0] if all(k in run for run in runs)} if runs else {}
+
+
+def each_alone(interp, x):
+    """Run each sample of `x` on its own through `interp` (a batch of 1, or the model's fixed batch with the
+    rest zeros), allocating first; yields each sample's index after its invoke."""
+    import numpy as np
+
+    inp = interp.get_input_details()[0]
+    signature = inp.get("shape_signature")
+    fixed = int(signature[0]) if signature is not None and len(signature) and signature[0] != -1 else None
+    if not fixed:
+        interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
+    interp.allocate_tensors()
+    for i in range(len(x)):
+        sample = x[i : i + 1]
+        if fixed and fixed > 1:
+            sample = np.concatenate([sample, np.zeros((fixed - 1,) + sample.shape[1:], sample.dtype)])
+        interp.set_tensor(inp["index"], sample)
+        interp.invoke()
+        yield i
 
 
 def kept_tensors(interp, runtime):
@@ -374,20 +383,8 @@ def run_reference(model, x):
 
     Interpreter, _ = load_interpreter(None, "reference")
     interp = Interpreter(model_path=model, num_threads=1)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    signature = inp.get("shape_signature")
-    fixed = int(signature[0]) if signature is not None and len(signature) and signature[0] != -1 else None
-    if not fixed:
-        interp.resize_tensor_input(inp["index"], [1] + list(inp["shape"][1:]))
-    interp.allocate_tensors()
-    results = []
-    for i in range(len(x)):
-        sample = x[i : i + 1]
-        if fixed and fixed > 1:
-            sample = np.concatenate([sample, np.zeros((fixed - 1,) + sample.shape[1:], sample.dtype)])
-        interp.set_tensor(inp["index"], sample)
-        interp.invoke()
-        results.append(np.array(interp.get_tensor(out["index"])[:1]))
+    out = interp.get_output_details()[0]
+    results = [np.array(interp.get_tensor(out["index"])[:1]) for _ in each_alone(interp, x)]
     return np.concatenate(results) if results else np.zeros((0,), np.float32)
 
 

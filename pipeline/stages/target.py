@@ -21,6 +21,7 @@ from pipeline.data.splits import load_dataset
 from pipeline.device import environment, fanout, layer_error, oplint
 from pipeline.device import targets as targets_mod
 from pipeline.device import onnx_info, tflite_info
+from pipeline.engine import text
 from pipeline.engine.errors import InputError, ModelRefused, StageError
 from pipeline.engine.fsutil import atomic_save_npz
 from pipeline.engine.remote import remote_for
@@ -241,8 +242,8 @@ def _layer_inputs(layers, model_path, x):
 def _layer_report(target, root, model_path, layers, out_dir, board=None, kept=NOT_KEPT):
     """The per-layer report on the target: the fixed subset run on it with every tensor kept (its builtin
     kernels, or the reference ones it is set to; TFLM's own), against the float model's activations.
-    `kept`: those tensors as the run kept them ({index: array}, None when it could not), else a run of
-    their own."""
+    `kept`: those tensors as the run kept them ({index: array}, or the runtime's reason when it could not),
+    else a run of their own."""
     x, input_snr, names, refs = layer_error.load_references(layers)
     if kept is not NOT_KEPT:
         dumps = kept
@@ -255,9 +256,9 @@ def _layer_report(target, root, model_path, layers, out_dir, board=None, kept=NO
             shutil.rmtree(work, ignore_errors=True)
     where = f"{target.name}: {target.runtime} {target.runtime_version}, " + (
         "reference kernels" if target.kind != "linux" or target.kernels == "reference" else "builtin kernels")
-    if dumps is None:
+    if dumps is None or isinstance(dumps, str):
         return {"samples": int(len(x)), "where": where, "tensors": [], "worst": [],
-                "note": "the target could not keep every tensor"}
+                "note": "the target could not keep every tensor" + (f": {text.clip(dumps, 300)}" if dumps else "")}
     return layer_error.summary(layer_error.report(model_path, dumps, refs, names, input_snr), int(len(x)), where)
 
 
@@ -502,8 +503,8 @@ def _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_
 def _run(target, root, model_path, x, out_dir, shards, twin=False, container=None, reference=0, boards=None,
          keep=None):
     """(outputs, run info, the reference kernels' outputs of the first `reference` samples or None, and with
-    `keep` (inputs, tensor indices) every kept tensor of those inputs, {index: array}, or None when the
-    runtime could not keep them)."""
+    `keep` (inputs, tensor indices) every kept tensor of those inputs, {index: array}, or the runtime's
+    reason when it could not keep them; None without `keep`)."""
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix="work-"))
     try:
         outputs, info = fanout.run_sharded(target, root, model_path, x, work, shards=shards, twin=twin,
@@ -513,6 +514,8 @@ def _run(target, root, model_path, x, out_dir, shards, twin=False, container=Non
         if (work / "kept.npz").exists():
             with np.load(work / "kept.npz") as f:
                 kept = {int(k[1:]): f[k] for k in f.files}
+        elif (work / "kept.failed").exists():
+            kept = (work / "kept.failed").read_text()
         return outputs, info, ref, kept
     finally:
         shutil.rmtree(work, ignore_errors=True)
