@@ -195,7 +195,8 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=
                                         log=lambda msg: bar.set_postfix_str(msg[:60])))
         container = ctx.cache_dir if record["executor"]["kind"] == "container" else None
         reference = _reference_samples(cfg, target, info)
-        keep = _layer_inputs(layers, model_path, x)
+        references = None if layers is None or onnx_info.is_onnx(model_path) else layer_error.load_references(layers)
+        keep = _layer_inputs(references, x)
         outputs, record["run"], ref_out, kept = _run(target, root, model_path, x, out_dir, cfg.validate.shards,
                                                      container=container, reference=reference, boards=boards,
                                                      keep=keep)
@@ -213,9 +214,8 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=
     board = next((b for b in boards if b.describe()["board"] not in lost), None)  # one still reachable
     record["first_difference"] = _first_difference(target, root, model_path, x, outputs, host_out, ids, twin_out,
                                                    out_dir, board)
-    if layers is not None and not onnx_info.is_onnx(model_path):
-        record["layers"] = _layer_report(target, root, model_path, layers, out_dir, board,
-                                         kept if keep is not None else NOT_KEPT)
+    if references is not None:
+        record["layers"] = _layer_report(target, root, model_path, references, out_dir, board, kept)
     arrays = {"ids": ids, "outputs": outputs}
     if twin_out is not None:
         arrays["twin_outputs"] = twin_out
@@ -224,28 +224,25 @@ def _measure(cfg, target, model_path, data, idx, host_out, out_dir, ctx, layers=
     return record, arrays
 
 
-NOT_KEPT = object()  # _layer_report: the run kept no tensors of the subset, so it is run on its own
-
-
-def _layer_inputs(layers, model_path, x):
+def _layer_inputs(references, x):
     """(the per-layer subset's inputs, the tensor indices to keep) for the run to keep every tensor of, in
-    its first process; None when there is no report to make (an .onnx) or the subset is not the run's
-    dtype and shape (then it runs in a process of its own)."""
-    if layers is None or onnx_info.is_onnx(model_path):
+    its first process; None when there is no report to make (`references` None: an .onnx, or no float
+    model) or the subset is not the run's dtype and shape (then it runs in a process of its own)."""
+    if references is None:
         return None
-    subset, _, _, refs = layer_error.load_references(layers)
+    subset, _, _, refs = references
     if subset.dtype != x.dtype or subset.shape[1:] != x.shape[1:]:
         return None
     return subset, set(refs)
 
 
-def _layer_report(target, root, model_path, layers, out_dir, board=None, kept=NOT_KEPT):
-    """The per-layer report on the target: the fixed subset run on it with every tensor kept (its builtin
-    kernels, or the reference ones it is set to; TFLM's own), against the float model's activations.
-    `kept`: those tensors as the run kept them ({index: array}, or the runtime's reason when it could not),
-    else a run of their own."""
-    x, input_snr, names, refs = layer_error.load_references(layers)
-    if kept is not NOT_KEPT:
+def _layer_report(target, root, model_path, references, out_dir, board=None, kept=None):
+    """The per-layer report on the target: the fixed subset (`references`, from layer_error.load_references)
+    run on it with every tensor kept (its builtin kernels, or the reference ones it is set to; TFLM's own),
+    against the float model's activations. `kept`: those tensors as the run kept them ({index: array}, or
+    the runtime's reason when it could not); None: a run of their own."""
+    x, input_snr, names, refs = references
+    if kept is not None:
         dumps = kept
     else:
         work = tempfile.mkdtemp(dir=out_dir, prefix="layers-")
